@@ -1,0 +1,393 @@
+//! The outbound frame scheduler.
+//!
+//! Four queues, one per [`Qos`] level:
+//! - critical (stream 0 and stream-management frames): FIFO, always served first;
+//! - high, normal, low: ordered by the header's priority byte (higher first, FIFO among
+//!   equals), served by weighted round robin (4 : 2 : 1 frames a round) so that no class is
+//!   starved by a busier one.
+//!
+//! Every queue is bounded. Best-effort (low) frames are shed, and counted, once the queued
+//! bytes pass the pressure mark (three quarters of the byte limit) or the low queue is full:
+//! they never take the room that higher classes need and never make a sender wait. High and
+//! normal frames meet back-pressure ([`QueueFull`]) at the limits, after queued low frames have
+//! been shed to make room.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use bytes::Bytes;
+
+use super::Qos;
+use crate::frame::{HEADER_LEN, Header};
+
+/// Bounds of a [`Scheduler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Most frames queued in the critical queue.
+    pub max_critical_frames: usize,
+    /// Most frames queued in the high, normal and low queues together.
+    pub max_frames: usize,
+    /// Most bytes (headers included) queued in the high, normal and low queues together.
+    pub max_bytes: usize,
+    /// Most frames in the low queue.
+    pub max_low_frames: usize,
+}
+
+impl Default for SchedulerLimits {
+    fn default() -> Self {
+        SchedulerLimits {
+            max_critical_frames: 1024,
+            max_frames: 4096,
+            max_bytes: 8 * 1024 * 1024,
+            max_low_frames: 1024,
+        }
+    }
+}
+
+/// A frame could not be queued: the queue for its class is at its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outbound queue full for {0:?} frames")]
+pub struct QueueFull(pub Qos);
+
+/// What happened to a frame handed to [`Scheduler::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued for sending.
+    Queued,
+    /// A best-effort frame dropped under pressure (counted in [`Scheduler::shed_frames`]).
+    Shed,
+}
+
+/// A queued frame and its ordering key.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub(crate) header: Header,
+    pub(crate) payload: Bytes,
+    /// Whether the record layer seals this frame (decided when it was queued).
+    pub(crate) seal: bool,
+    seq: u64,
+}
+
+impl Queued {
+    fn size(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    /// Max-heap order: higher priority first, then lower sequence number (older) first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.header
+            .priority
+            .cmp(&other.header.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+const WEIGHTS: [u32; 3] = [4, 2, 1];
+
+/// The outbound scheduler of one connection.
+#[derive(Debug)]
+pub struct Scheduler {
+    limits: SchedulerLimits,
+    critical: VecDeque<Queued>,
+    /// High, normal, low.
+    classes: [BinaryHeap<Queued>; 3],
+    quota: [u32; 3],
+    queued_bytes: usize,
+    queued_frames: usize,
+    seq: u64,
+    shed_frames: u64,
+    shed_bytes: u64,
+}
+
+impl Scheduler {
+    /// An empty scheduler with these bounds.
+    pub fn new(limits: SchedulerLimits) -> Self {
+        Scheduler {
+            limits,
+            critical: VecDeque::new(),
+            classes: [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()],
+            quota: WEIGHTS,
+            queued_bytes: 0,
+            queued_frames: 0,
+            seq: 0,
+            shed_frames: 0,
+            shed_bytes: 0,
+        }
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> SchedulerLimits {
+        self.limits
+    }
+
+    /// Frames queued in all classes.
+    pub fn len(&self) -> usize {
+        self.critical.len() + self.queued_frames
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes queued outside the critical queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Best-effort frames shed so far.
+    pub fn shed_frames(&self) -> u64 {
+        self.shed_frames
+    }
+
+    /// Payload and header bytes of the frames shed so far.
+    pub fn shed_bytes(&self) -> u64 {
+        self.shed_bytes
+    }
+
+    /// Whether a frame of `qos` and `size` bytes (header included) would be queued now.
+    pub fn has_room(&self, qos: Qos, size: usize) -> bool {
+        match qos {
+            Qos::Critical => self.critical.len() < self.limits.max_critical_frames,
+            Qos::High | Qos::Normal => {
+                let low = &self.classes[2];
+                let low_bytes: usize = if self.over(size) {
+                    low.iter().map(Queued::size).sum()
+                } else {
+                    0
+                };
+                let frames = self.queued_frames - if low_bytes > 0 { low.len() } else { 0 };
+                frames < self.limits.max_frames
+                    && self.queued_bytes - low_bytes + size <= self.limits.max_bytes
+            }
+            Qos::Low => true,
+        }
+    }
+
+    fn over(&self, size: usize) -> bool {
+        self.queued_frames >= self.limits.max_frames
+            || self.queued_bytes + size > self.limits.max_bytes
+    }
+
+    /// Queue a frame of class `qos`.
+    pub(crate) fn push(
+        &mut self,
+        qos: Qos,
+        header: Header,
+        payload: Bytes,
+        seal: bool,
+    ) -> Result<Enqueued, QueueFull> {
+        let item = Queued {
+            header,
+            payload,
+            seal,
+            seq: self.seq,
+        };
+        let size = item.size();
+        match qos {
+            Qos::Critical => {
+                if self.critical.len() >= self.limits.max_critical_frames {
+                    return Err(QueueFull(qos));
+                }
+                self.seq += 1;
+                self.critical.push_back(item);
+                return Ok(Enqueued::Queued);
+            }
+            Qos::Low => {
+                let pressure = self.limits.max_bytes / 4 * 3;
+                if self.classes[2].len() >= self.limits.max_low_frames
+                    || self.queued_frames >= self.limits.max_frames
+                    || self.queued_bytes + size > pressure
+                {
+                    self.shed_frames += 1;
+                    self.shed_bytes += size as u64;
+                    return Ok(Enqueued::Shed);
+                }
+            }
+            Qos::High | Qos::Normal => {
+                if !self.has_room(qos, size) {
+                    return Err(QueueFull(qos));
+                }
+                if self.over(size) {
+                    self.shed_all_low();
+                }
+            }
+        }
+        self.seq += 1;
+        self.queued_frames += 1;
+        self.queued_bytes += size;
+        self.classes[Self::index(qos)].push(item);
+        Ok(Enqueued::Queued)
+    }
+
+    fn shed_all_low(&mut self) {
+        for item in self.classes[2].drain() {
+            self.shed_frames += 1;
+            self.shed_bytes += item.size() as u64;
+            self.queued_frames -= 1;
+            self.queued_bytes -= item.size();
+        }
+    }
+
+    fn index(qos: Qos) -> usize {
+        match qos {
+            Qos::High => 0,
+            Qos::Normal => 1,
+            Qos::Low | Qos::Critical => 2,
+        }
+    }
+
+    /// The next frame to transmit: critical first, then weighted round robin.
+    pub(crate) fn pop(&mut self) -> Option<Queued> {
+        if let Some(q) = self.critical.pop_front() {
+            return Some(q);
+        }
+        if self.queued_frames == 0 {
+            return None;
+        }
+        for _ in 0..2 {
+            for i in 0..3 {
+                if self.quota[i] > 0 {
+                    if let Some(q) = self.classes[i].pop() {
+                        self.quota[i] -= 1;
+                        self.queued_frames -= 1;
+                        self.queued_bytes -= q.size();
+                        return Some(q);
+                    }
+                }
+            }
+            // Every non-empty class has spent its quota: start a new round.
+            self.quota = WEIGHTS;
+        }
+        unreachable!("queued_frames > 0 but every class queue is empty")
+    }
+
+    /// Drop the frames queued for `stream_id` (after it was reset). Returns how many.
+    pub(crate) fn purge_stream(&mut self, stream_id: u32) -> usize {
+        let before = self.len();
+        self.critical.retain(|q| q.header.stream_id != stream_id);
+        for c in &mut self.classes {
+            c.retain(|q| q.header.stream_id != stream_id);
+        }
+        let (frames, bytes) = self
+            .classes
+            .iter()
+            .flat_map(|c| c.iter())
+            .fold((0, 0), |(f, b), q| (f + 1, b + q.size()));
+        self.queued_frames = frames;
+        self.queued_bytes = bytes;
+        before - self.len()
+    }
+
+    /// Drop everything queued (after a fatal error). Returns the number of frames dropped.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.len();
+        self.critical.clear();
+        for c in &mut self.classes {
+            c.clear();
+        }
+        self.queued_frames = 0;
+        self.queued_bytes = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageType;
+
+    fn h(stream: u32, priority: u8) -> Header {
+        let mut h = Header::new(MessageType::StreamData, stream, 0);
+        h.priority = priority;
+        h
+    }
+
+    fn push(
+        s: &mut Scheduler,
+        qos: Qos,
+        stream: u32,
+        prio: u8,
+        len: usize,
+    ) -> Result<Enqueued, QueueFull> {
+        s.push(qos, h(stream, prio), Bytes::from(vec![0u8; len]), false)
+    }
+
+    #[test]
+    fn critical_is_never_starved() {
+        let mut s = Scheduler::new(SchedulerLimits::default());
+        for _ in 0..100 {
+            push(&mut s, Qos::High, 1, 255, 10).unwrap();
+        }
+        push(&mut s, Qos::Critical, 0, 0, 10).unwrap();
+        assert_eq!(s.pop().unwrap().header.stream_id, 0);
+    }
+
+    #[test]
+    fn weighted_round_robin_serves_every_class() {
+        let mut s = Scheduler::new(SchedulerLimits::default());
+        for _ in 0..70 {
+            push(&mut s, Qos::High, 1, 128, 10).unwrap();
+            push(&mut s, Qos::Normal, 101, 128, 10).unwrap();
+            push(&mut s, Qos::Low, 10_001, 128, 10).unwrap();
+        }
+        let first: Vec<u32> = (0..70).map(|_| s.pop().unwrap().header.stream_id).collect();
+        let count = |id| first.iter().filter(|&&x| x == id).count();
+        assert_eq!((count(1), count(101), count(10_001)), (40, 20, 10));
+    }
+
+    #[test]
+    fn priority_orders_within_a_class_and_equal_priorities_stay_fifo() {
+        let mut s = Scheduler::new(SchedulerLimits::default());
+        s.push(Qos::Normal, h(101, 10), Bytes::from_static(b"a"), false)
+            .unwrap();
+        s.push(Qos::Normal, h(103, 200), Bytes::from_static(b"b"), false)
+            .unwrap();
+        s.push(Qos::Normal, h(101, 10), Bytes::from_static(b"c"), false)
+            .unwrap();
+        let order: Vec<Bytes> = (0..3).map(|_| s.pop().unwrap().payload).collect();
+        assert_eq!(order, [&b"b"[..], b"a", b"c"]);
+    }
+
+    #[test]
+    fn logs_are_shed_under_pressure_and_never_block() {
+        let limits = SchedulerLimits {
+            max_bytes: 4000,
+            ..SchedulerLimits::default()
+        };
+        let mut s = Scheduler::new(limits);
+        let mut shed = 0;
+        for _ in 0..100 {
+            if push(&mut s, Qos::Low, 10_001, 128, 76).unwrap() == Enqueued::Shed {
+                shed += 1;
+            }
+        }
+        // 3000 bytes of pressure mark / 100 bytes a frame.
+        assert_eq!(shed, 70);
+        assert_eq!(s.shed_frames(), 70);
+        // Normal traffic takes the room back from queued logs, then meets back-pressure.
+        for _ in 0..40 {
+            push(&mut s, Qos::Normal, 101, 128, 76).unwrap();
+        }
+        assert_eq!(s.shed_frames(), 100, "queued logs were shed to make room");
+        assert_eq!(
+            push(&mut s, Qos::Normal, 101, 128, 76),
+            Err(QueueFull(Qos::Normal))
+        );
+        assert!(!s.has_room(Qos::Normal, 100));
+        assert_eq!(s.len(), 40);
+    }
+}

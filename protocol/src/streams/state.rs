@@ -1,0 +1,466 @@
+//! Per-stream state: which halves are open, and the flow-control state of windowed streams.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::{RecvWindow, SendCredit, StreamClass, WindowStrategy, initiator};
+use crate::connection::Side;
+use crate::error::ErrorCode;
+
+/// A stream operation that cannot be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The id is 0, or its parity says the peer must open it.
+    #[error("stream {0} cannot be used for this operation")]
+    InvalidId(u32),
+    /// The stream is not open.
+    #[error("stream {0} is not open")]
+    Unknown(u32),
+    /// Our sending half is closed.
+    #[error("stream {0} is closed for sending")]
+    Closed(u32),
+    /// Too many concurrent streams.
+    #[error("stream limit of {0} reached")]
+    Limit(u32),
+    /// Not enough flow-control credit; wait for [`crate::Event::StreamWritable`].
+    #[error("stream {id} has {available} bytes of credit, {wanted} needed")]
+    Blocked {
+        /// The stream.
+        id: u32,
+        /// Credit available.
+        available: u64,
+        /// Bytes wanted.
+        wanted: u64,
+    },
+}
+
+impl StreamError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StreamError::InvalidId(_) => ErrorCode::INVALID_STREAM_ID,
+            StreamError::Unknown(_) => ErrorCode::UNKNOWN_STREAM,
+            StreamError::Closed(_) => ErrorCode::STREAM_CLOSED,
+            StreamError::Limit(_) => ErrorCode::STREAM_LIMIT,
+            StreamError::Blocked { .. } => ErrorCode::FLOW_CONTROL_VIOLATION,
+        }
+    }
+}
+
+/// The visible state of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream's class.
+    pub class: StreamClass,
+    /// Whether this side opened it.
+    pub local: bool,
+    /// Whether we may still send.
+    pub send_open: bool,
+    /// Whether the peer may still send.
+    pub recv_open: bool,
+    /// Send credit available now (`u64::MAX` for unwindowed classes).
+    pub send_credit: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    class: StreamClass,
+    local: bool,
+    send_open: bool,
+    recv_open: bool,
+    send: SendCredit,
+    recv: RecvWindow,
+}
+
+/// The streams of one connection.
+#[derive(Debug)]
+pub struct Streams {
+    side: Side,
+    map: HashMap<u32, Stream>,
+    /// Concurrent streams the peer may open (ours to enforce).
+    max_remote: u32,
+    /// Concurrent streams we may open (the peer's limit).
+    max_local: u32,
+    open_local: u32,
+    open_remote: u32,
+    /// Credit the peer grants per stream (from its HELLO / HELLO_ACK).
+    peer_window: u32,
+    /// Credit we grant per stream.
+    strategy: WindowStrategy,
+    /// Where the next id search starts, per class.
+    next_id: [u32; 5],
+    /// Streams this side reset whose reset the peer has not confirmed yet: frames for them
+    /// are dropped and their ids are not reused until the confirmation arrives.
+    reset_pending: HashSet<u32>,
+}
+
+impl Streams {
+    /// Stream state for `side`, letting the peer open `max_remote` streams and granting
+    /// credit by `strategy`.
+    pub fn new(side: Side, max_remote: u32, strategy: WindowStrategy) -> Self {
+        let mut next_id = [0; 5];
+        for (i, c) in StreamClass::ALL.iter().enumerate() {
+            next_id[i] = Self::first_id(side, *c);
+        }
+        Streams {
+            side,
+            map: HashMap::new(),
+            max_remote,
+            max_local: max_remote,
+            open_local: 0,
+            open_remote: 0,
+            peer_window: strategy.initial(),
+            strategy,
+            next_id,
+            reset_pending: HashSet::new(),
+        }
+    }
+
+    fn first_id(side: Side, class: StreamClass) -> u32 {
+        let start = *class.range().start();
+        let want_odd = side == Side::Client;
+        if (start % 2 == 1) == want_odd {
+            start
+        } else {
+            start + 1
+        }
+    }
+
+    /// Apply the peer's limits from the HELLO exchange.
+    pub fn set_peer_limits(&mut self, peer_window: u32, peer_max_streams: u32) {
+        self.peer_window = peer_window;
+        self.max_local = peer_max_streams;
+    }
+
+    /// The credit we grant on each new stream.
+    pub fn local_window(&self) -> u32 {
+        self.strategy.initial()
+    }
+
+    /// Streams open now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The state of stream `id`, if open.
+    pub fn info(&self, id: u32) -> Option<StreamInfo> {
+        self.map.get(&id).map(|s| StreamInfo {
+            class: s.class,
+            local: s.local,
+            send_open: s.send_open,
+            recv_open: s.recv_open,
+            send_credit: if s.class.is_windowed() {
+                s.send.available()
+            } else {
+                u64::MAX
+            },
+        })
+    }
+
+    /// Whether `id` is one the peer numbers.
+    pub fn is_remote_id(&self, id: u32) -> bool {
+        initiator(id).is_some_and(|s| s != self.side)
+    }
+
+    fn insert(&mut self, id: u32, local: bool, send_credit: u32, recv_credit: u32) {
+        let class = StreamClass::of(id);
+        self.map.insert(
+            id,
+            Stream {
+                class,
+                local,
+                send_open: true,
+                recv_open: true,
+                send: SendCredit::new(send_credit),
+                recv: RecvWindow::new(self.strategy, recv_credit),
+            },
+        );
+        if local {
+            self.open_local += 1;
+        } else {
+            self.open_remote += 1;
+        }
+    }
+
+    /// Pick a free id of our parity in `class` and open it. `peer_window` overrides the
+    /// credit we assume the peer grants (normally its HELLO value).
+    pub fn open(&mut self, class: StreamClass) -> Result<u32, StreamError> {
+        if class == StreamClass::Control {
+            return Err(StreamError::InvalidId(0));
+        }
+        if self.open_local >= self.max_local {
+            return Err(StreamError::Limit(self.max_local));
+        }
+        let idx = class as usize;
+        let range = class.range();
+        let (lo, hi) = (*range.start(), *range.end());
+        let first = Self::first_id(self.side, class);
+        let mut id = self.next_id[idx];
+        // Bounded search: at most max_local ids can be taken, so a free one is near.
+        for _ in 0..=self.max_local {
+            if !self.map.contains_key(&id) && !self.reset_pending.contains(&id) {
+                let next = id.checked_add(2).filter(|n| *n <= hi).unwrap_or(first);
+                self.next_id[idx] = next;
+                let window = self.peer_window;
+                self.insert(id, true, window, self.strategy.initial());
+                return Ok(id);
+            }
+            id = id.checked_add(2).filter(|n| *n <= hi).unwrap_or(first);
+            debug_assert!(id >= lo);
+        }
+        Err(StreamError::Limit(self.max_local))
+    }
+
+    /// Open stream `id` chosen by the application (it must have our parity).
+    pub fn open_id(&mut self, id: u32) -> Result<(), StreamError> {
+        if id == 0 || self.is_remote_id(id) {
+            return Err(StreamError::InvalidId(id));
+        }
+        if self.map.contains_key(&id) {
+            return Ok(());
+        }
+        if self.reset_pending.contains(&id) {
+            return Err(StreamError::Closed(id));
+        }
+        if self.open_local >= self.max_local {
+            return Err(StreamError::Limit(self.max_local));
+        }
+        let window = self.peer_window;
+        self.insert(id, true, window, self.strategy.initial());
+        Ok(())
+    }
+
+    /// Accept a stream the peer opened (implicitly by its first frame, or by STREAM_OPEN,
+    /// whose `window` sets our send credit). `Ok(true)` when newly opened.
+    pub fn accept(&mut self, id: u32, send_credit: Option<u32>) -> Result<bool, StreamError> {
+        if !self.is_remote_id(id) {
+            return Err(StreamError::InvalidId(id));
+        }
+        if let Some(s) = self.map.get_mut(&id) {
+            if let Some(w) = send_credit {
+                s.send.update(u64::from(w));
+            }
+            return Ok(false);
+        }
+        if self.open_remote >= self.max_remote {
+            return Err(StreamError::Limit(self.max_remote));
+        }
+        let credit = send_credit.unwrap_or(self.peer_window);
+        self.insert(id, false, credit, self.strategy.initial());
+        Ok(true)
+    }
+
+    /// Check and take send credit for `len` payload bytes on `id`, and apply EOS.
+    pub fn on_send(&mut self, id: u32, len: usize, eos: bool) -> Result<(), StreamError> {
+        let s = self.map.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        if !s.send_open {
+            return Err(StreamError::Closed(id));
+        }
+        if s.class.is_windowed() && !s.send.consume(len as u64) {
+            return Err(StreamError::Blocked {
+                id,
+                available: s.send.available(),
+                wanted: len as u64,
+            });
+        }
+        if eos {
+            s.send_open = false;
+            self.reap(id);
+        }
+        Ok(())
+    }
+
+    /// Account received payload bytes on `id` (credit check on windowed classes).
+    pub fn on_receive(&mut self, id: u32, len: usize) -> Result<(), ReceiveError> {
+        let s = self.map.get_mut(&id).ok_or(ReceiveError::Unknown)?;
+        if !s.recv_open {
+            return Err(ReceiveError::Closed);
+        }
+        if s.class.is_windowed() {
+            s.recv
+                .on_receive(len as u64)
+                .map_err(|_| ReceiveError::FlowControl)?;
+        }
+        Ok(())
+    }
+
+    /// The application released `n` received bytes of `id`. Returns a credit update to send.
+    pub fn release(&mut self, id: u32, n: u64, now: Instant, rtt: Duration) -> Option<u64> {
+        let s = self.map.get_mut(&id)?;
+        if !s.class.is_windowed() || !s.recv_open {
+            return None;
+        }
+        s.recv.on_consume(n, now, rtt)
+    }
+
+    /// Bytes received so far on `id`.
+    pub fn received(&self, id: u32) -> Option<u64> {
+        self.map.get(&id).map(|s| s.recv.received())
+    }
+
+    /// The peer finished its half (EOS or STREAM_CLOSE). Returns `true` if it was open.
+    pub fn finish_remote(&mut self, id: u32) -> bool {
+        let Some(s) = self.map.get_mut(&id) else {
+            return false;
+        };
+        let was = s.recv_open;
+        s.recv_open = false;
+        self.reap(id);
+        was
+    }
+
+    /// A credit update from the peer. `true` when a blocked sender may retry.
+    pub fn on_credit(&mut self, id: u32, max_data: u64) -> bool {
+        self.map
+            .get_mut(&id)
+            .is_some_and(|s| s.send.update(max_data))
+    }
+
+    /// Remove a stream (reset by either side). `true` if it existed.
+    pub fn remove(&mut self, id: u32) -> bool {
+        match self.map.remove(&id) {
+            Some(s) => {
+                if s.local {
+                    self.open_local -= 1;
+                } else {
+                    self.open_remote -= 1;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// This side resets `id`: remove it and hold the id until the peer confirms. `false`
+    /// when too many resets are unconfirmed (more than twice the stream limits): the peer
+    /// is not answering them.
+    pub fn reset_local(&mut self, id: u32) -> bool {
+        self.remove(id);
+        let bound = 2 * (self.max_local as usize + self.max_remote as usize).max(1);
+        if self.reset_pending.len() >= bound {
+            return false;
+        }
+        self.reset_pending.insert(id);
+        true
+    }
+
+    /// Whether `id` awaits the peer's confirmation of our reset.
+    pub fn is_reset_pending(&self, id: u32) -> bool {
+        self.reset_pending.contains(&id)
+    }
+
+    /// The peer confirmed our reset of `id`; the id may be used again.
+    pub fn confirm_reset(&mut self, id: u32) {
+        self.reset_pending.remove(&id);
+    }
+
+    fn reap(&mut self, id: u32) {
+        if self
+            .map
+            .get(&id)
+            .is_some_and(|s| !s.send_open && !s.recv_open)
+        {
+            self.remove(id);
+        }
+    }
+}
+
+/// Why received data was refused on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// No such stream.
+    Unknown,
+    /// The peer already finished its half.
+    Closed,
+    /// The peer exceeded its credit.
+    FlowControl,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_parity_and_are_reused_after_close() {
+        let mut c = Streams::new(Side::Client, 4, WindowStrategy::Fixed(1000));
+        let a = c.open(StreamClass::Job).unwrap();
+        let b = c.open(StreamClass::Job).unwrap();
+        assert_eq!((a, b), (101, 103));
+        let mut s = Streams::new(Side::Server, 4, WindowStrategy::Fixed(1000));
+        assert_eq!(s.open(StreamClass::System).unwrap(), 2);
+        assert_eq!(s.open(StreamClass::Log).unwrap(), 10_000);
+        c.open(StreamClass::Data).unwrap();
+        c.open(StreamClass::Data).unwrap();
+        assert_eq!(c.open(StreamClass::Job), Err(StreamError::Limit(4)));
+        assert!(c.remove(a));
+        assert_eq!(c.open(StreamClass::Job).unwrap(), 105);
+    }
+
+    #[test]
+    fn ids_wrap_around_within_their_class() {
+        let mut c = Streams::new(Side::Client, 1000, WindowStrategy::Fixed(1000));
+        let mut last = 0;
+        for _ in 0..50 {
+            last = c.open(StreamClass::System).unwrap();
+        }
+        assert_eq!(last, 99);
+        assert_eq!(c.open(StreamClass::System), Err(StreamError::Limit(1000)));
+        c.remove(7);
+        assert_eq!(c.open(StreamClass::System).unwrap(), 7);
+    }
+
+    #[test]
+    fn peer_streams_are_limited_and_flow_controlled() {
+        let mut s = Streams::new(Side::Server, 1, WindowStrategy::Fixed(100));
+        assert_eq!(s.accept(100, None), Err(StreamError::InvalidId(100)));
+        assert_eq!(s.accept(101, None), Ok(true));
+        assert_eq!(s.accept(103, None), Err(StreamError::Limit(1)));
+        s.on_receive(101, 100).unwrap();
+        assert_eq!(s.on_receive(101, 1), Err(ReceiveError::FlowControl));
+        let now = Instant::now();
+        assert_eq!(
+            s.release(101, 100, now, Duration::from_millis(1)),
+            Some(200)
+        );
+        s.on_receive(101, 100).unwrap();
+        assert!(s.finish_remote(101));
+        assert_eq!(s.on_receive(101, 1), Err(ReceiveError::Closed));
+        s.on_send(101, 10, true).unwrap();
+        assert!(s.is_empty(), "both halves closed: reaped");
+    }
+
+    #[test]
+    fn reset_ids_are_held_until_confirmed() {
+        let mut c = Streams::new(Side::Client, 8, WindowStrategy::Fixed(100));
+        let id = c.open(StreamClass::Job).unwrap();
+        assert!(c.reset_local(id));
+        assert!(c.is_reset_pending(id));
+        assert_ne!(c.open(StreamClass::Job).unwrap(), id);
+        assert_eq!(c.open_id(id), Err(StreamError::Closed(id)));
+        c.confirm_reset(id);
+        assert_eq!(c.open_id(id), Ok(()));
+    }
+
+    #[test]
+    fn send_credit_blocks() {
+        let mut c = Streams::new(Side::Client, 8, WindowStrategy::Fixed(100));
+        c.set_peer_limits(50, 8);
+        let id = c.open(StreamClass::Data).unwrap();
+        c.on_send(id, 50, false).unwrap();
+        assert!(matches!(
+            c.on_send(id, 1, false),
+            Err(StreamError::Blocked { available: 0, .. })
+        ));
+        assert!(c.on_credit(id, 100));
+        c.on_send(id, 50, true).unwrap();
+        assert_eq!(c.on_send(id, 1, false), Err(StreamError::Closed(id)));
+        // Log streams are not windowed.
+        let log = c.open(StreamClass::Log).unwrap();
+        c.on_send(log, 1 << 20, false).unwrap();
+    }
+}
