@@ -39,16 +39,16 @@ fn emit(name: &str, note: &str, frame: &Frame) {
         println!("trace_id: {}", hexs(&ctx.trace_id));
         println!("span_id: {}", hexs(&ctx.span_id));
     }
-    if let Ok(m) = Message::decode(h.msg_type, &body) {
-        if !matches!(
+    if let Ok(m) = Message::decode(h.msg_type, &body)
+        && !matches!(
             m,
             Message::Ping(_)
                 | Message::Pong(_)
                 | Message::StreamData(_)
                 | Message::FileTransferChunk(_)
-        ) {
-            println!("json: {}", m.to_json());
-        }
+        )
+    {
+        println!("json: {}", m.to_json());
     }
     let mut wire = Vec::new();
     frame.encode(&mut wire);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use valkyrie_protocol::message::{Hello, HelloAck, Payload, StreamAck, StreamOpen, StreamReset};
+use valkyrie_protocol::message::{Hello, HelloAck, Payload, StreamOpen, StreamReset};
 use valkyrie_protocol::security::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, RecordProtector,
     SecurityError, SecurityHandshake,
@@ -1131,7 +1131,21 @@ fn one_flipped_bit_in_a_sealed_frame_closes_with_703_and_delivers_nothing() {
             ..
         }))
     ));
-    assert_eq!(out.len() > 0, true);
+    // The ERROR (sealed: the keys are intact, only that frame was damaged) reaches the client,
+    // which closes on it.
+    let errors: Vec<_> = frames_of(&out).into_iter().map(|f| f.msg_type()).collect();
+    assert_eq!(errors, [MessageType::Error]);
+    let (events, _) = inject(&mut p.client, &out, p.now);
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Closed(CloseReason::PeerError {
+                code: ErrorCode::INTEGRITY_FAILURE,
+                ..
+            }))
+        ),
+        "{events:?}"
+    );
     // A flipped header bit (authenticated as associated data) is caught too.
     let mut p = Pair::connected_with(secure("c"), secure("s"));
     p.client

@@ -1481,10 +1481,10 @@ impl Connection {
         match t {
             MessageType::StreamAck => match StreamAck::from_bytes(&frame.payload) {
                 Ok(ack) => {
-                    if let Some(max) = ack.max_data {
-                        if self.streams.on_credit(id, max) {
-                            self.events.push_back(Event::StreamWritable { id });
-                        }
+                    if let Some(max) = ack.max_data
+                        && self.streams.on_credit(id, max)
+                    {
+                        self.events.push_back(Event::StreamWritable { id });
                     }
                     if h.flags.contains(Flags::RESPONSE) && h.correlation_id != 0 {
                         self.events.push_back(Event::Acked {

@@ -160,15 +160,15 @@ impl RecvWindow {
         if outstanding >= u64::from(self.window / 2) && outstanding > 0 {
             return None;
         }
-        if let WindowStrategy::Adaptive { min, max, .. } = self.strategy {
-            if let Some(last) = self.last_update {
-                let since = now.saturating_duration_since(last);
-                let rtt = rtt.max(Duration::from_micros(10));
-                if since < rtt * 2 {
-                    self.window = self.window.saturating_mul(2).min(max).max(min);
-                } else if since > rtt * 64 {
-                    self.window = (self.window / 2).max(min).min(max);
-                }
+        if let WindowStrategy::Adaptive { min, max, .. } = self.strategy
+            && let Some(last) = self.last_update
+        {
+            let since = now.saturating_duration_since(last);
+            let rtt = rtt.max(Duration::from_micros(10));
+            if since < rtt * 2 {
+                self.window = self.window.saturating_mul(2).min(max).max(min);
+            } else if since > rtt * 64 {
+                self.window = (self.window / 2).max(min).min(max);
             }
         }
         self.last_update = Some(now);

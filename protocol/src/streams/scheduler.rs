@@ -260,13 +260,13 @@ impl Scheduler {
         }
         for _ in 0..2 {
             for i in 0..3 {
-                if self.quota[i] > 0 {
-                    if let Some(q) = self.classes[i].pop() {
-                        self.quota[i] -= 1;
-                        self.queued_frames -= 1;
-                        self.queued_bytes -= q.size();
-                        return Some(q);
-                    }
+                if self.quota[i] > 0
+                    && let Some(q) = self.classes[i].pop()
+                {
+                    self.quota[i] -= 1;
+                    self.queued_frames -= 1;
+                    self.queued_bytes -= q.size();
+                    return Some(q);
                 }
             }
             // Every non-empty class has spent its quota: start a new round.
