@@ -253,6 +253,18 @@ pub enum SendError {
     QueueFull(Qos),
 }
 
+impl SendError {
+    /// True when the send may succeed later without any change by the caller: the outbound
+    /// queue is full or the stream has no credit. Retry after transmitting, or on
+    /// [`Event::StreamWritable`].
+    pub fn is_backpressure(&self) -> bool {
+        matches!(
+            self,
+            SendError::QueueFull(_) | SendError::Stream(StreamError::Blocked { .. })
+        )
+    }
+}
+
 /// Counters of one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
