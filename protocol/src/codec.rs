@@ -11,6 +11,9 @@ use crate::frame::{Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT};
 /// Default per-connection payload limit before HELLO agrees on one: 1 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
 
+/// Capacity above which an emptied receive buffer is released rather than kept for reuse.
+const IDLE_CAPACITY: usize = 16 * 1024;
+
 /// A fatal decode failure: the stream of bytes can no longer be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -137,6 +140,11 @@ impl Decoder {
             return Ok(None);
         }
         let payload = self.buf.split_to(len).freeze();
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
+            // Everything buffered has been handed out: let an idle connection hold no large
+            // buffer (the allocation stays alive only as long as the frames that share it).
+            self.buf = BytesMut::new();
+        }
         Ok(Some(Frame { header, payload }))
     }
 }
@@ -176,6 +184,18 @@ mod tests {
         dec.feed(&Header::new(MessageType::StreamData, 1, MAX_FRAME_LIMIT).to_bytes());
         assert_eq!(dec.decode().unwrap(), None);
         assert!(dec.buf.capacity() < 4096, "capacity {}", dec.buf.capacity());
+    }
+
+    #[test]
+    fn an_emptied_large_buffer_is_released() {
+        let mut dec = Decoder::new(1 << 20);
+        dec.feed(&wire(&[Frame::new(
+            MessageType::StreamData,
+            1,
+            vec![0u8; 100_000],
+        )]));
+        assert!(dec.decode().unwrap().is_some());
+        assert_eq!(dec.buf.capacity(), 0);
     }
 
     #[test]

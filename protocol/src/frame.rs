@@ -460,6 +460,36 @@ impl Frame {
         buf.put_slice(&self.payload);
     }
 
+    /// Take one whole frame off the front of `buf` without copying: the payload is a slice
+    /// of `buf`'s allocation. `Ok(None)` (and `buf` untouched) when `buf` does not yet hold a
+    /// whole frame. For byte streams that arrive in arbitrary pieces use
+    /// [`codec::Decoder`](crate::codec::Decoder) instead.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use valkyrie_protocol::{Frame, MessageType};
+    ///
+    /// let mut wire = Vec::new();
+    /// Frame::new(MessageType::StreamData, 1001, &b"abc"[..]).encode(&mut wire);
+    /// let mut buf = Bytes::from(wire);
+    /// let f = Frame::decode(&mut buf, 1024).unwrap().unwrap();
+    /// assert_eq!(&f.payload[..], b"abc");
+    /// assert!(buf.is_empty());
+    /// ```
+    pub fn decode(buf: &mut Bytes, max_frame: u32) -> Result<Option<Frame>, HeaderError> {
+        let Some(header) = Header::decode_prefix(buf, max_frame) else {
+            return Ok(None);
+        };
+        let header = header?;
+        let end = HEADER_LEN + header.length as usize;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(end);
+        let payload = frame.split_off(HEADER_LEN);
+        Ok(Some(Frame { header, payload }))
+    }
+
     /// The trace context when [`Flags::TRACE`] is set and the payload is long enough.
     pub fn trace_context(&self) -> Option<TraceContext> {
         if self.header.flags.contains(Flags::TRACE) {
@@ -559,6 +589,27 @@ mod tests {
             Header::decode(&b, u32::MAX).unwrap_err().code(),
             ErrorCode::FRAME_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn decode_from_bytes_shares_the_buffer() {
+        let mut wire = Vec::new();
+        Frame::new(MessageType::Ping, 0, &b"one"[..]).encode(&mut wire);
+        Frame::new(MessageType::Ping, 0, &b"two"[..]).encode(&mut wire);
+        let mut buf = Bytes::from(wire);
+        let base = buf.as_ptr() as usize;
+        let a = Frame::decode(&mut buf, 16).unwrap().unwrap();
+        assert_eq!(a.payload.as_ptr() as usize, base + HEADER_LEN, "no copy");
+        let mut partial = buf.slice(..buf.len() - 1);
+        assert_eq!(Frame::decode(&mut partial, 16), Ok(None));
+        assert_eq!(partial.len(), buf.len() - 1, "untouched when incomplete");
+        let b = Frame::decode(&mut buf, 16).unwrap().unwrap();
+        assert_eq!(&b.payload[..], b"two");
+        let mut big = Bytes::from(Header::new(MessageType::Ping, 0, 17).to_bytes().to_vec());
+        assert!(matches!(
+            Frame::decode(&mut big, 16),
+            Err(HeaderError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
