@@ -1,0 +1,140 @@
+//! `valkyrie`: run a node, or ping one.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use valkyrie_runtime::{BusyPoll, Client, ClientConfig, Node};
+
+#[derive(Parser)]
+#[command(
+    name = "valkyrie",
+    version,
+    about = "Valkyrie Protocol v2 node and tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node until SIGINT or SIGTERM.
+    Node {
+        /// Listen URL (tcp://host:port or unix:///path); repeatable.
+        #[arg(long = "listen", default_value = "tcp://127.0.0.1:7420")]
+        listen: Vec<String>,
+        /// Shards (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Busy-poll: off, adaptive[:MICROS] or always.
+        #[arg(long, default_value = "off")]
+        busy_poll: BusyPoll,
+        /// Connections per shard before new ones are refused with ERROR 501.
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Heartbeat interval proposed to clients, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
+        /// Node id announced in HELLO_ACK.
+        #[arg(long, default_value = "valkyrie-node")]
+        node_id: String,
+    },
+    /// Ping a node and print the round-trip distribution.
+    Ping {
+        /// The node's URL.
+        url: String,
+        /// Round trips.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Payload bytes (0-1024).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Spin on the socket instead of sleeping (lowest latency).
+        #[arg(long)]
+        busy_poll: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("valkyrie: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.cmd {
+        Cmd::Node {
+            listen,
+            shards,
+            busy_poll,
+            max_connections,
+            heartbeat_ms,
+            node_id,
+        } => {
+            let mut b = Node::builder()
+                .busy_poll(busy_poll)
+                .protocol(valkyrie_protocol::Config::new(node_id))
+                .heartbeat(Duration::from_millis(heartbeat_ms));
+            for url in &listen {
+                b = b.listen(url)?;
+            }
+            if let Some(n) = shards {
+                b = b.shards(n);
+            }
+            if let Some(n) = max_connections {
+                b = b.max_connections_per_shard(n);
+            }
+            let node = b.start()?;
+            for ep in node.endpoints() {
+                tracing::info!(%ep, "listening");
+            }
+            node.run_until_signal()?;
+            Ok(())
+        }
+        Cmd::Ping {
+            url,
+            count,
+            size,
+            busy_poll,
+        } => {
+            if size > 1024 {
+                return Err("--size is at most 1024 bytes (the PING payload limit)".into());
+            }
+            let cfg = ClientConfig {
+                busy_poll,
+                ..ClientConfig::default()
+            };
+            let mut client = Client::connect_with(&url, cfg)?;
+            let payload = vec![0xA5u8; size];
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let start = Instant::now();
+            for _ in 0..count {
+                let rtt = client.ping(&payload)?;
+                hist.saturating_record(rtt.as_nanos() as u64);
+            }
+            let el = start.elapsed();
+            let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "{count} pings of {size} B to {url}: p50 {:.1} us  p99 {:.1} us  p999 {:.1} us  max {:.1} us  ({:.0} round trips/s)",
+                us(0.5),
+                us(0.99),
+                us(0.999),
+                hist.max() as f64 / 1000.0,
+                count as f64 / el.as_secs_f64()
+            );
+            let _ = client.close();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! A blocking client: connect, handshake, ping, request/response, streams.
+//!
+//! The client drives the same sans-IO [`Connection`] as the node, over an ordinary blocking
+//! (or, with busy-poll, non-blocking and spinning) socket in the caller's thread. Protocol
+//! timers (heartbeats) run whenever the client is waiting on the socket.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use valkyrie_protocol::message::StreamOpen;
+use valkyrie_protocol::streams::StreamClass;
+use valkyrie_protocol::{
+    CloseReason, Config, Connection, ErrorCode, Event, Flags, Frame, MessageType, PeerInfo,
+    SendError, SendOptions, Side,
+};
+
+use crate::transport::{self, ClientSocket};
+use crate::url::{Endpoint, EndpointError};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Protocol settings (node id, security modes offered, limits, heartbeat).
+    pub protocol: Config,
+    /// Spin on a non-blocking socket instead of sleeping in `read` (lowest latency, one core).
+    pub busy_poll: bool,
+    /// Time allowed for connect and handshake.
+    pub connect_timeout: Duration,
+    /// Events kept for [`Client::next_event`] before the client stops reading (back-pressure).
+    pub max_pending_events: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            protocol: Config::new("valkyrie-client"),
+            busy_poll: false,
+            connect_timeout: Duration::from_secs(10),
+            max_pending_events: 65_536,
+        }
+    }
+}
+
+/// What went wrong in a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not an endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// Socket I/O failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The protocol refused the send.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The connection ended.
+    #[error("connection closed: {0:?}")]
+    Closed(CloseReason),
+    /// The peer answered with an ERROR.
+    #[error("peer error {code}: {message}")]
+    Peer {
+        /// The code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// Too many unread events: call [`Client::next_event`].
+    #[error("{0} events are waiting to be read")]
+    Backlog(usize),
+}
+
+/// A connection to a node.
+pub struct Client {
+    sock: ClientSocket,
+    conn: Connection,
+    rbuf: Box<[u8]>,
+    wbuf: BytesMut,
+    events: VecDeque<Event>,
+    cfg: ClientConfig,
+    closed: Option<CloseReason>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connect to `url` with default settings and complete the handshake.
+    pub fn connect(url: &str) -> Result<Client, ClientError> {
+        Self::connect_with(url, ClientConfig::default())
+    }
+
+    /// Connect with `cfg` and complete the handshake.
+    pub fn connect_with(url: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let endpoint: Endpoint = url.parse()?;
+        let sock = transport::for_endpoint(&endpoint).connect(&endpoint)?;
+        Self::over(sock, cfg)
+    }
+
+    /// Run the client over an already connected socket.
+    pub fn over(sock: ClientSocket, cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.busy_poll {
+            sock.set_nonblocking(true)?;
+        }
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let conn = Connection::new(Side::Client, Arc::new(cfg.protocol.clone()), now, unix);
+        let mut c = Client {
+            sock,
+            conn,
+            rbuf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            events: VecDeque::new(),
+            cfg,
+            closed: None,
+        };
+        let deadline = now + c.cfg.connect_timeout;
+        while !c.conn.is_established() {
+            c.pump(deadline)?;
+            if let Some(r) = c.closed.clone() {
+                return Err(match r {
+                    CloseReason::PeerError { code, message } => ClientError::Peer { code, message },
+                    other => ClientError::Closed(other),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+        }
+        c.events.retain(|e| !matches!(e, Event::Connected(_)));
+        Ok(c)
+    }
+
+    /// What was agreed with the node.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.conn.peer()
+    }
+
+    /// The protocol connection, for anything this API does not cover.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.wbuf.clear();
+        self.conn.write_transmits(&mut self.wbuf, usize::MAX);
+        let mut off = 0;
+        while off < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn collect(&mut self) {
+        while let Some(e) = self.conn.poll_event() {
+            if let Event::Closed(r) = &e {
+                self.closed = Some(r.clone());
+            }
+            self.events.push_back(e);
+        }
+    }
+
+    /// One round: send what is queued, wait for input until `deadline` (or the next protocol
+    /// timer), feed it in, run timers.
+    fn pump(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        self.flush()?;
+        let now = Instant::now();
+        if let Some(t) = self.conn.poll_timeout()
+            && t <= now
+        {
+            self.conn.handle_timeout(now);
+            self.collect();
+            self.flush()?;
+        }
+        if self.closed.is_some() {
+            return Ok(());
+        }
+        if self.events.len() >= self.cfg.max_pending_events {
+            return Err(ClientError::Backlog(self.events.len()));
+        }
+        let until = self
+            .conn
+            .poll_timeout()
+            .map_or(deadline, |t| t.min(deadline));
+        let n = if self.cfg.busy_poll {
+            loop {
+                match self.sock.read(&mut self.rbuf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= until {
+                            return Ok(());
+                        }
+                        std::hint::spin_loop();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            let wait = until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(100));
+            self.sock.set_read_timeout(Some(wait))?;
+            match self.sock.read(&mut self.rbuf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let now = Instant::now();
+        if n == 0 {
+            self.conn.handle_eof(now);
+        } else {
+            self.conn.handle_input(&self.rbuf[..n], now);
+        }
+        self.collect();
+        Ok(())
+    }
+
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&Event) -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| pick(e).is_some()) {
+                let e = self.events.remove(i).expect("index from position");
+                return pick(&e).expect("matched above");
+            }
+            if let Some(r) = &self.closed {
+                return Err(ClientError::Closed(r.clone()));
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            self.pump(deadline)?;
+        }
+    }
+
+    /// PING with `payload` (at most 1024 bytes); returns the round-trip time.
+    pub fn ping(&mut self, payload: &[u8]) -> Result<Duration, ClientError> {
+        let id = self.conn.ping(Bytes::copy_from_slice(payload))?;
+        self.wait_for(Duration::from_secs(30), |e| match e {
+            Event::Pong {
+                correlation_id,
+                rtt,
+                ..
+            } if *correlation_id == id => Some(Ok(*rtt)),
+            _ => None,
+        })
+    }
+
+    /// Send a request and wait up to `timeout` for its response frame. An ERROR answering it
+    /// is returned as [`ClientError::Peer`].
+    pub fn request(
+        &mut self,
+        stream_id: u32,
+        msg_type: MessageType,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, ClientError> {
+        let id = self
+            .conn
+            .request(stream_id, msg_type, payload, SendOptions::default())?;
+        self.wait_for(timeout, |e| match e {
+            Event::Frame(f)
+                if f.header.correlation_id == id && f.header.flags.contains(Flags::RESPONSE) =>
+            {
+                Some(Ok(f.clone()))
+            }
+            Event::PeerError {
+                code,
+                message,
+                correlation_id,
+                ..
+            } if *correlation_id == id => Some(Err(ClientError::Peer {
+                code: *code,
+                message: message.clone(),
+            })),
+            _ => None,
+        })
+    }
+
+    /// Queue a frame and send it now.
+    pub fn send(
+        &mut self,
+        stream_id: u32,
+        msg_type: MessageType,
+        payload: Bytes,
+        opts: SendOptions,
+    ) -> Result<(), ClientError> {
+        self.conn.send(stream_id, msg_type, payload, opts)?;
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Open a stream. With `open`, a STREAM_OPEN is sent and this waits for the node's answer.
+    pub fn open_stream(
+        &mut self,
+        class: StreamClass,
+        open: Option<StreamOpen>,
+    ) -> Result<u32, ClientError> {
+        let explicit = open.is_some();
+        let id = self.conn.open_stream(class, open)?;
+        if explicit {
+            self.wait_for(Duration::from_secs(30), |e| match e {
+                Event::Acked { stream_id, .. } if *stream_id == id => Some(Ok(())),
+                _ => None,
+            })?;
+        }
+        Ok(id)
+    }
+
+    /// The next event (frames the node pushed, stream events, heartbeats), waiting up to
+    /// `timeout`. `Ok(None)` on timeout.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.closed.is_some() || Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.pump(deadline)?;
+        }
+    }
+
+    /// Send everything queued and wait for nothing.
+    pub fn flush_now(&mut self) -> Result<(), ClientError> {
+        Ok(self.flush()?)
+    }
+
+    /// Close gracefully: CLOSE, then wait (up to 5 s) for the node's answer.
+    pub fn close(mut self) -> Result<CloseReason, ClientError> {
+        self.conn.close(0, "client closing");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.closed.is_none() && Instant::now() < deadline {
+            self.pump(deadline)?;
+        }
+        self.closed.ok_or(ClientError::Timeout)
+    }
+}

@@ -1,0 +1,247 @@
+//! Per-shard counters, written only by their shard, gathered on demand into a Prometheus
+//! registry.
+//!
+//! Each counter is an atomic that one shard increments with relaxed ordering and that the
+//! gatherer only reads: no lock and no contended cache line on the hot path.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use valkyrie_protocol::MessageType;
+
+/// Transports counted separately.
+pub(crate) const TRANSPORTS: [&str; 2] = ["tcp", "unix"];
+/// Priority bands of `valkyrie_messages_sent_total{priority}`.
+const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
+
+fn priority_band(p: u8) -> usize {
+    match p {
+        0..=95 => 0,
+        96..=159 => 1,
+        160..=223 => 2,
+        _ => 3,
+    }
+}
+
+/// Counters of one shard.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    pub(crate) connections_active: [AtomicI64; 2],
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) heartbeat_timeouts: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) accept_paused: AtomicU64,
+    pub(crate) frames_in: [AtomicU64; 256],
+    pub(crate) frames_out: [[AtomicU64; 4]; 256],
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) errors_sent: [AtomicU64; 1000],
+    pub(crate) mesh_full: AtomicU64,
+    pub(crate) shed_frames: AtomicU64,
+}
+
+impl ShardMetrics {
+    pub(crate) fn new() -> Self {
+        ShardMetrics {
+            connections_active: Default::default(),
+            connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            handshake_timeouts: AtomicU64::new(0),
+            heartbeat_timeouts: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            accept_paused: AtomicU64::new(0),
+            frames_in: std::array::from_fn(|_| AtomicU64::new(0)),
+            frames_out: std::array::from_fn(|_| Default::default()),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors_sent: std::array::from_fn(|_| AtomicU64::new(0)),
+            mesh_full: AtomicU64::new(0),
+            shed_frames: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn frame_out(&self, header: &[u8; 24]) {
+        Self::add(
+            &self.frames_out[header[3] as usize][priority_band(header[5])],
+            1,
+        );
+    }
+
+    pub(crate) fn error_sent(&self, code: u16, n: u64) {
+        if let Some(c) = self.errors_sent.get(code as usize) {
+            Self::add(c, n);
+        }
+    }
+
+    /// Connections open on this shard now.
+    pub fn connections(&self) -> i64 {
+        self.connections_active
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .sum()
+    }
+
+    /// Connections refused at the limit (ERROR 501) so far.
+    pub fn refused(&self) -> u64 {
+        self.connections_refused.load(Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.connections_accepted.load(Relaxed)
+    }
+
+    /// Connections closed because HELLO or the handshake did not finish in time.
+    pub fn handshake_timeouts(&self) -> u64 {
+        self.handshake_timeouts.load(Relaxed)
+    }
+
+    /// Connections closed for missed heartbeats.
+    pub fn heartbeat_timeouts(&self) -> u64 {
+        self.heartbeat_timeouts.load(Relaxed)
+    }
+
+    /// Frames received of type `t`.
+    pub fn frames_in(&self, t: MessageType) -> u64 {
+        self.frames_in[t.to_u8() as usize].load(Relaxed)
+    }
+
+    /// ERROR frames sent with `code`.
+    pub fn errors_sent(&self, code: u16) -> u64 {
+        self.errors_sent
+            .get(code as usize)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+/// Sum every shard's counters into a fresh registry with the seed's metric names.
+pub fn gather(
+    shards: &[std::sync::Arc<ShardMetrics>],
+    security: &str,
+) -> prometheus::Result<Registry> {
+    let r = Registry::new();
+    let active = IntGaugeVec::new(
+        Opts::new("valkyrie_connections_active", "Open connections"),
+        &["transport", "security"],
+    )?;
+    let accepted = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_connections_accepted_total",
+            "Connections accepted",
+        ),
+        &["outcome"],
+    )?;
+    let disconnects = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_disconnections_total",
+            "Connections closed by the node, by reason",
+        ),
+        &["reason"],
+    )?;
+    let sent = IntCounterVec::new(
+        Opts::new("valkyrie_messages_sent_total", "Frames sent"),
+        &["type", "priority"],
+    )?;
+    let received = IntCounterVec::new(
+        Opts::new("valkyrie_messages_received_total", "Frames received"),
+        &["type"],
+    )?;
+    let bytes = IntCounterVec::new(
+        Opts::new("valkyrie_bytes_total", "Bytes through the transport"),
+        &["direction"],
+    )?;
+    let errors = IntCounterVec::new(
+        Opts::new("valkyrie_errors_total", "ERROR frames sent"),
+        &["type", "code"],
+    )?;
+    let shed = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_frames_shed_total",
+            "Best-effort frames dropped under pressure",
+        ),
+        &[],
+    )?;
+    let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    for (i, t) in TRANSPORTS.iter().enumerate() {
+        let n: i64 = shards
+            .iter()
+            .map(|s| s.connections_active[i].load(Relaxed))
+            .sum();
+        active.with_label_values(&[t, security]).set(n);
+    }
+    accepted
+        .with_label_values(&["accepted"])
+        .inc_by(sum(&|s| s.connections_accepted.load(Relaxed)));
+    accepted
+        .with_label_values(&["refused"])
+        .inc_by(sum(&|s| s.connections_refused.load(Relaxed)));
+    disconnects
+        .with_label_values(&["handshake_timeout"])
+        .inc_by(sum(&|s| s.handshake_timeouts.load(Relaxed)));
+    disconnects
+        .with_label_values(&["heartbeat_timeout"])
+        .inc_by(sum(&|s| s.heartbeat_timeouts.load(Relaxed)));
+    disconnects
+        .with_label_values(&["slow_consumer"])
+        .inc_by(sum(&|s| s.slow_consumers.load(Relaxed)));
+    for t in 0..=255u8 {
+        let name = MessageType::from_u8(t).name().to_ascii_lowercase();
+        let rx = sum(&|s| s.frames_in[t as usize].load(Relaxed));
+        if rx > 0 {
+            received.with_label_values(&[name.as_str()]).inc_by(rx);
+        }
+        for (b, band) in PRIORITIES.iter().enumerate() {
+            let tx = sum(&|s| s.frames_out[t as usize][b].load(Relaxed));
+            if tx > 0 {
+                sent.with_label_values(&[name.as_str(), band]).inc_by(tx);
+            }
+        }
+    }
+    bytes
+        .with_label_values(&["in"])
+        .inc_by(sum(&|s| s.bytes_in.load(Relaxed)));
+    bytes
+        .with_label_values(&["out"])
+        .inc_by(sum(&|s| s.bytes_out.load(Relaxed)));
+    for code in 0..1000u16 {
+        let n = sum(&|s| s.errors_sent[code as usize].load(Relaxed));
+        if n > 0 {
+            let class = valkyrie_protocol::ErrorCode(code).class().label();
+            errors
+                .with_label_values(&[class, code.to_string().as_str()])
+                .inc_by(n);
+        }
+    }
+    shed.with_label_values::<&str>(&[])
+        .inc_by(sum(&|s| s.shed_frames.load(Relaxed)));
+    for c in [
+        Box::new(active) as Box<dyn prometheus::core::Collector>,
+        Box::new(accepted),
+        Box::new(disconnects),
+        Box::new(sent),
+        Box::new(received),
+        Box::new(bytes),
+        Box::new(errors),
+        Box::new(shed),
+    ] {
+        r.register(c)?;
+    }
+    Ok(r)
+}
+
+/// The registry in Prometheus text format.
+pub fn encode(r: &Registry) -> String {
+    let mut out = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&r.gather(), &mut out)
+        .expect("text encoding of gathered metrics");
+    out
+}

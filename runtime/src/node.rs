@@ -1,0 +1,441 @@
+//! The node: configuration, start-up of the shards, shutdown, metrics.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use valkyrie_protocol::Config;
+
+use crate::mesh::{self, Waker};
+use crate::metrics::{self, ShardMetrics};
+use crate::service::{NoService, Service};
+use crate::shard::{Shard, ShardInit};
+use crate::transport;
+use crate::url::{Endpoint, EndpointError};
+
+/// Whether a shard spins on its completion queue before sleeping.
+///
+/// Waking a sleeping core costs tens of microseconds on a VM; spinning trades CPU for latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyPoll {
+    /// Sleep in the kernel as soon as there is nothing to do.
+    Off,
+    /// Spin for this long after the last completion, then sleep.
+    Adaptive(Duration),
+    /// Never sleep (one core per shard at 100 %).
+    Always,
+}
+
+impl std::str::FromStr for BusyPoll {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(BusyPoll::Off),
+            "always" => Ok(BusyPoll::Always),
+            "adaptive" => Ok(BusyPoll::Adaptive(Duration::from_micros(200))),
+            other => match other
+                .strip_prefix("adaptive:")
+                .and_then(|us| us.parse::<u64>().ok())
+            {
+                Some(us) => Ok(BusyPoll::Adaptive(Duration::from_micros(us))),
+                None => Err(format!(
+                    "busy-poll mode {other:?}: expected off, adaptive[:MICROS] or always"
+                )),
+            },
+        }
+    }
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Endpoints to listen on.
+    pub listen: Vec<Endpoint>,
+    /// Shards (threads, rings); defaults to the number of cores.
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores`.
+    pub pin: bool,
+    /// Protocol settings for every connection.
+    pub protocol: Arc<Config>,
+    /// Connections a shard holds; past it a new connection gets ERROR 501 and is closed.
+    pub max_connections_per_shard: usize,
+    /// Busy-poll mode.
+    pub busy_poll: BusyPoll,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Provided receive buffers per shard (a power of two).
+    pub recv_buffers: u16,
+    /// Size of each receive buffer.
+    pub recv_buffer_size: u32,
+    /// Most bytes gathered into one send.
+    pub send_batch: usize,
+    /// How long a shutdown drains before closing what is left.
+    pub shutdown_timeout: Duration,
+    /// A peer that takes no bytes for this long is closed as a slow consumer.
+    pub slow_consumer_timeout: Duration,
+    /// Capacity of each mesh ring.
+    pub mesh_capacity: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: Vec::new(),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            protocol: Arc::new(Config::new("valkyrie-node")),
+            max_connections_per_shard: 1 << 20,
+            busy_poll: BusyPoll::Off,
+            ring_entries: 4096,
+            recv_buffers: 2048,
+            recv_buffer_size: 4096,
+            send_batch: 256 * 1024,
+            shutdown_timeout: Duration::from_secs(5),
+            slow_consumer_timeout: Duration::from_secs(10),
+            mesh_capacity: 8192,
+        }
+    }
+}
+
+type Factory = Arc<dyn Fn(usize) -> Box<dyn Service> + Send + Sync>;
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    cfg: NodeConfig,
+    factory: Factory,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        NodeBuilder {
+            cfg: NodeConfig::default(),
+            factory: Arc::new(|_| Box::new(NoService)),
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// Listen on `url` (`tcp://host:port`, `unix:///path`); repeatable.
+    pub fn listen(mut self, url: &str) -> Result<Self, EndpointError> {
+        self.cfg.listen.push(url.parse()?);
+        Ok(self)
+    }
+
+    /// Number of shards (default: one per core; more than the cores is allowed).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.cfg.shards = n.max(1);
+        self
+    }
+
+    /// Pin shards to cores (default true).
+    pub fn pin(mut self, on: bool) -> Self {
+        self.cfg.pin = on;
+        self
+    }
+
+    /// Protocol settings (node id, security, limits, heartbeat, windows).
+    pub fn protocol(mut self, config: Config) -> Self {
+        self.cfg.protocol = Arc::new(config);
+        self
+    }
+
+    /// The heartbeat interval proposed to clients.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        Arc::make_mut(&mut self.cfg.protocol).heartbeat = interval;
+        self
+    }
+
+    /// Connections per shard before new ones are refused with ERROR 501.
+    pub fn max_connections_per_shard(mut self, n: usize) -> Self {
+        self.cfg.max_connections_per_shard = n;
+        self
+    }
+
+    /// Busy-poll mode.
+    pub fn busy_poll(mut self, mode: BusyPoll) -> Self {
+        self.cfg.busy_poll = mode;
+        self
+    }
+
+    /// Shutdown drain deadline.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.cfg.shutdown_timeout = d;
+        self
+    }
+
+    /// Slow-consumer timeout.
+    pub fn slow_consumer_timeout(mut self, d: Duration) -> Self {
+        self.cfg.slow_consumer_timeout = d;
+        self
+    }
+
+    /// The per-shard service: `factory(shard)` runs inside each shard's thread.
+    pub fn service<S: Service, F: Fn(usize) -> S + Send + Sync + 'static>(
+        mut self,
+        factory: F,
+    ) -> Self {
+        self.factory = Arc::new(move |shard| Box::new(factory(shard)));
+        self
+    }
+
+    /// Change any other setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut NodeConfig)) -> Self {
+        f(&mut self.cfg);
+        self
+    }
+
+    /// Bind the listeners and start the shards.
+    pub fn start(self) -> io::Result<Node> {
+        Node::start(self.cfg, self.factory)
+    }
+}
+
+/// A running node. Dropping it shuts it down and waits for the shards.
+pub struct Node {
+    threads: Vec<JoinHandle<()>>,
+    shutdown: Arc<AtomicBool>,
+    wakers: Arc<Vec<Waker>>,
+    metrics: Vec<Arc<ShardMetrics>>,
+    endpoints: Vec<Endpoint>,
+    security: String,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("endpoints", &self.endpoints)
+            .field("shards", &self.metrics.len())
+            .finish()
+    }
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a live rlimit struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+impl Node {
+    /// A builder with defaults: one shard per core, plaintext, no service.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    fn start(mut cfg: NodeConfig, factory: Factory) -> io::Result<Node> {
+        if cfg.listen.is_empty() {
+            cfg.listen
+                .push("tcp://127.0.0.1:7420".parse().expect("default endpoint"));
+        }
+        let n = cfg.shards.max(1);
+        let nofile = raise_nofile();
+        let table_size = (cfg.max_connections_per_shard as u64 + 64)
+            .min(nofile)
+            .min(u32::MAX as u64) as u32;
+
+        // Bind: the first TCP bind of an address picks the port (port 0); the other shards bind
+        // the same port with SO_REUSEPORT. A Unix socket is bound once and shared.
+        let mut per_shard: Vec<Vec<(OwnedFd, u8)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut endpoints = Vec::new();
+        for ep in &cfg.listen {
+            let t = transport::for_endpoint(ep);
+            match ep {
+                Endpoint::Tcp(_) => {
+                    let first = t.listen(ep, true, 4096)?;
+                    let bound = Endpoint::Tcp(transport::local_addr(&first)?);
+                    per_shard[0].push((first, 0));
+                    for fds in per_shard.iter_mut().skip(1) {
+                        fds.push((t.listen(&bound, true, 4096)?, 0));
+                    }
+                    endpoints.push(bound);
+                }
+                Endpoint::Unix(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let fd = t.listen(ep, false, 4096)?;
+                    for fds in per_shard.iter_mut() {
+                        // SAFETY: dup of a descriptor we own; the copy is owned by the new OwnedFd.
+                        let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+                        if d < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        // SAFETY: d is a fresh descriptor from fcntl.
+                        fds.push((unsafe { OwnedFd::from_raw_fd(d) }, 1));
+                    }
+                    endpoints.push(ep.clone());
+                }
+            }
+        }
+        let wakers: Arc<Vec<Waker>> =
+            Arc::new((0..n).map(|_| Waker::new()).collect::<io::Result<_>>()?);
+        let (producers, mut consumers) = mesh::build(n, cfg.mesh_capacity);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let metrics: Vec<Arc<ShardMetrics>> =
+            (0..n).map(|_| Arc::new(ShardMetrics::new())).collect();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cfg = Arc::new(cfg);
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        for (id, (listeners, mesh_tx)) in per_shard.into_iter().zip(producers).enumerate() {
+            let mesh_rx: Vec<_> = consumers[id].iter_mut().filter_map(Option::take).collect();
+            let init = ShardInit {
+                id,
+                cfg: cfg.clone(),
+                listeners,
+                mesh_rx,
+                mesh_tx,
+                wakers: wakers.clone(),
+                metrics: metrics[id].clone(),
+                shutdown: shutdown.clone(),
+                table_size,
+            };
+            let factory = factory.clone();
+            let core = (cfg.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
+            let ready = ready_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("valkyrie-shard-{id}"))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        let service = factory(id);
+                        match Shard::new(init, service) {
+                            Ok(shard) => {
+                                let _ = ready.send(Ok(()));
+                                shard.run();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                            }
+                        }
+                    })?,
+            );
+        }
+        drop(ready_tx);
+        let security = cfg
+            .protocol
+            .security
+            .first()
+            .map_or("plaintext".into(), |m| m.to_string());
+        let node = Node {
+            threads,
+            shutdown,
+            wakers,
+            metrics,
+            endpoints,
+            security,
+        };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a shard thread died during start-up")),
+            }
+        }
+        Ok(node)
+    }
+
+    /// The endpoints listened on, with the ports actually bound.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The first endpoint as a URL (for clients in tests and examples).
+    pub fn url(&self) -> String {
+        self.endpoints[0].to_string()
+    }
+
+    /// Per-shard counters.
+    pub fn shard_metrics(&self) -> &[Arc<ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// All counters, gathered into a Prometheus registry.
+    pub fn registry(&self) -> prometheus::Registry {
+        metrics::gather(&self.metrics, &self.security)
+            .expect("metric names and labels are static and valid")
+    }
+
+    /// All counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        metrics::encode(&self.registry())
+    }
+
+    /// Connections open across all shards.
+    pub fn connections(&self) -> i64 {
+        self.metrics.iter().map(|m| m.connections()).sum()
+    }
+
+    /// Begin a graceful shutdown: stop accepting, CLOSE every connection, drain up to the
+    /// shutdown timeout.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for w in self.wakers.iter() {
+            w.wake(true);
+        }
+    }
+
+    /// Wait for every shard to stop (after [`Node::shutdown`]).
+    pub fn join(mut self) {
+        self.join_threads();
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for ep in &self.endpoints {
+            if let Endpoint::Unix(p) = ep {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    /// Run until SIGINT or SIGTERM, then shut down gracefully and return.
+    pub fn run_until_signal(self) -> io::Result<()> {
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "signal received: shutting down");
+        }
+        self.shutdown();
+        self.join();
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+            self.join_threads();
+        }
+    }
+}

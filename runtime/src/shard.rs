@@ -1,0 +1,1075 @@
+//! One shard: a thread pinned to a core that owns an io_uring ring, its listening sockets, its
+//! connections, timers, receive buffers and metrics. Nothing here is shared with other shards
+//! except the mesh rings and the per-shard counters (written only by this shard).
+
+use std::any::Any;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::streams::StreamClass;
+use valkyrie_protocol::{
+    CloseReason, Connection, ErrorCode, Event, Frame, Header, MessageType, PeerInfo, SendError,
+    SendOptions, Side,
+};
+
+use crate::mesh::{MeshMsg, Waker};
+use crate::metrics::ShardMetrics;
+use crate::node::{BusyPoll, NodeConfig};
+use crate::service::{ConnRef, Service};
+use crate::uring::{BufRing, Op, RingFeatures, build_ring, ud, ud_parts};
+
+/// Why a [`Ctx`] operation on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The connection has closed (the reference is stale).
+    #[error("connection is gone")]
+    Gone,
+    /// The protocol refused the send (not established, closing, stream rules, back-pressure).
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The mesh ring to the owning shard is full: back-pressure, retry later.
+    #[error("mesh ring to shard {0} is full")]
+    MeshFull(usize),
+    /// The operation needs the connection's own shard.
+    #[error("connection belongs to shard {0}")]
+    NotLocal(usize),
+}
+
+/// One accepted connection.
+pub(crate) struct Conn {
+    fixed: u32,
+    generation: u32,
+    transport: u8,
+    proto: Connection,
+    /// Bytes being sent; the buffer does not move while a send is in flight.
+    out: Option<BytesMut>,
+    out_sent: usize,
+    sending: bool,
+    send_started: Option<Instant>,
+    /// Refused at the connection limit: only the ERROR 501 frame is sent.
+    refused: bool,
+    closing: bool,
+    connected: bool,
+    timer: Option<Instant>,
+    dirty: bool,
+}
+
+struct Listener {
+    fd: OwnedFd,
+    transport: u8,
+    armed: bool,
+}
+
+/// What a shard needs to start.
+pub(crate) struct ShardInit {
+    pub(crate) id: usize,
+    pub(crate) cfg: Arc<NodeConfig>,
+    pub(crate) listeners: Vec<(OwnedFd, u8)>,
+    pub(crate) mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
+    pub(crate) mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
+    pub(crate) wakers: Arc<Vec<Waker>>,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) table_size: u32,
+}
+
+/// Access to the shard for a service: send, respond, route, close.
+pub struct Ctx<'a> {
+    shard: usize,
+    nshards: usize,
+    now: Instant,
+    conns: &'a mut Slab<Conn>,
+    dirty: &'a mut Vec<u32>,
+    mesh_tx: &'a mut [Option<rtrb::Producer<MeshMsg>>],
+    wakers: &'a [Waker],
+    metrics: &'a ShardMetrics,
+}
+
+impl Ctx<'_> {
+    /// This shard's index.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// How many shards the node runs.
+    pub fn shards(&self) -> usize {
+        self.nshards
+    }
+
+    /// The time this batch of work started.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Connections open on this shard.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Every established connection of this shard.
+    pub fn local_connections(&self) -> Vec<ConnRef> {
+        let shard = self.shard as u16;
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.connected && !c.closing)
+            .map(|(slot, c)| ConnRef {
+                shard,
+                slot: slot as u32,
+                generation: c.generation,
+            })
+            .collect()
+    }
+
+    fn local(&mut self, conn: ConnRef) -> Result<&mut Conn, RouteError> {
+        if conn.shard as usize != self.shard {
+            return Err(RouteError::NotLocal(conn.shard as usize));
+        }
+        match self.conns.get_mut(conn.slot as usize) {
+            Some(c) if c.generation == conn.generation && !c.refused => Ok(c),
+            _ => Err(RouteError::Gone),
+        }
+    }
+
+    fn mark(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    /// The agreed parameters of a connection of this shard.
+    pub fn peer(&mut self, conn: ConnRef) -> Option<PeerInfo> {
+        self.local(conn).ok().and_then(|c| c.proto.peer().cloned())
+    }
+
+    /// Send a frame on `conn`, on this shard or another (crossing the mesh once).
+    pub fn send(
+        &mut self,
+        conn: ConnRef,
+        stream_id: u32,
+        msg_type: MessageType,
+        payload: Bytes,
+        opts: SendOptions,
+    ) -> Result<(), RouteError> {
+        if conn.shard as usize != self.shard {
+            return self.route(
+                conn.shard as usize,
+                MeshMsg::Send {
+                    to: conn,
+                    stream_id,
+                    msg_type,
+                    payload,
+                    opts,
+                },
+            );
+        }
+        let c = self.local(conn)?;
+        c.proto.send(stream_id, msg_type, payload, opts)?;
+        self.mark(conn.slot);
+        Ok(())
+    }
+
+    /// Answer `request` on `conn` (same stream and correlation id, RESPONSE set).
+    pub fn respond(
+        &mut self,
+        conn: ConnRef,
+        request: &Header,
+        msg_type: MessageType,
+        payload: Bytes,
+    ) -> Result<(), RouteError> {
+        let opts = SendOptions {
+            flags: valkyrie_protocol::Flags::RESPONSE,
+            correlation_id: request.correlation_id,
+            priority: request.priority,
+            ..SendOptions::default()
+        };
+        self.send(conn, request.stream_id, msg_type, payload, opts)
+    }
+
+    /// Report a non-fatal error on a connection of this shard.
+    pub fn send_error(
+        &mut self,
+        conn: ConnRef,
+        code: ErrorCode,
+        message: &str,
+        stream_id: u32,
+        correlation_id: u32,
+    ) -> Result<(), RouteError> {
+        let c = self.local(conn)?;
+        c.proto
+            .send_error(code, message, stream_id, correlation_id)?;
+        self.mark(conn.slot);
+        Ok(())
+    }
+
+    /// Open a stream on a connection of this shard.
+    pub fn open_stream(
+        &mut self,
+        conn: ConnRef,
+        class: StreamClass,
+        open: Option<valkyrie_protocol::message::StreamOpen>,
+    ) -> Result<u32, RouteError> {
+        let c = self.local(conn)?;
+        let id = c.proto.open_stream(class, open)?;
+        self.mark(conn.slot);
+        Ok(id)
+    }
+
+    /// Close `conn` gracefully (CLOSE after what is queued), wherever it lives.
+    pub fn close(&mut self, conn: ConnRef, code: u16, reason: &str) -> Result<(), RouteError> {
+        if conn.shard as usize != self.shard {
+            return self.route(
+                conn.shard as usize,
+                MeshMsg::Close {
+                    to: conn,
+                    code,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        let c = self.local(conn)?;
+        c.proto.close(code, reason);
+        self.mark(conn.slot);
+        Ok(())
+    }
+
+    /// Hand `msg` to the service instance on `shard` ([`Service::on_message`]).
+    pub fn send_to_shard(
+        &mut self,
+        shard: usize,
+        msg: Box<dyn Any + Send>,
+    ) -> Result<(), RouteError> {
+        if shard == self.shard || shard >= self.nshards {
+            return Err(RouteError::NotLocal(shard));
+        }
+        let from = self.shard;
+        self.route(shard, MeshMsg::User { from, msg })
+    }
+
+    fn route(&mut self, shard: usize, msg: MeshMsg) -> Result<(), RouteError> {
+        let Some(Some(p)) = self.mesh_tx.get_mut(shard) else {
+            return Err(RouteError::NotLocal(shard));
+        };
+        if p.push(msg).is_err() {
+            ShardMetrics::add(&self.metrics.mesh_full, 1);
+            return Err(RouteError::MeshFull(shard));
+        }
+        self.wakers[shard].wake(false);
+        Ok(())
+    }
+}
+
+pub(crate) struct Shard {
+    id: usize,
+    cfg: Arc<NodeConfig>,
+    ring: IoUring,
+    features: RingFeatures,
+    bufs: BufRing,
+    listeners: Vec<Listener>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    dirty: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
+    mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
+    wakers: Arc<Vec<Waker>>,
+    service: Box<dyn Service>,
+    metrics: Arc<ShardMetrics>,
+    shutdown: Arc<AtomicBool>,
+    shutdown_deadline: Option<Instant>,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    table_size: u32,
+    table_used: u32,
+    accept_paused: bool,
+    send_pool: Vec<BytesMut>,
+    unix_base: (Instant, u64),
+    refused_frame: Bytes,
+    now: Instant,
+}
+
+const SEND_POOL: usize = 256;
+const SEND_BUF: usize = 16 * 1024;
+
+impl Shard {
+    pub(crate) fn new(init: ShardInit, service: Box<dyn Service>) -> std::io::Result<Shard> {
+        let (ring, mut features) = build_ring(init.cfg.ring_entries)?;
+        ring.submitter().register_files_sparse(init.table_size)?;
+        features.direct_descriptors = init.table_size;
+        let bufs = BufRing::new(&ring, 0, init.cfg.recv_buffers, init.cfg.recv_buffer_size)?;
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut refused = Vec::new();
+        Frame::new(
+            MessageType::Error,
+            0,
+            ErrorPayload {
+                code: ErrorCode::OVERLOADED.0,
+                message: "connection limit reached".into(),
+            }
+            .to_bytes(),
+        )
+        .with_timestamp(unix as u32)
+        .encode(&mut refused);
+        tracing::info!(
+            shard = init.id,
+            single_issuer = features.single_issuer,
+            defer_taskrun = features.defer_taskrun,
+            coop_taskrun = features.coop_taskrun,
+            direct_descriptors = features.direct_descriptors,
+            recv_buffer_bytes = bufs.memory(),
+            busy_poll = ?init.cfg.busy_poll,
+            "shard ring ready (multishot accept into direct descriptors, multishot recv with a provided buffer ring)"
+        );
+        Ok(Shard {
+            id: init.id,
+            ring,
+            features,
+            bufs,
+            listeners: init
+                .listeners
+                .into_iter()
+                .map(|(fd, transport)| Listener {
+                    fd,
+                    transport,
+                    armed: false,
+                })
+                .collect(),
+            conns: Slab::new(),
+            next_generation: 1,
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            mesh_rx: init.mesh_rx,
+            mesh_tx: init.mesh_tx,
+            wakers: init.wakers,
+            service,
+            metrics: init.metrics,
+            shutdown: init.shutdown,
+            shutdown_deadline: None,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            table_size: init.table_size,
+            table_used: 0,
+            accept_paused: false,
+            send_pool: Vec::new(),
+            unix_base: (now, unix),
+            refused_frame: Bytes::from(refused),
+            now,
+            cfg: init.cfg,
+        })
+    }
+
+    /// The ring features in use.
+    #[allow(dead_code)]
+    pub(crate) fn features(&self) -> RingFeatures {
+        self.features
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every buffer an entry points to (send buffers, the wake buffer) is owned by
+            // the shard and stays in place until its completion is reaped.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(shard = self.id, error = %e, "submit while the SQ was full");
+            }
+        }
+    }
+
+    fn arm_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].armed {
+                let fd = self.listeners[i].fd.as_raw_fd();
+                let e = opcode::AcceptMulti::new(types::Fd(fd))
+                    .allocate_file_index(true)
+                    .build()
+                    .user_data(ud(Op::Accept, i as u32, 0));
+                self.push(e);
+                self.listeners[i].armed = true;
+            }
+        }
+    }
+
+    fn pause_accepts(&mut self) {
+        if self.accept_paused {
+            return;
+        }
+        self.accept_paused = true;
+        ShardMetrics::add(&self.metrics.accept_paused, 1);
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                let e = opcode::AsyncCancel::new(ud(Op::Accept, i as u32, 0))
+                    .build()
+                    .user_data(ud(Op::Cancel, 0, 0));
+                self.push(e);
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let fd = self.wakers[self.id].eventfd.as_raw_fd();
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let e = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(ud(Op::Wake, 0, 0));
+        self.push(e);
+        self.wake_armed = true;
+    }
+
+    fn arm_recv(&mut self, slot: u32) {
+        let Some(c) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let e = opcode::RecvMulti::new(types::Fixed(c.fixed), self.bufs.bgid)
+            .build()
+            .user_data(ud(Op::Recv, slot, c.generation));
+        self.push(e);
+    }
+
+    pub(crate) fn run(mut self) {
+        self.arm_accepts();
+        self.arm_wake();
+        let mut last_work = Instant::now();
+        loop {
+            self.now = Instant::now();
+            let mut work = self.drain_mesh();
+            work |= self.run_timers();
+            if self.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline.is_none() {
+                self.begin_shutdown();
+                work = true;
+            }
+            if let Some(d) = self.shutdown_deadline
+                && (self.conns.is_empty() || self.now >= d)
+            {
+                break;
+            }
+            // Submit what is queued and collect completions.
+            let spin = match self.cfg.busy_poll {
+                BusyPoll::Off => false,
+                BusyPoll::Always => true,
+                BusyPoll::Adaptive(window) => self.now.duration_since(last_work) < window,
+            };
+            let sq_pending = !self.ring.submission().is_empty();
+            if spin {
+                // Busy-poll: enter the kernel only when there is something to submit or the
+                // kernel flags deferred completions to run; otherwise just look at the CQ.
+                if (sq_pending || self.ring.submission().taskrun())
+                    && let Err(e) = self.ring.submit()
+                {
+                    tracing::warn!(shard = self.id, error = %e, "submit");
+                }
+            } else if work {
+                if let Err(e) = self.ring.submit() {
+                    tracing::warn!(shard = self.id, error = %e, "submit");
+                }
+            } else {
+                self.sleep();
+            }
+            if self.reap() > 0 || work {
+                last_work = Instant::now();
+            } else if spin {
+                std::hint::spin_loop();
+            }
+            self.process_dirty();
+        }
+        self.finish_shutdown();
+    }
+
+    fn sleep(&mut self) {
+        let waker = &self.wakers[self.id];
+        waker.sleeping.store(true, Ordering::SeqCst);
+        // Look once more after announcing sleep: a producer that pushed before seeing the flag
+        // must not be missed.
+        let pending =
+            self.mesh_rx.iter().any(|c| !c.is_empty()) || self.shutdown.load(Ordering::SeqCst);
+        if !pending {
+            let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+            let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let res = match wait {
+                Some(d) => {
+                    let ts = types::Timespec::new()
+                        .sec(d.as_secs())
+                        .nsec(d.subsec_nanos().max(1000));
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submitter().submit_and_wait(1),
+            };
+            if let Err(e) = res
+                && e.raw_os_error() != Some(libc::ETIME)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                tracing::warn!(shard = self.id, error = %e, "wait");
+            }
+        }
+        waker.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let batch: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+            if batch.is_empty() {
+                return n;
+            }
+            n += batch.len();
+            for cqe in batch {
+                self.complete(cqe);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry) {
+        let (op, generation, slot) = ud_parts(cqe.user_data());
+        let res = cqe.result();
+        let flags = cqe.flags();
+        match op {
+            x if x == Op::Accept as u8 => self.on_accept(slot as usize, res, flags),
+            x if x == Op::Recv as u8 => self.on_recv(slot, generation, res, flags),
+            x if x == Op::Send as u8 => self.on_send(slot, generation, res),
+            x if x == Op::Close as u8 => self.on_closed(slot, generation),
+            x if x == Op::Wake as u8 => {
+                self.wake_armed = false;
+                self.arm_wake();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, li: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more && let Some(l) = self.listeners.get_mut(li) {
+            l.armed = false;
+        }
+        if res < 0 {
+            match -res {
+                libc::ECANCELED => {}
+                libc::ENFILE | libc::EMFILE => {
+                    tracing::warn!(
+                        shard = self.id,
+                        "direct descriptor table full: pausing accept"
+                    );
+                    self.pause_accepts();
+                }
+                e => tracing::debug!(shard = self.id, errno = e, "accept error"),
+            }
+            if !more && !self.accept_paused && self.shutdown_deadline.is_none() {
+                self.arm_accepts();
+            }
+            return;
+        }
+        let fixed = res as u32;
+        let transport = self.listeners.get(li).map_or(0, |l| l.transport);
+        self.table_used += 1;
+        ShardMetrics::add(&self.metrics.connections_accepted, 1);
+        let refused = self.conns.len() >= self.cfg.max_connections_per_shard
+            || self.shutdown_deadline.is_some();
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & 0xFF_FFFF;
+        let proto = Connection::new(
+            Side::Server,
+            self.cfg.protocol.clone(),
+            self.now,
+            self.unix_now(),
+        );
+        let slot = self.conns.insert(Conn {
+            fixed,
+            generation,
+            transport,
+            proto,
+            out: None,
+            out_sent: 0,
+            sending: false,
+            send_started: None,
+            refused,
+            closing: false,
+            connected: false,
+            timer: None,
+            dirty: false,
+        }) as u32;
+        if refused {
+            ShardMetrics::add(&self.metrics.connections_refused, 1);
+            self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
+            let frame = self.refused_frame.clone();
+            let c = &mut self.conns[slot as usize];
+            c.sending = true;
+            c.out = Some(BytesMut::from(&frame[..]));
+            let out = c.out.as_ref().expect("just set");
+            let e = opcode::Send::new(types::Fixed(fixed), out.as_ptr(), out.len() as u32)
+                .build()
+                .user_data(ud(Op::Send, slot, generation));
+            self.push(e);
+        } else {
+            self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
+            self.arm_recv(slot);
+            self.mark(slot);
+        }
+        if self.table_used + 1 >= self.table_size {
+            self.pause_accepts();
+        }
+        if !more && !self.accept_paused && self.shutdown_deadline.is_none() {
+            self.arm_accepts();
+        }
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.unix_base.1
+            + self
+                .now
+                .saturating_duration_since(self.unix_base.0)
+                .as_secs()
+    }
+
+    fn mark(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        let live = matches!(self.conns.get(slot as usize), Some(c) if c.generation == generation && !c.closing);
+        if res > 0 {
+            if let Some(bid) = bid {
+                if live {
+                    let data = self.bufs.data(bid, res as usize);
+                    ShardMetrics::add(&self.metrics.bytes_in, res as u64);
+                    let c = &mut self.conns[slot as usize];
+                    c.proto.handle_input(data, self.now);
+                }
+                self.bufs.recycle(bid);
+            }
+            if live {
+                self.mark(slot);
+                if !more {
+                    self.arm_recv(slot);
+                }
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.bufs.recycle(bid);
+        }
+        if !live {
+            return;
+        }
+        if res == -libc::ENOBUFS {
+            // Every receive buffer was in use for a moment: they are recycled as soon as each
+            // completion is handled, so simply ask again.
+            if !more {
+                self.arm_recv(slot);
+            }
+            return;
+        }
+        // End of file or a transport error.
+        let c = &mut self.conns[slot as usize];
+        c.proto.handle_eof(self.now);
+        self.mark(slot);
+    }
+
+    fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.generation != generation {
+            return;
+        }
+        if res < 0 {
+            c.sending = false;
+            c.send_started = None;
+            if let Some(b) = c.out.take() {
+                self.recycle_send_buf(b);
+            }
+            let c = &mut self.conns[slot as usize];
+            c.proto.handle_eof(self.now);
+            if c.refused {
+                self.start_close(slot);
+            } else {
+                self.mark(slot);
+            }
+            return;
+        }
+        ShardMetrics::add(&self.metrics.bytes_out, res as u64);
+        c.out_sent += res as usize;
+        let len = c.out.as_ref().map_or(0, |b| b.len());
+        if c.out_sent < len {
+            // Partial send: submit the rest from where it stopped.
+            let out = c.out.as_ref().expect("send in flight");
+            let ptr = out[c.out_sent..].as_ptr();
+            let rest = (len - c.out_sent) as u32;
+            let e = opcode::Send::new(types::Fixed(c.fixed), ptr, rest)
+                .build()
+                .user_data(ud(Op::Send, slot, generation));
+            self.push(e);
+            return;
+        }
+        c.sending = false;
+        c.send_started = None;
+        c.out_sent = 0;
+        let refused = c.refused;
+        if let Some(b) = c.out.take() {
+            self.recycle_send_buf(b);
+        }
+        if refused {
+            self.start_close(slot);
+        } else {
+            self.mark(slot);
+        }
+    }
+
+    fn recycle_send_buf(&mut self, mut b: BytesMut) {
+        if self.send_pool.len() < SEND_POOL && b.capacity() <= 4 * self.cfg.send_batch {
+            b.clear();
+            self.send_pool.push(b);
+        }
+    }
+
+    fn start_close(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        let (fixed, generation) = (c.fixed, c.generation);
+        let cancel = opcode::AsyncCancel::new(ud(Op::Recv, slot, generation))
+            .build()
+            .user_data(ud(Op::Cancel, slot, generation));
+        self.push(cancel);
+        let close = opcode::Close::new(types::Fixed(fixed))
+            .build()
+            .user_data(ud(Op::Close, slot, generation));
+        self.push(close);
+    }
+
+    fn on_closed(&mut self, slot: u32, generation: u32) {
+        match self.conns.get(slot as usize) {
+            Some(c) if c.generation == generation => {}
+            _ => return,
+        }
+        let c = self.conns.remove(slot as usize);
+        self.table_used = self.table_used.saturating_sub(1);
+        if !c.refused {
+            self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(b) = c.out {
+            self.recycle_send_buf(b);
+        }
+        if self.accept_paused
+            && self.table_used < self.table_size / 10 * 9
+            && self.shutdown_deadline.is_none()
+        {
+            self.accept_paused = false;
+            self.arm_accepts();
+        }
+    }
+
+    fn process_dirty(&mut self) {
+        while let Some(slot) = self.dirty.pop() {
+            if let Some(c) = self.conns.get_mut(slot as usize) {
+                c.dirty = false;
+                self.process(slot);
+            }
+        }
+    }
+
+    /// Drain a connection's events into the service, send what it queued, re-arm its timer,
+    /// and close it once it is drained.
+    fn process(&mut self, slot: u32) {
+        loop {
+            loop {
+                let Some(c) = self.conns.get_mut(slot as usize) else {
+                    return;
+                };
+                if c.refused || c.closing {
+                    return;
+                }
+                let Some(ev) = c.proto.poll_event() else {
+                    break;
+                };
+                self.dispatch(slot, ev);
+            }
+            self.flush(slot);
+            let Some(c) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            match c.proto.poll_event() {
+                Some(ev) => self.dispatch(slot, ev),
+                None => break,
+            }
+        }
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.proto.is_drained() && !c.sending {
+            self.start_close(slot);
+            return;
+        }
+        let mut deadline = c.proto.poll_timeout();
+        if let Some(started) = c.send_started {
+            let slow = started + self.cfg.slow_consumer_timeout;
+            deadline = Some(deadline.map_or(slow, |d| d.min(slow)));
+        }
+        if let Some(t) = deadline
+            && c.timer.is_none_or(|cur| t < cur)
+        {
+            c.timer = Some(t);
+            self.timers.push(Reverse((t, slot, c.generation)));
+        }
+    }
+
+    fn dispatch(&mut self, slot: u32, ev: Event) {
+        let generation = self.conns[slot as usize].generation;
+        let conn = ConnRef {
+            shard: self.id as u16,
+            slot,
+            generation,
+        };
+        match &ev {
+            Event::Connected(_) => self.conns[slot as usize].connected = true,
+            Event::Frame(f) => ShardMetrics::add(
+                &self.metrics.frames_in[f.header.msg_type.to_u8() as usize],
+                1,
+            ),
+            Event::Closed(reason) => {
+                match reason {
+                    CloseReason::HandshakeTimeout => {
+                        ShardMetrics::add(&self.metrics.handshake_timeouts, 1)
+                    }
+                    CloseReason::HeartbeatTimeout => {
+                        ShardMetrics::add(&self.metrics.heartbeat_timeouts, 1)
+                    }
+                    CloseReason::ProtocolError { code, .. }
+                        if *code == ErrorCode::SLOW_CONSUMER =>
+                    {
+                        ShardMetrics::add(&self.metrics.slow_consumers, 1)
+                    }
+                    _ => {}
+                }
+                let c = &self.conns[slot as usize];
+                ShardMetrics::add(&self.metrics.shed_frames, c.proto.shed_frames());
+            }
+            _ => {}
+        }
+        let mut service = std::mem::replace(&mut self.service, Box::new(crate::service::NoService));
+        {
+            let mut ctx = self.ctx();
+            match ev {
+                Event::Connected(peer) => service.on_connect(&mut ctx, conn, &peer),
+                Event::Frame(f) => service.on_frame(&mut ctx, conn, f),
+                Event::Closed(reason) => service.on_close(&mut ctx, conn, &reason),
+                other => service.on_event(&mut ctx, conn, &other),
+            }
+        }
+        self.service = service;
+    }
+
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            shard: self.id,
+            nshards: self.wakers.len(),
+            now: self.now,
+            conns: &mut self.conns,
+            dirty: &mut self.dirty,
+            mesh_tx: &mut self.mesh_tx,
+            wakers: &self.wakers,
+            metrics: &self.metrics,
+        }
+    }
+
+    fn flush(&mut self, slot: u32) {
+        let batch = self.cfg.send_batch;
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.sending || c.closing {
+            return;
+        }
+        let mut buf = self
+            .send_pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(SEND_BUF));
+        let c = &mut self.conns[slot as usize];
+        while let Some(t) = c.proto.poll_transmit() {
+            self.metrics.frame_out(&t.header);
+            if t.header[3] == MessageType::Error.to_u8()
+                && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+            {
+                self.metrics.error_sent(e.code, 1);
+            }
+            t.write_to(&mut buf);
+            if buf.len() >= batch {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            if self.send_pool.len() < SEND_POOL {
+                self.send_pool.push(buf);
+            }
+            return;
+        }
+        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
+        c.out = Some(buf);
+        c.out_sent = 0;
+        c.sending = true;
+        c.send_started = Some(self.now);
+        let e = opcode::Send::new(types::Fixed(c.fixed), ptr, len)
+            .build()
+            .user_data(ud(Op::Send, slot, c.generation));
+        self.push(e);
+    }
+
+    fn run_timers(&mut self) -> bool {
+        let mut any = false;
+        while let Some(Reverse((t, slot, generation))) = self.timers.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.timers.pop();
+            let slow = self.cfg.slow_consumer_timeout;
+            let now = self.now;
+            let Some(c) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            if c.generation != generation || c.timer != Some(t) {
+                continue;
+            }
+            c.timer = None;
+            any = true;
+            let stalled = c
+                .send_started
+                .is_some_and(|s| now.duration_since(s) >= slow);
+            if stalled {
+                // The peer has not taken a single byte for the whole timeout: a reader that
+                // stays too slow is closed.
+                ShardMetrics::add(&self.metrics.slow_consumers, 1);
+                tracing::debug!(shard = self.id, slot, "closing a slow consumer");
+                let conn = ConnRef {
+                    shard: self.id as u16,
+                    slot,
+                    generation,
+                };
+                let reason = CloseReason::ProtocolError {
+                    code: ErrorCode::SLOW_CONSUMER,
+                    message: "peer did not read for the slow-consumer timeout".into(),
+                };
+                let mut service =
+                    std::mem::replace(&mut self.service, Box::new(crate::service::NoService));
+                service.on_close(&mut self.ctx(), conn, &reason);
+                self.service = service;
+                self.start_close(slot);
+                continue;
+            }
+            self.conns[slot as usize].proto.handle_timeout(now);
+            self.mark(slot);
+        }
+        any
+    }
+
+    fn drain_mesh(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.mesh_rx.len() {
+            let n = self.mesh_rx[i].slots();
+            if n == 0 {
+                continue;
+            }
+            any = true;
+            for _ in 0..n {
+                let Ok(msg) = self.mesh_rx[i].pop() else {
+                    break;
+                };
+                self.on_mesh(msg);
+            }
+        }
+        any
+    }
+
+    fn on_mesh(&mut self, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Send {
+                to,
+                stream_id,
+                msg_type,
+                payload,
+                opts,
+            } => {
+                if let Some(c) = self.conns.get_mut(to.slot as usize)
+                    && c.generation == to.generation
+                    && !c.refused
+                {
+                    if let Err(e) = c.proto.send(stream_id, msg_type, payload, opts) {
+                        tracing::debug!(shard = self.id, error = %e, "routed frame refused");
+                    }
+                    self.mark(to.slot);
+                }
+            }
+            MeshMsg::Close { to, code, reason } => {
+                if let Some(c) = self.conns.get_mut(to.slot as usize)
+                    && c.generation == to.generation
+                {
+                    c.proto.close(code, &reason);
+                    self.mark(to.slot);
+                }
+            }
+            MeshMsg::User { from, msg } => {
+                let mut service =
+                    std::mem::replace(&mut self.service, Box::new(crate::service::NoService));
+                service.on_message(&mut self.ctx(), from, msg);
+                self.service = service;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.shutdown_deadline = Some(self.now + self.cfg.shutdown_timeout);
+        tracing::info!(
+            shard = self.id,
+            connections = self.conns.len(),
+            "shutting down: closing listeners, draining connections"
+        );
+        self.pause_accepts();
+        let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
+        for slot in slots {
+            let c = &mut self.conns[slot as usize];
+            if !c.refused {
+                c.proto
+                    .close(ErrorCode::SHUTTING_DOWN.0, "node shutting down");
+                self.mark(slot);
+            }
+        }
+    }
+
+    fn finish_shutdown(&mut self) {
+        // Whatever has not drained by the deadline is closed now.
+        let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
+        for slot in slots {
+            self.start_close(slot);
+        }
+        let _ = self.ring.submit_and_wait(0);
+        self.reap();
+        self.bufs.unregister(&self.ring);
+        tracing::info!(shard = self.id, "shard stopped");
+    }
+}

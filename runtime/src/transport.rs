@@ -1,0 +1,325 @@
+//! The transport trait: how a listening socket is made and how a client reaches a node.
+//!
+//! The shard loop drives every stream transport the same way through io_uring (accept into a
+//! direct descriptor, multishot receive, send); a transport only decides how sockets are
+//! created. TCP and Unix stream sockets are here; shared memory and QUIC plug in beside them.
+//! RDMA has no hardware on the hosts this is built on: it is not supported yet.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::url::Endpoint;
+
+/// Socket creation for one kind of endpoint.
+pub trait Transport: Send + Sync {
+    /// The scheme this transport serves (`"tcp"`, `"unix"`).
+    fn scheme(&self) -> &'static str;
+
+    /// A listening socket for `endpoint`, one per shard. With `reuse_port`, several shards
+    /// bind the same address and the kernel spreads connections across them.
+    fn listen(&self, endpoint: &Endpoint, reuse_port: bool, backlog: i32) -> io::Result<OwnedFd>;
+
+    /// A connected, blocking client socket.
+    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket>;
+}
+
+/// A client's connected socket.
+#[derive(Debug)]
+pub enum ClientSocket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix stream.
+    Unix(UnixStream),
+}
+
+impl ClientSocket {
+    /// Clone the handle (for a reader and a writer).
+    pub fn try_clone(&self) -> io::Result<ClientSocket> {
+        Ok(match self {
+            ClientSocket::Tcp(s) => ClientSocket::Tcp(s.try_clone()?),
+            ClientSocket::Unix(s) => ClientSocket::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Set non-blocking mode.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            ClientSocket::Tcp(s) => s.set_nonblocking(on),
+            ClientSocket::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    /// Set the read timeout.
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            ClientSocket::Tcp(s) => s.set_read_timeout(t),
+            ClientSocket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl io::Read for ClientSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => s.read(buf),
+            ClientSocket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for ClientSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => s.write(buf),
+            ClientSocket::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => s.write_vectored(bufs),
+            ClientSocket::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// TCP over IPv4 or IPv6, with `TCP_NODELAY`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpTransport;
+
+/// Unix stream sockets.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnixTransport;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `SocketAddr` as a C sockaddr_storage and its length.
+pub(crate) fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn bind_listen(
+    fd: &OwnedFd,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+    backlog: i32,
+) -> io::Result<()> {
+    // SAFETY: addr points to a sockaddr of `len` bytes owned by the caller.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), addr, len) })?;
+    // SAFETY: plain syscall on an owned descriptor.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+impl Transport for TcpTransport {
+    fn scheme(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn listen(&self, endpoint: &Endpoint, reuse_port: bool, backlog: i32) -> io::Result<OwnedFd> {
+        let Endpoint::Tcp(addr) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a tcp endpoint",
+            ));
+        };
+        let fd = socket(if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        })?;
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if reuse_port {
+            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        let (sa, len) = sockaddr(addr);
+        bind_listen(
+            &fd,
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+            backlog,
+        )?;
+        Ok(fd)
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+        let Endpoint::Tcp(addr) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a tcp endpoint",
+            ));
+        };
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(ClientSocket::Tcp(s))
+    }
+}
+
+/// The bound address of a listening socket (to learn the port after binding port 0).
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    // SAFETY: getsockname writes at most `len` bytes into storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are live and sized as the call requires.
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::from((
+                a.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an inet socket",
+        )),
+    }
+}
+
+impl Transport for UnixTransport {
+    fn scheme(&self) -> &'static str {
+        "unix"
+    }
+
+    fn listen(&self, endpoint: &Endpoint, _reuse_port: bool, backlog: i32) -> io::Result<OwnedFd> {
+        let Endpoint::Unix(path) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a unix endpoint",
+            ));
+        };
+        let fd = socket(libc::AF_UNIX)?;
+        let (sa, len) = unix_sockaddr(path)?;
+        bind_listen(&fd, (&sa as *const libc::sockaddr_un).cast(), len, backlog)?;
+        Ok(fd)
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+        let Endpoint::Unix(path) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a unix endpoint",
+            ));
+        };
+        Ok(ClientSocket::Unix(UnixStream::connect(path)?))
+    }
+}
+
+fn unix_sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= sa.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unix socket path too long",
+        ));
+    }
+    for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((sa, len as libc::socklen_t))
+}
+
+/// The transport for an endpoint.
+pub fn for_endpoint(endpoint: &Endpoint) -> &'static dyn Transport {
+    match endpoint {
+        Endpoint::Tcp(_) => &TcpTransport,
+        Endpoint::Unix(_) => &UnixTransport,
+    }
+}

@@ -1,0 +1,93 @@
+//! Listen and connect addresses: `tcp://host:port` and `unix:///path`.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Where a node listens or a client connects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+/// A URL that is not `tcp://host:port` or `unix:///path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad endpoint {url:?}: {reason} (expected tcp://host:port or unix:///path)")]
+pub struct EndpointError {
+    /// The URL given.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| EndpointError {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(rest) = url.strip_prefix("tcp://") {
+            let addr = rest
+                .to_socket_addrs()
+                .map_err(|e| err(&e.to_string()))?
+                .next()
+                .ok_or_else(|| err("host resolves to no address"))?;
+            Ok(Endpoint::Tcp(addr))
+        } else if let Some(path) = url.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(err("empty path"));
+            }
+            Ok(Endpoint::Unix(PathBuf::from(path)))
+        } else {
+            Err(err("unknown scheme"))
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// The transport label used in metrics (`"tcp"`, `"unix"`).
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Endpoint::Tcp(_) => "tcp",
+            Endpoint::Unix(_) => "unix",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_schemes() {
+        assert_eq!(
+            "tcp://127.0.0.1:7420".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:7420".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:///tmp/v.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/tmp/v.sock".into())
+        );
+        assert!("http://x".parse::<Endpoint>().is_err());
+        assert!("tcp://nohost".parse::<Endpoint>().is_err());
+        assert_eq!(
+            "tcp://[::1]:9".parse::<Endpoint>().unwrap().to_string(),
+            "tcp://[::1]:9"
+        );
+    }
+}
