@@ -460,6 +460,38 @@ fn requests_and_responses_match_by_correlation_id() {
 }
 
 #[test]
+fn an_error_on_a_stream_is_a_peer_error_for_that_request() {
+    let mut p = Pair::connected();
+    let id = p
+        .client
+        .request(
+            101,
+            MessageType::JobRequest,
+            Bytes::from_static(b"\x80"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    p.run();
+    let req = p.take_server_frames().pop().unwrap();
+    p.server
+        .send_error(
+            ErrorCode::JOB_REJECTED,
+            "no capacity",
+            req.stream_id(),
+            req.header.correlation_id,
+        )
+        .unwrap();
+    p.run();
+    assert!(p.client_events.iter().any(|e| matches!(e,
+        Event::PeerError { code: ErrorCode::JOB_REJECTED, stream_id: 101, correlation_id, .. } if *correlation_id == id)),
+        "{:?}", p.client_events);
+    assert!(
+        p.take_client_frames().is_empty(),
+        "not delivered as stream data"
+    );
+}
+
+#[test]
 fn ack_flag_is_answered_with_stream_ack() {
     let mut p = Pair::connected();
     let opts = SendOptions {

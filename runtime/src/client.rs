@@ -31,6 +31,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Events kept for [`Client::next_event`] before the client stops reading (back-pressure).
     pub max_pending_events: usize,
+    /// Bytes read from the socket at a time.
+    pub read_buffer: usize,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +42,7 @@ impl Default for ClientConfig {
             busy_poll: false,
             connect_timeout: Duration::from_secs(10),
             max_pending_events: 65_536,
+            read_buffer: 64 * 1024,
         }
     }
 }
@@ -120,8 +123,8 @@ impl Client {
         let mut c = Client {
             sock,
             conn,
-            rbuf: vec![0u8; 64 * 1024].into_boxed_slice(),
-            wbuf: BytesMut::with_capacity(16 * 1024),
+            rbuf: vec![0u8; cfg.read_buffer.max(64)].into_boxed_slice(),
+            wbuf: BytesMut::new(),
             events: VecDeque::new(),
             cfg,
             closed: None,

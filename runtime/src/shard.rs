@@ -497,9 +497,15 @@ impl Shard {
         waker.sleeping.store(true, Ordering::SeqCst);
         // Look once more after announcing sleep: a producer that pushed before seeing the flag
         // must not be missed.
-        let pending =
-            self.mesh_rx.iter().any(|c| !c.is_empty()) || self.shutdown.load(Ordering::SeqCst);
-        if !pending {
+        let pending = self.mesh_rx.iter().any(|c| !c.is_empty())
+            || (self.shutdown.load(Ordering::SeqCst) && self.shutdown_deadline.is_none());
+        if pending {
+            // Still enter the kernel (without waiting): with DEFER_TASKRUN, completions are
+            // only posted inside io_uring_enter.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(shard = self.id, error = %e, "submit");
+            }
+        } else {
             let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
             let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
             let res = match wait {

@@ -1364,6 +1364,11 @@ impl Connection {
 
     fn on_established_frame(&mut self, frame: Frame) {
         let h = frame.header;
+        if h.msg_type == MessageType::Error {
+            // ERROR travels on the stream of the frame it is about.
+            self.on_peer_error(&frame);
+            return;
+        }
         if h.stream_id != 0 {
             self.on_stream_frame(frame);
             return;
