@@ -1,0 +1,598 @@
+//! `valkyrie-bench`: measures Valkyrie beside the systems a user would pick instead, in one run.
+//!
+//! Rules (../shared/BENCH.md): same run, same machine, same payloads; systems alternate within
+//! each round (A B C A B C ...); every figure is the median over rounds; every sample is recorded
+//! in an hdrhistogram; pinning and modes are printed with the results.
+#![allow(missing_docs, unreachable_pub)]
+
+mod peers;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use valkyrie_protocol::message::{Hello, Payload};
+use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
+use valkyrie_runtime::{BusyPoll, Node};
+
+use peers::{Pinning, floor::Floor, pin, tokio_echo::TokioEcho};
+
+#[derive(Parser)]
+#[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
+struct Cli {
+    /// Scenario to run (latency, throughput, idle-memory); repeatable. Default: all.
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Rounds per scenario (at least 3).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Longer runs.
+    #[arg(long)]
+    full: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<String>,
+    /// Connections for the idle-memory scenario.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// (internal) Hold N connections to URL open until stdin closes.
+    Hold { addr: SocketAddr, n: usize },
+}
+
+struct Report {
+    results: Vec<Value>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        scenario: &str,
+        system: &str,
+        metric: &str,
+        unit: &str,
+        value: f64,
+        params: Value,
+    ) {
+        self.results.push(json!({
+            "scenario": scenario, "system": system, "metric": metric, "unit": unit,
+            "value": (value * 100.0).round() / 100.0, "params": params,
+        }));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn hello_frame() -> Vec<u8> {
+    let hello = Hello {
+        versions: vec![2],
+        node_id: "bench".into(),
+        security: vec![SecurityMode::Plaintext],
+        max_frame: 1 << 20,
+        heartbeat_ms: 60_000,
+        stream_window: None,
+        max_streams: None,
+        compression: vec![],
+    };
+    let mut v = Vec::new();
+    Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut v);
+    v
+}
+
+/// The same client for every system: writes a PING frame, reads the PONG frame.
+struct RawClient {
+    s: TcpStream,
+    busy: bool,
+    rbuf: Vec<u8>,
+}
+
+impl RawClient {
+    fn connect(addr: SocketAddr, valkyrie: bool, busy: bool) -> std::io::Result<RawClient> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut c = RawClient {
+            s,
+            busy: false,
+            rbuf: vec![0u8; 64 * 1024],
+        };
+        if valkyrie {
+            c.s.write_all(&hello_frame())?;
+            c.read_frame()?;
+        }
+        c.busy = busy;
+        c.s.set_nonblocking(busy)?;
+        Ok(c)
+    }
+
+    fn read_exact(&mut self, n: usize) -> std::io::Result<()> {
+        let mut got = 0;
+        while got < n {
+            match self.s.read(&mut self.rbuf[got..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one frame; returns its total length.
+    fn read_frame(&mut self) -> std::io::Result<usize> {
+        self.read_exact(HEADER_LEN)?;
+        let len = u32::from_be_bytes(self.rbuf[12..16].try_into().expect("4 bytes")) as usize;
+        let mut tail = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match self.s.read(&mut tail[got..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(HEADER_LEN + len)
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        let mut off = 0;
+        while off < b.len() {
+            match self.s.write(&b[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn round_trip(&mut self, ping: &[u8]) -> std::io::Result<Duration> {
+        let t = Instant::now();
+        self.write_all(ping)?;
+        let n = self.read_exact(ping.len()).map(|_| ping.len());
+        let _ = n?;
+        debug_assert_eq!(self.rbuf[3], MessageType::Pong.to_u8());
+        Ok(t.elapsed())
+    }
+}
+
+enum Server {
+    Valkyrie(Node),
+    Tokio(TokioEcho),
+    Floor(Floor),
+}
+
+impl Server {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Valkyrie(n) => match &n.endpoints()[0] {
+                valkyrie_runtime::Endpoint::Tcp(a) => *a,
+                _ => unreachable!("bench listens on tcp"),
+            },
+            Server::Tokio(t) => t.addr,
+            Server::Floor(f) => f.addr,
+        }
+    }
+}
+
+fn start(system: &str, core: usize, shards: usize, busy: bool) -> Server {
+    match system {
+        "valkyrie" => {
+            let mut b = Node::builder()
+                .listen("tcp://127.0.0.1:0")
+                .expect("endpoint")
+                .shards(shards)
+                .heartbeat(Duration::from_secs(60))
+                .busy_poll(if busy {
+                    BusyPoll::Always
+                } else {
+                    BusyPoll::Off
+                });
+            if shards == 1 {
+                // Pin the single shard to the server core.
+                b = b.pin(false);
+                pin_next_thread_hint(core);
+            }
+            let node = b.start().expect("valkyrie node");
+            Server::Valkyrie(node)
+        }
+        "tokio" => Server::Tokio(
+            TokioEcho::start(core, if shards > 1 { shards } else { 1 }).expect("tokio"),
+        ),
+        "floor" => Server::Floor(Floor::start(core).expect("floor")),
+        other => panic!("unknown system {other}"),
+    }
+}
+
+/// Shard threads pin themselves to core `id % cores` when pinning is on; with one shard and
+/// pinning off, the shard inherits the affinity of the thread that starts it, so pin that.
+fn pin_next_thread_hint(core: usize) {
+    pin(core);
+}
+
+fn latency(report: &mut Report, rounds: usize, samples: usize) {
+    let pinning = Pinning {
+        server: 0,
+        client: 1,
+    };
+    let systems = ["valkyrie", "tokio", "floor"];
+    let mut ping = Vec::new();
+    Frame::new(MessageType::Ping, 0, vec![0xA5u8; 64])
+        .with_correlation(1)
+        .encode(&mut ping);
+    println!(
+        "\nlatency: 64-byte PING/PONG over TCP loopback, server on core {}, client on core {}, {samples} round trips x {rounds} rounds, medians",
+        pinning.server, pinning.client
+    );
+    println!(
+        "  {:<10} {:<10} {:>9} {:>9} {:>9} {:>9}   p99 vs tokio",
+        "mode", "system", "p50 us", "p99 us", "p999 us", "max us"
+    );
+    for (mode, busy) in [("busy-poll", true), ("blocking", false)] {
+        let mut per: BTreeMap<&str, [Vec<f64>; 4]> = BTreeMap::new();
+        for _ in 0..rounds {
+            for system in systems {
+                // Server threads inherit the affinity of their creator: create them from a
+                // thread pinned to the server core.
+                let server = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        pin(pinning.server);
+                        start(system, pinning.server, 1, busy)
+                    })
+                    .join()
+                    .expect("server start")
+                });
+                let addr = server.addr();
+                let hist = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        pin(pinning.client);
+                        let mut c =
+                            RawClient::connect(addr, system == "valkyrie", busy).expect("connect");
+                        for _ in 0..samples / 10 {
+                            c.round_trip(&ping).expect("warm-up");
+                        }
+                        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)
+                            .expect("histogram");
+                        for _ in 0..samples {
+                            let d = c.round_trip(&ping).expect("round trip");
+                            h.saturating_record(d.as_nanos() as u64);
+                        }
+                        h
+                    })
+                    .join()
+                    .expect("client")
+                });
+                drop(server);
+                let e = per.entry(system).or_default();
+                for (i, q) in [0.5, 0.99, 0.999].into_iter().enumerate() {
+                    e[i].push(hist.value_at_quantile(q) as f64 / 1000.0);
+                }
+                e[3].push(hist.max() as f64 / 1000.0);
+            }
+        }
+        let tokio_p99 = median(per["tokio"][1].clone());
+        for system in systems {
+            let v = &per[system];
+            let (p50, p99, p999, max) = (
+                median(v[0].clone()),
+                median(v[1].clone()),
+                median(v[2].clone()),
+                median(v[3].clone()),
+            );
+            println!(
+                "  {mode:<10} {system:<10} {p50:>9.1} {p99:>9.1} {p999:>9.1} {max:>9.1}   {:.2}",
+                p99 / tokio_p99
+            );
+            let params = json!({"transport": "tcp", "size": 64, "mode": mode, "server_core": pinning.server, "client_core": pinning.client, "shards": 1});
+            for (metric, value) in [
+                ("rtt_p50", p50),
+                ("rtt_p99", p99),
+                ("rtt_p999", p999),
+                ("rtt_max", max),
+            ] {
+                report.add("latency", system, metric, "us", value, params.clone());
+            }
+        }
+    }
+}
+
+fn throughput(report: &mut Report, rounds: usize, secs: f64) {
+    const CONNS: usize = 64;
+    const DEPTH: usize = 32;
+    let systems = ["valkyrie", "tokio", "floor"];
+    println!(
+        "\nthroughput: 64-byte PING/PONG pipelined, {CONNS} connections x {DEPTH} in flight, 2 client threads, servers unpinned with 2 shards/workers; {secs} s x {rounds} rounds, medians"
+    );
+    let mut ping = Vec::new();
+    Frame::new(MessageType::Ping, 0, vec![0x5Au8; 64]).encode(&mut ping);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * DEPTH)
+        .collect();
+    let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for system in systems {
+            let server = start(system, 0, 2, false);
+            let addr = server.addr();
+            let stop = Arc::new(AtomicBool::new(false));
+            let count = Arc::new(AtomicU64::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (stop, count, batch) = (stop.clone(), count.clone(), batch.clone());
+                    std::thread::spawn(move || {
+                        let mut conns: Vec<RawClient> = (0..CONNS / 2)
+                            .map(|_| {
+                                RawClient::connect(addr, system == "valkyrie", false)
+                                    .expect("connect")
+                            })
+                            .collect();
+                        let mut sink = vec![0u8; batch.len()];
+                        while !stop.load(Ordering::Relaxed) {
+                            for c in conns.iter_mut() {
+                                c.s.write_all(&batch).expect("write");
+                            }
+                            for c in conns.iter_mut() {
+                                c.s.read_exact(&mut sink).expect("read");
+                            }
+                            count.fetch_add((DEPTH * conns.len()) as u64, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let c0 = count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let rate = (count.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            for t in threads {
+                let _ = t.join();
+            }
+            drop(server);
+            per.entry(system).or_default().push(rate);
+        }
+    }
+    let tokio = median(per["tokio"].clone());
+    for system in systems {
+        let rate = median(per[system].clone());
+        println!(
+            "  {system:<10} {:>12.0} msgs/s  {:>8.1} MB/s   {:.2}x tokio   (seed target 10,000,000 msgs/s per node: {:.1}%)",
+            rate,
+            rate * ping.len() as f64 / 1e6,
+            rate / tokio,
+            rate / 1e7 * 100.0
+        );
+        let params = json!({"transport": "tcp", "size": 64, "connections": CONNS, "depth": DEPTH, "shards": 2});
+        report.add(
+            "throughput",
+            system,
+            "msgs_per_sec",
+            "msgs/s",
+            rate,
+            params.clone(),
+        );
+        report.add(
+            "throughput",
+            system,
+            "bytes_per_sec",
+            "B/s",
+            rate * ping.len() as f64,
+            params,
+        );
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn slab_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("Slab:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn idle_memory(report: &mut Report, n: usize) {
+    println!(
+        "\nidle memory: {n} idle connections (HELLO done) to a 2-shard node; clients in a child process"
+    );
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .expect("endpoint")
+        .shards(2)
+        .heartbeat(Duration::from_secs(60))
+        .start()
+        .expect("node");
+    let Server::Valkyrie(node) = Server::Valkyrie(node) else {
+        unreachable!()
+    };
+    let addr = match &node.endpoints()[0] {
+        valkyrie_runtime::Endpoint::Tcp(a) => *a,
+        _ => unreachable!(),
+    };
+    let hold = |k: usize| {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .args(["hold", &addr.to_string(), &k.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready", "holder failed");
+        child
+    };
+    // Warm-up: touch every receive buffer and grow the slabs once, then release.
+    let mut warm = hold(n.min(4000));
+    drop(warm.stdin.take());
+    let _ = warm.wait();
+    let t = Instant::now();
+    while node.connections() > 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (rss0, slab0) = (rss_bytes(), slab_bytes());
+    let mut child = hold(n);
+    let t = Instant::now();
+    while (node.connections() as usize) < n && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let every connection's first timer pass so idle buffers are released.
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss1, slab1) = (rss_bytes(), slab_bytes());
+    let held = node.connections() as usize;
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let user = rss1.saturating_sub(rss0) as f64 / held.max(1) as f64;
+    let kernel = slab1.saturating_sub(slab0) as f64 / held.max(1) as f64 / 2.0;
+    println!(
+        "  valkyrie   {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
+    );
+    let params = json!({"transport": "tcp", "connections": held, "shards": 2});
+    report.add(
+        "connections",
+        "valkyrie",
+        "connections_held",
+        "count",
+        held as f64,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection_user",
+        "B",
+        user,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection_kernel",
+        "B",
+        kernel,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection",
+        "B",
+        user + kernel,
+        params,
+    );
+}
+
+fn hold(addr: SocketAddr, n: usize) {
+    valkyrie_runtime::raise_nofile();
+    let hello = hello_frame();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(&hello).expect("hello");
+        let mut head = [0u8; HEADER_LEN];
+        s.read_exact(&mut head).expect("hello ack");
+        let len = u32::from_be_bytes(head[12..16].try_into().expect("4")) as usize;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).expect("hello ack body");
+        conns.push(s);
+    }
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_line(&mut sink);
+}
+
+fn host() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({"cores": cores, "cpu": cpu, "kernel": kernel, "memory_bytes": mem, "nofile": valkyrie_runtime::raise_nofile()})
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Internal::Hold { addr, n }) = cli.internal {
+        hold(addr, n);
+        return;
+    }
+    let h = host();
+    println!(
+        "valkyrie-bench on {} cores ({}), kernel {}, {:.1} GiB, RLIMIT_NOFILE {}",
+        h["cores"],
+        h["cpu"].as_str().unwrap_or(""),
+        h["kernel"].as_str().unwrap_or(""),
+        h["memory_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
+        h["nofile"]
+    );
+    let rounds = cli.rounds.max(3);
+    let all = cli.scenarios.is_empty();
+    let wants = |s: &str| all || cli.scenarios.iter().any(|x| x == s);
+    let mut report = Report {
+        results: Vec::new(),
+    };
+    if wants("latency") {
+        latency(&mut report, rounds, if cli.full { 100_000 } else { 20_000 });
+    }
+    if wants("throughput") {
+        throughput(&mut report, rounds, if cli.full { 5.0 } else { 1.5 });
+    }
+    if wants("idle-memory") || wants("connections") {
+        idle_memory(&mut report, cli.connections);
+    }
+    if let Some(path) = cli.json {
+        let doc = json!({"version": 1, "host": h, "results": report.results});
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
+            .expect("write report");
+        println!("\nreport written to {path}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The systems Valkyrie is measured against, built here so every figure comes from one run.
+//!
+//! Each peer speaks the same framing as Valkyrie (24-byte header, same payloads) and answers a
+//! PING frame with a PONG frame carrying the same payload and correlation id, so the client and
+//! the bytes on the wire are identical for every system.
+
+pub mod floor;
+pub mod tokio_echo;
+
+use valkyrie_protocol::{Flags, HEADER_LEN, Header, MAX_FRAME_LIMIT, MessageType};
+
+/// Turn the PING whose header is `head` into its PONG header, in place. Returns the payload
+/// length, or `None` when the header is not a frame.
+pub(crate) fn pong_header(head: &mut [u8; HEADER_LEN]) -> Option<usize> {
+    let mut h = Header::decode(head, MAX_FRAME_LIMIT).ok()?;
+    if h.msg_type == MessageType::Ping {
+        h.msg_type = MessageType::Pong;
+        h.flags |= Flags::RESPONSE;
+    }
+    *head = h.to_bytes();
+    Some(h.length as usize)
+}
+
+/// Which core a server runs on and a client runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Pinning {
+    /// Server core.
+    pub server: usize,
+    /// Client core.
+    pub client: usize,
+}
+
+/// Pin the calling thread to `core` (ignored when the core does not exist).
+pub fn pin(core: usize) {
+    if let Some(ids) = core_affinity::get_core_ids()
+        && let Some(id) = ids.get(core % ids.len().max(1))
+    {
+        core_affinity::set_for_current(*id);
+    }
+}
