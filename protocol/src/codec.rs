@@ -101,6 +101,14 @@ impl Decoder {
             }
     }
 
+    /// Release the receive buffer's memory when nothing is buffered (an idle connection then
+    /// holds none).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.pending.is_none() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// True after a fatal error.
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()

@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     connected: bool,
     timer: Option<Instant>,
     dirty: bool,
+    /// Just finished its handshake: release the handshake's buffers once flushed.
+    fresh: bool,
 }
 
 struct Listener {
@@ -609,6 +611,7 @@ impl Shard {
             connected: false,
             timer: None,
             dirty: false,
+            fresh: false,
         }) as u32;
         if refused {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
@@ -833,6 +836,10 @@ impl Shard {
             self.start_close(slot);
             return;
         }
+        if c.fresh {
+            c.fresh = false;
+            c.proto.shrink_buffers();
+        }
         let mut deadline = c.proto.poll_timeout();
         if let Some(started) = c.send_started {
             let slow = started + self.cfg.slow_consumer_timeout;
@@ -854,7 +861,11 @@ impl Shard {
             generation,
         };
         match &ev {
-            Event::Connected(_) => self.conns[slot as usize].connected = true,
+            Event::Connected(_) => {
+                let c = &mut self.conns[slot as usize];
+                c.connected = true;
+                c.fresh = true;
+            }
             Event::Frame(f) => ShardMetrics::add(
                 &self.metrics.frames_in[f.header.msg_type.to_u8() as usize],
                 1,
@@ -988,7 +999,10 @@ impl Shard {
                 self.start_close(slot);
                 continue;
             }
-            self.conns[slot as usize].proto.handle_timeout(now);
+            // A connection whose timer fires has been quiet: release its idle buffers first.
+            let c = &mut self.conns[slot as usize];
+            c.proto.shrink_buffers();
+            c.proto.handle_timeout(now);
             self.mark(slot);
         }
         any

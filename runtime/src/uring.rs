@@ -95,6 +95,12 @@ impl BufRing {
         if ring_mem.is_null() || bufs.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
+        // Fault every buffer page in now, at start-up, so that the node's resident memory
+        // does not grow with the first connections that receive data.
+        for off in (0..bufs_layout.size()).step_by(4096) {
+            // SAFETY: off < size of the allocation.
+            unsafe { bufs.add(off).write_volatile(0) };
+        }
         let mut br = BufRing {
             ring: ring_mem,
             ring_layout,

@@ -402,7 +402,7 @@ pub struct Connection {
     hello_transcript: Option<Vec<u8>>,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
-    final_frame: Option<FinalFrame>,
+    final_frame: Option<Box<FinalFrame>>,
     close_sent: bool,
     /// Our CLOSE code and reason, once [`Connection::close`] was called.
     local_close: Option<(u16, String)>,
@@ -509,6 +509,21 @@ impl Connection {
     /// What was agreed with the peer, once connected.
     pub fn peer(&self) -> Option<&PeerInfo> {
         self.peer.as_ref()
+    }
+
+    /// Release the memory of empty buffers and queues (receive buffer, outbound queues,
+    /// event queue, stream tables). Call it when the connection has gone quiet: an idle
+    /// connection then holds only its fixed state. Nothing queued or buffered is touched.
+    pub fn shrink_buffers(&mut self) {
+        self.decoder.shrink();
+        self.sched.shrink();
+        self.streams.shrink();
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.pings.is_empty() {
+            self.pings = VecDeque::new();
+        }
     }
 
     /// Counters.
@@ -988,12 +1003,12 @@ impl Connection {
             reason: reason.to_owned(),
         }
         .to_bytes();
-        self.final_frame = Some(FinalFrame {
+        self.final_frame = Some(Box::new(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::empty(), 0),
             payload,
             seal: self.protector.is_some(),
             then: AfterFinal::AwaitPeerClose,
-        });
+        }));
         self.local_close = Some((code, reason.to_owned()));
     }
 
@@ -1664,7 +1679,7 @@ impl Connection {
         }
         self.state = State::Closing;
         self.close_deadline = Some(self.now + self.config.close_timeout);
-        self.final_frame = Some(FinalFrame {
+        self.final_frame = Some(Box::new(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::RESPONSE, 0),
             payload: Close {
                 code: 0,
@@ -1673,7 +1688,7 @@ impl Connection {
             .to_bytes(),
             seal: self.protector.is_some(),
             then: AfterFinal::Closed(peer_reason),
-        });
+        }));
     }
 
     // ----- queuing helpers -------------------------------------------------------------
@@ -1795,12 +1810,12 @@ impl Connection {
             message: message.clone(),
         }
         .to_bytes();
-        self.final_frame = Some(FinalFrame {
+        self.final_frame = Some(Box::new(FinalFrame {
             header: self.control_header(MessageType::Error, 0, Flags::empty(), 0),
             payload,
             seal: self.protector.is_some(),
             then: AfterFinal::Nothing,
-        });
+        }));
         self.enter_closed(reason.unwrap_or(CloseReason::ProtocolError { code, message }));
     }
 

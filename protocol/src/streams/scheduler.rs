@@ -275,6 +275,14 @@ impl Scheduler {
         unreachable!("queued_frames > 0 but every class queue is empty")
     }
 
+    /// Release the queues' memory when nothing is queued.
+    pub fn shrink(&mut self) {
+        if self.is_empty() {
+            self.critical = VecDeque::new();
+            self.classes = [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()];
+        }
+    }
+
     /// Drop the frames queued for `stream_id` (after it was reset). Returns how many.
     pub(crate) fn purge_stream(&mut self, stream_id: u32) -> usize {
         let before = self.len();

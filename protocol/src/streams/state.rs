@@ -72,47 +72,48 @@ struct Stream {
     recv: RecvWindow,
 }
 
+/// The tables of a connection that has streams; absent (and costing nothing) otherwise.
+#[derive(Debug, Default)]
+struct Tables {
+    map: HashMap<u32, Stream>,
+    /// Streams this side reset whose reset the peer has not confirmed yet: frames for them
+    /// are dropped and their ids are not reused until the confirmation arrives.
+    reset_pending: HashSet<u32>,
+    open_local: u32,
+    open_remote: u32,
+    /// Where the next id search starts, per class.
+    next_id: [u32; 5],
+}
+
 /// The streams of one connection.
+///
+/// A connection with no open stream and no unconfirmed reset holds no tables: idle
+/// connections stay small.
 #[derive(Debug)]
 pub struct Streams {
     side: Side,
-    map: HashMap<u32, Stream>,
     /// Concurrent streams the peer may open (ours to enforce).
     max_remote: u32,
     /// Concurrent streams we may open (the peer's limit).
     max_local: u32,
-    open_local: u32,
-    open_remote: u32,
     /// Credit the peer grants per stream (from its HELLO / HELLO_ACK).
     peer_window: u32,
     /// Credit we grant per stream.
     strategy: WindowStrategy,
-    /// Where the next id search starts, per class.
-    next_id: [u32; 5],
-    /// Streams this side reset whose reset the peer has not confirmed yet: frames for them
-    /// are dropped and their ids are not reused until the confirmation arrives.
-    reset_pending: HashSet<u32>,
+    tables: Option<Box<Tables>>,
 }
 
 impl Streams {
     /// Stream state for `side`, letting the peer open `max_remote` streams and granting
     /// credit by `strategy`.
     pub fn new(side: Side, max_remote: u32, strategy: WindowStrategy) -> Self {
-        let mut next_id = [0; 5];
-        for (i, c) in StreamClass::ALL.iter().enumerate() {
-            next_id[i] = Self::first_id(side, *c);
-        }
         Streams {
             side,
-            map: HashMap::new(),
             max_remote,
             max_local: max_remote,
-            open_local: 0,
-            open_remote: 0,
             peer_window: strategy.initial(),
             strategy,
-            next_id,
-            reset_pending: HashSet::new(),
+            tables: None,
         }
     }
 
@@ -123,6 +124,36 @@ impl Streams {
             start
         } else {
             start + 1
+        }
+    }
+
+    fn tables(&mut self) -> &mut Tables {
+        let side = self.side;
+        self.tables.get_or_insert_with(|| {
+            let mut t = Box::<Tables>::default();
+            for (i, c) in StreamClass::ALL.iter().enumerate() {
+                t.next_id[i] = Self::first_id(side, *c);
+            }
+            t
+        })
+    }
+
+    fn get(&self, id: u32) -> Option<&Stream> {
+        self.tables.as_ref().and_then(|t| t.map.get(&id))
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Stream> {
+        self.tables.as_mut().and_then(|t| t.map.get_mut(&id))
+    }
+
+    /// Release the tables when nothing is in them.
+    pub fn shrink(&mut self) {
+        if self
+            .tables
+            .as_ref()
+            .is_some_and(|t| t.map.is_empty() && t.reset_pending.is_empty())
+        {
+            self.tables = None;
         }
     }
 
@@ -139,17 +170,17 @@ impl Streams {
 
     /// Streams open now.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.tables.as_ref().map_or(0, |t| t.map.len())
     }
 
     /// True when no stream is open.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// The state of stream `id`, if open.
     pub fn info(&self, id: u32) -> Option<StreamInfo> {
-        self.map.get(&id).map(|s| StreamInfo {
+        self.get(id).map(|s| StreamInfo {
             class: s.class,
             local: s.local,
             send_open: s.send_open,
@@ -167,9 +198,11 @@ impl Streams {
         initiator(id).is_some_and(|s| s != self.side)
     }
 
-    fn insert(&mut self, id: u32, local: bool, send_credit: u32, recv_credit: u32) {
+    fn insert(&mut self, id: u32, local: bool, send_credit: u32) {
         let class = StreamClass::of(id);
-        self.map.insert(
+        let recv = RecvWindow::new(self.strategy, self.strategy.initial());
+        let t = self.tables();
+        t.map.insert(
             id,
             Stream {
                 class,
@@ -177,41 +210,44 @@ impl Streams {
                 send_open: true,
                 recv_open: true,
                 send: SendCredit::new(send_credit),
-                recv: RecvWindow::new(self.strategy, recv_credit),
+                recv,
             },
         );
         if local {
-            self.open_local += 1;
+            t.open_local += 1;
         } else {
-            self.open_remote += 1;
+            t.open_remote += 1;
         }
     }
 
-    /// Pick a free id of our parity in `class` and open it. `peer_window` overrides the
-    /// credit we assume the peer grants (normally its HELLO value).
+    fn open_local(&self) -> u32 {
+        self.tables.as_ref().map_or(0, |t| t.open_local)
+    }
+
+    /// Pick a free id of our parity in `class` and open it.
     pub fn open(&mut self, class: StreamClass) -> Result<u32, StreamError> {
         if class == StreamClass::Control {
             return Err(StreamError::InvalidId(0));
         }
-        if self.open_local >= self.max_local {
+        if self.open_local() >= self.max_local {
             return Err(StreamError::Limit(self.max_local));
         }
         let idx = class as usize;
-        let range = class.range();
-        let (lo, hi) = (*range.start(), *range.end());
+        let hi = *class.range().end();
         let first = Self::first_id(self.side, class);
-        let mut id = self.next_id[idx];
+        let max_local = self.max_local;
+        let t = self.tables();
+        let mut id = t.next_id[idx];
         // Bounded search: at most max_local ids can be taken, so a free one is near.
-        for _ in 0..=self.max_local {
-            if !self.map.contains_key(&id) && !self.reset_pending.contains(&id) {
-                let next = id.checked_add(2).filter(|n| *n <= hi).unwrap_or(first);
-                self.next_id[idx] = next;
+        for _ in 0..=max_local {
+            let next = id.checked_add(2).filter(|n| *n <= hi).unwrap_or(first);
+            if !t.map.contains_key(&id) && !t.reset_pending.contains(&id) {
+                t.next_id[idx] = next;
                 let window = self.peer_window;
-                self.insert(id, true, window, self.strategy.initial());
+                self.insert(id, true, window);
                 return Ok(id);
             }
-            id = id.checked_add(2).filter(|n| *n <= hi).unwrap_or(first);
-            debug_assert!(id >= lo);
+            id = next;
         }
         Err(StreamError::Limit(self.max_local))
     }
@@ -221,17 +257,17 @@ impl Streams {
         if id == 0 || self.is_remote_id(id) {
             return Err(StreamError::InvalidId(id));
         }
-        if self.map.contains_key(&id) {
+        if self.get(id).is_some() {
             return Ok(());
         }
-        if self.reset_pending.contains(&id) {
+        if self.is_reset_pending(id) {
             return Err(StreamError::Closed(id));
         }
-        if self.open_local >= self.max_local {
+        if self.open_local() >= self.max_local {
             return Err(StreamError::Limit(self.max_local));
         }
         let window = self.peer_window;
-        self.insert(id, true, window, self.strategy.initial());
+        self.insert(id, true, window);
         Ok(())
     }
 
@@ -241,23 +277,23 @@ impl Streams {
         if !self.is_remote_id(id) {
             return Err(StreamError::InvalidId(id));
         }
-        if let Some(s) = self.map.get_mut(&id) {
+        if let Some(s) = self.get_mut(id) {
             if let Some(w) = send_credit {
                 s.send.update(u64::from(w));
             }
             return Ok(false);
         }
-        if self.open_remote >= self.max_remote {
+        if self.tables.as_ref().map_or(0, |t| t.open_remote) >= self.max_remote {
             return Err(StreamError::Limit(self.max_remote));
         }
         let credit = send_credit.unwrap_or(self.peer_window);
-        self.insert(id, false, credit, self.strategy.initial());
+        self.insert(id, false, credit);
         Ok(true)
     }
 
     /// Check and take send credit for `len` payload bytes on `id`, and apply EOS.
     pub fn on_send(&mut self, id: u32, len: usize, eos: bool) -> Result<(), StreamError> {
-        let s = self.map.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        let s = self.get_mut(id).ok_or(StreamError::Unknown(id))?;
         if !s.send_open {
             return Err(StreamError::Closed(id));
         }
@@ -277,7 +313,7 @@ impl Streams {
 
     /// Account received payload bytes on `id` (credit check on windowed classes).
     pub fn on_receive(&mut self, id: u32, len: usize) -> Result<(), ReceiveError> {
-        let s = self.map.get_mut(&id).ok_or(ReceiveError::Unknown)?;
+        let s = self.get_mut(id).ok_or(ReceiveError::Unknown)?;
         if !s.recv_open {
             return Err(ReceiveError::Closed);
         }
@@ -291,7 +327,7 @@ impl Streams {
 
     /// The application released `n` received bytes of `id`. Returns a credit update to send.
     pub fn release(&mut self, id: u32, n: u64, now: Instant, rtt: Duration) -> Option<u64> {
-        let s = self.map.get_mut(&id)?;
+        let s = self.get_mut(id)?;
         if !s.class.is_windowed() || !s.recv_open {
             return None;
         }
@@ -300,12 +336,12 @@ impl Streams {
 
     /// Bytes received so far on `id`.
     pub fn received(&self, id: u32) -> Option<u64> {
-        self.map.get(&id).map(|s| s.recv.received())
+        self.get(id).map(|s| s.recv.received())
     }
 
     /// The peer finished its half (EOS or STREAM_CLOSE). Returns `true` if it was open.
     pub fn finish_remote(&mut self, id: u32) -> bool {
-        let Some(s) = self.map.get_mut(&id) else {
+        let Some(s) = self.get_mut(id) else {
             return false;
         };
         let was = s.recv_open;
@@ -316,19 +352,20 @@ impl Streams {
 
     /// A credit update from the peer. `true` when a blocked sender may retry.
     pub fn on_credit(&mut self, id: u32, max_data: u64) -> bool {
-        self.map
-            .get_mut(&id)
-            .is_some_and(|s| s.send.update(max_data))
+        self.get_mut(id).is_some_and(|s| s.send.update(max_data))
     }
 
     /// Remove a stream (reset by either side). `true` if it existed.
     pub fn remove(&mut self, id: u32) -> bool {
-        match self.map.remove(&id) {
+        let Some(t) = self.tables.as_mut() else {
+            return false;
+        };
+        match t.map.remove(&id) {
             Some(s) => {
                 if s.local {
-                    self.open_local -= 1;
+                    t.open_local -= 1;
                 } else {
-                    self.open_remote -= 1;
+                    t.open_remote -= 1;
                 }
                 true
             }
@@ -342,29 +379,30 @@ impl Streams {
     pub fn reset_local(&mut self, id: u32) -> bool {
         self.remove(id);
         let bound = 2 * (self.max_local as usize + self.max_remote as usize).max(1);
-        if self.reset_pending.len() >= bound {
+        let t = self.tables();
+        if t.reset_pending.len() >= bound {
             return false;
         }
-        self.reset_pending.insert(id);
+        t.reset_pending.insert(id);
         true
     }
 
     /// Whether `id` awaits the peer's confirmation of our reset.
     pub fn is_reset_pending(&self, id: u32) -> bool {
-        self.reset_pending.contains(&id)
+        self.tables
+            .as_ref()
+            .is_some_and(|t| t.reset_pending.contains(&id))
     }
 
     /// The peer confirmed our reset of `id`; the id may be used again.
     pub fn confirm_reset(&mut self, id: u32) {
-        self.reset_pending.remove(&id);
+        if let Some(t) = self.tables.as_mut() {
+            t.reset_pending.remove(&id);
+        }
     }
 
     fn reap(&mut self, id: u32) {
-        if self
-            .map
-            .get(&id)
-            .is_some_and(|s| !s.send_open && !s.recv_open)
-        {
+        if self.get(id).is_some_and(|s| !s.send_open && !s.recv_open) {
             self.remove(id);
         }
     }
