@@ -109,6 +109,16 @@ impl ShardMetrics {
         self.heartbeat_timeouts.load(Relaxed)
     }
 
+    /// Connections closed as slow consumers.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Relaxed)
+    }
+
+    /// Times the shard paused accepting because its direct-descriptor table was nearly full.
+    pub fn accept_pauses(&self) -> u64 {
+        self.accept_paused.load(Relaxed)
+    }
+
     /// Frames received of type `t`.
     pub fn frames_in(&self, t: MessageType) -> u64 {
         self.frames_in[t.to_u8() as usize].load(Relaxed)

@@ -78,6 +78,11 @@ pub struct NodeConfig {
     pub slow_consumer_timeout: Duration,
     /// Capacity of each mesh ring.
     pub mesh_capacity: usize,
+    /// Direct-descriptor table slots per ring (default: the connection limit plus headroom,
+    /// capped by RLIMIT_NOFILE, which the kernel enforces per table). When the table is nearly
+    /// full a shard stops accepting (connections wait in the listen backlog) and resumes when
+    /// slots free.
+    pub direct_descriptors: Option<u32>,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +101,7 @@ impl Default for NodeConfig {
             shutdown_timeout: Duration::from_secs(5),
             slow_consumer_timeout: Duration::from_secs(10),
             mesh_capacity: 8192,
+            direct_descriptors: None,
         }
     }
 }
@@ -254,9 +260,10 @@ impl Node {
         }
         let n = cfg.shards.max(1);
         let nofile = raise_nofile();
-        let table_size = (cfg.max_connections_per_shard as u64 + 64)
-            .min(nofile)
-            .min(u32::MAX as u64) as u32;
+        let wanted = cfg
+            .direct_descriptors
+            .map_or(cfg.max_connections_per_shard as u64 + 64, u64::from);
+        let table_size = wanted.clamp(2, nofile.min(u32::MAX as u64)) as u32;
 
         // Bind: the first TCP bind of an address picks the port (port 0); the other shards bind
         // the same port with SO_REUSEPORT. A Unix socket is bound once and shared.

@@ -786,8 +786,9 @@ impl Shard {
         if let Some(b) = c.out {
             self.recycle_send_buf(b);
         }
+        // Resume once a tenth of the table is free again.
         if self.accept_paused
-            && self.table_used < self.table_size / 10 * 9
+            && u64::from(self.table_used) * 10 < u64::from(self.table_size) * 9
             && self.shutdown_deadline.is_none()
         {
             self.accept_paused = false;

@@ -1,0 +1,188 @@
+//! Resource limits: direct-descriptor table exhaustion, slow consumers, signals.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use valkyrie_protocol::message::{Hello, Payload};
+use valkyrie_protocol::streams::WindowStrategy;
+use valkyrie_protocol::{Frame, MessageType, SecurityMode, SendOptions};
+use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnRef, Ctx, Node, Service};
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_full_direct_descriptor_table_pauses_accepting_and_resumes_when_slots_free() {
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(1)
+        .configure(|c| c.direct_descriptors = Some(8))
+        .start()
+        .unwrap();
+    let quick = ClientConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..ClientConfig::default()
+    };
+    let mut held = Vec::new();
+    loop {
+        match Client::connect_with(&node.url(), quick.clone()) {
+            Ok(c) => held.push(c),
+            Err(ClientError::Timeout) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(held.len() < 8, "the table holds at most 8");
+    }
+    assert_eq!(
+        held.len(),
+        7,
+        "accepting pauses one slot before the table is full"
+    );
+    assert!(node.shard_metrics()[0].accept_pauses() >= 1);
+    // The node is fine, and the held connections still work.
+    for c in &mut held {
+        c.ping(b"still here").unwrap();
+    }
+    // Freeing slots resumes accepting.
+    held.truncate(4);
+    wait_until("slots to free", || node.connections() == 4);
+    let mut c = Client::connect(&node.url()).expect("accepting resumed");
+    c.ping(b"new").unwrap();
+}
+
+/// Floods whoever sends a JOB_REQUEST with data until the outbound queue pushes back.
+struct Flood;
+impl Service for Flood {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+            let mut queued = 0;
+            while ctx
+                .send(
+                    conn,
+                    100,
+                    MessageType::StreamData,
+                    chunk.clone(),
+                    SendOptions::default(),
+                )
+                .is_ok()
+            {
+                queued += 1;
+                assert!(queued < 100_000, "the outbound queue must be bounded");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_stays_too_slow_is_closed_and_counted() {
+    let mut proto = valkyrie_protocol::Config::new("n");
+    proto.window = WindowStrategy::Fixed(1 << 30);
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(1)
+        .protocol(proto)
+        .slow_consumer_timeout(Duration::from_millis(500))
+        .service(|_| Flood)
+        .start()
+        .unwrap();
+    let addr = node.url().strip_prefix("tcp://").unwrap().to_owned();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let hello = Hello {
+        versions: vec![2],
+        node_id: "slow".into(),
+        security: vec![SecurityMode::Plaintext],
+        max_frame: 1 << 20,
+        heartbeat_ms: 60_000,
+        stream_window: Some(1 << 30),
+        max_streams: None,
+        compression: vec![],
+    };
+    let mut out = Vec::new();
+    Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut out);
+    Frame::new(MessageType::JobRequest, 101, &b"\x80"[..]).encode(&mut out);
+    s.write_all(&out).unwrap();
+    // Never read. The node's send stalls once the socket buffers fill, and after the timeout
+    // the connection is closed.
+    wait_until("the connection to be accepted", || node.connections() == 1);
+    let t = Instant::now();
+    wait_until("the slow consumer to be closed", || node.connections() == 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed for being slow, not for anything else"
+    );
+    assert_eq!(node.shard_metrics()[0].slow_consumers(), 1);
+    // What was buffered can still be read, then the stream ends.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn the_cli_node_serves_pings_and_exits_cleanly_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["node", "--listen", &url, "--shards", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the node to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let ping = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["ping", &url, "--count", "200"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success());
+    let text = String::from_utf8_lossy(&ping.stdout);
+    for q in ["p50", "p99", "p999", "max"] {
+        assert!(text.contains(q), "{text}");
+    }
+    // A connected client is told the node is going away.
+    let mut c = Client::connect(&url).unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "node did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let mut saw_close = false;
+    while let Ok(Some(e)) = c.next_event(Duration::from_secs(2)) {
+        if let valkyrie_protocol::Event::CloseRequested { code, .. } = e {
+            assert_eq!(code, valkyrie_protocol::ErrorCode::SHUTTING_DOWN.0);
+            saw_close = true;
+        }
+    }
+    assert!(saw_close, "the node sent CLOSE before exiting");
+}
