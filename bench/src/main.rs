@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use valkyrie_protocol::message::{Hello, Payload};
 use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
-use valkyrie_runtime::{BusyPoll, Node};
+use valkyrie_runtime::{BusyPoll, Node, RecvMode};
 
 use peers::{Pinning, floor::Floor, pin, tokio_echo::TokioEcho};
 
@@ -39,6 +39,9 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<String>,
+    /// Only these systems (valkyrie, valkyrie-poll, tokio, floor); repeatable. Default: all.
+    #[arg(long = "system")]
+    systems: Vec<String>,
     /// Connections for the idle-memory scenario.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -50,6 +53,8 @@ struct Cli {
 enum Internal {
     /// (internal) Hold N connections to URL open until stdin closes.
     Hold { addr: SocketAddr, n: usize },
+    /// (internal) Measure idle memory for one receive mode in this fresh process.
+    IdleMemory { recv: String, n: usize },
 }
 
 struct Report {
@@ -194,8 +199,14 @@ impl Server {
 
 fn start(system: &str, core: usize, shards: usize, busy: bool) -> Server {
     match system {
-        "valkyrie" => {
+        "valkyrie" | "valkyrie-poll" => {
+            let recv = if system == "valkyrie" {
+                RecvMode::Multishot
+            } else {
+                RecvMode::PollThenRecv
+            };
             let mut b = Node::builder()
+                .configure(|c| c.recv_mode = recv)
                 .listen("tcp://127.0.0.1:0")
                 .expect("endpoint")
                 .shards(shards)
@@ -227,12 +238,15 @@ fn pin_next_thread_hint(core: usize) {
     pin(core);
 }
 
-fn latency(report: &mut Report, rounds: usize, samples: usize) {
+fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String]) {
     let pinning = Pinning {
         server: 0,
         client: 1,
     };
-    let systems = ["valkyrie", "tokio", "floor"];
+    let systems: Vec<&str> = ["valkyrie", "valkyrie-poll", "tokio", "floor"]
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        .collect();
     let mut ping = Vec::new();
     Frame::new(MessageType::Ping, 0, vec![0xA5u8; 64])
         .with_correlation(1)
@@ -248,7 +262,7 @@ fn latency(report: &mut Report, rounds: usize, samples: usize) {
     for (mode, busy) in [("busy-poll", true), ("blocking", false)] {
         let mut per: BTreeMap<&str, [Vec<f64>; 4]> = BTreeMap::new();
         for _ in 0..rounds {
-            for system in systems {
+            for &system in &systems {
                 // Server threads inherit the affinity of their creator: create them from a
                 // thread pinned to the server core.
                 let server = std::thread::scope(|s| {
@@ -263,8 +277,8 @@ fn latency(report: &mut Report, rounds: usize, samples: usize) {
                 let hist = std::thread::scope(|s| {
                     s.spawn(|| {
                         pin(pinning.client);
-                        let mut c =
-                            RawClient::connect(addr, system == "valkyrie", busy).expect("connect");
+                        let mut c = RawClient::connect(addr, system.starts_with("valkyrie"), busy)
+                            .expect("connect");
                         for _ in 0..samples / 10 {
                             c.round_trip(&ping).expect("warm-up");
                         }
@@ -287,8 +301,8 @@ fn latency(report: &mut Report, rounds: usize, samples: usize) {
                 e[3].push(hist.max() as f64 / 1000.0);
             }
         }
-        let tokio_p99 = median(per["tokio"][1].clone());
-        for system in systems {
+        let tokio_p99 = per.get("tokio").map_or(f64::NAN, |v| median(v[1].clone()));
+        for &system in &systems {
             let v = &per[system];
             let (p50, p99, p999, max) = (
                 median(v[0].clone()),
@@ -300,23 +314,37 @@ fn latency(report: &mut Report, rounds: usize, samples: usize) {
                 "  {mode:<10} {system:<10} {p50:>9.1} {p99:>9.1} {p999:>9.1} {max:>9.1}   {:.2}",
                 p99 / tokio_p99
             );
-            let params = json!({"transport": "tcp", "size": 64, "mode": mode, "server_core": pinning.server, "client_core": pinning.client, "shards": 1});
+            let mut params = json!({"transport": "tcp", "size": 64, "mode": mode, "server_core": pinning.server, "client_core": pinning.client, "shards": 1});
+            let name = match system {
+                "valkyrie" => {
+                    params["recv"] = json!("multishot");
+                    "valkyrie"
+                }
+                "valkyrie-poll" => {
+                    params["recv"] = json!("poll");
+                    "valkyrie"
+                }
+                other => other,
+            };
             for (metric, value) in [
                 ("rtt_p50", p50),
                 ("rtt_p99", p99),
                 ("rtt_p999", p999),
                 ("rtt_max", max),
             ] {
-                report.add("latency", system, metric, "us", value, params.clone());
+                report.add("latency", name, metric, "us", value, params.clone());
             }
         }
     }
 }
 
-fn throughput(report: &mut Report, rounds: usize, secs: f64) {
+fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
     const CONNS: usize = 64;
     const DEPTH: usize = 32;
-    let systems = ["valkyrie", "tokio", "floor"];
+    let systems: Vec<&str> = ["valkyrie", "tokio", "floor"]
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        .collect();
     println!(
         "\nthroughput: 64-byte PING/PONG pipelined, {CONNS} connections x {DEPTH} in flight, 2 client threads, servers unpinned with 2 shards/workers; {secs} s x {rounds} rounds, medians"
     );
@@ -330,7 +358,7 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64) {
         .collect();
     let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
-        for system in systems {
+        for &system in &systems {
             let server = start(system, 0, 2, false);
             let addr = server.addr();
             let stop = Arc::new(AtomicBool::new(false));
@@ -341,7 +369,7 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64) {
                     std::thread::spawn(move || {
                         let mut conns: Vec<RawClient> = (0..CONNS / 2)
                             .map(|_| {
-                                RawClient::connect(addr, system == "valkyrie", false)
+                                RawClient::connect(addr, system.starts_with("valkyrie"), false)
                                     .expect("connect")
                             })
                             .collect();
@@ -371,8 +399,8 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64) {
             per.entry(system).or_default().push(rate);
         }
     }
-    let tokio = median(per["tokio"].clone());
-    for system in systems {
+    let tokio = per.get("tokio").map_or(f64::NAN, |v| median(v.clone()));
+    for &system in &systems {
         let rate = median(per[system].clone());
         println!(
             "  {system:<10} {:>12.0} msgs/s  {:>8.1} MB/s   {:.2}x tokio   (seed target 10,000,000 msgs/s per node: {:.1}%)",
@@ -426,11 +454,36 @@ fn idle_memory(report: &mut Report, n: usize) {
     println!(
         "\nidle memory: {n} idle connections (HELLO done) to a 2-shard node; clients in a child process"
     );
+    // Each mode is measured in a fresh process, so that neither inherits the other's (or any
+    // earlier scenario's) allocator state.
+    for recv in ["multishot", "poll"] {
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .args(["idle-memory", recv, &n.to_string()])
+            .stderr(Stdio::null())
+            .output()
+            .expect("run idle-memory child");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            match serde_json::from_str::<Value>(line) {
+                Ok(Value::Array(rows)) => report.results.extend(rows),
+                _ => println!("{line}"),
+            }
+        }
+    }
+}
+
+fn idle_memory_mode(report: &mut Report, n: usize, recv: RecvMode) {
+    let recv_name = if recv == RecvMode::Multishot {
+        "multishot"
+    } else {
+        "poll"
+    };
     let node = Node::builder()
         .listen("tcp://127.0.0.1:0")
         .expect("endpoint")
         .shards(2)
         .heartbeat(Duration::from_secs(60))
+        .configure(|c| c.recv_mode = recv)
         .start()
         .expect("node");
     let Server::Valkyrie(node) = Server::Valkyrie(node) else {
@@ -480,9 +533,9 @@ fn idle_memory(report: &mut Report, n: usize) {
     let user = rss1.saturating_sub(rss0) as f64 / held.max(1) as f64;
     let kernel = slab1.saturating_sub(slab0) as f64 / held.max(1) as f64 / 2.0;
     println!(
-        "  valkyrie   {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
+        "  valkyrie   recv {recv_name:<9} {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
     );
-    let params = json!({"transport": "tcp", "connections": held, "shards": 2});
+    let params = json!({"transport": "tcp", "connections": held, "shards": 2, "recv": recv_name});
     report.add(
         "connections",
         "valkyrie",
@@ -563,9 +616,25 @@ fn host() -> Value {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(Internal::Hold { addr, n }) = cli.internal {
-        hold(addr, n);
-        return;
+    match cli.internal {
+        Some(Internal::Hold { addr, n }) => {
+            hold(addr, n);
+            return;
+        }
+        Some(Internal::IdleMemory { recv, n }) => {
+            let mode = if recv == "poll" {
+                RecvMode::PollThenRecv
+            } else {
+                RecvMode::Multishot
+            };
+            let mut report = Report {
+                results: Vec::new(),
+            };
+            idle_memory_mode(&mut report, n, mode);
+            println!("{}", Value::Array(report.results));
+            return;
+        }
+        None => {}
     }
     let h = host();
     println!(
@@ -582,14 +651,24 @@ fn main() {
     let mut report = Report {
         results: Vec::new(),
     };
-    if wants("latency") {
-        latency(&mut report, rounds, if cli.full { 100_000 } else { 20_000 });
-    }
-    if wants("throughput") {
-        throughput(&mut report, rounds, if cli.full { 5.0 } else { 1.5 });
-    }
     if wants("idle-memory") || wants("connections") {
         idle_memory(&mut report, cli.connections);
+    }
+    if wants("latency") {
+        latency(
+            &mut report,
+            rounds,
+            if cli.full { 100_000 } else { 20_000 },
+            &cli.systems,
+        );
+    }
+    if wants("throughput") {
+        throughput(
+            &mut report,
+            rounds,
+            if cli.full { 5.0 } else { 1.5 },
+            &cli.systems,
+        );
     }
     if let Some(path) = cli.json {
         let doc = json!({"version": 1, "host": h, "results": report.results});

@@ -60,7 +60,7 @@ pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use metrics::ShardMetrics;
-pub use node::{BusyPoll, Node, NodeBuilder, NodeConfig, raise_nofile};
+pub use node::{BusyPoll, Node, NodeBuilder, NodeConfig, RecvMode, raise_nofile};
 pub use service::{ConnRef, NoService, Service};
 pub use shard::{Ctx, RouteError};
 pub use uring::RingFeatures;

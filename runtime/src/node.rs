@@ -49,6 +49,27 @@ impl std::str::FromStr for BusyPoll {
     }
 }
 
+/// How a shard waits for data on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvMode {
+    /// One multishot receive armed per connection, taking a provided buffer per arrival.
+    Multishot,
+    /// A multishot poll per connection; a one-shot receive is issued when it reports data.
+    /// Costs the kernel less memory per idle connection, and one more operation per arrival.
+    PollThenRecv,
+}
+
+impl std::str::FromStr for RecvMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "multishot" => Ok(RecvMode::Multishot),
+            "poll" => Ok(RecvMode::PollThenRecv),
+            other => Err(format!("recv mode {other:?}: expected multishot or poll")),
+        }
+    }
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -83,6 +104,8 @@ pub struct NodeConfig {
     /// full a shard stops accepting (connections wait in the listen backlog) and resumes when
     /// slots free.
     pub direct_descriptors: Option<u32>,
+    /// How connections wait for data.
+    pub recv_mode: RecvMode,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +125,10 @@ impl Default for NodeConfig {
             slow_consumer_timeout: Duration::from_secs(10),
             mesh_capacity: 8192,
             direct_descriptors: None,
+            recv_mode: match std::env::var("VALKYRIE_RECV_MODE").as_deref() {
+                Ok("poll") => RecvMode::PollThenRecv,
+                _ => RecvMode::Multishot,
+            },
         }
     }
 }

@@ -22,7 +22,7 @@ use valkyrie_protocol::{
 
 use crate::mesh::{MeshMsg, Waker};
 use crate::metrics::ShardMetrics;
-use crate::node::{BusyPoll, NodeConfig};
+use crate::node::{BusyPoll, NodeConfig, RecvMode};
 use crate::service::{ConnRef, Service};
 use crate::uring::{BufRing, Op, RingFeatures, build_ring, ud, ud_parts};
 
@@ -435,14 +435,59 @@ impl Shard {
         self.wake_armed = true;
     }
 
+    /// Start waiting for data: a multishot receive, or a multishot poll.
     fn arm_recv(&mut self, slot: u32) {
         let Some(c) = self.conns.get(slot as usize) else {
             return;
         };
-        let e = opcode::RecvMulti::new(types::Fixed(c.fixed), self.bufs.bgid)
-            .build()
-            .user_data(ud(Op::Recv, slot, c.generation));
+        let e = match self.cfg.recv_mode {
+            RecvMode::Multishot => opcode::RecvMulti::new(types::Fixed(c.fixed), self.bufs.bgid)
+                .build()
+                .user_data(ud(Op::Recv, slot, c.generation)),
+            RecvMode::PollThenRecv => {
+                opcode::PollAdd::new(types::Fixed(c.fixed), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(ud(Op::Poll, slot, c.generation))
+            }
+        };
         self.push(e);
+    }
+
+    /// One receive into a provided buffer (poll-then-receive mode).
+    fn recv_once(&mut self, slot: u32) {
+        let Some(c) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let e = opcode::Recv::new(
+            types::Fixed(c.fixed),
+            std::ptr::null_mut(),
+            self.cfg.recv_buffer_size,
+        )
+        .buf_group(self.bufs.bgid)
+        .flags(libc::MSG_DONTWAIT)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(ud(Op::Recv, slot, c.generation));
+        self.push(e);
+    }
+
+    fn on_poll(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
+        let live = matches!(self.conns.get(slot as usize), Some(c) if c.generation == generation && !c.closing);
+        if !live {
+            return;
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                self.conns[slot as usize].proto.handle_eof(self.now);
+                self.mark(slot);
+            }
+            return;
+        }
+        self.recv_once(slot);
+        if !cqueue::more(flags) {
+            self.arm_recv(slot);
+        }
     }
 
     pub(crate) fn run(mut self) {
@@ -551,6 +596,7 @@ impl Shard {
         match op {
             x if x == Op::Accept as u8 => self.on_accept(slot as usize, res, flags),
             x if x == Op::Recv as u8 => self.on_recv(slot, generation, res, flags),
+            x if x == Op::Poll as u8 => self.on_poll(slot, generation, res, flags),
             x if x == Op::Send as u8 => self.on_send(slot, generation, res),
             x if x == Op::Close as u8 => self.on_closed(slot, generation),
             x if x == Op::Wake as u8 => {
@@ -671,8 +717,15 @@ impl Shard {
             }
             if live {
                 self.mark(slot);
-                if !more {
-                    self.arm_recv(slot);
+                match self.cfg.recv_mode {
+                    RecvMode::Multishot if !more => self.arm_recv(slot),
+                    RecvMode::PollThenRecv
+                        if cqueue::sock_nonempty(flags)
+                            || res as u32 == self.cfg.recv_buffer_size =>
+                    {
+                        self.recv_once(slot)
+                    }
+                    _ => {}
                 }
             }
             return;
@@ -686,9 +739,15 @@ impl Shard {
         if res == -libc::ENOBUFS {
             // Every receive buffer was in use for a moment: they are recycled as soon as each
             // completion is handled, so simply ask again.
-            if !more {
-                self.arm_recv(slot);
+            match self.cfg.recv_mode {
+                RecvMode::Multishot if !more => self.arm_recv(slot),
+                RecvMode::PollThenRecv => self.recv_once(slot),
+                _ => {}
             }
+            return;
+        }
+        if res == -libc::EAGAIN && self.cfg.recv_mode == RecvMode::PollThenRecv {
+            // The poll fired but another receive already took the data.
             return;
         }
         // End of file or a transport error.
@@ -767,6 +826,12 @@ impl Shard {
             .build()
             .user_data(ud(Op::Cancel, slot, generation));
         self.push(cancel);
+        if self.cfg.recv_mode == RecvMode::PollThenRecv {
+            let cancel = opcode::AsyncCancel::new(ud(Op::Poll, slot, generation))
+                .build()
+                .user_data(ud(Op::Cancel, slot, generation));
+            self.push(cancel);
+        }
         let close = opcode::Close::new(types::Fixed(fixed))
             .build()
             .user_data(ud(Op::Close, slot, generation));

@@ -194,6 +194,7 @@ pub(crate) enum Op {
     Close = 4,
     Wake = 5,
     Cancel = 6,
+    Poll = 7,
 }
 
 /// `user_data` = op (8 bits) | generation (24 bits) | slot (32 bits).
