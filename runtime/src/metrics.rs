@@ -37,6 +37,10 @@ pub struct ShardMetrics {
     pub(crate) frames_out: [[AtomicU64; 4]; 256],
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    /// Bytes (header + payload) of frames delivered to the service, by type.
+    pub(crate) bytes_in_by_type: [AtomicU64; 256],
+    /// Bytes (header + payload) of frames sent, by type.
+    pub(crate) bytes_out_by_type: [AtomicU64; 256],
     pub(crate) errors_sent: [AtomicU64; 1000],
     pub(crate) mesh_full: AtomicU64,
     pub(crate) shed_frames: AtomicU64,
@@ -56,6 +60,8 @@ impl ShardMetrics {
             frames_out: std::array::from_fn(|_| Default::default()),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            bytes_in_by_type: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes_out_by_type: std::array::from_fn(|_| AtomicU64::new(0)),
             errors_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             mesh_full: AtomicU64::new(0),
             shed_frames: AtomicU64::new(0),
@@ -72,6 +78,11 @@ impl ShardMetrics {
         Self::add(
             &self.frames_out[header[3] as usize][priority_band(header[5])],
             1,
+        );
+        let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+        Self::add(
+            &self.bytes_out_by_type[header[3] as usize],
+            24 + u64::from(len),
         );
     }
 
@@ -168,6 +179,13 @@ pub fn gather(
         Opts::new("valkyrie_bytes_total", "Bytes through the transport"),
         &["direction"],
     )?;
+    let type_bytes = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_message_bytes_total",
+            "Bytes of frames (header + payload) sent, and delivered to services, by type",
+        ),
+        &["type", "direction"],
+    )?;
     let errors = IntCounterVec::new(
         Opts::new("valkyrie_errors_total", "ERROR frames sent"),
         &["type", "code"],
@@ -204,6 +222,18 @@ pub fn gather(
         .inc_by(sum(&|s| s.slow_consumers.load(Relaxed)));
     for t in 0..=255u8 {
         let name = MessageType::from_u8(t).name().to_ascii_lowercase();
+        let bin = sum(&|s| s.bytes_in_by_type[t as usize].load(Relaxed));
+        if bin > 0 {
+            type_bytes
+                .with_label_values(&[name.as_str(), "in"])
+                .inc_by(bin);
+        }
+        let bout = sum(&|s| s.bytes_out_by_type[t as usize].load(Relaxed));
+        if bout > 0 {
+            type_bytes
+                .with_label_values(&[name.as_str(), "out"])
+                .inc_by(bout);
+        }
         let rx = sum(&|s| s.frames_in[t as usize].load(Relaxed));
         if rx > 0 {
             received.with_label_values(&[name.as_str()]).inc_by(rx);
@@ -239,6 +269,7 @@ pub fn gather(
         Box::new(sent),
         Box::new(received),
         Box::new(bytes),
+        Box::new(type_bytes),
         Box::new(errors),
         Box::new(shed),
     ] {

@@ -932,10 +932,14 @@ impl Shard {
                 c.connected = true;
                 c.fresh = true;
             }
-            Event::Frame(f) => ShardMetrics::add(
-                &self.metrics.frames_in[f.header.msg_type.to_u8() as usize],
-                1,
-            ),
+            Event::Frame(f) => {
+                let t = f.header.msg_type.to_u8() as usize;
+                ShardMetrics::add(&self.metrics.frames_in[t], 1);
+                ShardMetrics::add(
+                    &self.metrics.bytes_in_by_type[t],
+                    24 + f.payload.len() as u64,
+                );
+            }
             Event::Closed(reason) => {
                 match reason {
                     CloseReason::HandshakeTimeout => {
