@@ -295,6 +295,8 @@ pub(crate) struct Shard {
     table_used: u32,
     accept_paused: bool,
     send_pool: Vec<BytesMut>,
+    /// Completions being handled (reused: no allocation per batch).
+    cqe_buf: Vec<cqueue::Entry>,
     unix_base: (Instant, u64),
     refused_frame: Bytes,
     now: Instant,
@@ -366,6 +368,7 @@ impl Shard {
             table_used: 0,
             accept_paused: false,
             send_pool: Vec::new(),
+            cqe_buf: Vec::with_capacity(256),
             unix_base: (now, unix),
             refused_frame: Bytes::from(refused),
             now,
@@ -577,13 +580,16 @@ impl Shard {
 
     fn reap(&mut self) -> usize {
         let mut n = 0;
+        let mut batch = std::mem::take(&mut self.cqe_buf);
         loop {
-            let batch: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+            batch.clear();
+            batch.extend(self.ring.completion().take(256));
             if batch.is_empty() {
+                self.cqe_buf = batch;
                 return n;
             }
             n += batch.len();
-            for cqe in batch {
+            for cqe in batch.drain(..) {
                 self.complete(cqe);
             }
         }
