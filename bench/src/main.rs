@@ -5,6 +5,7 @@
 //! in an hdrhistogram; pinning and modes are printed with the results.
 #![allow(missing_docs, unreachable_pub)]
 
+mod connections;
 mod peers;
 
 use std::collections::BTreeMap;
@@ -42,7 +43,10 @@ struct Cli {
     /// Only these systems (valkyrie, valkyrie-poll, tokio, floor); repeatable. Default: all.
     #[arg(long = "system")]
     systems: Vec<String>,
-    /// Connections for the idle-memory scenario.
+    /// Heartbeat interval for the connections scenario, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_ms: u64,
+    /// Connections for the idle-memory and connections scenarios.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
     #[command(subcommand)]
@@ -55,9 +59,16 @@ enum Internal {
     Hold { addr: SocketAddr, n: usize },
     /// (internal) Measure idle memory for one receive mode in this fresh process.
     IdleMemory { recv: String, n: usize },
+    /// (internal) Hold N heartbeating connections from source address SRC until stdin closes.
+    HoldHeartbeating {
+        addr: SocketAddr,
+        n: usize,
+        src: std::net::Ipv4Addr,
+        heartbeat_ms: u64,
+    },
 }
 
-struct Report {
+pub(crate) struct Report {
     results: Vec<Value>,
 }
 
@@ -100,14 +111,18 @@ fn hello_frame() -> Vec<u8> {
 }
 
 /// The same client for every system: writes a PING frame, reads the PONG frame.
-struct RawClient {
+pub(crate) struct RawClient {
     s: TcpStream,
     busy: bool,
     rbuf: Vec<u8>,
 }
 
 impl RawClient {
-    fn connect(addr: SocketAddr, valkyrie: bool, busy: bool) -> std::io::Result<RawClient> {
+    pub(crate) fn connect(
+        addr: SocketAddr,
+        valkyrie: bool,
+        busy: bool,
+    ) -> std::io::Result<RawClient> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         let mut c = RawClient {
@@ -168,7 +183,7 @@ impl RawClient {
         Ok(())
     }
 
-    fn round_trip(&mut self, ping: &[u8]) -> std::io::Result<Duration> {
+    pub(crate) fn round_trip(&mut self, ping: &[u8]) -> std::io::Result<Duration> {
         let t = Instant::now();
         self.write_all(ping)?;
         let n = self.read_exact(ping.len()).map(|_| ping.len());
@@ -429,7 +444,7 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
     }
 }
 
-fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -440,7 +455,7 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-fn slab_bytes() -> u64 {
+pub(crate) fn slab_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     s.lines()
         .find(|l| l.starts_with("Slab:"))
@@ -621,6 +636,15 @@ fn main() {
             hold(addr, n);
             return;
         }
+        Some(Internal::HoldHeartbeating {
+            addr,
+            n,
+            src,
+            heartbeat_ms,
+        }) => {
+            connections::hold(addr, n, src, Duration::from_millis(heartbeat_ms));
+            return;
+        }
         Some(Internal::IdleMemory { recv, n }) => {
             let mode = if recv == "poll" {
                 RecvMode::PollThenRecv
@@ -651,7 +675,14 @@ fn main() {
     let mut report = Report {
         results: Vec::new(),
     };
-    if wants("idle-memory") || wants("connections") {
+    if cli.scenarios.iter().any(|s| s == "connections") {
+        connections::scenario(
+            &mut report,
+            cli.connections,
+            Duration::from_millis(cli.heartbeat_ms),
+        );
+    }
+    if wants("idle-memory") {
         idle_memory(&mut report, cli.connections);
     }
     if wants("latency") {

@@ -1,0 +1,297 @@
+//! The `connections` scenario: hold N live, heartbeating connections on one node and measure what
+//! each costs and how the node answers while they are held.
+//!
+//! One process may hold at most 20,000 descriptors here, so the load is spread the way a
+//! deployment on a constrained host would spread it: the node keeps its connections in io_uring
+//! direct-descriptor tables spread over several rings (shards; a table is capped at
+//! RLIMIT_NOFILE per ring, and direct descriptors are not in the process's file table), and the
+//! clients live in several child processes, each connecting from its own 127.0.0.x source address
+//! so that no source runs out of ephemeral ports.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use socket2::{Domain, Socket, Type};
+use valkyrie_protocol::message::{Hello, Payload};
+use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
+use valkyrie_runtime::{Node, RecvMode};
+
+use crate::{RawClient, Report, rss_bytes, slab_bytes};
+
+/// Connections one holder process keeps (below its 20,000-descriptor limit).
+const PER_HOLDER: usize = 18_000;
+/// Connections one shard keeps (below the per-ring direct-descriptor cap).
+const PER_SHARD: usize = 19_000;
+
+fn hello(heartbeat_ms: u32) -> Vec<u8> {
+    let hello = Hello {
+        versions: vec![2],
+        node_id: "holder".into(),
+        security: vec![SecurityMode::Plaintext],
+        max_frame: 1 << 16,
+        heartbeat_ms,
+        stream_window: None,
+        max_streams: None,
+        compression: vec![],
+    };
+    let mut v = Vec::new();
+    Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut v);
+    v
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+}
+
+/// (child process) Open `n` connections from `src`, complete HELLO on each, print `ready`, then
+/// send a PING on every connection every `ping_every` and drain the answers, until stdin closes.
+pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duration) {
+    valkyrie_runtime::raise_nofile();
+    let hello = hello(heartbeat.as_millis() as u32);
+    // A client pings well inside the interval (2.5 times per heartbeat).
+    let ping_every = heartbeat * 2 / 5;
+    let mut ping = Vec::new();
+    Frame::new(MessageType::Ping, 0, &b"hb"[..]).encode(&mut ping);
+    let mut buf = vec![0u8; 4096];
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
+    // Source ports are chosen here, not by bind(port 0): the kernel's search for a free port at
+    // bind time grows with the ports already in use, a sequential choice is O(1).
+    let mut port: u16 = 20_000;
+    let mut last_beat = Instant::now();
+    // Connect in batches: send each batch's HELLOs, then read their HELLO_ACKs, so the node's
+    // accept queue is never flooded; keep the connections already up heartbeating meanwhile.
+    while conns.len() < n {
+        let start = conns.len();
+        let batch = (n - start).min(500);
+        while conns.len() < start + batch {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            s.set_reuse_address(true).expect("SO_REUSEADDR");
+            port = port
+                .checked_add(1)
+                .expect("out of source ports on this address");
+            if s.bind(&SocketAddrV4::new(src, port).into()).is_err() {
+                continue;
+            }
+            s.connect(&addr.into()).expect("connect");
+            s.set_tcp_nodelay(true).expect("nodelay");
+            let mut s: TcpStream = s.into();
+            s.write_all(&hello).expect("hello");
+            conns.push(s);
+        }
+        for s in &mut conns[start..] {
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            read_frame(s).expect("HELLO_ACK");
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        if last_beat.elapsed() >= ping_every {
+            beat(&mut conns[..start], &ping, &mut buf);
+            last_beat = Instant::now();
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        s2.store(true, Ordering::SeqCst);
+    });
+    // Pace the heartbeats evenly over the interval (as independent clients would), a slice of
+    // the connections every tick, rather than in one burst per interval.
+    const TICKS: usize = 40;
+    let tick = ping_every / TICKS as u32;
+    let mut lost = 0usize;
+    let mut k = 0usize;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let (a, b) = (k * conns.len() / TICKS, (k + 1) * conns.len() / TICKS);
+        lost += beat(&mut conns[a..b], &ping, &mut buf);
+        k = (k + 1) % TICKS;
+        next += tick;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    if lost > 0 {
+        eprintln!("holder {src}: {lost} heartbeat writes failed");
+    }
+}
+
+/// Send one PING on every connection and drain what has arrived. Returns failed writes.
+fn beat(conns: &mut [TcpStream], ping: &[u8], buf: &mut [u8]) -> usize {
+    let mut lost = 0;
+    for s in conns.iter_mut() {
+        if s.write_all(ping).is_err() {
+            lost += 1;
+        }
+        loop {
+            match s.read(buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+    lost
+}
+
+fn spawn_holder(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duration) -> Child {
+    Command::new(std::env::current_exe().expect("own path"))
+        .args([
+            "hold-heartbeating",
+            &addr.to_string(),
+            &n.to_string(),
+            &src.to_string(),
+            &heartbeat.as_millis().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder")
+}
+
+/// Hold `n` connections for two heartbeat intervals plus a second, probing RTT meanwhile.
+pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
+    let hold = heartbeat * 2 + Duration::from_secs(1);
+    let shards = n.div_ceil(PER_SHARD).max(2);
+    let holders = n.div_ceil(PER_HOLDER);
+    println!(
+        "\nconnections: {n} live connections (HELLO done; each client PINGs 2.5 times per {:.0} s heartbeat) held by {holders} client processes from {holders} source addresses; node with {shards} shards (one direct-descriptor table each), receive mode poll",
+        heartbeat.as_secs_f64()
+    );
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .expect("endpoint")
+        .shards(shards)
+        .heartbeat(heartbeat)
+        .configure(|c| {
+            c.recv_mode = RecvMode::PollThenRecv;
+            c.direct_descriptors = Some(PER_SHARD as u32 + 64);
+            c.recv_buffers = 256;
+        })
+        .start()
+        .expect("node");
+    let addr = match &node.endpoints()[0] {
+        valkyrie_runtime::Endpoint::Tcp(a) => *a,
+        _ => unreachable!("tcp"),
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (rss0, slab0) = (rss_bytes(), slab_bytes());
+    let t0 = Instant::now();
+    let mut children: Vec<Child> = (0..holders)
+        .map(|i| {
+            let k = (n - i * PER_HOLDER).min(PER_HOLDER);
+            spawn_holder(addr, k, Ipv4Addr::new(127, 0, 1, 1 + i as u8), heartbeat)
+        })
+        .collect();
+    let mut ready = 0;
+    for c in &mut children {
+        let mut line = String::new();
+        if let Some(out) = c.stdout.as_mut() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim() == "ready" {
+            ready += 1;
+        }
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    let held_at_ready = node.connections();
+    println!(
+        "  {ready}/{holders} holders ready, {held_at_ready} connections open after {connect_secs:.1} s"
+    );
+    // Hold for at least two heartbeat intervals, probing meanwhile.
+    let mut probe = RawClient::connect(addr, true, false).expect("probe connect");
+    let mut ping = Vec::new();
+    Frame::new(MessageType::Ping, 0, vec![0xA5u8; 64]).encode(&mut ping);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    let hold_start = Instant::now();
+    let mut min_held = held_at_ready;
+    while hold_start.elapsed() < hold {
+        for _ in 0..100 {
+            let d = probe.round_trip(&ping).expect("probe round trip");
+            h.saturating_record(d.as_nanos() as u64);
+        }
+        min_held = min_held.min(node.connections());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (rss1, slab1) = (rss_bytes(), slab_bytes());
+    let held = node.connections() - 1; // the probe
+    let timeouts: u64 = node
+        .shard_metrics()
+        .iter()
+        .map(|m| m.heartbeat_timeouts())
+        .sum();
+    for c in &mut children {
+        drop(c.stdin.take());
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let user = rss1.saturating_sub(rss0) as f64 / held.max(1) as f64;
+    let kernel = slab1.saturating_sub(slab0) as f64 / held.max(1) as f64 / 2.0;
+    let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+    println!(
+        "  held {held} for {:.0} s (lowest count seen {}), heartbeat timeouts {timeouts}; per connection: user {user:.0} B + kernel {kernel:.0} B = {:.0} B (target 4.5 KiB = 4608 B)",
+        hold.as_secs_f64(),
+        min_held - 1,
+        user + kernel
+    );
+    println!(
+        "  probe RTT while held: p50 {:.1} us, p99 {p99:.1} us (target < 100 us), {} samples",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.len()
+    );
+    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
+    report.add(
+        "connections",
+        "valkyrie",
+        "connections_held",
+        "count",
+        held as f64,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection",
+        "B",
+        user + kernel,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection_user",
+        "B",
+        user,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "bytes_per_connection_kernel",
+        "B",
+        kernel,
+        params.clone(),
+    );
+    report.add(
+        "connections",
+        "valkyrie",
+        "probe_rtt_p99",
+        "us",
+        p99,
+        params,
+    );
+    drop(node);
+}
