@@ -226,7 +226,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (rss1, slab1) = (rss_bytes(), slab_bytes());
-    let held = node.connections() - 1; // the probe
+    let held = (node.connections() - 1).max(0) as usize; // the probe is not counted
     let timeouts: u64 = node
         .shard_metrics()
         .iter()
@@ -238,9 +238,17 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
     for mut c in children {
         let _ = c.wait();
     }
-    let user = rss1.saturating_sub(rss0) as f64 / held.max(1) as f64;
-    let kernel = slab1.saturating_sub(slab0) as f64 / held.max(1) as f64 / 2.0;
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
+    let (user, kernel) = crate::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
+    report.add(
+        "connections",
+        "valkyrie",
+        "probe_rtt_p99",
+        "us",
+        p99,
+        params,
+    );
     println!(
         "  held {held} for {:.0} s (lowest count seen {}), heartbeat timeouts {timeouts}; per connection: user {user:.0} B + kernel {kernel:.0} B = {:.0} B (target 4.5 KiB = 4608 B)",
         hold.as_secs_f64(),
@@ -251,47 +259,6 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         "  probe RTT while held: p50 {:.1} us, p99 {p99:.1} us (target < 100 us), {} samples",
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.len()
-    );
-    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
-    report.add(
-        "connections",
-        "valkyrie",
-        "connections_held",
-        "count",
-        held as f64,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection",
-        "B",
-        user + kernel,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection_user",
-        "B",
-        user,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection_kernel",
-        "B",
-        kernel,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "probe_rtt_p99",
-        "us",
-        p99,
-        params,
     );
     drop(node);
 }

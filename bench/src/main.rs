@@ -545,44 +545,41 @@ fn idle_memory_mode(report: &mut Report, n: usize, recv: RecvMode) {
     let held = node.connections() as usize;
     drop(child.stdin.take());
     let _ = child.wait();
-    let user = rss1.saturating_sub(rss0) as f64 / held.max(1) as f64;
-    let kernel = slab1.saturating_sub(slab0) as f64 / held.max(1) as f64 / 2.0;
+    let params = json!({"transport": "tcp", "connections": held, "shards": 2, "recv": recv_name});
+    let (user, kernel) = report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     println!(
         "  valkyrie   recv {recv_name:<9} {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
     );
-    let params = json!({"transport": "tcp", "connections": held, "shards": 2, "recv": recv_name});
-    report.add(
-        "connections",
-        "valkyrie",
-        "connections_held",
-        "count",
-        held as f64,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection_user",
-        "B",
-        user,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection_kernel",
-        "B",
-        kernel,
-        params.clone(),
-    );
-    report.add(
-        "connections",
-        "valkyrie",
-        "bytes_per_connection",
-        "B",
-        user + kernel,
-        params,
-    );
+}
+
+/// Memory per connection as BENCH.md defines it (server RSS growth / N; Slab growth / N / 2,
+/// both loopback ends being on this host), added to the report under `connections`.
+pub(crate) fn report_memory(
+    report: &mut Report,
+    held: usize,
+    (rss0, slab0): (u64, u64),
+    (rss1, slab1): (u64, u64),
+    params: &Value,
+) -> (f64, f64) {
+    let n = held.max(1) as f64;
+    let user = rss1.saturating_sub(rss0) as f64 / n;
+    let kernel = slab1.saturating_sub(slab0) as f64 / n / 2.0;
+    for (metric, unit, value) in [
+        ("connections_held", "count", held as f64),
+        ("bytes_per_connection", "B", user + kernel),
+        ("bytes_per_connection_user", "B", user),
+        ("bytes_per_connection_kernel", "B", kernel),
+    ] {
+        report.add(
+            "connections",
+            "valkyrie",
+            metric,
+            unit,
+            value,
+            params.clone(),
+        );
+    }
+    (user, kernel)
 }
 
 fn hold(addr: SocketAddr, n: usize) {
