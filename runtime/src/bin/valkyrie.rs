@@ -40,6 +40,12 @@ enum Cmd {
         #[arg(long, default_value = "valkyrie-node")]
         node_id: String,
     },
+    /// Host tuning: `valkyrie tune check` reads this host's limits and says how many connections
+    /// it can hold and which limit binds first.
+    Tune {
+        #[command(subcommand)]
+        cmd: TuneCmd,
+    },
     /// Ping a node and print the round-trip distribution.
     Ping {
         /// The node's URL.
@@ -53,6 +59,19 @@ enum Cmd {
         /// Spin on the socket instead of sleeping (lowest latency).
         #[arg(long)]
         busy_poll: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TuneCmd {
+    /// Read the limits and estimate capacity, for one process and for a spread-out layout.
+    Check {
+        /// Connections to plan the spread-out layout for.
+        #[arg(long, default_value_t = 1_000_000)]
+        target: u64,
+        /// Measured bytes per connection, both loopback ends (user + kernel).
+        #[arg(long, default_value_t = 9_200)]
+        bytes_per_connection: u64,
     },
 }
 
@@ -100,6 +119,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::info!(%ep, "listening");
             }
             node.run_until_signal()?;
+            Ok(())
+        }
+        Cmd::Tune {
+            cmd:
+                TuneCmd::Check {
+                    target,
+                    bytes_per_connection,
+                },
+        } => {
+            use valkyrie_tuning::{Deployment, HostLimits};
+            let host = HostLimits::read();
+            println!(
+                "host: {} cpus, somaxconn {:?}, tcp_max_syn_backlog {:?}, tcp_mem {:?} pages\n",
+                host.cpus, host.somaxconn, host.syn_backlog, host.tcp_mem
+            );
+            let mut one = Deployment::single_process();
+            one.bytes_per_connection = bytes_per_connection;
+            println!("one node process with one ring, clients in one process on this host:");
+            println!("{}\n", host.capacity(&one));
+            let mut spread = Deployment::spread(target);
+            spread.bytes_per_connection = bytes_per_connection;
+            println!(
+                "spread for {target}: {} rings, {} client processes, {} source addresses:",
+                spread.server_rings, spread.client_processes, spread.source_addresses
+            );
+            println!("{}", host.capacity(&spread));
             Ok(())
         }
         Cmd::Ping {
