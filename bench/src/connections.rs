@@ -68,6 +68,7 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
     // bind time grows with the ports already in use, a sequential choice is O(1).
     let mut port: u16 = 20_000;
     let mut last_beat = Instant::now();
+    let mut failed = 0usize;
     // Connect in batches: send each batch's HELLOs, then read their HELLO_ACKs, so the node's
     // accept queue is never flooded; keep the connections already up heartbeating meanwhile.
     while conns.len() < n {
@@ -88,16 +89,32 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
             s.write_all(&hello).expect("hello");
             conns.push(s);
         }
-        for s in &mut conns[start..] {
+        // A connection whose HELLO_ACK does not come within 30 s is given up on (and counted),
+        // as a real client would.
+        let mut k = start;
+        while k < conns.len() {
+            let s = &mut conns[k];
             s.set_read_timeout(Some(Duration::from_secs(30)))
                 .expect("timeout");
-            read_frame(s).expect("HELLO_ACK");
-            s.set_nonblocking(true).expect("nonblocking");
+            if read_frame(s).is_ok() {
+                s.set_nonblocking(true).expect("nonblocking");
+                k += 1;
+            } else {
+                conns.swap_remove(k);
+                failed += 1;
+            }
+        }
+        if failed > n / 10 {
+            eprintln!("holder {src}: {failed} connections got no HELLO_ACK in 30 s: giving up");
+            return;
         }
         if last_beat.elapsed() >= ping_every {
             beat(&mut conns[..start], &ping, &mut buf);
             last_beat = Instant::now();
         }
+    }
+    if failed > 0 {
+        eprintln!("holder {src}: {failed} connections got no HELLO_ACK in 30 s");
     }
     println!("ready");
     std::io::stdout().flush().expect("flush");
@@ -216,11 +233,17 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
     Frame::new(MessageType::Ping, 0, vec![0xA5u8; 64]).encode(&mut ping);
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
     let hold_start = Instant::now();
+    let mut probe_error = None;
     let mut min_held = held_at_ready;
     while hold_start.elapsed() < hold {
         for _ in 0..100 {
-            let d = probe.round_trip(&ping).expect("probe round trip");
-            h.saturating_record(d.as_nanos() as u64);
+            if probe_error.is_some() {
+                break;
+            }
+            match probe.round_trip(&ping) {
+                Ok(d) => h.saturating_record(d.as_nanos() as u64),
+                Err(e) => probe_error = Some(e),
+            }
         }
         min_held = min_held.min(node.connections());
         std::thread::sleep(Duration::from_millis(10));
@@ -260,5 +283,8 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.len()
     );
+    if let Some(e) = probe_error {
+        println!("  the probe connection failed while held: {e}");
+    }
     drop(node);
 }
