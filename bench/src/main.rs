@@ -43,6 +43,10 @@ struct Cli {
     /// Only these systems (valkyrie, valkyrie-poll, tokio, floor); repeatable. Default: all.
     #[arg(long = "system")]
     systems: Vec<String>,
+    /// How a Valkyrie shard busy-polls in the latency scenario's busy-poll mode: always, or
+    /// adaptive[:MICROS] (spin that long after the last completion, then sleep).
+    #[arg(long, default_value = "always")]
+    spin: BusyPoll,
     /// Heartbeat interval for the connections scenario, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
@@ -212,7 +216,7 @@ impl Server {
     }
 }
 
-fn start(system: &str, core: usize, shards: usize, busy: bool) -> Server {
+fn start(system: &str, core: usize, shards: usize, busy: bool, spin: BusyPoll) -> Server {
     match system {
         "valkyrie" | "valkyrie-poll" => {
             let recv = if system == "valkyrie" {
@@ -226,11 +230,7 @@ fn start(system: &str, core: usize, shards: usize, busy: bool) -> Server {
                 .expect("endpoint")
                 .shards(shards)
                 .heartbeat(Duration::from_secs(60))
-                .busy_poll(if busy {
-                    BusyPoll::Always
-                } else {
-                    BusyPoll::Off
-                });
+                .busy_poll(if busy { spin } else { BusyPoll::Off });
             if shards == 1 {
                 // Pin the single shard to the server core.
                 b = b.pin(false);
@@ -253,7 +253,7 @@ fn pin_next_thread_hint(core: usize) {
     pin(core);
 }
 
-fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String]) {
+fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], spin: BusyPoll) {
     let pinning = Pinning {
         server: 0,
         client: 1,
@@ -283,7 +283,7 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String]) 
                 let server = std::thread::scope(|s| {
                     s.spawn(|| {
                         pin(pinning.server);
-                        start(system, pinning.server, 1, busy)
+                        start(system, pinning.server, 1, busy, spin)
                     })
                     .join()
                     .expect("server start")
@@ -329,7 +329,7 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String]) 
                 "  {mode:<10} {system:<10} {p50:>9.1} {p99:>9.1} {p999:>9.1} {max:>9.1}   {:.2}",
                 p99 / tokio_p99
             );
-            let mut params = json!({"transport": "tcp", "size": 64, "mode": mode, "server_core": pinning.server, "client_core": pinning.client, "shards": 1});
+            let mut params = json!({"spin": if busy { format!("{spin:?}") } else { "off".into() }, "transport": "tcp", "size": 64, "mode": mode, "server_core": pinning.server, "client_core": pinning.client, "shards": 1});
             let name = match system {
                 "valkyrie" => {
                     params["recv"] = json!("multishot");
@@ -374,7 +374,7 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
     let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
         for &system in &systems {
-            let server = start(system, 0, 2, false);
+            let server = start(system, 0, 2, false, BusyPoll::Off);
             let addr = server.addr();
             let stop = Arc::new(AtomicBool::new(false));
             let count = Arc::new(AtomicU64::new(0));
@@ -688,6 +688,7 @@ fn main() {
             rounds,
             if cli.full { 100_000 } else { 20_000 },
             &cli.systems,
+            cli.spin,
         );
     }
     if wants("throughput") {
