@@ -30,16 +30,12 @@ const PER_HOLDER: usize = 18_000;
 const PER_SHARD: usize = 19_000;
 
 fn hello(heartbeat_ms: u32) -> Vec<u8> {
-    let hello = Hello {
-        versions: vec![2],
-        node_id: "holder".into(),
-        security: vec![SecurityMode::Plaintext],
-        max_frame: 1 << 16,
+    let hello = Hello::new(
+        "holder",
+        vec![SecurityMode::Plaintext],
+        1 << 16,
         heartbeat_ms,
-        stream_window: None,
-        max_streams: None,
-        compression: vec![],
-    };
+    );
     let mut v = Vec::new();
     Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut v);
     v

@@ -99,16 +99,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn hello_frame() -> Vec<u8> {
-    let hello = Hello {
-        versions: vec![2],
-        node_id: "bench".into(),
-        security: vec![SecurityMode::Plaintext],
-        max_frame: 1 << 20,
-        heartbeat_ms: 60_000,
-        stream_window: None,
-        max_streams: None,
-        compression: vec![],
-    };
+    let hello = Hello::new("bench", vec![SecurityMode::Plaintext], 1 << 20, 60_000);
     let mut v = Vec::new();
     Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut v);
     v

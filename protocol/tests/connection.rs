@@ -104,13 +104,7 @@ fn no_common_version_is_101() {
     let mut p = Pair::new(Config::new("a"), Config::new("b"));
     let hello = Hello {
         versions: vec![3, 4],
-        node_id: "future".into(),
-        security: vec![SecurityMode::Plaintext],
-        max_frame: 65536,
-        heartbeat_ms: 1000,
-        stream_window: None,
-        max_streams: None,
-        compression: vec![],
+        ..Hello::new("future", vec![SecurityMode::Plaintext], 65536, 1000)
     };
     let (_, wire) = inject(
         &mut p.server,

@@ -101,14 +101,8 @@ fn a_reader_that_stays_too_slow_is_closed_and_counted() {
     let addr = node.url().strip_prefix("tcp://").unwrap().to_owned();
     let mut s = TcpStream::connect(addr).unwrap();
     let hello = Hello {
-        versions: vec![2],
-        node_id: "slow".into(),
-        security: vec![SecurityMode::Plaintext],
-        max_frame: 1 << 20,
-        heartbeat_ms: 60_000,
         stream_window: Some(1 << 30),
-        max_streams: None,
-        compression: vec![],
+        ..Hello::new("slow", vec![SecurityMode::Plaintext], 1 << 20, 60_000)
     };
     let mut out = Vec::new();
     Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut out);

@@ -39,16 +39,7 @@ impl Raw {
 
     fn hello(url: &str) -> (Raw, HelloAck) {
         let mut r = Raw::connect(url);
-        let hello = Hello {
-            versions: vec![2],
-            node_id: "raw".into(),
-            security: vec![SecurityMode::Plaintext],
-            max_frame: 1 << 20,
-            heartbeat_ms: 60_000,
-            stream_window: None,
-            max_streams: None,
-            compression: vec![],
-        };
+        let hello = Hello::new("raw", vec![SecurityMode::Plaintext], 1 << 20, 60_000);
         r.write(&frame_bytes(&Frame::new(
             MessageType::Hello,
             0,
@@ -216,16 +207,7 @@ fn a_connection_that_stops_heartbeating_is_closed_108() {
         .start()
         .unwrap();
     let mut r = Raw::connect(&node.url());
-    let hello = Hello {
-        versions: vec![2],
-        node_id: "quiet".into(),
-        security: vec![SecurityMode::Plaintext],
-        max_frame: 1 << 20,
-        heartbeat_ms: 100,
-        stream_window: None,
-        max_streams: None,
-        compression: vec![],
-    };
+    let hello = Hello::new("quiet", vec![SecurityMode::Plaintext], 1 << 20, 100);
     r.write(&frame_bytes(&Frame::new(
         MessageType::Hello,
         0,

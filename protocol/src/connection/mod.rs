@@ -462,14 +462,14 @@ impl Connection {
         };
         if side == Side::Client {
             let hello = Hello {
-                versions: vec![VERSION],
-                node_id: conn.config.node_id.clone(),
-                security: conn.config.security.clone(),
-                max_frame: conn.config.max_frame.min(MAX_FRAME_LIMIT),
-                heartbeat_ms: duration_ms(conn.config.heartbeat),
                 stream_window: Some(conn.config.window.initial()),
                 max_streams: Some(conn.config.max_streams),
-                compression: Vec::new(),
+                ..Hello::new(
+                    conn.config.node_id.clone(),
+                    conn.config.security.clone(),
+                    conn.config.max_frame.min(MAX_FRAME_LIMIT),
+                    duration_ms(conn.config.heartbeat),
+                )
             }
             .to_bytes();
             conn.hello_transcript = Some(hello.to_vec());

@@ -111,6 +111,36 @@ pub struct Hello {
     pub compression: Vec<String>,
 }
 
+impl Hello {
+    /// A HELLO offering version 2 with these settings and no optional keys.
+    ///
+    /// ```
+    /// use valkyrie_protocol::message::{Hello, Payload};
+    /// use valkyrie_protocol::{Frame, MessageType, SecurityMode};
+    ///
+    /// let hello = Hello::new("agent-7", vec![SecurityMode::Plaintext], 1 << 20, 5_000);
+    /// let frame = Frame::new(MessageType::Hello, 0, hello.to_bytes());
+    /// assert_eq!(frame.stream_id(), 0);
+    /// ```
+    pub fn new(
+        node_id: impl Into<String>,
+        security: Vec<SecurityMode>,
+        max_frame: u32,
+        heartbeat_ms: u32,
+    ) -> Hello {
+        Hello {
+            versions: vec![crate::frame::VERSION],
+            node_id: node_id.into(),
+            security,
+            max_frame,
+            heartbeat_ms,
+            stream_window: None,
+            max_streams: None,
+            compression: Vec::new(),
+        }
+    }
+}
+
 /// HELLO_ACK (0x01): the accepting side's choice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloAck {
