@@ -7,6 +7,7 @@
 
 mod connections;
 mod peers;
+mod targets;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -265,6 +266,7 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], 
         "  {:<10} {:<10} {:>9} {:>9} {:>9} {:>9}   p99 vs tokio",
         "mode", "system", "p50 us", "p99 us", "p999 us", "max us"
     );
+    let bar = progress((2 * rounds * systems.len()) as u64, "latency");
     for (mode, busy) in [("busy-poll", true), ("blocking", false)] {
         let mut per: BTreeMap<&str, [Vec<f64>; 4]> = BTreeMap::new();
         for _ in 0..rounds {
@@ -300,12 +302,16 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], 
                     .expect("client")
                 });
                 drop(server);
+                bar.inc(1);
                 let e = per.entry(system).or_default();
                 for (i, q) in [0.5, 0.99, 0.999].into_iter().enumerate() {
                     e[i].push(hist.value_at_quantile(q) as f64 / 1000.0);
                 }
                 e[3].push(hist.max() as f64 / 1000.0);
             }
+        }
+        if mode == "blocking" {
+            bar.finish_and_clear();
         }
         let tokio_p99 = per.get("tokio").map_or(f64::NAN, |v| median(v[1].clone()));
         for &system in &systems {
@@ -363,6 +369,7 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
         .take(ping.len() * DEPTH)
         .collect();
     let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let bar = progress((rounds * systems.len()) as u64, "throughput");
     for _ in 0..rounds {
         for &system in &systems {
             let server = start(system, 0, 2, false, BusyPoll::Off);
@@ -403,8 +410,10 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
             }
             drop(server);
             per.entry(system).or_default().push(rate);
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     let tokio = per.get("tokio").map_or(f64::NAN, |v| median(v.clone()));
     for &system in &systems {
         let rate = median(per[system].clone());
@@ -433,6 +442,20 @@ fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
             params,
         );
     }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {msg:<11} [{bar:30}] {pos}/{len} runs, {elapsed}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
 }
 
 pub(crate) fn rss_bytes() -> u64 {
@@ -536,7 +559,7 @@ fn idle_memory_mode(report: &mut Report, n: usize, recv: RecvMode) {
     let held = node.connections() as usize;
     drop(child.stdin.take());
     let _ = child.wait();
-    let params = json!({"transport": "tcp", "connections": held, "shards": 2, "recv": recv_name});
+    let params = json!({"transport": "tcp", "connections": held, "shards": 2, "recv": recv_name, "idle": true});
     let (user, kernel) = report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     println!(
         "  valkyrie   recv {recv_name:<9} {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
@@ -690,6 +713,7 @@ fn main() {
             &cli.systems,
         );
     }
+    targets::print(&report.results);
     if let Some(path) = cli.json {
         let doc = json!({"version": 1, "host": h, "results": report.results});
         std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))

@@ -1,0 +1,199 @@
+//! The closing table: each seed target beside our figure and the best peer's, from this run.
+
+use serde_json::Value;
+
+/// One target of the seed (SPEC.md "Targets") that this run has a figure for.
+struct Target {
+    name: &'static str,
+    scenario: &'static str,
+    metric: &'static str,
+    /// Params a Valkyrie row must have (an empty value: the key must be present). Peer rows
+    /// must match the keys they carry.
+    params: &'static [(&'static str, &'static str)],
+    goal: f64,
+    unit: &'static str,
+    lower_is_better: bool,
+}
+
+const fn t(
+    name: &'static str,
+    scenario: &'static str,
+    metric: &'static str,
+    params: &'static [(&'static str, &'static str)],
+    goal: f64,
+    unit: &'static str,
+    lower_is_better: bool,
+) -> Target {
+    Target {
+        name,
+        scenario,
+        metric,
+        params,
+        goal,
+        unit,
+        lower_is_better,
+    }
+}
+
+const TARGETS: &[Target] = &[
+    t(
+        "message round trip p99 (busy-poll)",
+        "latency",
+        "rtt_p99",
+        &[("mode", "busy-poll"), ("recv", "multishot")],
+        100.0,
+        "us",
+        true,
+    ),
+    t(
+        "message round trip p99 (blocking)",
+        "latency",
+        "rtt_p99",
+        &[("mode", "blocking"), ("recv", "multishot")],
+        100.0,
+        "us",
+        true,
+    ),
+    t(
+        "messages per second per node",
+        "throughput",
+        "msgs_per_sec",
+        &[],
+        10_000_000.0,
+        "msgs/s",
+        false,
+    ),
+    t(
+        "concurrent connections per node",
+        "connections",
+        "connections_held",
+        &[("heartbeat_ms", "")],
+        1_000_000.0,
+        "count",
+        false,
+    ),
+    t(
+        "bytes per live connection (user+kernel)",
+        "connections",
+        "bytes_per_connection",
+        &[("heartbeat_ms", "")],
+        4608.0,
+        "B",
+        true,
+    ),
+    t(
+        "probe RTT p99 while connections held",
+        "connections",
+        "probe_rtt_p99",
+        &[],
+        100.0,
+        "us",
+        true,
+    ),
+    t(
+        "idle user bytes per connection",
+        "connections",
+        "bytes_per_connection_user",
+        &[("recv", "multishot"), ("idle", "")],
+        1024.0,
+        "B",
+        true,
+    ),
+];
+
+fn matches(r: &Value, t: &Target, valkyrie: bool) -> bool {
+    if r["scenario"] != t.scenario
+        || r["metric"] != t.metric
+        || (r["system"] == "valkyrie") != valkyrie
+    {
+        return false;
+    }
+    t.params.iter().all(|(k, v)| {
+        let p = &r["params"][*k];
+        if p.is_null() {
+            !valkyrie
+        } else {
+            v.is_empty() || p.as_str() == Some(*v)
+        }
+    })
+}
+
+/// Print the table for the results of this run.
+pub(crate) fn print(results: &[Value]) {
+    let rows: Vec<&Target> = TARGETS
+        .iter()
+        .filter(|t| results.iter().any(|r| matches(r, t, true)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("\ntargets (seed, per node) — this run:");
+    println!(
+        "  {:<38} {:>14} {:>14} {:>18} {:>7}  met",
+        "target", "seed", "valkyrie", "best peer", "ratio"
+    );
+    for t in rows {
+        let pick = |v: f64, best: f64| {
+            if t.lower_is_better {
+                v.min(best)
+            } else {
+                v.max(best)
+            }
+        };
+        let ours = results
+            .iter()
+            .filter(|r| matches(r, t, true))
+            .filter_map(|r| r["value"].as_f64())
+            .fold(
+                if t.lower_is_better {
+                    f64::INFINITY
+                } else {
+                    0.0
+                },
+                pick,
+            );
+        let peer = results
+            .iter()
+            .filter(|r| matches(r, t, false))
+            .filter_map(|r| Some((r["system"].as_str()?.to_owned(), r["value"].as_f64()?)))
+            .reduce(|a, b| {
+                if (t.lower_is_better && b.1 < a.1) || (!t.lower_is_better && b.1 > a.1) {
+                    b
+                } else {
+                    a
+                }
+            });
+        let met = if t.lower_is_better {
+            ours <= t.goal
+        } else {
+            ours >= t.goal
+        };
+        let (peer_s, ratio) = match &peer {
+            Some((name, v)) => (format!("{} {name}", fmt(*v)), format!("{:.2}", ours / v)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "  {:<38} {:>14} {:>14} {:>18} {:>7}  {}",
+            t.name,
+            format!(
+                "{} {}",
+                if t.lower_is_better { "<" } else { ">=" },
+                fmt(t.goal)
+            ),
+            format!("{} {}", fmt(ours), t.unit),
+            peer_s,
+            ratio,
+            if met { "yes" } else { "no" }
+        );
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 1_000_000.0 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 10_000.0 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.1}")
+    }
+}
