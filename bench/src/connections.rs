@@ -180,7 +180,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
     let shards = n.div_ceil(PER_SHARD).max(2);
     let holders = n.div_ceil(PER_HOLDER);
     println!(
-        "\nconnections: {n} live connections (HELLO done; each client PINGs 2.5 times per {:.0} s heartbeat) held by {holders} client processes from {holders} source addresses; node with {shards} shards (one direct-descriptor table each), receive mode poll",
+        "\nconnections: {n} live connections (HELLO done; each client PINGs 2.5 times per {:.0} s heartbeat) held by {holders} client processes from {holders} source addresses; node with {shards} shards (one direct-descriptor table each), receive mode poll, buffers released when drained",
         heartbeat.as_secs_f64()
     );
     let node = Node::builder()
@@ -190,6 +190,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         .heartbeat(heartbeat)
         .configure(|c| {
             c.recv_mode = RecvMode::PollThenRecv;
+            c.shrink_when_drained = true;
             c.direct_descriptors = Some(PER_SHARD as u32 + 64);
             c.recv_buffers = 256;
         })
@@ -258,7 +259,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         let _ = c.wait();
     }
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
-    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
+    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
     let (user, kernel) = crate::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     report.add(
         "connections",

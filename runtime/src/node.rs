@@ -106,6 +106,11 @@ pub struct NodeConfig {
     pub direct_descriptors: Option<u32>,
     /// How connections wait for data.
     pub recv_mode: RecvMode,
+    /// Release a connection's receive buffer and queues every time it drains, instead of only
+    /// when its timer fires. Measured here: ~400 B less per connection that exchanges a frame now
+    /// and then (heartbeats), ~15 % less pipelined throughput (an allocation per burst). Off by
+    /// default; for nodes holding very many mostly quiet connections.
+    pub shrink_when_drained: bool,
 }
 
 impl Default for NodeConfig {
@@ -129,6 +134,7 @@ impl Default for NodeConfig {
                 Ok("poll") => RecvMode::PollThenRecv,
                 _ => RecvMode::Multishot,
             },
+            shrink_when_drained: false,
         }
     }
 }

@@ -908,7 +908,9 @@ impl Shard {
             self.start_close(slot);
             return;
         }
-        if c.fresh {
+        if c.fresh || self.cfg.shrink_when_drained {
+            // Nothing is buffered or queued now (the send buffer holds what is in flight):
+            // release the connection's buffers so that a quiet connection holds none.
             c.fresh = false;
             c.proto.shrink_buffers();
         }
