@@ -106,6 +106,8 @@ pub struct Scheduler {
     classes: [BinaryHeap<Queued>; 3],
     quota: [u32; 3],
     queued_bytes: usize,
+    /// Bytes queued in the low class (part of `queued_bytes`).
+    low_bytes: usize,
     queued_frames: usize,
     seq: u64,
     shed_frames: u64,
@@ -121,6 +123,7 @@ impl Scheduler {
             classes: [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()],
             quota: WEIGHTS,
             queued_bytes: 0,
+            low_bytes: 0,
             queued_frames: 0,
             seq: 0,
             shed_frames: 0,
@@ -163,13 +166,13 @@ impl Scheduler {
         match qos {
             Qos::Critical => self.critical.len() < self.limits.max_critical_frames,
             Qos::High | Qos::Normal => {
-                let low = &self.classes[2];
-                let low_bytes: usize = if self.over(size) {
-                    low.iter().map(Queued::size).sum()
+                // Queued low frames are shed to make room, so they do not count when over.
+                let (low_frames, low_bytes) = if self.over(size) {
+                    (self.classes[2].len(), self.low_bytes)
                 } else {
-                    0
+                    (0, 0)
                 };
-                let frames = self.queued_frames - if low_bytes > 0 { low.len() } else { 0 };
+                let frames = self.queued_frames - low_frames;
                 frames < self.limits.max_frames
                     && self.queued_bytes - low_bytes + size <= self.limits.max_bytes
             }
@@ -229,6 +232,9 @@ impl Scheduler {
         self.seq += 1;
         self.queued_frames += 1;
         self.queued_bytes += size;
+        if qos == Qos::Low {
+            self.low_bytes += size;
+        }
         self.classes[Self::index(qos)].push(item);
         Ok(Enqueued::Queued)
     }
@@ -240,6 +246,7 @@ impl Scheduler {
             self.queued_frames -= 1;
             self.queued_bytes -= item.size();
         }
+        self.low_bytes = 0;
     }
 
     fn index(qos: Qos) -> usize {
@@ -266,6 +273,9 @@ impl Scheduler {
                     self.quota[i] -= 1;
                     self.queued_frames -= 1;
                     self.queued_bytes -= q.size();
+                    if i == 2 {
+                        self.low_bytes -= q.size();
+                    }
                     return Some(q);
                 }
             }
@@ -297,6 +307,7 @@ impl Scheduler {
             .fold((0, 0), |(f, b), q| (f + 1, b + q.size()));
         self.queued_frames = frames;
         self.queued_bytes = bytes;
+        self.low_bytes = self.classes[2].iter().map(Queued::size).sum();
         before - self.len()
     }
 
@@ -309,6 +320,7 @@ impl Scheduler {
         }
         self.queued_frames = 0;
         self.queued_bytes = 0;
+        self.low_bytes = 0;
         n
     }
 }
