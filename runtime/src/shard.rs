@@ -62,6 +62,9 @@ pub(crate) struct Conn {
     dirty: bool,
     /// Just finished its handshake: release the handshake's buffers once flushed.
     fresh: bool,
+    /// The direct descriptor is closed but a send is still in flight: the slot (and the send
+    /// buffer the kernel may still read) is released when that send completes.
+    fd_closed: bool,
 }
 
 struct Listener {
@@ -664,6 +667,7 @@ impl Shard {
             timer: None,
             dirty: false,
             fresh: false,
+            fd_closed: false,
         }) as u32;
         if refused {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
@@ -769,6 +773,19 @@ impl Shard {
         if c.generation != generation {
             return;
         }
+        if c.closing {
+            // The send of a connection being closed ended (completed or cancelled): its buffer
+            // is no longer read by the kernel and may be reused.
+            c.sending = false;
+            c.send_started = None;
+            if let Some(b) = c.out.take() {
+                self.recycle_send_buf(b);
+            }
+            if self.conns[slot as usize].fd_closed {
+                self.remove_conn(slot);
+            }
+            return;
+        }
         if res < 0 {
             c.sending = false;
             c.send_started = None;
@@ -827,7 +844,13 @@ impl Shard {
             return;
         }
         c.closing = true;
-        let (fixed, generation) = (c.fixed, c.generation);
+        let (fixed, generation, sending) = (c.fixed, c.generation, c.sending);
+        if sending {
+            let cancel = opcode::AsyncCancel::new(ud(Op::Send, slot, generation))
+                .build()
+                .user_data(ud(Op::Cancel, slot, generation));
+            self.push(cancel);
+        }
         let cancel = opcode::AsyncCancel::new(ud(Op::Recv, slot, generation))
             .build()
             .user_data(ud(Op::Cancel, slot, generation));
@@ -845,10 +868,21 @@ impl Shard {
     }
 
     fn on_closed(&mut self, slot: u32, generation: u32) {
-        match self.conns.get(slot as usize) {
-            Some(c) if c.generation == generation => {}
+        match self.conns.get_mut(slot as usize) {
+            Some(c) if c.generation == generation => {
+                if c.sending {
+                    // The kernel may still read the send buffer: keep it until that send ends.
+                    c.fd_closed = true;
+                    return;
+                }
+            }
             _ => return,
         }
+        self.remove_conn(slot);
+    }
+
+    /// Release a closed connection's slot, its direct-descriptor count and its buffers.
+    fn remove_conn(&mut self, slot: u32) {
         let c = self.conns.remove(slot as usize);
         self.table_used = self.table_used.saturating_sub(1);
         if !c.refused {
@@ -1165,8 +1199,15 @@ impl Shard {
         for slot in slots {
             self.start_close(slot);
         }
-        let _ = self.ring.submit_and_wait(0);
-        self.reap();
+        // Wait (briefly) for the closes and cancelled sends to complete, so that no send buffer
+        // is freed while the kernel might still read it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while !self.conns.is_empty() && Instant::now() < deadline {
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+        }
         self.bufs.unregister(&self.ring);
         tracing::info!(shard = self.id, "shard stopped");
     }
