@@ -294,6 +294,8 @@ pub(crate) struct Shard {
     shutdown_deadline: Option<Instant>,
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// Set while the shard winds down: nothing is re-armed.
+    stopping: bool,
     table_size: u32,
     table_used: u32,
     accept_paused: bool,
@@ -367,6 +369,7 @@ impl Shard {
             shutdown_deadline: None,
             wake_buf: Box::new(0),
             wake_armed: false,
+            stopping: false,
             table_size: init.table_size,
             table_used: 0,
             accept_paused: false,
@@ -610,7 +613,9 @@ impl Shard {
             x if x == Op::Close as u8 => self.on_closed(slot, generation),
             x if x == Op::Wake as u8 => {
                 self.wake_armed = false;
-                self.arm_wake();
+                if !self.stopping {
+                    self.arm_wake();
+                }
             }
             _ => {}
         }
@@ -1199,10 +1204,18 @@ impl Shard {
         for slot in slots {
             self.start_close(slot);
         }
-        // Wait (briefly) for the closes and cancelled sends to complete, so that no send buffer
-        // is freed while the kernel might still read it.
+        // The pending eventfd read writes into `wake_buf`: cancel it too.
+        self.stopping = true;
+        if self.wake_armed {
+            let cancel = opcode::AsyncCancel::new(ud(Op::Wake, 0, 0))
+                .build()
+                .user_data(ud(Op::Cancel, 0, 0));
+            self.push(cancel);
+        }
+        // Wait (briefly) for the closes and cancelled operations to complete, so that no buffer
+        // is freed while the kernel might still use it.
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
-        while !self.conns.is_empty() && Instant::now() < deadline {
+        while (!self.conns.is_empty() || self.wake_armed) && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
