@@ -458,6 +458,55 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Connect + full handshake (plaintext: HELLO → HELLO_ACK), one connection at a time, against a
+/// 2-shard node. Security modes join this scenario as they land.
+fn handshake(report: &mut Report, rounds: usize, n: usize) {
+    println!(
+        "\nhandshake: TCP connect + HELLO/HELLO_ACK over loopback, {n} connections x {rounds} rounds, medians"
+    );
+    let bar = progress(rounds as u64, "handshake");
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let node = Node::builder()
+            .listen("tcp://127.0.0.1:0")
+            .expect("endpoint")
+            .shards(2)
+            .start()
+            .expect("node");
+        let addr = match &node.endpoints()[0] {
+            valkyrie_runtime::Endpoint::Tcp(a) => *a,
+            _ => unreachable!("tcp"),
+        };
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+        for _ in 0..n {
+            let t = Instant::now();
+            let c = RawClient::connect(addr, true, false).expect("handshake");
+            h.saturating_record(t.elapsed().as_nanos() as u64);
+            drop(c);
+        }
+        p50s.push(h.value_at_quantile(0.5) as f64 / 1000.0);
+        p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
+        drop(node);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let (p50, p99) = (median(p50s), median(p99s));
+    println!(
+        "  valkyrie   plaintext   p50 {p50:.1} us  p99 {p99:.1} us   (seed target: handshake < 10 ms)"
+    );
+    let params =
+        json!({"transport": "tcp", "security": "plaintext", "shards": 2, "connections": n});
+    report.add(
+        "handshake",
+        "valkyrie",
+        "handshake_p50",
+        "us",
+        p50,
+        params.clone(),
+    );
+    report.add("handshake", "valkyrie", "handshake_p99", "us", p99, params);
+}
+
 pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -695,6 +744,9 @@ fn main() {
     }
     if wants("idle-memory") {
         idle_memory(&mut report, cli.connections);
+    }
+    if wants("handshake") {
+        handshake(&mut report, rounds, if cli.full { 10_000 } else { 2_000 });
     }
     if wants("latency") {
         latency(

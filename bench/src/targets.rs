@@ -55,6 +55,15 @@ const TARGETS: &[Target] = &[
         true,
     ),
     t(
+        "handshake p99 (plaintext)",
+        "handshake",
+        "handshake_p99",
+        &[("security", "plaintext")],
+        10_000.0,
+        "us",
+        true,
+    ),
+    t(
         "messages per second per node",
         "throughput",
         "msgs_per_sec",
