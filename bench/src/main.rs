@@ -7,6 +7,7 @@
 
 mod connections;
 mod peers;
+mod plot;
 mod targets;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<String>,
+    /// Write an SVG plot of the latency distributions here.
+    #[arg(long)]
+    plot: Option<String>,
     /// Only these systems (valkyrie, valkyrie-poll, tokio, floor); repeatable. Default: all.
     #[arg(long = "system")]
     systems: Vec<String>,
@@ -245,7 +249,14 @@ fn pin_next_thread_hint(core: usize) {
     pin(core);
 }
 
-fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], spin: BusyPoll) {
+fn latency(
+    report: &mut Report,
+    rounds: usize,
+    samples: usize,
+    only: &[String],
+    spin: BusyPoll,
+) -> Vec<plot::Distribution> {
+    let mut dists: Vec<plot::Distribution> = Vec::new();
     let pinning = Pinning {
         server: 0,
         client: 1,
@@ -308,6 +319,13 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], 
                     e[i].push(hist.value_at_quantile(q) as f64 / 1000.0);
                 }
                 e[3].push(hist.max() as f64 / 1000.0);
+                let label = system.to_owned();
+                match dists.iter_mut().find(|d| d.0 == mode && d.1 == label) {
+                    Some(d) => {
+                        let _ = d.2.add(&hist);
+                    }
+                    None => dists.push((mode.to_owned(), label, hist)),
+                }
             }
         }
         if mode == "blocking" {
@@ -348,6 +366,7 @@ fn latency(report: &mut Report, rounds: usize, samples: usize, only: &[String], 
             }
         }
     }
+    dists
 }
 
 fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
@@ -749,13 +768,19 @@ fn main() {
         handshake(&mut report, rounds, if cli.full { 10_000 } else { 2_000 });
     }
     if wants("latency") {
-        latency(
+        let dists = latency(
             &mut report,
             rounds,
             if cli.full { 100_000 } else { 20_000 },
             &cli.systems,
             cli.spin,
         );
+        if let Some(path) = &cli.plot {
+            match plot::latency_svg(path, &dists) {
+                Ok(()) => println!("\nlatency plot written to {path}"),
+                Err(e) => eprintln!("could not write the plot: {e}"),
+            }
+        }
     }
     if wants("throughput") {
         throughput(
