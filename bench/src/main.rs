@@ -705,7 +705,21 @@ fn host() -> Value {
         .unwrap_or(0)
         * 1024;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    json!({"cores": cores, "cpu": cpu, "kernel": kernel, "memory_bytes": mem, "nofile": valkyrie_runtime::raise_nofile()})
+    // The ring features this kernel gives a shard (one throw-away single-shard node).
+    let uring = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .ok()
+        .and_then(|b| b.shards(1).start().ok())
+        .map(|node| {
+            let f = node.ring_features()[0];
+            json!({"single_issuer": f.single_issuer, "defer_taskrun": f.defer_taskrun,
+                   "coop_taskrun": f.coop_taskrun, "direct_descriptors": f.direct_descriptors,
+                   // The node registered its provided-buffer ring to start at all.
+                   "provided_buffer_ring": true})
+        })
+        .unwrap_or(Value::Null);
+    json!({"cores": cores, "cpu": cpu, "kernel": kernel, "memory_bytes": mem,
+           "nofile": valkyrie_runtime::raise_nofile(), "io_uring": uring})
 }
 
 fn main() {
@@ -748,6 +762,7 @@ fn main() {
         h["memory_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
         h["nofile"]
     );
+    println!("io_uring: {}", h["io_uring"]);
     let rounds = cli.rounds.max(3);
     let all = cli.scenarios.is_empty();
     let wants = |s: &str| all || cli.scenarios.iter().any(|x| x == s);

@@ -248,6 +248,7 @@ pub struct Node {
     metrics: Vec<Arc<ShardMetrics>>,
     endpoints: Vec<Endpoint>,
     security: String,
+    features: Vec<crate::RingFeatures>,
 }
 
 impl std::fmt::Debug for Node {
@@ -339,7 +340,8 @@ impl Node {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let cfg = Arc::new(cfg);
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::channel::<io::Result<(usize, crate::RingFeatures)>>();
         for (id, (listeners, mesh_tx)) in per_shard.into_iter().zip(producers).enumerate() {
             let mesh_rx: Vec<_> = consumers[id].iter_mut().filter_map(Option::take).collect();
             let init = ShardInit {
@@ -366,7 +368,7 @@ impl Node {
                         let service = factory(id);
                         match Shard::new(init, service) {
                             Ok(shard) => {
-                                let _ = ready.send(Ok(()));
+                                let _ = ready.send(Ok((id, shard.features())));
                                 shard.run();
                             }
                             Err(e) => {
@@ -382,22 +384,28 @@ impl Node {
             .security
             .first()
             .map_or("plaintext".into(), |m| m.to_string());
-        let node = Node {
+        let mut node = Node {
             threads,
             shutdown,
             wakers,
             metrics,
             endpoints,
             security,
+            features: vec![crate::RingFeatures::default(); n],
         };
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok((id, f))) => node.features[id] = f,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(io::Error::other("a shard thread died during start-up")),
             }
         }
         Ok(node)
+    }
+
+    /// The io_uring features each shard's ring was set up with (index = shard).
+    pub fn ring_features(&self) -> &[crate::RingFeatures] {
+        &self.features
     }
 
     /// The endpoints listened on, with the ports actually bound.

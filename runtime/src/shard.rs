@@ -383,7 +383,6 @@ impl Shard {
     }
 
     /// The ring features in use.
-    #[allow(dead_code)]
     pub(crate) fn features(&self) -> RingFeatures {
         self.features
     }
