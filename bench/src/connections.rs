@@ -203,14 +203,13 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
     std::thread::sleep(Duration::from_millis(200));
     let (rss0, slab0) = (rss_bytes(), slab_bytes());
     let t0 = Instant::now();
-    let mut children: Vec<Child> = (0..holders)
-        .map(|i| {
-            let k = (n - i * PER_HOLDER).min(PER_HOLDER);
-            spawn_holder(addr, k, Ipv4Addr::new(127, 0, 1, 1 + i as u8), heartbeat)
-        })
-        .collect();
+    // Ramp up one client process at a time (as a fleet comes online), so that connecting never
+    // competes with every earlier process's heartbeats at once.
+    let mut children: Vec<Child> = Vec::with_capacity(holders);
     let mut ready = 0;
-    for c in &mut children {
+    for i in 0..holders {
+        let k = (n - i * PER_HOLDER).min(PER_HOLDER);
+        let mut c = spawn_holder(addr, k, Ipv4Addr::new(127, 0, 1, 1 + i as u8), heartbeat);
         let mut line = String::new();
         if let Some(out) = c.stdout.as_mut() {
             let _ = BufReader::new(out).read_line(&mut line);
@@ -218,6 +217,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         if line.trim() == "ready" {
             ready += 1;
         }
+        children.push(c);
     }
     let connect_secs = t0.elapsed().as_secs_f64();
     let held_at_ready = node.connections();
