@@ -86,6 +86,16 @@ pub(crate) struct ShardInit {
     pub(crate) table_size: u32,
 }
 
+/// Queue `slot` for processing once (its events, sends and timer) at the end of this round.
+fn mark_dirty(conns: &mut Slab<Conn>, dirty: &mut Vec<u32>, slot: u32) {
+    if let Some(c) = conns.get_mut(slot as usize)
+        && !c.dirty
+    {
+        c.dirty = true;
+        dirty.push(slot);
+    }
+}
+
 /// Access to the shard for a service: send, respond, route, close.
 pub struct Ctx<'a> {
     shard: usize,
@@ -144,12 +154,7 @@ impl Ctx<'_> {
     }
 
     fn mark(&mut self, slot: u32) {
-        if let Some(c) = self.conns.get_mut(slot as usize)
-            && !c.dirty
-        {
-            c.dirty = true;
-            self.dirty.push(slot);
-        }
+        mark_dirty(self.conns, self.dirty, slot);
     }
 
     /// The agreed parameters of a connection of this shard.
@@ -707,12 +712,7 @@ impl Shard {
     }
 
     fn mark(&mut self, slot: u32) {
-        if let Some(c) = self.conns.get_mut(slot as usize)
-            && !c.dirty
-        {
-            c.dirty = true;
-            self.dirty.push(slot);
-        }
+        mark_dirty(&mut self.conns, &mut self.dirty, slot);
     }
 
     fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
