@@ -1,0 +1,630 @@
+//! The user-facing API: a listener that hands out segments and the stream over one segment.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::error::{Result, ShmError};
+use crate::futex;
+use crate::layout::{CTRL_OFFSET, STATE_CLOSED, STATE_OPEN, max_frame_for};
+use crate::ring::{Arm, Consumer, Found, Producer, RingPtrs};
+use crate::segment::{self, Segment};
+
+/// How a blocking call waits for data or space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin on the ring for up to this long, then sleep on a futex. An idle pair costs about
+    /// nothing; a wake-up from sleep costs a system call on each side.
+    Adaptive {
+        /// How long to spin before sleeping.
+        spin: Duration,
+    },
+    /// Never sleep: spin until the condition holds (the lowest latency, one core per waiter).
+    BusyPoll,
+}
+
+impl Default for WaitMode {
+    fn default() -> Self {
+        WaitMode::Adaptive {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// Settings of a listener (ring geometry) and of each stream (waiting).
+#[derive(Debug, Clone, Copy)]
+pub struct ShmConfig {
+    /// Bytes per direction; a power of two between 4 KiB and 1 GiB. Default 1 MiB.
+    pub ring_capacity: usize,
+    /// Largest frame; at most half the ring less 8 bytes. Default: that maximum.
+    pub max_frame: Option<usize>,
+    /// How blocking calls wait.
+    pub wait: WaitMode,
+    /// How often a waiting side checks that its peer still lives (a crash is reported within
+    /// about this long). Default 100 ms.
+    pub liveness_interval: Duration,
+}
+
+impl Default for ShmConfig {
+    fn default() -> Self {
+        ShmConfig {
+            ring_capacity: 1 << 20,
+            max_frame: None,
+            wait: WaitMode::default(),
+            liveness_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ShmConfig {
+    /// The largest frame the rings of this config carry.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+            .unwrap_or_else(|| max_frame_for(self.ring_capacity))
+    }
+}
+
+fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(format!("valkyrie-shm/{name}").as_bytes())
+}
+
+/// Accepts shared-memory connections under a name.
+///
+/// The name lives in Linux's abstract Unix-socket namespace, so nothing is created on the file
+/// system and nothing is left behind when the process dies, however it dies.
+#[derive(Debug)]
+pub struct ShmListener {
+    sock: UnixListener,
+    name: String,
+    config: ShmConfig,
+}
+
+impl ShmListener {
+    /// Listen under `name` with the default configuration.
+    pub fn bind(name: &str) -> Result<ShmListener> {
+        ShmListener::bind_with(name, ShmConfig::default())
+    }
+
+    /// Listen under `name`; every accepted stream gets rings of `config`'s geometry.
+    pub fn bind_with(name: &str, config: ShmConfig) -> Result<ShmListener> {
+        if !crate::layout::valid_geometry(config.ring_capacity, config.max_frame()) {
+            return Err(ShmError::Handshake("invalid ring capacity or max frame"));
+        }
+        let sock = UnixListener::bind_addr(&abstract_addr(name)?)?;
+        Ok(ShmListener {
+            sock,
+            name: name.to_owned(),
+            config,
+        })
+    }
+
+    /// The name this listener was bound with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Wait for a connector, then create its segment and hand it over.
+    pub fn accept(&self) -> Result<ShmStream> {
+        let (sock, _) = self.sock.accept()?;
+        ShmStream::serve(sock, &self.config)
+    }
+
+    /// Non-blocking accept: `WouldBlock` when nobody is waiting.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        Ok(self.sock.set_nonblocking(on)?)
+    }
+
+    /// The listening socket (for readiness polling, or to accept in an event loop and finish
+    /// with [`ShmStream::serve`]).
+    pub fn as_listener(&self) -> &UnixListener {
+        &self.sock
+    }
+}
+
+/// A futex word an event loop may wait on (with io_uring's `FUTEX_WAIT`, process-shared, 32
+/// bits) while it holds [`FutexWord::EXPECTED`]. Valid while its stream lives.
+#[derive(Debug, Clone, Copy)]
+pub struct FutexWord(*const AtomicU32);
+
+// SAFETY: a plain address into a shared mapping; the stream that owns it outlives its use.
+unsafe impl Send for FutexWord {}
+
+impl FutexWord {
+    /// The value the word holds while the waiter should sleep.
+    pub const EXPECTED: u32 = 1;
+
+    /// The word's address.
+    pub fn as_ptr(&self) -> *const u32 {
+        self.0.cast()
+    }
+}
+
+/// One end of a shared-memory connection: a frame ring to send on and one to receive from.
+///
+/// Frames are byte strings of up to [`ShmStream::max_frame`] bytes, delivered whole and in
+/// order. Sending blocks (or returns `WouldBlock`) while the peer's ring is full: nothing is
+/// dropped. Both ends blocking in `send` on full rings wait for each other, as with sockets.
+#[derive(Debug)]
+pub struct ShmStream {
+    tx: Producer,
+    rx: Consumer,
+    side: usize,
+    // Dropped after the rings (field order): the rings point into it.
+    seg: Segment,
+    sock: UnixStream,
+    wait: WaitMode,
+    liveness: Duration,
+    last_check: Instant,
+    closed: bool,
+}
+
+impl ShmStream {
+    /// Connect to the listener named `name` with the default settings.
+    pub fn connect(name: &str) -> Result<ShmStream> {
+        ShmStream::connect_with(name, ShmConfig::default())
+    }
+
+    /// Connect to `name`; `config.wait` and `config.liveness_interval` apply to this end (the
+    /// ring geometry is the listener's).
+    pub fn connect_with(name: &str, config: ShmConfig) -> Result<ShmStream> {
+        let sock = UnixStream::connect_addr(&abstract_addr(name)?)?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let seg = segment::accept_offer(&sock)?;
+        sock.set_read_timeout(None)?;
+        Ok(ShmStream::from_segment(seg, 1, sock, &config))
+    }
+
+    /// Listener side of the rendezvous over an already accepted socket: create the segment,
+    /// send it, and return the stream. Does not block.
+    pub fn serve(sock: UnixStream, config: &ShmConfig) -> Result<ShmStream> {
+        let (seg, fd) = segment::create(config.ring_capacity, config.max_frame())?;
+        segment::offer(&sock, &seg, &fd)?;
+        drop(fd);
+        Ok(ShmStream::from_segment(seg, 0, sock, config))
+    }
+
+    fn from_segment(seg: Segment, side: usize, sock: UnixStream, config: &ShmConfig) -> Self {
+        let base = seg.base();
+        let ring = |i: usize| {
+            // SAFETY: control blocks and data areas are inside the mapping, which the stream
+            // keeps alive (and drops after the rings).
+            unsafe { RingPtrs::new(base.add(CTRL_OFFSET[i]), seg.data(i), seg.capacity) }
+        };
+        // Ring 0 carries listener -> connector, ring 1 connector -> listener.
+        let (tx, rx) = if side == 0 { (0, 1) } else { (1, 0) };
+        let tx = Producer::new(ring(tx), seg.max_frame);
+        let rx = Consumer::new(ring(rx), seg.max_frame);
+        seg.state(side).store(STATE_OPEN, Ordering::Release);
+        ShmStream {
+            tx,
+            rx,
+            side,
+            seg,
+            sock,
+            wait: config.wait,
+            liveness: config.liveness_interval,
+            last_check: Instant::now(),
+            closed: false,
+        }
+    }
+
+    /// The largest frame this connection carries.
+    pub fn max_frame(&self) -> usize {
+        self.tx.max_frame()
+    }
+
+    /// Bytes per direction.
+    pub fn ring_capacity(&self) -> usize {
+        self.seg.capacity
+    }
+
+    /// Change how blocking calls wait.
+    pub fn set_wait_mode(&mut self, wait: WaitMode) {
+        self.wait = wait;
+    }
+
+    /// The rendezvous socket: it stays open for the connection's life and reports the peer's
+    /// death as hang-up (poll it for `POLLRDHUP` in an event loop).
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Fail with the reason if the connection can no longer be used. Cheap when the peer is
+    /// fine: one load and one `poll(2)` with zero timeout.
+    pub fn check_peer(&mut self) -> Result<()> {
+        if self.closed {
+            return Err(ShmError::Closed);
+        }
+        self.last_check = Instant::now();
+        if self.seg.state(1 - self.side).load(Ordering::Acquire) == STATE_CLOSED {
+            return Err(ShmError::PeerClosed);
+        }
+        let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP | PollFlags::IN)];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).map_err(io::Error::from)? > 0 {
+            let ev = fds[0].revents();
+            if ev.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) {
+                // The peer closes its socket after marking its state: look again.
+                fence(Ordering::SeqCst);
+                if self.seg.state(1 - self.side).load(Ordering::Acquire) == STATE_CLOSED {
+                    return Err(ShmError::PeerClosed);
+                }
+                return Err(ShmError::PeerDied);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_due(&mut self) -> Result<()> {
+        if self.last_check.elapsed() >= self.liveness {
+            self.check_peer()?;
+        }
+        Ok(())
+    }
+
+    /// Turn an error into a closed connection (the peer sees the close).
+    fn fail<T>(&mut self, e: ShmError) -> Result<T> {
+        if matches!(e, ShmError::Corrupt(_)) {
+            self.shutdown();
+        }
+        Err(e)
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.closed {
+            Err(ShmError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- sending ----
+
+    /// Reserve `len` bytes in the send ring without blocking: `WouldBlock` when full.
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        self.usable()?;
+        match self.tx.try_claim(len) {
+            Ok(Some(off)) => Ok(Claim {
+                tx: &mut self.tx,
+                off,
+                len,
+            }),
+            Ok(None) => {
+                self.check_due()?;
+                Err(ShmError::WouldBlock)
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Reserve `len` bytes in the send ring, waiting for room (see [`WaitMode`]).
+    pub fn claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        self.wait_space(len, None)?;
+        self.try_claim(len)
+    }
+
+    /// Wait until a `len`-byte frame fits, at most until `deadline`.
+    fn wait_space(&mut self, len: usize, deadline: Option<Instant>) -> Result<()> {
+        self.usable()?;
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match self.tx.fits(len) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return self.fail(e),
+            }
+            self.check_peer_if_due()?;
+            spins = spins.wrapping_add(1);
+            let now = if spins % 64 == 0 {
+                Some(Instant::now())
+            } else {
+                None
+            };
+            if let (Some(now), Some(d)) = (now, deadline)
+                && now >= d
+            {
+                return Err(ShmError::WouldBlock);
+            }
+            let sleep = match self.wait {
+                WaitMode::BusyPoll => false,
+                WaitMode::Adaptive { spin } => now.is_some_and(|n| n - start >= spin),
+            };
+            if !sleep {
+                std::hint::spin_loop();
+                continue;
+            }
+            match self.tx.arm_space_wait(len) {
+                Ok(Arm::Ready) => return Ok(()),
+                Ok(Arm::Wait) => {}
+                Err(e) => return self.fail(e),
+            }
+            let nap = self.nap(deadline);
+            futex::wait(self.tx.ring().space_waiter(), 1, nap);
+            self.tx.ring().space_waiter().store(0, Ordering::Relaxed);
+            self.check_peer()?;
+        }
+    }
+
+    fn check_peer_if_due(&mut self) -> Result<()> {
+        // Instant::now is cheap (vDSO) but not free: look at the clock every 1024 calls.
+        self.check_due()
+    }
+
+    fn nap(&self, deadline: Option<Instant>) -> Duration {
+        let mut d = self.liveness;
+        if let Some(dl) = deadline {
+            d = d.min(dl.saturating_duration_since(Instant::now()));
+        }
+        d.max(Duration::from_micros(1))
+    }
+
+    /// Send one frame, waiting while the ring is full. Wakes a sleeping receiver.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        let mut c = self.claim(frame.len())?;
+        c.copy_from_slice(frame);
+        c.commit();
+        Ok(())
+    }
+
+    /// Send one frame without blocking: `WouldBlock` when the ring is full.
+    pub fn try_send(&mut self, frame: &[u8]) -> Result<()> {
+        let mut c = self.try_claim(frame.len())?;
+        c.copy_from_slice(frame);
+        c.commit();
+        Ok(())
+    }
+
+    /// Wake the receiver for frames committed with [`Claim::commit_deferred`].
+    pub fn flush(&mut self) {
+        self.tx.flush();
+    }
+
+    // ---- receiving ----
+
+    /// The next frame if one is there; `Ok(None)` when the ring is empty and the peer lives.
+    /// Once the peer has closed, the frames it sent are still delivered, then
+    /// [`ShmError::PeerClosed`] (or [`ShmError::PeerDied`]).
+    pub fn try_recv(&mut self) -> Result<Option<Received<'_>>> {
+        self.usable()?;
+        match self.rx.peek() {
+            Ok(Some(f)) => Ok(Some(Received {
+                rx: &mut self.rx,
+                found: f,
+            })),
+            Ok(None) => {
+                if self.last_check.elapsed() >= self.liveness
+                    || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
+                {
+                    self.check_peer()?;
+                }
+                Ok(None)
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// The next frame, waiting for it (see [`WaitMode`]).
+    pub fn recv(&mut self) -> Result<Received<'_>> {
+        self.wait_data(None)?;
+        self.try_recv()?.ok_or(ShmError::WouldBlock)
+    }
+
+    /// The next frame, waiting at most `timeout`: `WouldBlock` if none came.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Received<'_>> {
+        self.wait_data(Some(Instant::now() + timeout))?;
+        self.try_recv()?.ok_or(ShmError::WouldBlock)
+    }
+
+    /// Copy the next frame into `buf` (cleared first), waiting for it. Returns its length.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
+        let r = self.recv()?;
+        buf.clear();
+        buf.extend_from_slice(&r);
+        Ok(buf.len())
+    }
+
+    /// Hand up to `max` waiting frames to `f` without blocking, releasing their space in one
+    /// step at the end. Returns how many were handed over.
+    pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize> {
+        self.usable()?;
+        let mut n = 0;
+        while n < max {
+            match self.rx.peek() {
+                Ok(Some(found)) => {
+                    f(self.rx.payload(found));
+                    self.rx.release(found);
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.rx.flush();
+                    return self.fail(e);
+                }
+            }
+        }
+        self.rx.flush();
+        if n == 0
+            && (self.last_check.elapsed() >= self.liveness
+                || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN)
+        {
+            self.check_peer()?;
+        }
+        Ok(n)
+    }
+
+    /// Wait until a frame is readable, at most until `deadline`.
+    fn wait_data(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.usable()?;
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match self.rx.has_data() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return self.fail(e),
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
+                || now - self.last_check >= self.liveness
+            {
+                self.check_peer()?;
+            }
+            if let Some(d) = deadline
+                && now >= d
+            {
+                return Err(ShmError::WouldBlock);
+            }
+            let sleep = match self.wait {
+                WaitMode::BusyPoll => false,
+                WaitMode::Adaptive { spin } => now - start >= spin,
+            };
+            if !sleep {
+                continue;
+            }
+            match self.rx.arm_data_wait() {
+                Ok(Arm::Ready) => return Ok(()),
+                Ok(Arm::Wait) => {}
+                Err(e) => return self.fail(e),
+            }
+            let nap = self.nap(deadline);
+            futex::wait(self.rx.ring().data_waiter(), 1, nap);
+            self.rx.ring().data_waiter().store(0, Ordering::Relaxed);
+            self.check_peer()?;
+        }
+    }
+
+    // ---- event-loop integration ----
+
+    /// Announce that this end will sleep until a frame arrives. `None`: one is already there,
+    /// do not sleep. `Some(word)`: wait on `word` (see [`FutexWord`]); the peer's next commit
+    /// wakes it. Used by event loops (the runtime arms io_uring's `FUTEX_WAIT` with it).
+    pub fn recv_wakeup(&mut self) -> Result<Option<FutexWord>> {
+        self.usable()?;
+        match self.rx.arm_data_wait() {
+            Ok(Arm::Ready) => Ok(None),
+            Ok(Arm::Wait) => Ok(Some(FutexWord(self.rx.ring().data_waiter()))),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Announce that this end will sleep until a `len`-byte frame fits; as
+    /// [`ShmStream::recv_wakeup`].
+    pub fn send_wakeup(&mut self, len: usize) -> Result<Option<FutexWord>> {
+        self.usable()?;
+        match self.tx.arm_space_wait(len) {
+            Ok(Arm::Ready) => Ok(None),
+            Ok(Arm::Wait) => Ok(Some(FutexWord(self.tx.ring().space_waiter()))),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Whether the peer has released every frame sent so far.
+    pub fn is_send_drained(&mut self) -> Result<bool> {
+        match self.tx.is_drained() {
+            Ok(d) => Ok(d),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Close this end: the peer receives what was sent, then [`ShmError::PeerClosed`].
+    /// Dropping the stream does the same.
+    pub fn shutdown(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.seg
+            .state(self.side)
+            .store(STATE_CLOSED, Ordering::Release);
+        fence(Ordering::SeqCst);
+        // Wake the peer wherever it sleeps on this connection.
+        for w in [self.tx.ring().data_waiter(), self.rx.ring().space_waiter()] {
+            w.store(0, Ordering::Relaxed);
+            futex::wake(w);
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for ShmStream {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Space reserved in the send ring; write the frame into it, then commit. Dropping it without
+/// committing abandons the frame.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    tx: &'a mut Producer,
+    off: usize,
+    len: usize,
+}
+
+impl Claim<'_> {
+    /// Publish the frame and wake the receiver if it sleeps.
+    pub fn commit(self) {
+        self.tx.commit(self.len);
+        self.tx.flush();
+    }
+
+    /// Publish only the first `len` bytes written (`len` ≤ the claimed length).
+    pub fn commit_len(mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.commit();
+    }
+
+    /// Publish the frame without the wake-up check: for a batch, end with
+    /// [`ShmStream::flush`] (or any `commit`). A polling receiver sees it at once.
+    pub fn commit_deferred(self) {
+        self.tx.commit(self.len);
+    }
+}
+
+impl std::ops::Deref for Claim<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.tx.claimed_ref(self.off, self.len)
+    }
+}
+
+impl std::ops::DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.tx.claimed(self.off, self.len)
+    }
+}
+
+/// A received frame, read in place from the ring. Its space is released when it is dropped.
+#[derive(Debug)]
+pub struct Received<'a> {
+    rx: &'a mut Consumer,
+    found: Found,
+}
+
+impl std::ops::Deref for Received<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.rx.payload(self.found)
+    }
+}
+
+impl Drop for Received<'_> {
+    fn drop(&mut self) {
+        self.rx.release(self.found);
+        self.rx.flush();
+    }
+}
