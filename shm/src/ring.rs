@@ -286,7 +286,7 @@ impl Consumer {
         let avail = t.wrapping_sub(self.head);
         if avail > self.ring.capacity
             || avail < self.tail_cache.wrapping_sub(self.head)
-            || avail % 8 != 0
+            || !avail.is_multiple_of(8)
         {
             return Err(ShmError::Corrupt("producer tail outside the ring"));
         }

@@ -161,6 +161,14 @@ pub struct ShmStream {
     liveness: Duration,
     last_check: Instant,
     closed: bool,
+    /// Set once the peer was found closed or dead: sending fails from then on.
+    peer_gone: Option<PeerGone>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PeerGone {
+    Closed,
+    Died,
 }
 
 impl ShmStream {
@@ -210,6 +218,7 @@ impl ShmStream {
             liveness: config.liveness_interval,
             last_check: Instant::now(),
             closed: false,
+            peer_gone: None,
         }
     }
 
@@ -241,7 +250,13 @@ impl ShmStream {
             return Err(ShmError::Closed);
         }
         self.last_check = Instant::now();
+        match self.peer_gone {
+            Some(PeerGone::Closed) => return Err(ShmError::PeerClosed),
+            Some(PeerGone::Died) => return Err(ShmError::PeerDied),
+            None => {}
+        }
         if self.seg.state(1 - self.side).load(Ordering::Acquire) == STATE_CLOSED {
+            self.peer_gone = Some(PeerGone::Closed);
             return Err(ShmError::PeerClosed);
         }
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP | PollFlags::IN)];
@@ -255,8 +270,10 @@ impl ShmStream {
                 // The peer closes its socket after marking its state: look again.
                 fence(Ordering::SeqCst);
                 if self.seg.state(1 - self.side).load(Ordering::Acquire) == STATE_CLOSED {
+                    self.peer_gone = Some(PeerGone::Closed);
                     return Err(ShmError::PeerClosed);
                 }
+                self.peer_gone = Some(PeerGone::Died);
                 return Err(ShmError::PeerDied);
             }
         }
@@ -264,7 +281,9 @@ impl ShmStream {
     }
 
     fn check_due(&mut self) -> Result<()> {
-        if self.last_check.elapsed() >= self.liveness {
+        if self.last_check.elapsed() >= self.liveness
+            || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
+        {
             self.check_peer()?;
         }
         Ok(())
@@ -291,6 +310,12 @@ impl ShmStream {
     /// Reserve `len` bytes in the send ring without blocking: `WouldBlock` when full.
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
         self.usable()?;
+        if self.peer_gone.is_some()
+            || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
+        {
+            // Nobody would read it.
+            self.check_peer()?;
+        }
         match self.tx.try_claim(len) {
             Ok(Some(off)) => Ok(Claim {
                 tx: &mut self.tx,
@@ -322,24 +347,27 @@ impl ShmStream {
                 Ok(false) => {}
                 Err(e) => return self.fail(e),
             }
-            self.check_peer_if_due()?;
             spins = spins.wrapping_add(1);
-            let now = if spins % 64 == 0 {
-                Some(Instant::now())
-            } else {
-                None
-            };
-            if let (Some(now), Some(d)) = (now, deadline)
+            if !spins.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
+                || now - self.last_check >= self.liveness
+            {
+                self.check_peer()?;
+            }
+            if let Some(d) = deadline
                 && now >= d
             {
                 return Err(ShmError::WouldBlock);
             }
             let sleep = match self.wait {
                 WaitMode::BusyPoll => false,
-                WaitMode::Adaptive { spin } => now.is_some_and(|n| n - start >= spin),
+                WaitMode::Adaptive { spin } => now - start >= spin,
             };
             if !sleep {
-                std::hint::spin_loop();
                 continue;
             }
             match self.tx.arm_space_wait(len) {
@@ -352,11 +380,6 @@ impl ShmStream {
             self.tx.ring().space_waiter().store(0, Ordering::Relaxed);
             self.check_peer()?;
         }
-    }
-
-    fn check_peer_if_due(&mut self) -> Result<()> {
-        // Instant::now is cheap (vDSO) but not free: look at the clock every 1024 calls.
-        self.check_due()
     }
 
     fn nap(&self, deadline: Option<Instant>) -> Duration {
@@ -401,10 +424,16 @@ impl ShmStream {
                 found: f,
             })),
             Ok(None) => {
-                if self.last_check.elapsed() >= self.liveness
-                    || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
-                {
-                    self.check_peer()?;
+                if let Err(e) = self.check_due() {
+                    // The peer commits before it closes: look once more before reporting.
+                    return match self.rx.peek() {
+                        Ok(Some(f)) => Ok(Some(Received {
+                            rx: &mut self.rx,
+                            found: f,
+                        })),
+                        Ok(None) => Err(e),
+                        Err(e) => self.fail(e),
+                    };
                 }
                 Ok(None)
             }
@@ -452,11 +481,8 @@ impl ShmStream {
             }
         }
         self.rx.flush();
-        if n == 0
-            && (self.last_check.elapsed() >= self.liveness
-                || self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN)
-        {
-            self.check_peer()?;
+        if n == 0 {
+            self.check_due()?;
         }
         Ok(n)
     }
@@ -473,7 +499,7 @@ impl ShmStream {
                 Err(e) => return self.fail(e),
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -481,7 +507,7 @@ impl ShmStream {
             if self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
                 || now - self.last_check >= self.liveness
             {
-                self.check_peer()?;
+                self.check_peer_or_data()?;
             }
             if let Some(d) = deadline
                 && now >= d
@@ -503,7 +529,19 @@ impl ShmStream {
             let nap = self.nap(deadline);
             futex::wait(self.rx.ring().data_waiter(), 1, nap);
             self.rx.ring().data_waiter().store(0, Ordering::Relaxed);
-            self.check_peer()?;
+            self.check_peer_or_data()?;
+        }
+    }
+
+    /// The peer's liveness, except that frames it committed before closing still count.
+    fn check_peer_or_data(&mut self) -> Result<()> {
+        match self.check_peer() {
+            Ok(()) => Ok(()),
+            Err(e) => match self.rx.has_data() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(e),
+                Err(c) => self.fail(c),
+            },
         }
     }
 
