@@ -306,6 +306,9 @@ fn an_idle_waiter_sleeps() {
     assert!(used < 0.05, "waiting 500 ms used {used} s of CPU");
 }
 
+/// A way to damage a mapped segment.
+type Corruption = Box<dyn Fn(&mut [u8])>;
+
 /// Connect by hand and take the memfd, as a hostile peer would.
 fn hostile_connect(name: &str) -> (UnixStream, memmap2::MmapMut) {
     let addr = SocketAddr::from_abstract_name(format!("valkyrie-shm/{name}").as_bytes()).unwrap();
@@ -344,7 +347,7 @@ fn corrupt_indices_from_a_hostile_peer_are_an_error_not_a_crash() {
     let l = ShmListener::bind_with(&name, cfg).unwrap();
     // The connector -> listener ring is ring 1: control block at 1024, data at 4096 + 4096.
     let (tail, data) = (1024usize, 4096 + 4096);
-    let cases: Vec<(&str, Box<dyn Fn(&mut [u8])>)> = vec![
+    let cases: Vec<(&str, Corruption)> = vec![
         (
             "tail far beyond the ring",
             Box::new(move |m: &mut [u8]| {
