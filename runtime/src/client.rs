@@ -111,7 +111,7 @@ impl Client {
     }
 
     /// Run the client over an already connected socket.
-    pub fn over(sock: ClientSocket, cfg: ClientConfig) -> Result<Client, ClientError> {
+    pub fn over(mut sock: ClientSocket, cfg: ClientConfig) -> Result<Client, ClientError> {
         if cfg.busy_poll {
             sock.set_nonblocking(true)?;
         }

@@ -10,7 +10,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use valkyrie_protocol::MessageType;
 
 /// Transports counted separately.
-pub(crate) const TRANSPORTS: [&str; 2] = ["tcp", "unix"];
+pub(crate) const TRANSPORTS: [&str; 3] = ["tcp", "unix", "shm"];
 /// Priority bands of `valkyrie_messages_sent_total{priority}`.
 const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
 
@@ -26,7 +26,7 @@ fn priority_band(p: u8) -> usize {
 /// Counters of one shard.
 #[derive(Debug)]
 pub struct ShardMetrics {
-    pub(crate) connections_active: [AtomicI64; 2],
+    pub(crate) connections_active: [AtomicI64; 3],
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,

@@ -15,6 +15,7 @@ use crate::service::{NoService, Service};
 use crate::shard::{Shard, ShardInit};
 use crate::transport;
 use crate::url::{Endpoint, EndpointError};
+use valkyrie_shm::ShmConfig;
 
 /// Whether a shard spins on its completion queue before sleeping.
 ///
@@ -111,6 +112,9 @@ pub struct NodeConfig {
     /// and then (heartbeats), ~15 % less pipelined throughput (an allocation per burst). Off by
     /// default; for nodes holding very many mostly quiet connections.
     pub shrink_when_drained: bool,
+    /// Ring geometry of the shared-memory connections accepted on `shm://` endpoints
+    /// (capacity per direction, max frame). Default: 1 MiB rings.
+    pub shm: ShmConfig,
 }
 
 impl Default for NodeConfig {
@@ -135,6 +139,7 @@ impl Default for NodeConfig {
                 _ => RecvMode::Multishot,
             },
             shrink_when_drained: false,
+            shm: ShmConfig::default(),
         }
     }
 }
@@ -198,6 +203,12 @@ impl NodeBuilder {
     /// Connections per shard before new ones are refused with ERROR 501.
     pub fn max_connections_per_shard(mut self, n: usize) -> Self {
         self.cfg.max_connections_per_shard = n;
+        self
+    }
+
+    /// Ring geometry of accepted shared-memory connections.
+    pub fn shm(mut self, cfg: ShmConfig) -> Self {
+        self.cfg.shm = cfg;
         self
     }
 
@@ -326,6 +337,18 @@ impl Node {
                         }
                         // SAFETY: d is a fresh descriptor from fcntl.
                         fds.push((unsafe { OwnedFd::from_raw_fd(d) }, 1));
+                    }
+                    endpoints.push(ep.clone());
+                }
+                Endpoint::Shm(name) => {
+                    // One rendezvous socket, polled by every shard; each accepted connection
+                    // gets its own segment from the shard that accepted it.
+                    let l = valkyrie_shm::ShmListener::bind_with(name, cfg.shm)
+                        .map_err(crate::transport::shm_io)?
+                        .into_listener();
+                    l.set_nonblocking(true)?;
+                    for fds in per_shard.iter_mut() {
+                        fds.push((OwnedFd::from(l.try_clone()?), 2));
                     }
                     endpoints.push(ep.clone());
                 }

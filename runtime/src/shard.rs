@@ -5,7 +5,7 @@
 use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -16,9 +16,12 @@ use slab::Slab;
 use valkyrie_protocol::message::{ErrorPayload, Payload};
 use valkyrie_protocol::streams::StreamClass;
 use valkyrie_protocol::{
-    CloseReason, Connection, ErrorCode, Event, Frame, Header, MessageType, PeerInfo, SendError,
-    SendOptions, Side,
+    CloseReason, Connection, ErrorCode, Event, Frame, HEADER_LEN, Header, MessageType, PeerInfo,
+    SendError, SendOptions, Side,
 };
+
+use valkyrie_protocol::Transmit;
+use valkyrie_shm::{ShmError, ShmStream};
 
 use crate::mesh::{MeshMsg, Waker};
 use crate::metrics::ShardMetrics;
@@ -65,6 +68,35 @@ pub(crate) struct Conn {
     /// The direct descriptor is closed but a send is still in flight: the slot (and the send
     /// buffer the kernel may still read) is released when that send completes.
     fd_closed: bool,
+    /// A shared-memory connection: its stream and wait state (None for sockets).
+    shm: Option<Box<ShmConn>>,
+}
+
+/// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
+const SHM: u8 = 2;
+/// `FUTEX2_SIZE_U32` without `FUTEX2_PRIVATE`: the words are shared with another process.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// Bytes of input a shared-memory connection hands to the protocol per turn: the rest waits
+/// for the next loop iteration, so one busy peer cannot starve the others.
+const SHM_INPUT_BUDGET: usize = 256 * 1024;
+
+/// The shard-side state of a shared-memory connection.
+struct ShmConn {
+    stream: ShmStream,
+    /// A frame taken from the protocol that did not fit the send ring yet, and how much of it
+    /// was written (at most one frame per connection waits here).
+    pending: Option<(Transmit, usize)>,
+    /// Operations armed in the ring for this connection (futex waits, hang-up poll); the
+    /// mapping is only released once none is left.
+    rx_armed: bool,
+    tx_armed: bool,
+    hup_armed: bool,
+}
+
+impl ShmConn {
+    fn in_flight(&self) -> bool {
+        self.rx_armed || self.tx_armed || self.hup_armed
+    }
 }
 
 struct Listener {
@@ -310,6 +342,8 @@ pub(crate) struct Shard {
     unix_base: (Instant, u64),
     refused_frame: Bytes,
     now: Instant,
+    /// Shared-memory connections that stopped at their input budget with more waiting.
+    shm_more: Vec<(u32, u32)>,
 }
 
 const SEND_POOL: usize = 256;
@@ -383,6 +417,7 @@ impl Shard {
             unix_base: (now, unix),
             refused_frame: Bytes::from(refused),
             now,
+            shm_more: Vec::new(),
             cfg: init.cfg,
         })
     }
@@ -409,10 +444,19 @@ impl Shard {
         for i in 0..self.listeners.len() {
             if !self.listeners[i].armed {
                 let fd = self.listeners[i].fd.as_raw_fd();
-                let e = opcode::AcceptMulti::new(types::Fd(fd))
-                    .allocate_file_index(true)
-                    .build()
-                    .user_data(ud(Op::Accept, i as u32, 0));
+                let e = if self.listeners[i].transport == SHM {
+                    // A shared-memory connection needs its segment sent over the accepted
+                    // socket: wait for readiness and accept in the loop.
+                    opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                        .multi(true)
+                        .build()
+                        .user_data(ud(Op::ShmAccept, i as u32, 0))
+                } else {
+                    opcode::AcceptMulti::new(types::Fd(fd))
+                        .allocate_file_index(true)
+                        .build()
+                        .user_data(ud(Op::Accept, i as u32, 0))
+                };
                 self.push(e);
                 self.listeners[i].armed = true;
             }
@@ -427,7 +471,12 @@ impl Shard {
         ShardMetrics::add(&self.metrics.accept_paused, 1);
         for i in 0..self.listeners.len() {
             if self.listeners[i].armed {
-                let e = opcode::AsyncCancel::new(ud(Op::Accept, i as u32, 0))
+                let op = if self.listeners[i].transport == SHM {
+                    Op::ShmAccept
+                } else {
+                    Op::Accept
+                };
+                let e = opcode::AsyncCancel::new(ud(op, i as u32, 0))
                     .build()
                     .user_data(ud(Op::Cancel, 0, 0));
                 self.push(e);
@@ -511,6 +560,7 @@ impl Shard {
             self.now = Instant::now();
             let mut work = self.drain_mesh();
             work |= self.run_timers();
+            work |= self.drain_shm_more();
             if self.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
                 work = true;
@@ -550,6 +600,24 @@ impl Shard {
             self.process_dirty();
         }
         self.finish_shutdown();
+    }
+
+    /// Continue the shared-memory connections that had more input than one turn's budget.
+    fn drain_shm_more(&mut self) -> bool {
+        if self.shm_more.is_empty() {
+            return false;
+        }
+        let more = std::mem::take(&mut self.shm_more);
+        for &(slot, generation) in &more {
+            if self
+                .conns
+                .get(slot as usize)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.shm_recv(slot);
+            }
+        }
+        true
     }
 
     fn sleep(&mut self) {
@@ -615,6 +683,10 @@ impl Shard {
             x if x == Op::Poll as u8 => self.on_poll(slot, generation, res, flags),
             x if x == Op::Send as u8 => self.on_send(slot, generation, res),
             x if x == Op::Close as u8 => self.on_closed(slot, generation),
+            x if x == Op::ShmAccept as u8 => self.on_shm_accept(slot as usize, res, flags),
+            x if x == Op::ShmRx as u8 => self.on_shm_wait(slot, generation, Op::ShmRx),
+            x if x == Op::ShmTx as u8 => self.on_shm_wait(slot, generation, Op::ShmTx),
+            x if x == Op::ShmHup as u8 => self.on_shm_wait(slot, generation, Op::ShmHup),
             x if x == Op::Wake as u8 => {
                 self.wake_armed = false;
                 if !self.stopping {
@@ -650,6 +722,18 @@ impl Shard {
         let fixed = res as u32;
         let transport = self.listeners.get(li).map_or(0, |l| l.transport);
         self.table_used += 1;
+        self.add_conn(fixed, transport, None);
+        if self.table_used + 1 >= self.table_size {
+            self.pause_accepts();
+        }
+        if !more && !self.accept_paused && self.shutdown_deadline.is_none() {
+            self.arm_accepts();
+        }
+    }
+
+    /// Register an accepted connection: refused with ERROR 501 at the limit or while shutting
+    /// down, otherwise armed for input.
+    fn add_conn(&mut self, fixed: u32, transport: u8, shm: Option<ShmStream>) {
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
         let refused = self.conns.len() >= self.cfg.max_connections_per_shard
             || self.shutdown_deadline.is_some();
@@ -661,6 +745,15 @@ impl Shard {
             self.now,
             self.unix_now(),
         );
+        let shm = shm.map(|stream| {
+            Box::new(ShmConn {
+                stream,
+                pending: None,
+                rx_armed: false,
+                tx_armed: false,
+                hup_armed: false,
+            })
+        });
         let slot = self.conns.insert(Conn {
             fixed,
             generation,
@@ -677,12 +770,19 @@ impl Shard {
             dirty: false,
             fresh: false,
             fd_closed: false,
+            shm,
         }) as u32;
         if refused {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
             self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
             let frame = self.refused_frame.clone();
             let c = &mut self.conns[slot as usize];
+            if let Some(shm) = c.shm.as_mut() {
+                // The frame is in the ring before the close: the peer reads it, then the close.
+                let _ = shm.stream.try_send(&frame);
+                self.start_close(slot);
+                return;
+            }
             c.sending = true;
             c.out = Some(BytesMut::from(&frame[..]));
             let out = c.out.as_ref().expect("just set");
@@ -692,14 +792,307 @@ impl Shard {
             self.push(e);
         } else {
             self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
-            self.arm_recv(slot);
+            if self.conns[slot as usize].shm.is_some() {
+                self.arm_shm_hup(slot);
+                self.shm_recv(slot);
+            } else {
+                self.arm_recv(slot);
+            }
             self.mark(slot);
         }
-        if self.table_used + 1 >= self.table_size {
-            self.pause_accepts();
+    }
+
+    /// The shared-memory rendezvous socket is readable: accept what is waiting (bounded per
+    /// event) and hand each connector its segment.
+    fn on_shm_accept(&mut self, li: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more && let Some(l) = self.listeners.get_mut(li) {
+            l.armed = false;
+        }
+        if res >= 0
+            && let Some(l) = self.listeners.get(li)
+        {
+            let fd = l.fd.as_raw_fd();
+            for _ in 0..64 {
+                // SAFETY: accept4 on a listening socket we own; the new descriptor is owned
+                // by the UnixStream made from it.
+                let s = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
+                };
+                if s < 0 {
+                    break;
+                }
+                // SAFETY: s is a fresh descriptor returned by accept4.
+                let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(s) };
+                match ShmStream::serve(sock, &self.cfg.shm) {
+                    Ok(stream) => self.add_conn(u32::MAX, SHM, Some(stream)),
+                    Err(e) => tracing::debug!(shard = self.id, error = %e, "shm rendezvous failed"),
+                }
+            }
         }
         if !more && !self.accept_paused && self.shutdown_deadline.is_none() {
             self.arm_accepts();
+        }
+    }
+
+    /// Watch a shared-memory connection's socket for the peer's death.
+    fn arm_shm_hup(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(shm) = c.shm.as_mut() else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&shm.stream.socket());
+        shm.hup_armed = true;
+        let e = opcode::PollAdd::new(types::Fd(fd), (libc::POLLRDHUP | libc::POLLHUP) as u32)
+            .build()
+            .user_data(ud(Op::ShmHup, slot, c.generation));
+        self.push(e);
+    }
+
+    /// A futex wait or the hang-up poll of a shared-memory connection completed.
+    fn on_shm_wait(&mut self, slot: u32, generation: u32, op: Op) {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.generation != generation {
+            return;
+        }
+        let closing = c.closing;
+        let Some(shm) = c.shm.as_mut() else {
+            return;
+        };
+        match op {
+            Op::ShmRx => shm.rx_armed = false,
+            Op::ShmTx => shm.tx_armed = false,
+            _ => shm.hup_armed = false,
+        }
+        if closing {
+            if !shm.in_flight() {
+                self.remove_conn(slot);
+            }
+            return;
+        }
+        match op {
+            Op::ShmRx => self.shm_recv(slot),
+            Op::ShmTx => self.mark(slot),
+            _ => {
+                // Hang-up: deliver what the peer committed, then the end of the stream.
+                self.shm_recv(slot);
+                let c = &mut self.conns[slot as usize];
+                if let Some(shm) = c.shm.as_mut()
+                    && shm.stream.check_peer().is_err()
+                {
+                    c.proto.handle_eof(self.now);
+                    self.mark(slot);
+                }
+            }
+        }
+    }
+
+    /// Feed what the peer committed to the protocol (up to a budget), then wait on the
+    /// receive ring's futex word once it is empty.
+    fn shm_recv(&mut self, slot: u32) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        let Some(shm) = c.shm.as_mut() else {
+            return;
+        };
+        let mut taken = 0usize;
+        let mut eof = false;
+        let mut arm = None;
+        loop {
+            if taken >= SHM_INPUT_BUDGET {
+                // More is waiting: come back on the next turn of the loop.
+                self.shm_more.push((slot, c.generation));
+                break;
+            }
+            let empty = match shm.stream.try_recv() {
+                Ok(Some(frame)) => {
+                    taken += frame.len();
+                    c.proto.handle_input(&frame, now);
+                    false
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::debug!(shard = self.id, slot, error = %e, "shm receive");
+                    eof = true;
+                    break;
+                }
+            };
+            if !empty {
+                continue;
+            }
+            if shm.rx_armed {
+                break;
+            }
+            match shm.stream.recv_wakeup() {
+                Ok(None) => continue,
+                Ok(Some(word)) => {
+                    shm.rx_armed = true;
+                    arm = Some(
+                        opcode::FutexWait::new(
+                            word.as_ptr(),
+                            u64::from(valkyrie_shm::FutexWord::EXPECTED),
+                            u64::from(u32::MAX),
+                            FUTEX2_SIZE_U32,
+                        )
+                        .build()
+                        .user_data(ud(Op::ShmRx, slot, c.generation)),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(shard = self.id, slot, error = %e, "shm receive");
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        // The word lives in the connection's mapping, kept until this wait completes or is
+        // cancelled (see start_close).
+        if let Some(e) = arm {
+            self.push(e);
+        }
+        let c = &mut self.conns[slot as usize];
+        if taken > 0 {
+            ShardMetrics::add(&self.metrics.bytes_in, taken as u64);
+        }
+        if eof {
+            c.proto.handle_eof(now);
+        }
+        if taken > 0 || eof {
+            self.mark(slot);
+        }
+    }
+
+    /// Write the protocol's queued frames into the send ring; when it is full keep the frame
+    /// and wait on the ring's space word (the slow-consumer timer runs meanwhile).
+    fn shm_flush(&mut self, slot: u32) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        let Some(shm) = c.shm.as_mut() else {
+            return;
+        };
+        let mut written = 0u64;
+        let mut failed = false;
+        let mut arm = None;
+        loop {
+            if shm.pending.is_none() {
+                match c.proto.poll_transmit() {
+                    Some(t) => {
+                        self.metrics.frame_out(&t.header);
+                        if t.header[3] == MessageType::Error.to_u8()
+                            && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+                        {
+                            self.metrics.error_sent(e.code, 1);
+                        }
+                        shm.pending = Some((t, 0));
+                    }
+                    None => break,
+                }
+            }
+            let (t, off) = shm.pending.as_mut().expect("set above");
+            let total = t.len();
+            let chunk = (total - *off).min(shm.stream.max_frame());
+            match shm.stream.try_claim(chunk) {
+                Ok(mut claim) => {
+                    // Header and payload as one byte string, from `off`.
+                    let mut at = 0;
+                    let mut pos = *off;
+                    while at < chunk {
+                        let n = if pos < HEADER_LEN {
+                            let n = (HEADER_LEN - pos).min(chunk - at);
+                            claim[at..at + n].copy_from_slice(&t.header[pos..pos + n]);
+                            n
+                        } else {
+                            let p = pos - HEADER_LEN;
+                            let n = chunk - at;
+                            claim[at..at + n].copy_from_slice(&t.payload[p..p + n]);
+                            n
+                        };
+                        at += n;
+                        pos += n;
+                    }
+                    claim.commit_deferred();
+                    *off += chunk;
+                    written += chunk as u64;
+                    if *off == total {
+                        shm.pending = None;
+                    }
+                }
+                Err(ShmError::WouldBlock) => {
+                    if shm.tx_armed {
+                        break;
+                    }
+                    match shm.stream.send_wakeup(chunk) {
+                        Ok(None) => continue,
+                        Ok(Some(word)) => {
+                            shm.tx_armed = true;
+                            arm = Some(
+                                opcode::FutexWait::new(
+                                    word.as_ptr(),
+                                    u64::from(valkyrie_shm::FutexWord::EXPECTED),
+                                    u64::from(u32::MAX),
+                                    FUTEX2_SIZE_U32,
+                                )
+                                .build()
+                                .user_data(ud(
+                                    Op::ShmTx,
+                                    slot,
+                                    c.generation,
+                                )),
+                            );
+                            break;
+                        }
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(shard = self.id, slot, error = %e, "shm send");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        shm.stream.flush();
+        let blocked = shm.pending.is_some();
+        c.sending = blocked && !failed;
+        if written > 0 {
+            ShardMetrics::add(&self.metrics.bytes_out, written);
+            c.send_started = None;
+        }
+        if blocked && c.send_started.is_none() {
+            c.send_started = Some(now);
+        }
+        if !blocked {
+            c.send_started = None;
+        }
+        if failed {
+            c.proto.handle_eof(now);
+            self.mark(slot);
+        }
+        if let Some(e) = arm {
+            self.push(e);
         }
     }
 
@@ -848,6 +1241,29 @@ impl Shard {
             return;
         }
         c.closing = true;
+        if let Some(shm) = c.shm.as_ref() {
+            // Cancel the waits armed on the mapping; it is released (and the peer told) once
+            // none is left.
+            let generation = c.generation;
+            let ops = [
+                (shm.rx_armed, Op::ShmRx),
+                (shm.tx_armed, Op::ShmTx),
+                (shm.hup_armed, Op::ShmHup),
+            ];
+            let in_flight = shm.in_flight();
+            for (armed, op) in ops {
+                if armed {
+                    let cancel = opcode::AsyncCancel::new(ud(op, slot, generation))
+                        .build()
+                        .user_data(ud(Op::Cancel, slot, generation));
+                    self.push(cancel);
+                }
+            }
+            if !in_flight {
+                self.remove_conn(slot);
+            }
+            return;
+        }
         let (fixed, generation, sending) = (c.fixed, c.generation, c.sending);
         if sending {
             let cancel = opcode::AsyncCancel::new(ud(Op::Send, slot, generation))
@@ -888,7 +1304,9 @@ impl Shard {
     /// Release a closed connection's slot, its direct-descriptor count and its buffers.
     fn remove_conn(&mut self, slot: u32) {
         let c = self.conns.remove(slot as usize);
-        self.table_used = self.table_used.saturating_sub(1);
+        if c.shm.is_none() {
+            self.table_used = self.table_used.saturating_sub(1);
+        }
         if !c.refused {
             self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
         }
@@ -1037,6 +1455,10 @@ impl Shard {
         let Some(c) = self.conns.get_mut(slot as usize) else {
             return;
         };
+        if c.shm.is_some() {
+            self.shm_flush(slot);
+            return;
+        }
         if c.sending || c.closing {
             return;
         }

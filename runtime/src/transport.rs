@@ -2,7 +2,9 @@
 //!
 //! The shard loop drives every stream transport the same way through io_uring (accept into a
 //! direct descriptor, multishot receive, send); a transport only decides how sockets are
-//! created. TCP and Unix stream sockets are here; shared memory and QUIC plug in beside them.
+//! created. TCP and Unix stream sockets are here, and shared memory (`shm://name`, through
+//! `valkyrie-shm`): its rendezvous socket is accepted like the others, then the bytes move
+//! through the shared rings and the shard waits on their futex words with io_uring.
 //! RDMA has no hardware on the hosts this is built on: it is not supported yet.
 
 use std::io;
@@ -10,6 +12,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+
+use valkyrie_shm::{ShmError, ShmListener, ShmStream};
 
 use crate::url::Endpoint;
 
@@ -33,6 +37,8 @@ pub enum ClientSocket {
     Tcp(TcpStream),
     /// Unix stream.
     Unix(UnixStream),
+    /// Shared memory.
+    Shm(Box<ShmSocket>),
 }
 
 impl ClientSocket {
@@ -41,22 +47,36 @@ impl ClientSocket {
         Ok(match self {
             ClientSocket::Tcp(s) => ClientSocket::Tcp(s.try_clone()?),
             ClientSocket::Unix(s) => ClientSocket::Unix(s.try_clone()?),
+            ClientSocket::Shm(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a shared-memory connection has one reader and one writer: it is not cloned",
+                ));
+            }
         })
     }
 
     /// Set non-blocking mode.
-    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+    pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
         match self {
             ClientSocket::Tcp(s) => s.set_nonblocking(on),
             ClientSocket::Unix(s) => s.set_nonblocking(on),
+            ClientSocket::Shm(s) => {
+                s.nonblocking = on;
+                Ok(())
+            }
         }
     }
 
     /// Set the read timeout.
-    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+    pub fn set_read_timeout(&mut self, t: Option<std::time::Duration>) -> io::Result<()> {
         match self {
             ClientSocket::Tcp(s) => s.set_read_timeout(t),
             ClientSocket::Unix(s) => s.set_read_timeout(t),
+            ClientSocket::Shm(s) => {
+                s.read_timeout = t;
+                Ok(())
+            }
         }
     }
 }
@@ -66,6 +86,7 @@ impl io::Read for ClientSocket {
         match self {
             ClientSocket::Tcp(s) => s.read(buf),
             ClientSocket::Unix(s) => s.read(buf),
+            ClientSocket::Shm(s) => s.read(buf),
         }
     }
 }
@@ -75,12 +96,20 @@ impl io::Write for ClientSocket {
         match self {
             ClientSocket::Tcp(s) => s.write(buf),
             ClientSocket::Unix(s) => s.write(buf),
+            ClientSocket::Shm(s) => s.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             ClientSocket::Tcp(s) => s.write_vectored(bufs),
             ClientSocket::Unix(s) => s.write_vectored(bufs),
+            ClientSocket::Shm(s) => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                s.write(first)
+            }
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -316,10 +345,138 @@ fn unix_sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)
     Ok((sa, len as libc::socklen_t))
 }
 
+/// Shared memory between local processes (`shm://name`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShmTransport;
+
+impl Transport for ShmTransport {
+    fn scheme(&self) -> &'static str {
+        "shm"
+    }
+
+    /// The rendezvous socket, non-blocking (the shard accepts from it and creates each
+    /// connection's segment with the node's ring geometry).
+    fn listen(&self, endpoint: &Endpoint, _reuse_port: bool, _backlog: i32) -> io::Result<OwnedFd> {
+        let Endpoint::Shm(name) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a shm endpoint",
+            ));
+        };
+        let l = ShmListener::bind(name).map_err(shm_io)?.into_listener();
+        l.set_nonblocking(true)?;
+        Ok(OwnedFd::from(l))
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+        let Endpoint::Shm(name) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a shm endpoint",
+            ));
+        };
+        let stream = ShmStream::connect(name).map_err(shm_io)?;
+        Ok(ClientSocket::Shm(Box::new(ShmSocket::new(stream))))
+    }
+}
+
+/// A shared-memory error as an I/O error: a closed peer is end of file, a dead one a reset.
+pub(crate) fn shm_io(e: ShmError) -> io::Error {
+    match e {
+        ShmError::Io(e) => e,
+        ShmError::WouldBlock => io::ErrorKind::WouldBlock.into(),
+        ShmError::PeerClosed | ShmError::Closed => io::ErrorKind::BrokenPipe.into(),
+        ShmError::PeerDied => io::ErrorKind::ConnectionReset.into(),
+        other => io::Error::new(io::ErrorKind::InvalidData, other),
+    }
+}
+
+/// A byte stream over a shared-memory connection, for code written against `Read`/`Write`
+/// (the blocking [`crate::Client`]). Each `write` is one frame in the ring (at most the ring's
+/// max frame); `read` copies from the frame at the head, keeping what did not fit.
+#[derive(Debug)]
+pub struct ShmSocket {
+    stream: ShmStream,
+    /// The rest of a frame that did not fit the last `read` (at most one max frame).
+    rest: Vec<u8>,
+    rest_at: usize,
+    nonblocking: bool,
+    read_timeout: Option<std::time::Duration>,
+}
+
+impl ShmSocket {
+    /// Wrap a connected stream.
+    pub fn new(stream: ShmStream) -> ShmSocket {
+        ShmSocket {
+            stream,
+            rest: Vec::new(),
+            rest_at: 0,
+            nonblocking: false,
+            read_timeout: None,
+        }
+    }
+
+    /// The stream underneath.
+    pub fn stream(&mut self) -> &mut ShmStream {
+        &mut self.stream
+    }
+}
+
+impl io::Read for ShmSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.rest_at < self.rest.len() {
+            let n = buf.len().min(self.rest.len() - self.rest_at);
+            buf[..n].copy_from_slice(&self.rest[self.rest_at..self.rest_at + n]);
+            self.rest_at += n;
+            return Ok(n);
+        }
+        let got = if self.nonblocking {
+            self.stream.try_recv()
+        } else if let Some(t) = self.read_timeout {
+            self.stream.recv_timeout(t).map(Some)
+        } else {
+            self.stream.recv().map(Some)
+        };
+        match got {
+            Ok(Some(frame)) => {
+                let n = buf.len().min(frame.len());
+                buf[..n].copy_from_slice(&frame[..n]);
+                if n < frame.len() {
+                    self.rest.clear();
+                    self.rest.extend_from_slice(&frame[n..]);
+                    self.rest_at = 0;
+                }
+                Ok(n)
+            }
+            Ok(None) | Err(ShmError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(ShmError::PeerClosed) => Ok(0),
+            Err(e) => Err(shm_io(e)),
+        }
+    }
+}
+
+impl io::Write for ShmSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.stream.max_frame());
+        let sent = if self.nonblocking {
+            self.stream.try_send(&buf[..n])
+        } else {
+            self.stream.send(&buf[..n])
+        };
+        sent.map(|()| n).map_err(shm_io)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush();
+        Ok(())
+    }
+}
+
 /// The transport for an endpoint.
 pub fn for_endpoint(endpoint: &Endpoint) -> &'static dyn Transport {
     match endpoint {
         Endpoint::Tcp(_) => &TcpTransport,
         Endpoint::Unix(_) => &UnixTransport,
+        Endpoint::Shm(_) => &ShmTransport,
     }
 }

@@ -195,6 +195,14 @@ pub(crate) enum Op {
     Wake = 5,
     Cancel = 6,
     Poll = 7,
+    /// Readiness of a shared-memory rendezvous socket (multishot poll).
+    ShmAccept = 8,
+    /// Futex wait: the peer committed frames to a shared-memory connection's receive ring.
+    ShmRx = 9,
+    /// Futex wait: the peer released space in a shared-memory connection's send ring.
+    ShmTx = 10,
+    /// Hang-up of a shared-memory connection's rendezvous socket (the peer's process is gone).
+    ShmHup = 11,
 }
 
 /// `user_data` = op (8 bits) | generation (24 bits) | slot (32 bits).

@@ -1,4 +1,4 @@
-//! Listen and connect addresses: `tcp://host:port` and `unix:///path`.
+//! Listen and connect addresses: `tcp://host:port`, `unix:///path` and `shm://name`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -12,11 +12,14 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A Unix stream socket path.
     Unix(PathBuf),
+    /// A shared-memory rendezvous name (see `valkyrie-shm`): the two processes meet through an
+    /// abstract Unix socket of that name and then talk through shared rings.
+    Shm(String),
 }
 
-/// A URL that is not `tcp://host:port` or `unix:///path`.
+/// A URL that is not `tcp://host:port`, `unix:///path` or `shm://name`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad endpoint {url:?}: {reason} (expected tcp://host:port or unix:///path)")]
+#[error("bad endpoint {url:?}: {reason} (expected tcp://host:port, unix:///path or shm://name)")]
 pub struct EndpointError {
     /// The URL given.
     pub url: String,
@@ -44,6 +47,11 @@ impl FromStr for Endpoint {
                 return Err(err("empty path"));
             }
             Ok(Endpoint::Unix(PathBuf::from(path)))
+        } else if let Some(name) = url.strip_prefix("shm://") {
+            if name.is_empty() || name.len() > 90 || name.contains('\0') {
+                return Err(err("shm name must be 1 to 90 bytes without NUL"));
+            }
+            Ok(Endpoint::Shm(name.to_owned()))
         } else {
             Err(err("unknown scheme"))
         }
@@ -55,16 +63,18 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Shm(n) => write!(f, "shm://{n}"),
         }
     }
 }
 
 impl Endpoint {
-    /// The transport label used in metrics (`"tcp"`, `"unix"`).
+    /// The transport label used in metrics (`"tcp"`, `"unix"`, `"shm"`).
     pub fn transport(&self) -> &'static str {
         match self {
             Endpoint::Tcp(_) => "tcp",
             Endpoint::Unix(_) => "unix",
+            Endpoint::Shm(_) => "shm",
         }
     }
 }
@@ -74,7 +84,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_both_schemes() {
+    fn parses_every_scheme() {
         assert_eq!(
             "tcp://127.0.0.1:7420".parse::<Endpoint>().unwrap(),
             Endpoint::Tcp("127.0.0.1:7420".parse().unwrap())
@@ -83,6 +93,15 @@ mod tests {
             "unix:///tmp/v.sock".parse::<Endpoint>().unwrap(),
             Endpoint::Unix("/tmp/v.sock".into())
         );
+        assert_eq!(
+            "shm://jobs".parse::<Endpoint>().unwrap(),
+            Endpoint::Shm("jobs".into())
+        );
+        assert_eq!(
+            "shm://jobs".parse::<Endpoint>().unwrap().to_string(),
+            "shm://jobs"
+        );
+        assert!("shm://".parse::<Endpoint>().is_err());
         assert!("http://x".parse::<Endpoint>().is_err());
         assert!("tcp://nohost".parse::<Endpoint>().is_err());
         assert_eq!(

@@ -119,6 +119,12 @@ impl ShmListener {
         Ok(self.sock.set_nonblocking(on)?)
     }
 
+    /// The listening socket, for an event loop that accepts itself and finishes each
+    /// connection with [`ShmStream::serve`]. Nothing is left behind when it is dropped.
+    pub fn into_listener(self) -> UnixListener {
+        self.sock
+    }
+
     /// The listening socket (for readiness polling, or to accept in an event loop and finish
     /// with [`ShmStream::serve`]).
     pub fn as_listener(&self) -> &UnixListener {
