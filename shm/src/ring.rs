@@ -185,21 +185,23 @@ impl Producer {
         unsafe { std::slice::from_raw_parts(self.ring.data.add(data_off), len) }
     }
 
-    /// Publish the claimed frame of `len` bytes (the payload is already written).
+    /// Complete the claimed frame of `len` bytes (the payload is already written). It is not
+    /// visible to the consumer until [`Producer::flush`] publishes the tail.
     pub(crate) fn commit(&mut self, len: usize) {
         let off = self.tail & (self.ring.capacity - 1);
         self.ring.write_header(off, len as u32, KIND_DATA);
         self.tail = self.tail.wrapping_add(record_size(len) as u64);
-        self.ring.u64_at(TAIL).store(self.tail, Ordering::Release);
         self.unflushed = true;
     }
 
-    /// Wake the consumer if it sleeps. Returns whether a wake-up was sent.
+    /// Publish every committed frame (one store for a whole batch) and wake the consumer if
+    /// it sleeps. Returns whether a wake-up was sent.
     pub(crate) fn flush(&mut self) -> bool {
         if !self.unflushed {
             return false;
         }
         self.unflushed = false;
+        self.ring.u64_at(TAIL).store(self.tail, Ordering::Release);
         wake_if_waiting(self.ring.data_waiter())
     }
 
@@ -340,19 +342,21 @@ impl Consumer {
         unsafe { std::slice::from_raw_parts(self.ring.data.add(f.off), f.len) }
     }
 
-    /// Release the frame returned by the last `peek` and publish the new head.
+    /// Release the frame returned by the last `peek`; the space goes back to the producer at
+    /// the next [`Consumer::flush`].
     pub(crate) fn release(&mut self, f: Found) {
         self.head = self.head.wrapping_add(record_size(f.len) as u64);
-        self.ring.u64_at(HEAD).store(self.head, Ordering::Release);
         self.unflushed = true;
     }
 
-    /// Wake the producer if it waits for space.
+    /// Publish the head (one store for a whole batch) and wake the producer if it waits for
+    /// space.
     pub(crate) fn flush(&mut self) -> bool {
         if !self.unflushed {
             return false;
         }
         self.unflushed = false;
+        self.ring.u64_at(HEAD).store(self.head, Ordering::Release);
         wake_if_waiting(self.ring.space_waiter())
     }
 
@@ -425,6 +429,7 @@ mod tests {
             Some(off) => {
                 p.claimed(off, data.len()).copy_from_slice(data);
                 p.commit(data.len());
+                p.flush();
                 true
             }
             None => false,
@@ -435,6 +440,7 @@ mod tests {
         let f = c.peek().unwrap()?;
         let v = c.payload(f).to_vec();
         c.release(f);
+        c.flush();
         Some(v)
     }
 

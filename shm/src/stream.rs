@@ -329,6 +329,8 @@ impl ShmStream {
                 len,
             }),
             Ok(None) => {
+                // Publish what is committed so the consumer can make room.
+                self.tx.flush();
                 self.check_due()?;
                 Err(ShmError::WouldBlock)
             }
@@ -345,11 +347,17 @@ impl ShmStream {
     /// Wait until a `len`-byte frame fits, at most until `deadline`.
     fn wait_space(&mut self, len: usize, deadline: Option<Instant>) -> Result<()> {
         self.usable()?;
+        let mut published = false;
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
             match self.tx.fits(len) {
                 Ok(true) => return Ok(()),
+                Ok(false) if !published => {
+                    // The consumer can only free space it has seen: publish the batch.
+                    self.tx.flush();
+                    published = true;
+                }
                 Ok(false) => {}
                 Err(e) => return self.fail(e),
             }
@@ -412,7 +420,7 @@ impl ShmStream {
         Ok(())
     }
 
-    /// Wake the receiver for frames committed with [`Claim::commit_deferred`].
+    /// Publish the frames committed with [`Claim::commit_deferred`] and wake the receiver.
     pub fn flush(&mut self) {
         self.tx.flush();
     }
@@ -620,7 +628,7 @@ pub struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    /// Publish the frame and wake the receiver if it sleeps.
+    /// Publish the frame (and any deferred before it) and wake the receiver if it sleeps.
     pub fn commit(self) {
         self.tx.commit(self.len);
         self.tx.flush();
@@ -632,8 +640,9 @@ impl Claim<'_> {
         self.commit();
     }
 
-    /// Publish the frame without the wake-up check: for a batch, end with
-    /// [`ShmStream::flush`] (or any `commit`). A polling receiver sees it at once.
+    /// Complete the frame as part of a batch: the receiver sees the batch at the next
+    /// [`ShmStream::flush`] or [`Claim::commit`] (one store and one wake-up check for all of
+    /// it), or when the ring fills up.
     pub fn commit_deferred(self) {
         self.tx.commit(self.len);
     }
