@@ -8,6 +8,7 @@
 mod connections;
 mod peers;
 mod plot;
+mod shm;
 mod targets;
 
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ use peers::{Pinning, floor::Floor, pin, tokio_echo::TokioEcho};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (latency, throughput, idle-memory); repeatable. Default: all.
+    /// Scenario to run (idle-memory, handshake, latency, throughput, shm, connections); repeatable. Default: all but connections.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Rounds per scenario (at least 3).
@@ -74,6 +75,14 @@ enum Internal {
         n: usize,
         src: std::net::Ipv4Addr,
         heartbeat_ms: u64,
+    },
+    /// (internal) The peer process of the shm scenario.
+    ShmPeer {
+        system: String,
+        name: String,
+        role: String,
+        mode: String,
+        n: u64,
     },
 }
 
@@ -738,6 +747,16 @@ fn main() {
             connections::hold(addr, n, src, Duration::from_millis(heartbeat_ms));
             return;
         }
+        Some(Internal::ShmPeer {
+            system,
+            name,
+            role,
+            mode,
+            n,
+        }) => {
+            shm::peer(&system, &name, &role, &mode, n);
+            return;
+        }
         Some(Internal::IdleMemory { recv, n }) => {
             let mode = if recv == "poll" {
                 RecvMode::PollThenRecv
@@ -803,6 +822,14 @@ fn main() {
             rounds,
             if cli.full { 5.0 } else { 1.5 },
             &cli.systems,
+        );
+    }
+    if wants("shm") {
+        shm::scenario(
+            &mut report,
+            rounds,
+            if cli.full { 200_000 } else { 50_000 },
+            if cli.full { 20_000_000 } else { 5_000_000 },
         );
     }
     targets::print(&report.results);

@@ -347,6 +347,12 @@ impl ShmStream {
     /// Wait until a `len`-byte frame fits, at most until `deadline`.
     fn wait_space(&mut self, len: usize, deadline: Option<Instant>) -> Result<()> {
         self.usable()?;
+        // Fast path: room now (no clock read).
+        match self.tx.fits(len) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return self.fail(e),
+        }
         let mut published = false;
         let start = Instant::now();
         let mut spins = 0u32;
@@ -504,6 +510,12 @@ impl ShmStream {
     /// Wait until a frame is readable, at most until `deadline`.
     fn wait_data(&mut self, deadline: Option<Instant>) -> Result<()> {
         self.usable()?;
+        // Fast path: a frame is there (no clock read).
+        match self.rx.has_data() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return self.fail(e),
+        }
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
