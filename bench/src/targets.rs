@@ -88,6 +88,24 @@ const TARGETS: &[Target] = &[
         unit: "B",
         lower_is_better: true,
     },
+    Target {
+        name: "shm round trip p99 (busy-poll)",
+        scenario: "shm",
+        metric: "rtt_p99",
+        params: &[("mode", "busy-poll")],
+        goal: 2.0,
+        unit: "us",
+        lower_is_better: true,
+    },
+    Target {
+        name: "shm one-way 64 B frames per second",
+        scenario: "shm",
+        metric: "msgs_per_sec",
+        params: &[("mode", "busy-poll")],
+        goal: 20_000_000.0,
+        unit: "msgs/s",
+        lower_is_better: false,
+    },
 ];
 
 fn matches(r: &Value, t: &Target, valkyrie: bool) -> bool {

@@ -44,6 +44,8 @@
 
 mod error;
 mod futex;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod ring;
 mod segment;
