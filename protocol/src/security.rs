@@ -7,8 +7,8 @@
 //! [`RecordProtector`]; from then on every frame's payload is sealed, and the 24-byte header
 //! (with the sealed length) is authenticated as associated data.
 //!
-//! The modes themselves (token, noise_xk, mtls, post_quantum, zero_trust) live in their own
-//! modules as they are built; this module only fixes the interface.
+//! The modes live in their own modules: [`noise_xk`] and [`token`] so far, with the shared
+//! [`record`] layer; mtls, post_quantum and zero_trust plug in the same way.
 
 use std::fmt;
 use std::time::Instant;
@@ -19,6 +19,10 @@ use crate::connection::Side;
 use crate::error::ErrorCode;
 use crate::frame::{HEADER_LEN, MessageType};
 use crate::message::SecurityMode;
+
+pub mod noise_xk;
+pub mod record;
+pub mod token;
 
 /// A handshake or record-layer failure, with the code sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +60,8 @@ pub struct HandshakeContext {
     pub hello_transcript: Vec<u8>,
     /// The time the handshake starts.
     pub now: Instant,
+    /// The wall clock at `now`, in Unix seconds (for expiry checks).
+    pub unix_secs: u64,
 }
 
 /// A handshake message to send: a type from `0x10`–`0x15` and its payload, on stream 0.

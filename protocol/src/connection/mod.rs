@@ -1302,6 +1302,7 @@ impl Connection {
             peer_node_id: peer.node_id.clone(),
             hello_transcript,
             now: self.now,
+            unix_secs: u64::from(self.unix_time()),
         };
         let mut hs = provider.new_handshake(self.side);
         self.state = State::Handshaking;
