@@ -49,6 +49,7 @@
 #![allow(unsafe_code)] // io_uring: every unsafe block carries a SAFETY comment.
 
 pub mod client;
+pub mod keys;
 mod mesh;
 pub mod metrics;
 mod node;

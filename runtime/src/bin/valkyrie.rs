@@ -39,6 +39,13 @@ enum Cmd {
         /// Node id announced in HELLO_ACK.
         #[arg(long, default_value = "valkyrie-node")]
         node_id: String,
+        #[command(flatten)]
+        security: SecurityArgs,
+    },
+    /// Create key material: `noise NAME` (NAME.key, NAME.pub), `token FILE --key-id ID`.
+    Keygen {
+        #[command(subcommand)]
+        what: KeygenCmd,
     },
     /// Host tuning: `valkyrie tune check` reads this host's limits and says how many connections
     /// it can hold and which limit binds first.
@@ -59,7 +66,102 @@ enum Cmd {
         /// Spin on the socket instead of sleeping (lowest latency).
         #[arg(long)]
         busy_poll: bool,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum KeygenCmd {
+    /// A Noise (Curve25519) static key pair: NAME.key (private, 0600) and NAME.pub.
+    Noise {
+        /// Path without extension.
+        name: std::path::PathBuf,
+    },
+    /// A token secret file with one `KEY_ID HEX_SECRET` line.
+    Token {
+        /// The file to create.
+        file: std::path::PathBuf,
+        /// The key id the secret is known by.
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+/// Security flags shared by `node` and `ping` (see docs/SECURITY.md).
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// Security mode: plaintext, token or noise_xk.
+    #[arg(long, default_value = "plaintext")]
+    security: String,
+    /// noise_xk: our private key file (NAME.key).
+    #[arg(long)]
+    noise_key: Option<std::path::PathBuf>,
+    /// noise_xk client: the server's public key file (NAME.pub).
+    #[arg(long)]
+    server_key: Option<std::path::PathBuf>,
+    /// noise_xk node: accept only the client keys listed in this file (one hex key per line).
+    #[arg(long)]
+    allow_keys: Option<std::path::PathBuf>,
+    /// token: the secrets file (node: every key it accepts; client: its one key).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Fill `cfg`'s security modes and handshake providers for `side`.
+    fn apply(
+        &self,
+        mut cfg: valkyrie_protocol::Config,
+        server: bool,
+    ) -> Result<valkyrie_protocol::Config, Box<dyn std::error::Error>> {
+        use std::sync::Arc;
+        use valkyrie_protocol::SecurityMode;
+        use valkyrie_protocol::security::noise_xk::NoiseXk;
+        use valkyrie_protocol::security::token::{TokenClient, TokenServer};
+        use valkyrie_runtime::keys;
+        let need = |p: &Option<std::path::PathBuf>, flag: &str| {
+            p.clone()
+                .ok_or_else(|| format!("--security {} needs {flag}", self.security))
+        };
+        match self.security.as_str() {
+            "plaintext" => {}
+            "noise_xk" => {
+                let kp = keys::read_noise_keypair(&need(&self.noise_key, "--noise-key")?)?;
+                let p = if server {
+                    let mut p = NoiseXk::server(kp);
+                    if let Some(f) = &self.allow_keys {
+                        p = p.allow_clients(keys::read_public_keys(f)?);
+                    }
+                    p
+                } else {
+                    NoiseXk::client(
+                        kp,
+                        keys::read_public_key(&need(&self.server_key, "--server-key")?)?,
+                    )
+                };
+                cfg.security = vec![SecurityMode::NoiseXk];
+                cfg.handshakes = vec![Arc::new(p)];
+            }
+            "token" => {
+                let t = keys::read_tokens(&need(&self.token_file, "--token-file")?)?;
+                cfg.security = vec![SecurityMode::Token];
+                cfg.handshakes = if server {
+                    vec![Arc::new(TokenServer::new(t))]
+                } else {
+                    let (id, secret) = t.into_iter().next().ok_or("empty token file")?;
+                    vec![Arc::new(TokenClient::new(id, secret))]
+                };
+            }
+            other => {
+                return Err(format!(
+                    "--security {other}: this build has plaintext, token and noise_xk"
+                )
+                .into());
+            }
+        }
+        Ok(cfg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -100,10 +202,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_connections,
             heartbeat_ms,
             node_id,
+            security,
         } => {
             let mut b = Node::builder()
                 .busy_poll(busy_poll)
-                .protocol(valkyrie_protocol::Config::new(node_id))
+                .protocol(security.apply(valkyrie_protocol::Config::new(node_id), true)?)
                 .heartbeat(Duration::from_millis(heartbeat_ms));
             for url in &listen {
                 b = b.listen(url)?;
@@ -119,6 +222,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::info!(%ep, "listening");
             }
             node.run_until_signal()?;
+            Ok(())
+        }
+        Cmd::Keygen { what } => {
+            match what {
+                KeygenCmd::Noise { name } => {
+                    let kp = valkyrie_runtime::keys::write_noise_keypair(&name)?;
+                    println!(
+                        "wrote {} and {} (public key {})",
+                        name.with_extension("key").display(),
+                        name.with_extension("pub").display(),
+                        valkyrie_protocol::security::noise_xk::hex(&kp.public)
+                    );
+                }
+                KeygenCmd::Token { file, key_id } => {
+                    valkyrie_runtime::keys::write_token(&file, &key_id)?;
+                    println!("wrote {} (key id {key_id})", file.display());
+                }
+            }
             Ok(())
         }
         Cmd::Tune {
@@ -152,13 +273,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             count,
             size,
             busy_poll,
+            security,
         } => {
             if size > 1024 {
                 return Err("--size is at most 1024 bytes (the PING payload limit)".into());
             }
+            let base = ClientConfig::default();
             let cfg = ClientConfig {
                 busy_poll,
-                ..ClientConfig::default()
+                protocol: security.apply(base.protocol.clone(), false)?,
+                ..base
             };
             let mut client = Client::connect_with(&url, cfg)?;
             let payload = vec![0xA5u8; size];

@@ -1,0 +1,151 @@
+//! Key files for the security modes, as `valkyrie keygen` writes them and `valkyrie node` /
+//! `valkyrie ping` read them (formats in docs/SECURITY.md).
+//!
+//! - Noise static key: `NAME.key` holds the private key, `NAME.pub` the public key, each as 64
+//!   lower-case hex digits and a newline; the private file is created with mode 0600.
+//! - Token secrets: one `KEY_ID HEX_SECRET` per line (`#` starts a comment); a client's file
+//!   holds one line.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use valkyrie_protocol::security::noise_xk::{NoiseKeypair, hex};
+
+fn bad(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {what}", path.display()),
+    )
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn key32(path: &Path) -> io::Result<[u8; 32]> {
+    let text = fs::read_to_string(path)?;
+    unhex(&text)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad(path, "expected 64 hex digits"))
+}
+
+/// Write `data` to `path`, readable by the owner only when `private`.
+fn write_file(path: &Path, data: &str, private: bool) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)?;
+    f.write_all(data.as_bytes())
+}
+
+/// Create a Noise static key pair at `base.key` and `base.pub` (refusing to overwrite).
+pub fn write_noise_keypair(base: &Path) -> io::Result<NoiseKeypair> {
+    let kp = NoiseKeypair::generate();
+    write_file(
+        &base.with_extension("key"),
+        &format!("{}\n", hex(&kp.private)),
+        true,
+    )?;
+    write_file(
+        &base.with_extension("pub"),
+        &format!("{}\n", hex(&kp.public)),
+        false,
+    )?;
+    Ok(kp)
+}
+
+/// Read a Noise private key file (`NAME.key`) into its key pair.
+pub fn read_noise_keypair(path: &Path) -> io::Result<NoiseKeypair> {
+    Ok(NoiseKeypair::from_private(key32(path)?))
+}
+
+/// Read a Noise public key file (`NAME.pub`).
+pub fn read_public_key(path: &Path) -> io::Result<[u8; 32]> {
+    key32(path)
+}
+
+/// Read a list of public keys, one file per key or one key per line in one file.
+pub fn read_public_keys(path: &Path) -> io::Result<Vec<[u8; 32]>> {
+    fs::read_to_string(path)?
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            unhex(l)
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| bad(path, "a line is not 64 hex digits"))
+        })
+        .collect()
+}
+
+/// Create a token secret file with one `KEY_ID HEX_SECRET` line (32 random bytes).
+pub fn write_token(path: &Path, key_id: &str) -> io::Result<()> {
+    if key_id.is_empty() || key_id.contains(char::is_whitespace) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the key id must be one word",
+        ));
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(io::Error::other)?;
+    write_file(path, &format!("{key_id} {}\n", hex(&secret)), true)
+}
+
+/// Read `KEY_ID HEX_SECRET` lines.
+pub fn read_tokens(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    fs::read_to_string(path)?
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            match (it.next(), it.next().and_then(unhex), it.next()) {
+                (Some(id), Some(secret), None) if !secret.is_empty() => Ok((id.to_owned(), secret)),
+                _ => Err(bad(path, "expected `KEY_ID HEX_SECRET` lines")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip() {
+        let dir = std::env::temp_dir().join(format!("valkyrie-keys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let kp = write_noise_keypair(&dir.join("node")).unwrap();
+        assert_eq!(
+            read_noise_keypair(&dir.join("node.key")).unwrap().public,
+            kp.public
+        );
+        assert_eq!(read_public_key(&dir.join("node.pub")).unwrap(), kp.public);
+        assert!(
+            write_noise_keypair(&dir.join("node")).is_err(),
+            "never overwrites"
+        );
+        write_token(&dir.join("agent.token"), "agents").unwrap();
+        let t = read_tokens(&dir.join("agent.token")).unwrap();
+        assert_eq!(t[0].0, "agents");
+        assert_eq!(t[0].1.len(), 32);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private key readable by others");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

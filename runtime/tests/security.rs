@@ -1,0 +1,140 @@
+//! Security modes on a running node, over TCP and shared memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use valkyrie_protocol::security::noise_xk::{NoiseKeypair, NoiseXk};
+use valkyrie_protocol::security::token::{TokenClient, TokenServer};
+use valkyrie_protocol::{Config, ErrorCode, Frame, MessageType, SecurityMode};
+use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnRef, Ctx, Node, Service};
+
+/// Answers a JOB_REQUEST with its payload, and says who asked.
+struct Echo;
+impl Service for Echo {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
+            let mut v = frame.payload.to_vec();
+            v.extend_from_slice(b" from ");
+            v.extend_from_slice(who.as_bytes());
+            ctx.respond(conn, &frame.header, MessageType::JobAccept, Bytes::from(v))
+                .unwrap();
+        }
+    }
+}
+
+fn client_cfg(
+    mode: SecurityMode,
+    p: Arc<dyn valkyrie_protocol::security::HandshakeProvider>,
+) -> ClientConfig {
+    let base = ClientConfig::default();
+    let protocol = Config {
+        security: vec![mode],
+        handshakes: vec![p],
+        ..base.protocol.clone()
+    };
+    ClientConfig { protocol, ..base }
+}
+
+#[test]
+fn noise_xk_node_serves_tcp_and_shm_clients_and_refuses_strangers() {
+    let (sk, ck) = (NoiseKeypair::generate(), NoiseKeypair::generate());
+    let shm = format!("shm://sec-noise-{}", std::process::id());
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .listen(&shm)
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::NoiseXk],
+            handshakes: vec![Arc::new(
+                NoiseXk::server(sk.clone()).allow_clients([ck.public]),
+            )],
+            ..Config::new("control")
+        })
+        .shards(2)
+        .service(|_| Echo)
+        .start()
+        .unwrap();
+    let good = client_cfg(
+        SecurityMode::NoiseXk,
+        Arc::new(NoiseXk::client(ck.clone(), sk.public)),
+    );
+    for url in [node.url(), shm.clone()] {
+        let mut c = Client::connect_with(&url, good.clone()).unwrap();
+        for _ in 0..20 {
+            c.ping(b"sealed").unwrap();
+        }
+        let r = c
+            .request(
+                1,
+                MessageType::JobRequest,
+                Bytes::from_static(b"build 42"),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        let text = String::from_utf8(r.payload.to_vec()).unwrap();
+        assert!(text.starts_with("build 42 from noise:"), "{text}");
+        c.close().unwrap();
+    }
+    // A client that trusts another server key.
+    let other = NoiseKeypair::generate();
+    let bad = client_cfg(
+        SecurityMode::NoiseXk,
+        Arc::new(NoiseXk::client(ck, other.public)),
+    );
+    assert!(Client::connect_with(&node.url(), bad).is_err());
+    // A plaintext client.
+    match Client::connect(&node.url()) {
+        Err(ClientError::Peer { code, .. }) => {
+            assert_eq!(code, ErrorCode::UNSUPPORTED_SECURITY_MODE)
+        }
+        other => panic!("plaintext client was not refused: {other:?}"),
+    }
+    node.shutdown();
+    node.join();
+}
+
+#[test]
+fn token_node_accepts_the_right_secret_only() {
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Token],
+            handshakes: vec![Arc::new(TokenServer::new([(
+                "agents".to_owned(),
+                b"s3cret".to_vec(),
+            )]))],
+            ..Config::new("control")
+        })
+        .shards(1)
+        .service(|_| Echo)
+        .start()
+        .unwrap();
+    let good = client_cfg(
+        SecurityMode::Token,
+        Arc::new(TokenClient::new("agents", b"s3cret".to_vec())),
+    );
+    let mut c = Client::connect_with(&node.url(), good).unwrap();
+    let r = c
+        .request(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"hi"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(&r.payload[..], b"hi from token:agents");
+    let bad = client_cfg(
+        SecurityMode::Token,
+        Arc::new(TokenClient::new("agents", b"guess".to_vec())),
+    );
+    match Client::connect_with(&node.url(), bad) {
+        Err(ClientError::Peer { code, .. }) => assert_eq!(code, ErrorCode::AUTH_FAILED),
+        other => panic!("a wrong secret was not refused: {other:?}"),
+    }
+    node.shutdown();
+    node.join();
+}
