@@ -48,7 +48,9 @@
 //! ```
 #![allow(unsafe_code)] // io_uring: every unsafe block carries a SAFETY comment.
 
+pub mod audit;
 pub mod client;
+pub mod guard;
 pub mod keys;
 mod mesh;
 pub mod metrics;

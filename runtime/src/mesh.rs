@@ -32,6 +32,13 @@ pub(crate) enum MeshMsg {
         code: u16,
         reason: String,
     },
+    /// A security failure from an address whose failures the receiving shard counts.
+    Failure { ip: std::net::IpAddr },
+    /// Another shard banned an address until the given time.
+    Ban {
+        ip: std::net::IpAddr,
+        until: std::time::Instant,
+    },
     /// A message for the receiving shard's service.
     User {
         from: usize,

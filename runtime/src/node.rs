@@ -115,6 +115,11 @@ pub struct NodeConfig {
     /// Ring geometry of the shared-memory connections accepted on `shm://` endpoints
     /// (capacity per direction, max frame). Default: 1 MiB rings.
     pub shm: ShmConfig,
+    /// Intrusion detection on TCP connections (off by default): per-address failure counts,
+    /// throttling and bans (702).
+    pub guard: Option<crate::guard::GuardConfig>,
+    /// Where handshake results, authentication failures, refusals and bans are recorded.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Default for NodeConfig {
@@ -140,6 +145,8 @@ impl Default for NodeConfig {
             },
             shrink_when_drained: false,
             shm: ShmConfig::default(),
+            guard: None,
+            audit: None,
         }
     }
 }
@@ -203,6 +210,18 @@ impl NodeBuilder {
     /// Connections per shard before new ones are refused with ERROR 501.
     pub fn max_connections_per_shard(mut self, n: usize) -> Self {
         self.cfg.max_connections_per_shard = n;
+        self
+    }
+
+    /// Turn on intrusion detection with these limits.
+    pub fn guard(mut self, cfg: crate::guard::GuardConfig) -> Self {
+        self.cfg.guard = Some(cfg);
+        self
+    }
+
+    /// Record security decisions to `log`.
+    pub fn audit(mut self, log: Arc<crate::audit::AuditLog>) -> Self {
+        self.cfg.audit = Some(log);
         self
     }
 

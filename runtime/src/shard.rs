@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +71,8 @@ pub(crate) struct Conn {
     fd_closed: bool,
     /// A shared-memory connection: its stream and wait state (None for sockets).
     shm: Option<Box<ShmConn>>,
+    /// The peer's address (TCP, when intrusion detection is on).
+    ip: Option<IpAddr>,
 }
 
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
@@ -103,6 +106,9 @@ struct Listener {
     fd: OwnedFd,
     transport: u8,
     armed: bool,
+    /// Peer address of the single-shot accept used when intrusion detection is on (the
+    /// kernel writes it; it does not move while the accept is armed).
+    addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
 /// What a shard needs to start.
@@ -116,6 +122,25 @@ pub(crate) struct ShardInit {
     pub(crate) metrics: Arc<ShardMetrics>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) table_size: u32,
+}
+
+/// The IP address in a sockaddr written by accept.
+fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
+    match sa.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read((sa as *const libc::sockaddr_storage).cast()) };
+            Some(IpAddr::from(a.sin_addr.s_addr.to_ne_bytes()))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((sa as *const libc::sockaddr_storage).cast()) };
+            Some(IpAddr::from(a.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
 }
 
 /// Queue `slot` for processing once (its events, sends and timer) at the end of this round.
@@ -344,6 +369,8 @@ pub(crate) struct Shard {
     now: Instant,
     /// Shared-memory connections that stopped at their input budget with more waiting.
     shm_more: Vec<(u32, u32)>,
+    /// Intrusion detection (when configured).
+    guard: Option<crate::guard::Guard>,
 }
 
 const SEND_POOL: usize = 256;
@@ -393,6 +420,8 @@ impl Shard {
                     fd,
                     transport,
                     armed: false,
+                    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+                    addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
                 })
                 .collect(),
             conns: Slab::new(),
@@ -418,6 +447,7 @@ impl Shard {
             refused_frame: Bytes::from(refused),
             now,
             shm_more: Vec::new(),
+            guard: init.cfg.guard.map(crate::guard::Guard::new),
             cfg: init.cfg,
         })
     }
@@ -451,6 +481,19 @@ impl Shard {
                         .multi(true)
                         .build()
                         .user_data(ud(Op::ShmAccept, i as u32, 0))
+                } else if self.guard.is_some() && self.listeners[i].transport == 0 {
+                    // Intrusion detection needs each peer's address: one accept at a time,
+                    // with an address buffer, still into the direct-descriptor table.
+                    let l = &mut self.listeners[i];
+                    l.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    let (sa, len) = (
+                        &mut l.addr.0 as *mut libc::sockaddr_storage,
+                        &mut l.addr.1 as *mut libc::socklen_t,
+                    );
+                    opcode::Accept::new(types::Fd(fd), sa.cast(), len)
+                        .file_index(Some(types::DestinationSlot::auto_target()))
+                        .build()
+                        .user_data(ud(Op::Accept, i as u32, 0))
                 } else {
                     opcode::AcceptMulti::new(types::Fd(fd))
                         .allocate_file_index(true)
@@ -591,6 +634,8 @@ impl Shard {
                 }
             } else {
                 self.sleep();
+                // Whatever woke us happened now, not when the loop turn began.
+                self.now = Instant::now();
             }
             if self.reap() > 0 || work {
                 last_work = Instant::now();
@@ -722,7 +767,35 @@ impl Shard {
         let fixed = res as u32;
         let transport = self.listeners.get(li).map_or(0, |l| l.transport);
         self.table_used += 1;
-        self.add_conn(fixed, transport, None);
+        let ip = match (&self.guard, self.listeners.get(li)) {
+            (Some(_), Some(l)) if transport == 0 => peer_ip(&l.addr.0),
+            _ => None,
+        };
+        if ip.is_some() {
+            // A ban another shard decided is in our mesh ring before its ERROR left that
+            // shard: apply it before judging this connection.
+            self.drain_mesh();
+        }
+        let refuse = match (ip, self.guard.as_mut()) {
+            (Some(ip), Some(g)) => match g.check(ip, self.now) {
+                crate::guard::Verdict::Allow => None,
+                crate::guard::Verdict::Throttled(d) => Some(format!(
+                    "too many failures from {ip}: throttled, retry in {} ms",
+                    d.as_millis()
+                )),
+                crate::guard::Verdict::Banned(d) => {
+                    Some(format!("{ip} is banned for {} s more", d.as_secs().max(1)))
+                }
+            },
+            _ => None,
+        };
+        if let (Some(reason), Some(ip)) = (&refuse, ip) {
+            self.audit(
+                serde_json::json!({"event": "refused", "peer": ip.to_string(),
+                "code": ErrorCode::BANNED.0, "reason": reason}),
+            );
+        }
+        self.add_conn(fixed, transport, None, ip, refuse);
         if self.table_used + 1 >= self.table_size {
             self.pause_accepts();
         }
@@ -733,10 +806,18 @@ impl Shard {
 
     /// Register an accepted connection: refused with ERROR 501 at the limit or while shutting
     /// down, otherwise armed for input.
-    fn add_conn(&mut self, fixed: u32, transport: u8, shm: Option<ShmStream>) {
+    fn add_conn(
+        &mut self,
+        fixed: u32,
+        transport: u8,
+        shm: Option<ShmStream>,
+        ip: Option<IpAddr>,
+        banned: Option<String>,
+    ) {
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
         let refused = self.conns.len() >= self.cfg.max_connections_per_shard
-            || self.shutdown_deadline.is_some();
+            || self.shutdown_deadline.is_some()
+            || banned.is_some();
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0xFF_FFFF;
         let proto = Connection::new(
@@ -771,11 +852,31 @@ impl Shard {
             fresh: false,
             fd_closed: false,
             shm,
+            ip,
         }) as u32;
         if refused {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
-            self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
-            let frame = self.refused_frame.clone();
+            let frame = match &banned {
+                Some(reason) => {
+                    self.metrics.error_sent(ErrorCode::BANNED.0, 1);
+                    let mut v = Vec::new();
+                    Frame::new(
+                        MessageType::Error,
+                        0,
+                        ErrorPayload {
+                            code: ErrorCode::BANNED.0,
+                            message: reason.clone(),
+                        }
+                        .to_bytes(),
+                    )
+                    .encode(&mut v);
+                    Bytes::from(v)
+                }
+                None => {
+                    self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
+                    self.refused_frame.clone()
+                }
+            };
             let c = &mut self.conns[slot as usize];
             if let Some(shm) = c.shm.as_mut() {
                 // The frame is in the ring before the close: the peer reads it, then the close.
@@ -830,7 +931,7 @@ impl Shard {
                 // SAFETY: s is a fresh descriptor returned by accept4.
                 let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(s) };
                 match ShmStream::serve(sock, &self.cfg.shm) {
-                    Ok(stream) => self.add_conn(u32::MAX, SHM, Some(stream)),
+                    Ok(stream) => self.add_conn(u32::MAX, SHM, Some(stream), None, None),
                     Err(e) => tracing::debug!(shard = self.id, error = %e, "shm rendezvous failed"),
                 }
             }
@@ -1093,6 +1194,60 @@ impl Shard {
         }
         if let Some(e) = arm {
             self.push(e);
+        }
+    }
+
+    /// Send a record to the audit log, with this shard's id.
+    fn audit(&self, mut v: serde_json::Value) {
+        if let Some(log) = &self.cfg.audit {
+            v["shard"] = serde_json::Value::from(self.id);
+            log.record(v);
+        }
+    }
+
+    /// Count a security failure against the connection's address; ban it when over the limit
+    /// and tell the other shards.
+    fn count_failure(&mut self, ip: IpAddr) {
+        if self.guard.is_none() {
+            return;
+        }
+        // Each address is counted by one shard (its home, by hash), so that failures spread
+        // over shards by the kernel still add up; the home shard broadcasts the ban.
+        let n = self.mesh_tx.len().max(1);
+        let home = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(ip) as usize % n
+        };
+        if home != self.id {
+            if let Some(Some(p)) = self.mesh_tx.get_mut(home) {
+                if p.push(MeshMsg::Failure { ip }).is_ok() {
+                    self.wakers[home].wake(false);
+                } else {
+                    ShardMetrics::add(&self.metrics.mesh_full, 1);
+                }
+            }
+            return;
+        }
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        let Some(until) = g.failure(ip, self.now) else {
+            return;
+        };
+        let secs = until.saturating_duration_since(self.now).as_secs();
+        tracing::warn!(shard = self.id, %ip, secs, "address banned");
+        self.audit(serde_json::json!({"event": "ban", "peer": ip.to_string(), "seconds": secs}));
+        for to in 0..self.mesh_tx.len() {
+            if to == self.id {
+                continue;
+            }
+            if let Some(Some(p)) = self.mesh_tx.get_mut(to) {
+                if p.push(MeshMsg::Ban { ip, until }).is_ok() {
+                    self.wakers[to].wake(false);
+                } else {
+                    ShardMetrics::add(&self.metrics.mesh_full, 1);
+                }
+            }
         }
     }
 
@@ -1391,10 +1546,16 @@ impl Shard {
             generation,
         };
         match &ev {
-            Event::Connected(_) => {
+            Event::Connected(peer) => {
                 let c = &mut self.conns[slot as usize];
                 c.connected = true;
                 c.fresh = true;
+                let ip = c.ip;
+                if self.cfg.audit.is_some() {
+                    self.audit(serde_json::json!({"event": "handshake_ok",
+                        "peer": ip.map(|i| i.to_string()), "node_id": peer.node_id,
+                        "mode": peer.security.as_str(), "identity": peer.identity}));
+                }
             }
             Event::Frame(f) => {
                 let t = f.header.msg_type.to_u8() as usize;
@@ -1421,6 +1582,27 @@ impl Shard {
                 }
                 let c = &self.conns[slot as usize];
                 ShardMetrics::add(&self.metrics.shed_frames, c.proto.shed_frames());
+                let (ip, connected) = (c.ip, c.connected);
+                let failure = match reason {
+                    CloseReason::ProtocolError { code, message } => match code.0 {
+                        100..=105 => Some(("malformed", *code, message.clone())),
+                        200..=204 | 700..=705 => Some(("auth_failure", *code, message.clone())),
+                        _ => None,
+                    },
+                    CloseReason::HandshakeTimeout if !connected => Some((
+                        "handshake_timeout",
+                        ErrorCode::HANDSHAKE_TIMEOUT,
+                        "handshake did not finish in time".to_owned(),
+                    )),
+                    _ => None,
+                };
+                if let Some((kind, code, message)) = failure {
+                    self.audit(serde_json::json!({"event": kind,
+                        "peer": ip.map(|i| i.to_string()), "code": code.0, "reason": message}));
+                    if let Some(ip) = ip {
+                        self.count_failure(ip);
+                    }
+                }
             }
             _ => {}
         }
@@ -1589,6 +1771,12 @@ impl Shard {
                 {
                     c.proto.close(code, &reason);
                     self.mark(to.slot);
+                }
+            }
+            MeshMsg::Failure { ip } => self.count_failure(ip),
+            MeshMsg::Ban { ip, until } => {
+                if let Some(g) = self.guard.as_mut() {
+                    g.ban(ip, until, self.now);
                 }
             }
             MeshMsg::User { from, msg } => {
