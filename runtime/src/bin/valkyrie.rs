@@ -41,6 +41,17 @@ enum Cmd {
         node_id: String,
         #[command(flatten)]
         security: SecurityArgs,
+        /// Append a JSON line for every handshake result, authentication failure, refusal and
+        /// ban to this file.
+        #[arg(long)]
+        audit: Option<std::path::PathBuf>,
+        /// Intrusion detection: ban an address after this many failures within a minute
+        /// (authentication failures, malformed frames, handshake timeouts). 0 turns it off.
+        #[arg(long, default_value_t = 10)]
+        ban_after: u32,
+        /// How long a ban lasts, in seconds.
+        #[arg(long, default_value_t = 300)]
+        ban_secs: u64,
     },
     /// Create key material: `noise NAME` (NAME.key, NAME.pub), `token FILE --key-id ID`.
     Keygen {
@@ -203,8 +214,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             heartbeat_ms,
             node_id,
             security,
+            audit,
+            ban_after,
+            ban_secs,
         } => {
-            let mut b = Node::builder()
+            let mut b = Node::builder();
+            if let Some(path) = &audit {
+                b = b.audit(valkyrie_runtime::audit::AuditLog::to_file(path)?);
+            }
+            if ban_after > 0 {
+                b = b.guard(valkyrie_runtime::guard::GuardConfig {
+                    ban_after,
+                    throttle_after: (ban_after / 2).max(1),
+                    ban_for: Duration::from_secs(ban_secs),
+                    ..Default::default()
+                });
+            }
+            let mut b = b
                 .busy_poll(busy_poll)
                 .protocol(security.apply(valkyrie_protocol::Config::new(node_id), true)?)
                 .heartbeat(Duration::from_millis(heartbeat_ms));
