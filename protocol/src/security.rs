@@ -7,8 +7,8 @@
 //! [`RecordProtector`]; from then on every frame's payload is sealed, and the 24-byte header
 //! (with the sealed length) is authenticated as associated data.
 //!
-//! The modes live in their own modules: [`noise_xk`] and [`token`] so far, with the shared
-//! [`record`] layer; mtls, post_quantum and zero_trust plug in the same way.
+//! The modes live in their own modules: [`noise_xk`], [`token`] and [`zero_trust`] so far, with
+//! the shared [`record`] layer; mtls and post_quantum plug in the same way.
 
 use std::fmt;
 use std::time::Instant;
@@ -23,6 +23,7 @@ use crate::message::SecurityMode;
 pub mod noise_xk;
 pub mod record;
 pub mod token;
+pub mod zero_trust;
 
 /// A handshake or record-layer failure, with the code sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -322,3 +322,109 @@ fn a_replayed_token_response_fails_203() {
         "{events:?}"
     );
 }
+
+#[test]
+fn zero_trust_delivers_what_the_policy_allows_and_answers_the_rest_701() {
+    use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
+    let (sk, ck, other) = (
+        NoiseKeypair::generate(),
+        NoiseKeypair::generate(),
+        NoiseKeypair::generate(),
+    );
+    let policy = Policy::parse(&format!(
+        "noise:{} JOB_*,STREAM_DATA\nnoise:{} HEALTH_CHECK\n",
+        hex(&ck.public),
+        hex(&other.public)
+    ))
+    .unwrap();
+    let server = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust {
+            noise: NoiseXk::server(sk.clone()),
+        })],
+        policy: Some(Arc::new(policy)),
+        ..Config::new("control")
+    };
+    let client = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust {
+            noise: NoiseXk::client(ck, sk.public),
+        })],
+        ..Config::new("agent")
+    };
+    let mut p = Pair::connected_with(client, server);
+    let allowed = p
+        .client
+        .request(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"ok"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    let denied = p
+        .client
+        .request(
+            3,
+            MessageType::FileTransferStart,
+            Bytes::from_static(b"no"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    p.run();
+    let frames = p.take_server_frames();
+    assert_eq!(frames.len(), 1, "only the allowed frame is delivered");
+    assert_eq!(frames[0].header.correlation_id, allowed);
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::Denied {
+            msg_type: MessageType::FileTransferStart,
+            stream_id: 3,
+            ..
+        }
+    )));
+    assert!(
+        p.client_events.iter().any(|e| matches!(e,
+            Event::PeerError { code: ErrorCode::UNAUTHORISED, correlation_id, .. } if *correlation_id == denied)),
+        "{:?}",
+        p.client_events
+    );
+    // A denial is not fatal: the connection carries on.
+    assert!(p.client.is_established() && p.server.is_established());
+}
+
+#[test]
+fn zero_trust_without_a_policy_allows_nothing() {
+    use valkyrie_protocol::security::zero_trust::ZeroTrust;
+    let (sk, ck) = (NoiseKeypair::generate(), NoiseKeypair::generate());
+    let server = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust {
+            noise: NoiseXk::server(sk.clone()),
+        })],
+        ..Config::new("control")
+    };
+    let client = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust {
+            noise: NoiseXk::client(ck, sk.public),
+        })],
+        ..Config::new("agent")
+    };
+    let mut p = Pair::connected_with(client, server);
+    p.client
+        .send(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"x"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    p.run();
+    assert!(p.take_server_frames().is_empty());
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::Denied { .. }))
+    );
+}

@@ -1557,6 +1557,17 @@ impl Shard {
                         "mode": peer.security.as_str(), "identity": peer.identity}));
                 }
             }
+            Event::Denied {
+                identity,
+                msg_type,
+                stream_id,
+            } => {
+                let ip = self.conns[slot as usize].ip;
+                self.audit(serde_json::json!({"event": "denied",
+                    "peer": ip.map(|i| i.to_string()), "identity": identity,
+                    "type": msg_type.name(), "stream": stream_id,
+                    "code": ErrorCode::UNAUTHORISED.0}));
+            }
             Event::Frame(f) => {
                 let t = f.header.msg_type.to_u8() as usize;
                 ShardMetrics::add(&self.metrics.frames_in[t], 1);

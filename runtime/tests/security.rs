@@ -138,3 +138,72 @@ fn token_node_accepts_the_right_secret_only() {
     node.shutdown();
     node.join();
 }
+
+#[test]
+fn zero_trust_node_denies_by_policy_with_701_and_audits_it() {
+    use valkyrie_protocol::security::noise_xk::hex;
+    use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
+    use valkyrie_runtime::audit::AuditLog;
+    let (sk, ck) = (NoiseKeypair::generate(), NoiseKeypair::generate());
+    let path = std::env::temp_dir().join(format!("valkyrie-zt-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let audit = AuditLog::to_file(&path).unwrap();
+    let policy = Policy::parse(&format!("noise:{} JOB_REQUEST", hex(&ck.public))).unwrap();
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::ZeroTrust],
+            handshakes: vec![Arc::new(ZeroTrust {
+                noise: NoiseXk::server(sk.clone()),
+            })],
+            policy: Some(Arc::new(policy)),
+            ..Config::new("control")
+        })
+        .audit(audit.clone())
+        .shards(1)
+        .service(|_| Echo)
+        .start()
+        .unwrap();
+    let cfg = client_cfg(
+        SecurityMode::ZeroTrust,
+        Arc::new(ZeroTrust {
+            noise: NoiseXk::client(ck, sk.public),
+        }),
+    );
+    let mut c = Client::connect_with(&node.url(), cfg).unwrap();
+    let r = c
+        .request(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"go"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(r.payload.starts_with(b"go from noise:"));
+    match c.request(
+        3,
+        MessageType::JobCancel,
+        Bytes::from_static(b"stop"),
+        Duration::from_secs(5),
+    ) {
+        Err(ClientError::Peer { code, .. }) => assert_eq!(code, ErrorCode::UNAUTHORISED),
+        other => panic!("JOB_CANCEL was not denied: {other:?}"),
+    }
+    // The connection stays usable after a denial.
+    c.ping(b"still here").unwrap();
+    c.close().unwrap();
+    node.shutdown();
+    node.join();
+    audit.close();
+    let log = std::fs::read_to_string(&path).unwrap();
+    let denied: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{log}");
+    assert_eq!(denied[0]["type"], "JOB_CANCEL");
+    assert_eq!(denied[0]["code"], 701);
+    std::fs::remove_file(&path).unwrap();
+}

@@ -44,6 +44,9 @@ pub struct Config {
     pub scheduler: SchedulerLimits,
     /// Most payload bytes of PING/PONG the connection tracks in flight (pings outstanding).
     pub max_pings_in_flight: usize,
+    /// Server side of `zero_trust`: who may send which message types. A zero_trust connection
+    /// without a policy allows nothing (deny by default).
+    pub policy: Option<Arc<crate::security::zero_trust::Policy>>,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             manual_flow_control: false,
             scheduler: SchedulerLimits::default(),
             max_pings_in_flight: 16,
+            policy: None,
         }
     }
 }

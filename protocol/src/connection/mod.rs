@@ -126,6 +126,16 @@ pub enum Event {
     Connected(PeerInfo),
     /// An application frame: jobs, stream data, observability, NEGOTIATE, UPGRADE...
     Frame(Frame),
+    /// A zero_trust connection refused an application frame its peer is not allowed to send
+    /// (answered with ERROR 701, not delivered).
+    Denied {
+        /// The peer's authenticated identity.
+        identity: Option<String>,
+        /// The refused type.
+        msg_type: MessageType,
+        /// Its stream.
+        stream_id: u32,
+    },
     /// An answer to [`Connection::ping`].
     Pong {
         /// The PING's correlation id.
@@ -1587,9 +1597,38 @@ impl Connection {
         }
     }
 
-    /// Hand an application frame over, acknowledging it first when the sender asked.
+    /// Hand an application frame over, acknowledging it first when the sender asked. On a
+    /// zero_trust server, the policy decides first.
     fn deliver(&mut self, frame: Frame) {
         let h = frame.header;
+        if self.side == Side::Server
+            && let Some(peer) = &self.peer
+            && peer.security == SecurityMode::ZeroTrust
+        {
+            let identity = peer.identity.clone();
+            let allowed = self
+                .config
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.allows(identity.as_deref(), h.msg_type));
+            if !allowed {
+                self.nonfatal(
+                    ErrorCode::UNAUTHORISED,
+                    format!(
+                        "{} may not send {}",
+                        identity.as_deref().unwrap_or("an unauthenticated peer"),
+                        h.msg_type
+                    ),
+                    &h,
+                );
+                self.events.push_back(Event::Denied {
+                    identity,
+                    msg_type: h.msg_type,
+                    stream_id: h.stream_id,
+                });
+                return;
+            }
+        }
         if h.flags.contains(Flags::ACK) {
             let ack = StreamAck {
                 max_data: None,

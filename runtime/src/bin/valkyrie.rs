@@ -102,7 +102,7 @@ enum KeygenCmd {
 /// Security flags shared by `node` and `ping` (see docs/SECURITY.md).
 #[derive(clap::Args)]
 struct SecurityArgs {
-    /// Security mode: plaintext, token or noise_xk.
+    /// Security mode: plaintext, token, noise_xk or zero_trust (noise_xk keys plus --policy).
     #[arg(long, default_value = "plaintext")]
     security: String,
     /// noise_xk: our private key file (NAME.key).
@@ -117,6 +117,9 @@ struct SecurityArgs {
     /// token: the secrets file (node: every key it accepts; client: its one key).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    /// zero_trust node: the authorisation policy (`IDENTITY TYPE[,TYPE...]` per line).
+    #[arg(long)]
+    policy: Option<std::path::PathBuf>,
 }
 
 impl SecurityArgs {
@@ -137,7 +140,7 @@ impl SecurityArgs {
         };
         match self.security.as_str() {
             "plaintext" => {}
-            "noise_xk" => {
+            "noise_xk" | "zero_trust" => {
                 let kp = keys::read_noise_keypair(&need(&self.noise_key, "--noise-key")?)?;
                 let p = if server {
                     let mut p = NoiseXk::server(kp);
@@ -151,8 +154,18 @@ impl SecurityArgs {
                         keys::read_public_key(&need(&self.server_key, "--server-key")?)?,
                     )
                 };
-                cfg.security = vec![SecurityMode::NoiseXk];
-                cfg.handshakes = vec![Arc::new(p)];
+                if self.security == "zero_trust" {
+                    use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
+                    if server {
+                        let text = std::fs::read_to_string(need(&self.policy, "--policy")?)?;
+                        cfg.policy = Some(Arc::new(Policy::parse(&text)?));
+                    }
+                    cfg.security = vec![SecurityMode::ZeroTrust];
+                    cfg.handshakes = vec![Arc::new(ZeroTrust { noise: p })];
+                } else {
+                    cfg.security = vec![SecurityMode::NoiseXk];
+                    cfg.handshakes = vec![Arc::new(p)];
+                }
             }
             "token" => {
                 let t = keys::read_tokens(&need(&self.token_file, "--token-file")?)?;
@@ -166,7 +179,7 @@ impl SecurityArgs {
             }
             other => {
                 return Err(format!(
-                    "--security {other}: this build has plaintext, token and noise_xk"
+                    "--security {other}: this build has plaintext, token, noise_xk and zero_trust"
                 )
                 .into());
             }
