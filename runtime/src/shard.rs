@@ -124,6 +124,19 @@ pub(crate) struct ShardInit {
     pub(crate) table_size: u32,
 }
 
+/// An io_uring FUTEX_WAIT on a shared-memory ring's word (process-shared, 32-bit), completing
+/// when the peer wakes it.
+fn futex_wait(word: valkyrie_shm::FutexWord, user_data: u64) -> squeue::Entry {
+    opcode::FutexWait::new(
+        word.as_ptr(),
+        u64::from(valkyrie_shm::FutexWord::EXPECTED),
+        u64::from(u32::MAX),
+        FUTEX2_SIZE_U32,
+    )
+    .build()
+    .user_data(user_data)
+}
+
 /// The IP address in a sockaddr written by accept.
 fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
     match sa.ss_family as libc::c_int {
@@ -1042,16 +1055,7 @@ impl Shard {
                 Ok(None) => continue,
                 Ok(Some(word)) => {
                     shm.rx_armed = true;
-                    arm = Some(
-                        opcode::FutexWait::new(
-                            word.as_ptr(),
-                            u64::from(valkyrie_shm::FutexWord::EXPECTED),
-                            u64::from(u32::MAX),
-                            FUTEX2_SIZE_U32,
-                        )
-                        .build()
-                        .user_data(ud(Op::ShmRx, slot, c.generation)),
-                    );
+                    arm = Some(futex_wait(word, ud(Op::ShmRx, slot, c.generation)));
                     break;
                 }
                 Err(e) => {
@@ -1146,20 +1150,7 @@ impl Shard {
                         Ok(None) => continue,
                         Ok(Some(word)) => {
                             shm.tx_armed = true;
-                            arm = Some(
-                                opcode::FutexWait::new(
-                                    word.as_ptr(),
-                                    u64::from(valkyrie_shm::FutexWord::EXPECTED),
-                                    u64::from(u32::MAX),
-                                    FUTEX2_SIZE_U32,
-                                )
-                                .build()
-                                .user_data(ud(
-                                    Op::ShmTx,
-                                    slot,
-                                    c.generation,
-                                )),
-                            );
+                            arm = Some(futex_wait(word, ud(Op::ShmTx, slot, c.generation)));
                             break;
                         }
                         Err(_) => {

@@ -138,6 +138,21 @@ impl Producer {
         Ok(())
     }
 
+    /// Bytes a `len`-byte frame needs at the current tail (its record, plus the padding to
+    /// the end of the ring when it does not fit before it), its record size, and the
+    /// contiguous bytes before the end.
+    fn need(&self, len: usize) -> (u64, u64, u64) {
+        let cap = self.ring.capacity;
+        let rec = record_size(len) as u64;
+        let contiguous = cap - (self.tail & (cap - 1));
+        let need = if rec <= contiguous {
+            rec
+        } else {
+            contiguous + rec
+        };
+        (need, rec, contiguous)
+    }
+
     /// Reserve room for a `len`-byte frame. Returns the data offset of the payload, or `None`
     /// when the ring is full. A padding record is written when the frame must wrap.
     pub(crate) fn try_claim(&mut self, len: usize) -> Result<Option<usize>> {
@@ -148,14 +163,8 @@ impl Producer {
             });
         }
         let cap = self.ring.capacity;
-        let rec = record_size(len) as u64;
+        let (need, rec, contiguous) = self.need(len);
         let off = self.tail & (cap - 1);
-        let contiguous = cap - off;
-        let need = if rec <= contiguous {
-            rec
-        } else {
-            contiguous + rec
-        };
         if self.tail.wrapping_sub(self.head_cache) + need > cap {
             self.refresh_head()?;
             if self.tail.wrapping_sub(self.head_cache) + need > cap {
@@ -228,15 +237,12 @@ impl Producer {
                 max: self.max_frame,
             });
         }
+        let (need, _, _) = self.need(len);
         let cap = self.ring.capacity;
-        let rec = record_size(len) as u64;
-        let off = self.tail & (cap - 1);
-        let contiguous = cap - off;
-        let need = if rec <= contiguous {
-            rec
-        } else {
-            contiguous + rec
-        };
+        // The cached head is enough when it already leaves room (no shared-line read).
+        if self.tail.wrapping_sub(self.head_cache) + need <= cap {
+            return Ok(true);
+        }
         self.refresh_head()?;
         Ok(self.tail.wrapping_sub(self.head_cache) + need <= cap)
     }

@@ -36,6 +36,15 @@ impl Default for WaitMode {
     }
 }
 
+/// What a blocking call waits for.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// A frame to read.
+    Data,
+    /// Room for a frame of this many bytes.
+    Space(usize),
+}
+
 /// Settings of a listener (ring geometry) and of each stream (waiting).
 #[derive(Debug, Clone, Copy)]
 pub struct ShmConfig {
@@ -340,66 +349,8 @@ impl ShmStream {
 
     /// Reserve `len` bytes in the send ring, waiting for room (see [`WaitMode`]).
     pub fn claim(&mut self, len: usize) -> Result<Claim<'_>> {
-        self.wait_space(len, None)?;
+        self.wait_for(Want::Space(len), None)?;
         self.try_claim(len)
-    }
-
-    /// Wait until a `len`-byte frame fits, at most until `deadline`.
-    fn wait_space(&mut self, len: usize, deadline: Option<Instant>) -> Result<()> {
-        self.usable()?;
-        // Fast path: room now (no clock read).
-        match self.tx.fits(len) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => return self.fail(e),
-        }
-        let mut published = false;
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            match self.tx.fits(len) {
-                Ok(true) => return Ok(()),
-                Ok(false) if !published => {
-                    // The consumer can only free space it has seen: publish the batch.
-                    self.tx.flush();
-                    published = true;
-                }
-                Ok(false) => {}
-                Err(e) => return self.fail(e),
-            }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) {
-                std::hint::spin_loop();
-                continue;
-            }
-            let now = Instant::now();
-            if self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
-                || now - self.last_check >= self.liveness
-            {
-                self.check_peer()?;
-            }
-            if let Some(d) = deadline
-                && now >= d
-            {
-                return Err(ShmError::WouldBlock);
-            }
-            let sleep = match self.wait {
-                WaitMode::BusyPoll => false,
-                WaitMode::Adaptive { spin } => now - start >= spin,
-            };
-            if !sleep {
-                continue;
-            }
-            match self.tx.arm_space_wait(len) {
-                Ok(Arm::Ready) => return Ok(()),
-                Ok(Arm::Wait) => {}
-                Err(e) => return self.fail(e),
-            }
-            let nap = self.nap(deadline);
-            futex::wait(self.tx.ring().space_waiter(), 1, nap);
-            self.tx.ring().space_waiter().store(0, Ordering::Relaxed);
-            self.check_peer()?;
-        }
     }
 
     fn nap(&self, deadline: Option<Instant>) -> Duration {
@@ -463,13 +414,13 @@ impl ShmStream {
 
     /// The next frame, waiting for it (see [`WaitMode`]).
     pub fn recv(&mut self) -> Result<Received<'_>> {
-        self.wait_data(None)?;
+        self.wait_for(Want::Data, None)?;
         self.try_recv()?.ok_or(ShmError::WouldBlock)
     }
 
     /// The next frame, waiting at most `timeout`: `WouldBlock` if none came.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Received<'_>> {
-        self.wait_data(Some(Instant::now() + timeout))?;
+        self.wait_for(Want::Data, Some(Instant::now() + timeout))?;
         self.try_recv()?.ok_or(ShmError::WouldBlock)
     }
 
@@ -507,22 +458,56 @@ impl ShmStream {
         Ok(n)
     }
 
-    /// Wait until a frame is readable, at most until `deadline`.
-    fn wait_data(&mut self, deadline: Option<Instant>) -> Result<()> {
+    /// Whether what `want` waits for is there.
+    fn ready(&mut self, want: Want) -> Result<bool> {
+        let r = match want {
+            Want::Data => self.rx.has_data(),
+            Want::Space(len) => self.tx.fits(len),
+        };
+        r.or_else(|e| self.fail(e))
+    }
+
+    /// Announce the sleep on `want`'s futex word.
+    fn arm(&mut self, want: Want) -> Result<Arm> {
+        let r = match want {
+            Want::Data => self.rx.arm_data_wait(),
+            Want::Space(len) => self.tx.arm_space_wait(len),
+        };
+        r.or_else(|e| self.fail(e))
+    }
+
+    fn word(&self, want: Want) -> &AtomicU32 {
+        match want {
+            Want::Data => self.rx.ring().data_waiter(),
+            Want::Space(_) => self.tx.ring().space_waiter(),
+        }
+    }
+
+    /// The peer check of a waiter: a reader still gets what a closed peer committed.
+    fn peer_check(&mut self, want: Want) -> Result<()> {
+        match want {
+            Want::Data => self.check_peer_or_data(),
+            Want::Space(_) => self.check_peer(),
+        }
+    }
+
+    /// Wait for `want` at most until `deadline`: poll the ring, then spin or sleep on its
+    /// futex word as [`WaitMode`] says, checking the peer every liveness interval.
+    fn wait_for(&mut self, want: Want, deadline: Option<Instant>) -> Result<()> {
         self.usable()?;
-        // Fast path: a frame is there (no clock read).
-        match self.rx.has_data() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => return self.fail(e),
+        // Fast path: no clock read.
+        if self.ready(want)? {
+            return Ok(());
+        }
+        if let Want::Space(_) = want {
+            // The consumer can only free space it has seen: publish the batch.
+            self.tx.flush();
         }
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            match self.rx.has_data() {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => return self.fail(e),
+            if self.ready(want)? {
+                return Ok(());
             }
             spins = spins.wrapping_add(1);
             if !spins.is_multiple_of(64) {
@@ -533,7 +518,7 @@ impl ShmStream {
             if self.seg.state(1 - self.side).load(Ordering::Relaxed) != STATE_OPEN
                 || now - self.last_check >= self.liveness
             {
-                self.check_peer_or_data()?;
+                self.peer_check(want)?;
             }
             if let Some(d) = deadline
                 && now >= d
@@ -547,15 +532,13 @@ impl ShmStream {
             if !sleep {
                 continue;
             }
-            match self.rx.arm_data_wait() {
-                Ok(Arm::Ready) => return Ok(()),
-                Ok(Arm::Wait) => {}
-                Err(e) => return self.fail(e),
+            if self.arm(want)? == Arm::Ready {
+                return Ok(());
             }
             let nap = self.nap(deadline);
-            futex::wait(self.rx.ring().data_waiter(), 1, nap);
-            self.rx.ring().data_waiter().store(0, Ordering::Relaxed);
-            self.check_peer_or_data()?;
+            futex::wait(self.word(want), 1, nap);
+            self.word(want).store(0, Ordering::Relaxed);
+            self.peer_check(want)?;
         }
     }
 
