@@ -507,6 +507,15 @@ fn secured(mode: &str) -> (valkyrie_protocol::Config, valkyrie_protocol::Config)
                 b"bench secret".to_vec(),
             ))];
         }
+        "post_quantum" => {
+            use valkyrie_protocol::security::post_quantum::{PostQuantum, PqIdentity};
+            let (si, ci) = (PqIdentity::generate(), PqIdentity::generate());
+            let sfp = si.fingerprint();
+            server.security = vec![SecurityMode::PostQuantum];
+            server.handshakes = vec![Arc::new(PostQuantum::server(si))];
+            client.security = vec![SecurityMode::PostQuantum];
+            client.handshakes = vec![Arc::new(PostQuantum::client(ci, sfp))];
+        }
         "noise_xk" => {
             let (sk, ck) = (NoiseKeypair::generate(), NoiseKeypair::generate());
             server.security = vec![SecurityMode::NoiseXk];
@@ -522,7 +531,7 @@ fn secured(mode: &str) -> (valkyrie_protocol::Config, valkyrie_protocol::Config)
 /// Connect + full handshake per security mode, one connection at a time, against a 2-shard
 /// node; then the round-trip cost of sealing: 64-byte PINGs over plaintext and noise_xk.
 fn handshake(report: &mut Report, rounds: usize, n: usize) {
-    const MODES: [&str; 3] = ["plaintext", "token", "noise_xk"];
+    const MODES: [&str; 4] = ["plaintext", "token", "noise_xk", "post_quantum"];
     println!(
         "\nhandshake: TCP connect + HELLO/HELLO_ACK + the mode's handshake over loopback (blocking client), {n} connections x {rounds} rounds per mode, modes alternating, medians"
     );
@@ -556,7 +565,7 @@ fn handshake(report: &mut Report, rounds: usize, n: usize) {
             let e = per.entry(mode).or_default();
             e[0].push(h.value_at_quantile(0.5) as f64 / 1000.0);
             e[1].push(h.value_at_quantile(0.99) as f64 / 1000.0);
-            if mode != "token" {
+            if mode == "plaintext" || mode == "noise_xk" {
                 // Sealed against plaintext round trips on one connection.
                 let mut c = valkyrie_runtime::Client::connect_with(&url, cfg).expect("connect");
                 let payload = [0xA5u8; 64];

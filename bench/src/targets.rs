@@ -62,6 +62,15 @@ const TARGETS: &[Target] = &[
         lower_is_better: true,
     },
     Target {
+        name: "handshake p99 (post_quantum)",
+        scenario: "handshake",
+        metric: "handshake_p99",
+        params: &[("security", "post_quantum")],
+        goal: 2_000.0,
+        unit: "us",
+        lower_is_better: true,
+    },
+    Target {
         name: "messages per second per node",
         scenario: "throughput",
         metric: "msgs_per_sec",

@@ -21,6 +21,7 @@ use crate::frame::{HEADER_LEN, MessageType};
 use crate::message::SecurityMode;
 
 pub mod noise_xk;
+pub mod post_quantum;
 pub mod record;
 pub mod token;
 pub mod zero_trust;

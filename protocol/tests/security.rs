@@ -428,3 +428,113 @@ fn zero_trust_without_a_policy_allows_nothing() {
             .any(|e| matches!(e, Event::Denied { .. }))
     );
 }
+
+fn pq_configs(
+    client: valkyrie_protocol::security::post_quantum::PostQuantum,
+    server: valkyrie_protocol::security::post_quantum::PostQuantum,
+) -> (Config, Config) {
+    (
+        Config {
+            security: vec![SecurityMode::PostQuantum],
+            handshakes: vec![Arc::new(client)],
+            ..Config::new("agent-pq")
+        },
+        Config {
+            security: vec![SecurityMode::PostQuantum],
+            handshakes: vec![Arc::new(server)],
+            ..Config::new("control")
+        },
+    )
+}
+
+#[test]
+fn post_quantum_agrees_keys_and_authenticates_both_identities() {
+    use valkyrie_protocol::security::post_quantum::{PostQuantum, PqIdentity};
+    let (si, ci) = (PqIdentity::generate(), PqIdentity::generate());
+    let (sfp, cfp) = (si.fingerprint(), ci.fingerprint());
+    let (c, s) = pq_configs(
+        PostQuantum::client(ci, sfp),
+        PostQuantum::server(si).allow_clients([cfp]),
+    );
+    let mut p = Pair::connected_with(c.clone(), s.clone());
+    assert_eq!(
+        p.server.peer().unwrap().identity.as_deref(),
+        Some(format!("pq:{}", hex(&cfp)).as_str())
+    );
+    assert_eq!(
+        p.client.peer().unwrap().identity.as_deref(),
+        Some(format!("pq:{}", hex(&sfp)).as_str())
+    );
+    let secret = Bytes::from_static(b"quantum-safe job parameters");
+    p.client
+        .send(
+            1,
+            MessageType::JobRequest,
+            secret.clone(),
+            SendOptions::default(),
+        )
+        .unwrap();
+    let wire = drain(&mut p.client);
+    assert!(!wire.windows(secret.len()).any(|w| w == &secret[..]));
+    let (events, _) = inject(&mut p.server, &wire, p.now);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Frame(f) if f.payload == secret))
+    );
+    // A flipped bit is 703 and nothing is delivered.
+    let mut p = Pair::connected_with(c, s);
+    p.client
+        .send(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"x"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    let mut wire = drain(&mut p.client);
+    let last = wire.len() - 1;
+    wire[last] ^= 0x01;
+    let (events, _) = inject(&mut p.server, &wire, p.now);
+    assert!(!events.iter().any(|e| matches!(e, Event::Frame(_))));
+    assert!(
+        closed_with(&events, ErrorCode::INTEGRITY_FAILURE),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn post_quantum_refuses_an_unpinned_server_and_an_unlisted_client() {
+    use valkyrie_protocol::security::post_quantum::{PostQuantum, PqIdentity};
+    let (si, ci, other) = (
+        PqIdentity::generate(),
+        PqIdentity::generate(),
+        PqIdentity::generate(),
+    );
+    // The client pins another server.
+    let (c, s) = pq_configs(
+        PostQuantum::client(ci.clone(), other.fingerprint()),
+        PostQuantum::server(si.clone()),
+    );
+    let mut p = Pair::new(c, s);
+    p.run();
+    assert!(!p.client.is_established());
+    assert!(
+        closed_with(&p.client_events, ErrorCode::AUTH_FAILED),
+        "{:?}",
+        p.client_events
+    );
+    // The server lists another client.
+    let (c, s) = pq_configs(
+        PostQuantum::client(ci, si.fingerprint()),
+        PostQuantum::server(si).allow_clients([other.fingerprint()]),
+    );
+    let mut p = Pair::new(c, s);
+    p.run();
+    assert!(!p.server.is_established() && !p.client.is_established());
+    assert!(
+        closed_with(&p.server_events, ErrorCode::AUTH_FAILED),
+        "{:?}",
+        p.server_events
+    );
+}

@@ -3,6 +3,9 @@
 //!
 //! - Noise static key: `NAME.key` holds the private key, `NAME.pub` the public key, each as 64
 //!   lower-case hex digits and a newline; the private file is created with mode 0600.
+//! - Post-quantum identity: `NAME.pqkey` holds two lines, the ML-DSA-65 public key then the
+//!   secret key, in hex (mode 0600); `NAME.pqpub` the public key; the identity is named by the
+//!   BLAKE3 fingerprint of the public key (64 hex digits), which is what peers pin.
 //! - Token secrets: one `KEY_ID HEX_SECRET` per line (`#` starts a comment); a client's file
 //!   holds one line.
 
@@ -88,6 +91,50 @@ pub fn read_public_keys(path: &Path) -> io::Result<Vec<[u8; 32]>> {
         .collect()
 }
 
+/// Create a post-quantum identity at `base.pqkey` and `base.pqpub`; returns its fingerprint.
+pub fn write_pq_identity(base: &Path) -> io::Result<[u8; 32]> {
+    use valkyrie_protocol::security::post_quantum::PqIdentity;
+    let id = PqIdentity::generate();
+    write_file(
+        &base.with_extension("pqkey"),
+        &format!("{}\n{}\n", hex(id.public_bytes()), hex(id.secret_bytes())),
+        true,
+    )?;
+    write_file(
+        &base.with_extension("pqpub"),
+        &format!("{}\n", hex(id.public_bytes())),
+        false,
+    )?;
+    Ok(id.fingerprint())
+}
+
+/// Read a post-quantum identity (`NAME.pqkey`).
+pub fn read_pq_identity(
+    path: &Path,
+) -> io::Result<valkyrie_protocol::security::post_quantum::PqIdentity> {
+    let text = fs::read_to_string(path)?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let (Some(public), Some(secret)) = (lines.next().and_then(unhex), lines.next().and_then(unhex))
+    else {
+        return Err(bad(
+            path,
+            "expected the public key and the secret key in hex",
+        ));
+    };
+    valkyrie_protocol::security::post_quantum::PqIdentity::from_bytes(&public, &secret)
+        .ok_or_else(|| bad(path, "not an ML-DSA-65 key pair"))
+}
+
+/// A 32-byte fingerprint given as 64 hex digits.
+pub fn parse_fingerprint(text: &str) -> io::Result<[u8; 32]> {
+    unhex(text).and_then(|v| v.try_into().ok()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a fingerprint is 64 hex digits",
+        )
+    })
+}
+
 /// Create a token secret file with one `KEY_ID HEX_SECRET` line (32 random bytes).
 pub fn write_token(path: &Path, key_id: &str) -> io::Result<()> {
     if key_id.is_empty() || key_id.contains(char::is_whitespace) {
@@ -135,6 +182,13 @@ mod tests {
         assert!(
             write_noise_keypair(&dir.join("node")).is_err(),
             "never overwrites"
+        );
+        let fp = write_pq_identity(&dir.join("node")).unwrap();
+        assert_eq!(
+            read_pq_identity(&dir.join("node.pqkey"))
+                .unwrap()
+                .fingerprint(),
+            fp
         );
         write_token(&dir.join("agent.token"), "agents").unwrap();
         let t = read_tokens(&dir.join("agent.token")).unwrap();

@@ -1,5 +1,5 @@
 //! The security handshakes, both sides, fed arbitrary handshake frames from a hostile peer.
-//! The first byte picks the mode (token or noise_xk) and the side; the rest is cut into frames
+//! The first byte picks the mode (token, noise_xk or post_quantum) and the side; the rest is cut into frames
 //! (type from the handshake range, payload from the input) after a valid HELLO / HELLO_ACK.
 //! Checks that nothing panics and that no frame is delivered before the peer proved itself.
 #![no_main]
@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use valkyrie_protocol::message::{Hello, HelloAck, Payload};
 use valkyrie_protocol::security::noise_xk::{NoiseKeypair, NoiseXk};
+use valkyrie_protocol::security::post_quantum::{PostQuantum, PqIdentity};
 use valkyrie_protocol::security::token::{TokenClient, TokenServer};
 use valkyrie_protocol::{Config, Connection, Event, Frame, MessageType, SecurityMode, Side};
 
 struct Keys {
     server: NoiseKeypair,
     client: NoiseKeypair,
+    pq_server: PqIdentity,
+    pq_client: PqIdentity,
 }
 
 fn keys() -> &'static Keys {
@@ -23,6 +26,8 @@ fn keys() -> &'static Keys {
     K.get_or_init(|| Keys {
         server: NoiseKeypair::from_private([7; 32]),
         client: NoiseKeypair::from_private([9; 32]),
+        pq_server: PqIdentity::generate(),
+        pq_client: PqIdentity::generate(),
     })
 }
 
@@ -34,6 +39,13 @@ fn config(mode: SecurityMode, side: Side) -> Arc<Config> {
             (SecurityMode::NoiseXk, Side::Client) => {
                 vec![Arc::new(NoiseXk::client(k.client.clone(), k.server.public))]
             }
+            (SecurityMode::PostQuantum, Side::Server) => {
+                vec![Arc::new(PostQuantum::server(k.pq_server.clone()))]
+            }
+            (SecurityMode::PostQuantum, Side::Client) => vec![Arc::new(PostQuantum::client(
+                k.pq_client.clone(),
+                k.pq_server.fingerprint(),
+            ))],
             (_, Side::Server) => vec![Arc::new(TokenServer::new([("k".to_owned(), b"s".to_vec())]))],
             (_, Side::Client) => vec![Arc::new(TokenClient::new("k", b"s".to_vec()))],
         };
@@ -64,8 +76,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, mut rest)) = data.split_first() else {
         return;
     };
-    let mode = if pick & 1 == 0 { SecurityMode::Token } else { SecurityMode::NoiseXk };
-    let side = if pick & 2 == 0 { Side::Server } else { Side::Client };
+    let mode = match pick & 3 {
+        0 => SecurityMode::Token,
+        1 => SecurityMode::NoiseXk,
+        _ => SecurityMode::PostQuantum,
+    };
+    let side = if pick & 4 == 0 { Side::Server } else { Side::Client };
     let now = Instant::now();
     let mut conn = Connection::new(side, config(mode.clone(), side), now, 1_750_000_000);
     let hello = match side {

@@ -53,7 +53,7 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         ban_secs: u64,
     },
-    /// Create key material: `noise NAME` (NAME.key, NAME.pub), `token FILE --key-id ID`.
+    /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`.
     Keygen {
         #[command(subcommand)]
         what: KeygenCmd,
@@ -89,6 +89,11 @@ enum KeygenCmd {
         /// Path without extension.
         name: std::path::PathBuf,
     },
+    /// A post-quantum (ML-DSA-65) identity: NAME.pqkey (private, 0600) and NAME.pqpub.
+    Pq {
+        /// Path without extension.
+        name: std::path::PathBuf,
+    },
     /// A token secret file with one `KEY_ID HEX_SECRET` line.
     Token {
         /// The file to create.
@@ -102,7 +107,8 @@ enum KeygenCmd {
 /// Security flags shared by `node` and `ping` (see docs/SECURITY.md).
 #[derive(clap::Args)]
 struct SecurityArgs {
-    /// Security mode: plaintext, token, noise_xk or zero_trust (noise_xk keys plus --policy).
+    /// Security mode: plaintext, token, noise_xk, zero_trust (noise_xk keys plus --policy) or
+    /// post_quantum.
     #[arg(long, default_value = "plaintext")]
     security: String,
     /// noise_xk: our private key file (NAME.key).
@@ -117,6 +123,15 @@ struct SecurityArgs {
     /// token: the secrets file (node: every key it accepts; client: its one key).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    /// post_quantum: our identity file (NAME.pqkey).
+    #[arg(long)]
+    pq_key: Option<std::path::PathBuf>,
+    /// post_quantum client: the server's fingerprint (64 hex digits, printed by keygen).
+    #[arg(long)]
+    server_fingerprint: Option<String>,
+    /// post_quantum node: accept only these client fingerprints (one per line).
+    #[arg(long)]
+    allow_fingerprints: Option<std::path::PathBuf>,
     /// zero_trust node: the authorisation policy (`IDENTITY TYPE[,TYPE...]` per line).
     #[arg(long)]
     policy: Option<std::path::PathBuf>,
@@ -167,6 +182,31 @@ impl SecurityArgs {
                     cfg.handshakes = vec![Arc::new(p)];
                 }
             }
+            "post_quantum" => {
+                use valkyrie_protocol::security::post_quantum::PostQuantum;
+                let id = keys::read_pq_identity(&need(&self.pq_key, "--pq-key")?)?;
+                let p = if server {
+                    let mut p = PostQuantum::server(id);
+                    if let Some(f) = &self.allow_fingerprints {
+                        let fps = std::fs::read_to_string(f)?
+                            .lines()
+                            .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+                            .filter(|l| !l.is_empty())
+                            .map(|l| keys::parse_fingerprint(&l))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        p = p.allow_clients(fps);
+                    }
+                    p
+                } else {
+                    let fp = self
+                        .server_fingerprint
+                        .as_deref()
+                        .ok_or("--security post_quantum needs --server-fingerprint")?;
+                    PostQuantum::client(id, keys::parse_fingerprint(fp)?)
+                };
+                cfg.security = vec![SecurityMode::PostQuantum];
+                cfg.handshakes = vec![Arc::new(p)];
+            }
             "token" => {
                 let t = keys::read_tokens(&need(&self.token_file, "--token-file")?)?;
                 cfg.security = vec![SecurityMode::Token];
@@ -179,7 +219,7 @@ impl SecurityArgs {
             }
             other => {
                 return Err(format!(
-                    "--security {other}: this build has plaintext, token, noise_xk and zero_trust"
+                    "--security {other}: this build has plaintext, token, noise_xk, zero_trust and post_quantum"
                 )
                 .into());
             }
@@ -272,6 +312,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         name.with_extension("key").display(),
                         name.with_extension("pub").display(),
                         valkyrie_protocol::security::noise_xk::hex(&kp.public)
+                    );
+                }
+                KeygenCmd::Pq { name } => {
+                    let fp = valkyrie_runtime::keys::write_pq_identity(&name)?;
+                    println!(
+                        "wrote {} and {} (fingerprint {})",
+                        name.with_extension("pqkey").display(),
+                        name.with_extension("pqpub").display(),
+                        valkyrie_protocol::security::noise_xk::hex(&fp)
                     );
                 }
                 KeygenCmd::Token { file, key_id } => {
