@@ -127,6 +127,7 @@ fn token_node_accepts_the_right_secret_only() {
         )
         .unwrap();
     assert_eq!(&r.payload[..], b"hi from token:agents");
+    c.close().unwrap();
     let bad = client_cfg(
         SecurityMode::Token,
         Arc::new(TokenClient::new("agents", b"guess".to_vec())),
