@@ -10,6 +10,7 @@ mod peers;
 mod plot;
 mod shm;
 mod targets;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,7 +32,8 @@ use peers::{Pinning, floor::Floor, pin, tokio_echo::TokioEcho};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (idle-memory, handshake, latency, throughput, shm, connections); repeatable. Default: all but connections.
+    /// Scenario to run (idle-memory, handshake, latency, throughput, transfer, shm, connections);
+    /// repeatable. Default: all but connections.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Rounds per scenario (at least 3).
@@ -911,6 +913,9 @@ fn main() {
             if cli.full { 5.0 } else { 1.5 },
             &cli.systems,
         );
+    }
+    if wants("transfer") {
+        transfer::scenario(&mut report, rounds, if cli.full { 100 } else { 20 });
     }
     if wants("shm") {
         shm::scenario(

@@ -116,6 +116,15 @@ const TARGETS: &[Target] = &[
         lower_is_better: true,
     },
     Target {
+        name: "1 MB file transfer (BLAKE3-verified)",
+        scenario: "transfer",
+        metric: "transfer_ms",
+        params: &[],
+        goal: 100.0,
+        unit: "ms",
+        lower_is_better: true,
+    },
+    Target {
         name: "shm round trip p99 (busy-poll)",
         scenario: "shm",
         metric: "rtt_p99",
