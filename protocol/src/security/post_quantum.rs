@@ -4,10 +4,11 @@
 //! 1. Noise `NN` in its hybrid form (clatter's `noise_hybrid_nn`: X25519 + ML-KEM-768,
 //!    ChaChaPoly, BLAKE2s), two KEY_EXCHANGE messages; the prologue is `valkyrie-pq/1` and the
 //!    HELLO exchange, so a changed HELLO breaks it.
-//! 2. The client sends AUTH_RESPONSE `{pk, sig}`: its ML-DSA-65 public key and a signature over
-//!    `"valkyrie-pq/1 client" || h`, where `h` is the handshake hash; the server checks it (and
-//!    its allow-list of fingerprints) and answers AUTH_SUCCESS `{pk, sig}` over
-//!    `"valkyrie-pq/1 server" || h`; the client checks it against the server fingerprint it pins.
+//! 2. With its Noise answer the server sends AUTH_CHALLENGE `{pk, sig}`: its ML-DSA-65 public
+//!    key and a signature over `"valkyrie-pq/1 server" || h`, where `h` is the handshake hash;
+//!    the client checks it against the server fingerprint it pins and answers AUTH_RESPONSE
+//!    `{pk, sig}` over `"valkyrie-pq/1 client" || h`; the server checks that (and its allow-list
+//!    of fingerprints). Three flights in all.
 //!    Signing the transcript binds each long-term identity to this session's keys (as in SIGMA
 //!    and TLS 1.3's CertificateVerify); a man in the middle would have to forge ML-DSA.
 //! 3. Record keys: `BLAKE3.derive_key("valkyrie-pq/1 record <direction>", k || h)` from each of
@@ -320,7 +321,8 @@ impl SecurityHandshake for PqHandshake {
             return Err(failed("post_quantum: handshake message too long"));
         }
         match (self.side, msg_type, self.hs.is_some(), self.keys.is_some()) {
-            // Server: the client's `e, ekem` — answer, and the agreement is done.
+            // Server: the client's `e, ekem` — answer, agree, and prove who we are in the
+            // same flight.
             (Side::Server, MessageType::KeyExchange, true, false) => {
                 let hs = self.hs.as_mut().expect("checked");
                 let mut buf = vec![0u8; MAX_MESSAGE];
@@ -328,9 +330,13 @@ impl SecurityHandshake for PqHandshake {
                     .map_err(|e| failed(format!("post_quantum: rejected ({e:?})")))?;
                 self.write(out)?;
                 self.agree()?;
+                out.push(HandshakeMessage {
+                    msg_type: MessageType::AuthChallenge,
+                    payload: self.proof(),
+                });
                 Ok(HandshakeStatus::InProgress)
             }
-            // Client: the server's answer — agree, then prove who we are.
+            // Client: the server's answer — agree.
             (Side::Client, MessageType::KeyExchange, true, false) => {
                 let hs = self.hs.as_mut().expect("checked");
                 let mut buf = vec![0u8; MAX_MESSAGE];
@@ -340,13 +346,24 @@ impl SecurityHandshake for PqHandshake {
                     return Err(failed("post_quantum: handshake did not finish"));
                 }
                 self.agree()?;
+                Ok(HandshakeStatus::InProgress)
+            }
+            // Client: the server's identity proof — check it, then prove ours; done.
+            (Side::Client, MessageType::AuthChallenge, false, true) => {
+                let fp = self.verify(payload)?;
+                if Some(fp) != self.cfg.server_fingerprint {
+                    return Err(failed(format!(
+                        "post_quantum: server {} is not the one pinned",
+                        hex(&fp)
+                    )));
+                }
                 out.push(HandshakeMessage {
                     msg_type: MessageType::AuthResponse,
                     payload: self.proof(),
                 });
-                Ok(HandshakeStatus::InProgress)
+                Ok(self.complete(fp))
             }
-            // Server: the client's identity proof.
+            // Server: the client's identity proof; done.
             (Side::Server, MessageType::AuthResponse, false, true) => {
                 let fp = self.verify(payload)?;
                 if let Some(allowed) = &self.cfg.allowed_clients
@@ -354,21 +371,6 @@ impl SecurityHandshake for PqHandshake {
                 {
                     return Err(failed(format!(
                         "post_quantum: client {} is not allowed",
-                        hex(&fp)
-                    )));
-                }
-                out.push(HandshakeMessage {
-                    msg_type: MessageType::AuthSuccess,
-                    payload: self.proof(),
-                });
-                Ok(self.complete(fp))
-            }
-            // Client: the server's identity proof.
-            (Side::Client, MessageType::AuthSuccess, false, true) => {
-                let fp = self.verify(payload)?;
-                if Some(fp) != self.cfg.server_fingerprint {
-                    return Err(failed(format!(
-                        "post_quantum: server {} is not the one pinned",
                         hex(&fp)
                     )));
                 }
