@@ -111,16 +111,7 @@ impl Guard {
     /// ban's end when this failure starts one.
     pub(crate) fn failure(&mut self, ip: IpAddr, now: Instant) -> Option<Instant> {
         let cfg = self.cfg;
-        if !self.table.contains_key(&ip) && !self.make_room(now) {
-            return None;
-        }
-        let e = self.table.entry(ip).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            last_seen: now,
-            last_allowed: None,
-            banned_until: None,
-        });
+        let e = self.track(ip, now)?;
         e.last_seen = now;
         if e.banned_until.is_some_and(|u| now < u) {
             return None;
@@ -138,18 +129,26 @@ impl Guard {
         None
     }
 
-    /// Apply a ban decided by another shard.
-    pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant, now: Instant) {
+    /// The entry of `ip`, created (making room first) if it is new; `None` when the table is
+    /// full of active bans.
+    fn track(&mut self, ip: IpAddr, now: Instant) -> Option<&mut Entry> {
         if !self.table.contains_key(&ip) && !self.make_room(now) {
-            return;
+            return None;
         }
-        let e = self.table.entry(ip).or_insert(Entry {
+        Some(self.table.entry(ip).or_insert(Entry {
             failures: 0,
             window_start: now,
             last_seen: now,
             last_allowed: None,
             banned_until: None,
-        });
+        }))
+    }
+
+    /// Apply a ban decided by another shard.
+    pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant, now: Instant) {
+        let Some(e) = self.track(ip, now) else {
+            return;
+        };
         e.banned_until = Some(e.banned_until.map_or(until, |u| u.max(until)));
     }
 
