@@ -7,8 +7,9 @@
 //! [`RecordProtector`]; from then on every frame's payload is sealed, and the 24-byte header
 //! (with the sealed length) is authenticated as associated data.
 //!
-//! The modes live in their own modules: [`noise_xk`], [`token`] and [`zero_trust`] so far, with
-//! the shared [`record`] layer; mtls and post_quantum plug in the same way.
+//! The modes live in their own modules: [`token`], [`noise_xk`], [`post_quantum`], [`mtls`] and
+//! [`zero_trust`], with the shared [`record`] layer. [`mtls`] is the exception: TLS runs under
+//! the frames as the transport, and its handshake slot only takes over the identity TLS verified.
 
 use std::fmt;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use crate::error::ErrorCode;
 use crate::frame::{HEADER_LEN, MessageType};
 use crate::message::SecurityMode;
 
+pub mod mtls;
 pub mod noise_xk;
 pub mod post_quantum;
 pub mod record;
@@ -64,6 +66,9 @@ pub struct HandshakeContext {
     pub now: Instant,
     /// The wall clock at `now`, in Unix seconds (for expiry checks).
     pub unix_secs: u64,
+    /// The peer identity the transport under the connection already verified (the TLS
+    /// certificate of [`mtls`]), if any.
+    pub transport_identity: Option<String>,
 }
 
 /// A handshake message to send: a type from `0x10`–`0x15` and its payload, on stream 0.

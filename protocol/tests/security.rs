@@ -339,17 +339,13 @@ fn zero_trust_delivers_what_the_policy_allows_and_answers_the_rest_701() {
     .unwrap();
     let server = Config {
         security: vec![SecurityMode::ZeroTrust],
-        handshakes: vec![Arc::new(ZeroTrust {
-            noise: NoiseXk::server(sk.clone()),
-        })],
+        handshakes: vec![Arc::new(ZeroTrust::over(NoiseXk::server(sk.clone())))],
         policy: Some(Arc::new(policy)),
         ..Config::new("control")
     };
     let client = Config {
         security: vec![SecurityMode::ZeroTrust],
-        handshakes: vec![Arc::new(ZeroTrust {
-            noise: NoiseXk::client(ck, sk.public),
-        })],
+        handshakes: vec![Arc::new(ZeroTrust::over(NoiseXk::client(ck, sk.public)))],
         ..Config::new("agent")
     };
     let mut p = Pair::connected_with(client, server);
@@ -399,16 +395,12 @@ fn zero_trust_without_a_policy_allows_nothing() {
     let (sk, ck) = (NoiseKeypair::generate(), NoiseKeypair::generate());
     let server = Config {
         security: vec![SecurityMode::ZeroTrust],
-        handshakes: vec![Arc::new(ZeroTrust {
-            noise: NoiseXk::server(sk.clone()),
-        })],
+        handshakes: vec![Arc::new(ZeroTrust::over(NoiseXk::server(sk.clone())))],
         ..Config::new("control")
     };
     let client = Config {
         security: vec![SecurityMode::ZeroTrust],
-        handshakes: vec![Arc::new(ZeroTrust {
-            noise: NoiseXk::client(ck, sk.public),
-        })],
+        handshakes: vec![Arc::new(ZeroTrust::over(NoiseXk::client(ck, sk.public)))],
         ..Config::new("agent")
     };
     let mut p = Pair::connected_with(client, server);

@@ -155,9 +155,7 @@ fn zero_trust_node_denies_by_policy_with_701_and_audits_it() {
         .unwrap()
         .protocol(Config {
             security: vec![SecurityMode::ZeroTrust],
-            handshakes: vec![Arc::new(ZeroTrust {
-                noise: NoiseXk::server(sk.clone()),
-            })],
+            handshakes: vec![Arc::new(ZeroTrust::over(NoiseXk::server(sk.clone())))],
             policy: Some(Arc::new(policy)),
             ..Config::new("control")
         })
@@ -168,9 +166,7 @@ fn zero_trust_node_denies_by_policy_with_701_and_audits_it() {
         .unwrap();
     let cfg = client_cfg(
         SecurityMode::ZeroTrust,
-        Arc::new(ZeroTrust {
-            noise: NoiseXk::client(ck, sk.public),
-        }),
+        Arc::new(ZeroTrust::over(NoiseXk::client(ck, sk.public))),
     );
     let mut c = Client::connect_with(&node.url(), cfg).unwrap();
     let r = c

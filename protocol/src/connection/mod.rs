@@ -410,6 +410,8 @@ pub struct Connection {
     handshake: Option<Box<dyn SecurityHandshake>>,
     protector: Option<Box<dyn RecordProtector>>,
     hello_transcript: Option<Vec<u8>>,
+    /// The identity a secure transport (TLS) verified, handed to the handshake.
+    transport_identity: Option<Box<str>>,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
     final_frame: Option<Box<FinalFrame>>,
@@ -462,6 +464,7 @@ impl Connection {
             handshake: None,
             protector: None,
             hello_transcript: None,
+            transport_identity: None,
             handshake_deadline: Some(now + config.handshake_timeout),
             close_deadline: None,
             final_frame: None,
@@ -582,6 +585,13 @@ impl Connection {
     }
 
     // ----- input -----------------------------------------------------------------------
+
+    /// Record the peer identity a secure transport under this connection verified (the
+    /// certificate subject TLS checked, for `mtls`). Call it before feeding the first bytes
+    /// decrypted by that transport; the `mtls` handshake completes with this identity.
+    pub fn set_transport_identity(&mut self, identity: impl Into<String>) {
+        self.transport_identity = Some(identity.into().into_boxed_str());
+    }
 
     /// Feed bytes received from the transport. Nothing is decoded until
     /// [`Connection::poll_event`] is called.
@@ -1313,6 +1323,7 @@ impl Connection {
             hello_transcript,
             now: self.now,
             unix_secs: u64::from(self.unix_time()),
+            transport_identity: self.transport_identity.as_deref().map(str::to_owned),
         };
         let mut hs = provider.new_handshake(self.side);
         self.state = State::Handshaking;

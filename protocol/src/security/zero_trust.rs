@@ -1,5 +1,5 @@
-//! `zero_trust`: mutual authentication (the noise_xk handshake; mtls and post_quantum join as
-//! they land) plus authorisation of every application frame: which identity may send which
+//! `zero_trust`: mutual authentication (the noise_xk, mtls or post_quantum handshake, see
+//! [`ZeroTrust`]) plus authorisation of every application frame: which identity may send which
 //! message types. The policy denies by default; a denied frame is answered with ERROR 701 on its
 //! stream and correlation id, is not delivered, and surfaces as [`Event::Denied`] so the node can
 //! audit it.
@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use super::noise_xk::NoiseXk;
 use super::{HandshakeProvider, SecurityHandshake};
 use crate::connection::Side;
 use crate::frame::MessageType;
@@ -103,12 +102,31 @@ impl Policy {
     }
 }
 
-/// The `zero_trust` mode: a noise_xk handshake under the `zero_trust` name, plus the policy
-/// the connection enforces after it (set [`crate::Config::policy`]).
-#[derive(Debug, Clone)]
+/// The `zero_trust` mode: a mutually authenticating handshake (noise_xk, mtls or
+/// post_quantum) under the `zero_trust` name, plus the policy the connection enforces after it
+/// (set [`crate::Config::policy`]). Identities in the policy are those the inner mode
+/// produces: `noise:<hex>`, `x509:<name>` or `pq:<fingerprint>`.
+#[derive(Clone)]
 pub struct ZeroTrust {
     /// The authenticating handshake.
-    pub noise: NoiseXk,
+    pub inner: Arc<dyn HandshakeProvider>,
+}
+
+impl ZeroTrust {
+    /// Zero trust over `inner`'s authentication.
+    pub fn over(inner: impl HandshakeProvider + 'static) -> ZeroTrust {
+        ZeroTrust {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl std::fmt::Debug for ZeroTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroTrust")
+            .field("inner", &self.inner.mode())
+            .finish()
+    }
 }
 
 impl HandshakeProvider for ZeroTrust {
@@ -117,7 +135,7 @@ impl HandshakeProvider for ZeroTrust {
     }
 
     fn new_handshake(&self, side: Side) -> Box<dyn SecurityHandshake> {
-        self.noise.new_handshake(side)
+        self.inner.new_handshake(side)
     }
 }
 

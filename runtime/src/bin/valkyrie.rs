@@ -176,7 +176,7 @@ impl SecurityArgs {
                         cfg.policy = Some(Arc::new(Policy::parse(&text)?));
                     }
                     cfg.security = vec![SecurityMode::ZeroTrust];
-                    cfg.handshakes = vec![Arc::new(ZeroTrust { noise: p })];
+                    cfg.handshakes = vec![Arc::new(ZeroTrust::over(p))];
                 } else {
                     cfg.security = vec![SecurityMode::NoiseXk];
                     cfg.handshakes = vec![Arc::new(p)];
