@@ -17,8 +17,9 @@ use valkyrie_protocol::{
     SendError, SendOptions, Side,
 };
 
-use crate::transport::{self, ClientSocket};
+use crate::transport::{self, ClientSocket, TlsConnectError, TlsSocket};
 use crate::url::{Endpoint, EndpointError};
+use valkyrie_protocol::security::mtls::TlsSession;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -33,6 +34,11 @@ pub struct ClientConfig {
     pub max_pending_events: usize,
     /// Bytes read from the socket at a time.
     pub read_buffer: usize,
+    /// TLS 1.3 over TCP endpoints (`mtls`, or token inside TLS), e.g. from
+    /// `valkyrie_protocol::security::mtls::client_config`.
+    pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>>,
+    /// The name the server's certificate must carry (default: the endpoint's IP address).
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +49,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             max_pending_events: 65_536,
             read_buffer: 64 * 1024,
+            tls: None,
+            tls_server_name: None,
         }
     }
 }
@@ -73,6 +81,9 @@ pub enum ClientError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
+    /// The TLS handshake under the connection failed (certificate, alert).
+    #[error(transparent)]
+    Tls(#[from] valkyrie_protocol::security::SecurityError),
     /// Too many unread events: call [`Client::next_event`].
     #[error("{0} events are waiting to be read")]
     Backlog(usize),
@@ -106,7 +117,23 @@ impl Client {
     /// Connect with `cfg` and complete the handshake.
     pub fn connect_with(url: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let endpoint: Endpoint = url.parse()?;
-        let sock = transport::for_endpoint(&endpoint).connect(&endpoint)?;
+        let mut sock = transport::for_endpoint(&endpoint).connect(&endpoint)?;
+        if let (Some(tls), ClientSocket::Tcp(tcp)) = (&cfg.tls, &sock) {
+            let name = match &cfg.tls_server_name {
+                Some(n) => n.clone(),
+                None => tcp.peer_addr()?.ip().to_string(),
+            };
+            let session = TlsSession::client(tls.clone(), &name)?;
+            let tcp = tcp.try_clone()?;
+            sock = match TlsSocket::handshake(tcp, session, cfg.connect_timeout) {
+                Ok(t) => ClientSocket::Tls(Box::new(t)),
+                Err(TlsConnectError::Io(e)) => return Err(e.into()),
+                Err(TlsConnectError::Tls(e)) => return Err(e.into()),
+                Err(TlsConnectError::Refused { code, message }) => {
+                    return Err(ClientError::Peer { code, message });
+                }
+            };
+        }
         Self::over(sock, cfg)
     }
 
@@ -119,7 +146,12 @@ impl Client {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let conn = Connection::new(Side::Client, Arc::new(cfg.protocol.clone()), now, unix);
+        let mut conn = Connection::new(Side::Client, Arc::new(cfg.protocol.clone()), now, unix);
+        if let ClientSocket::Tls(t) = &sock
+            && let Some(id) = t.peer_identity()
+        {
+            conn.set_transport_identity(id);
+        }
         let mut c = Client {
             sock,
             conn,

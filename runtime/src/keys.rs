@@ -8,6 +8,9 @@
 //!   BLAKE3 fingerprint of the public key (64 hex digits), which is what peers pin.
 //! - Token secrets: one `KEY_ID HEX_SECRET` per line (`#` starts a comment); a client's file
 //!   holds one line.
+//! - mtls: PEM files. A development CA is `NAME.crt` and `NAME.key` (0600); a certificate it
+//!   issues is `NAME.crt` (the chain: leaf, then the CA) and `NAME.key` (PKCS#8, 0600). Any
+//!   CA's PEM files work the same way.
 
 use std::fs;
 use std::io::{self, Write};
@@ -164,6 +167,78 @@ pub fn read_tokens(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         .collect()
 }
 
+fn cert_paths(base: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (base.with_extension("crt"), base.with_extension("key"))
+}
+
+fn security_io(e: valkyrie_protocol::security::SecurityError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.message)
+}
+
+fn write_pem_pair(base: &Path, pair: (Vec<u8>, Vec<u8>)) -> io::Result<()> {
+    let (crt, key) = cert_paths(base);
+    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| bad(base, "PEM is not UTF-8"));
+    write_file(&key, &text(pair.1)?, true)?;
+    write_file(&crt, &text(pair.0)?, false)
+}
+
+/// Create a development CA at `base.crt` and `base.key` named `name`, valid for `days`.
+pub fn write_ca(base: &Path, name: &str, days: u32) -> io::Result<()> {
+    let pair = valkyrie_protocol::security::mtls::generate_ca(name, days).map_err(security_io)?;
+    write_pem_pair(base, pair)
+}
+
+/// Issue a certificate for `name` from the CA at `ca.crt`/`ca.key` into `base.crt` (chain)
+/// and `base.key`.
+pub fn write_cert(
+    base: &Path,
+    ca: &Path,
+    name: &str,
+    role: valkyrie_protocol::security::mtls::CertRole,
+    days: u32,
+) -> io::Result<()> {
+    let (ca_crt, ca_key) = cert_paths(ca);
+    let pair = valkyrie_protocol::security::mtls::issue(
+        &fs::read(ca_crt)?,
+        &fs::read(ca_key)?,
+        name,
+        role,
+        days,
+    )
+    .map_err(security_io)?;
+    write_pem_pair(base, pair)
+}
+
+/// A TLS server configuration from PEM files: our chain and key, and the CA that issues
+/// client certificates.
+pub fn tls_server(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> io::Result<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>> {
+    valkyrie_protocol::security::mtls::server_config(
+        &fs::read(cert)?,
+        &fs::read(key)?,
+        &fs::read(ca)?,
+    )
+    .map_err(security_io)
+}
+
+/// A TLS client configuration from PEM files: our chain and key, and the CA that issues
+/// server certificates.
+pub fn tls_client(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> io::Result<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>> {
+    valkyrie_protocol::security::mtls::client_config(
+        &fs::read(cert)?,
+        &fs::read(key)?,
+        &fs::read(ca)?,
+    )
+    .map_err(security_io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +275,34 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "private key readable by others");
+        use valkyrie_protocol::security::mtls::CertRole;
+        write_ca(&dir.join("ca"), "test-ca", 30).unwrap();
+        write_cert(
+            &dir.join("srv"),
+            &dir.join("ca"),
+            "node-a",
+            CertRole::Server,
+            30,
+        )
+        .unwrap();
+        write_cert(
+            &dir.join("cli"),
+            &dir.join("ca"),
+            "agent-1",
+            CertRole::Client,
+            30,
+        )
+        .unwrap();
+        assert!(
+            write_ca(&dir.join("ca"), "again", 30).is_err(),
+            "no overwrite"
+        );
+        let (crt, key) = cert_paths(&dir.join("srv"));
+        tls_server(&crt, &key, &dir.join("ca.crt")).unwrap();
+        let (crt, key) = cert_paths(&dir.join("cli"));
+        tls_client(&crt, &key, &dir.join("ca.crt")).unwrap();
+        let mode = fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "certificate key readable by others");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

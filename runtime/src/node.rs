@@ -120,6 +120,10 @@ pub struct NodeConfig {
     pub guard: Option<crate::guard::GuardConfig>,
     /// Where handshake results, authentication failures, refusals and bans are recorded.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// TLS 1.3 on every TCP listener (see `valkyrie_protocol::security::mtls`): required for
+    /// the `mtls` mode, optional under `token`. Unix and shared-memory endpoints stay local
+    /// and unencrypted.
+    pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
 }
 
 impl Default for NodeConfig {
@@ -147,6 +151,7 @@ impl Default for NodeConfig {
             shm: ShmConfig::default(),
             guard: None,
             audit: None,
+            tls: None,
         }
     }
 }
@@ -222,6 +227,16 @@ impl NodeBuilder {
     /// Record security decisions to `log`.
     pub fn audit(mut self, log: Arc<crate::audit::AuditLog>) -> Self {
         self.cfg.audit = Some(log);
+        self
+    }
+
+    /// TLS 1.3 on every TCP listener (mtls; or token inside TLS), e.g. from
+    /// `valkyrie_protocol::security::mtls::server_config`.
+    pub fn tls(
+        mut self,
+        config: Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+    ) -> Self {
+        self.cfg.tls = Some(config);
         self
     }
 

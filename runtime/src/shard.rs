@@ -22,6 +22,7 @@ use valkyrie_protocol::{
 };
 
 use valkyrie_protocol::Transmit;
+use valkyrie_protocol::security::mtls::TlsSession;
 use valkyrie_shm::{ShmError, ShmStream};
 
 use crate::mesh::{MeshMsg, Waker};
@@ -73,6 +74,8 @@ pub(crate) struct Conn {
     shm: Option<Box<ShmConn>>,
     /// The peer's address (TCP, when intrusion detection is on).
     ip: Option<IpAddr>,
+    /// TLS under the frames (TCP listeners of a node configured with `tls`).
+    tls: Option<Box<TlsSession>>,
 }
 
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
@@ -379,6 +382,8 @@ pub(crate) struct Shard {
     cqe_buf: Vec<cqueue::Entry>,
     unix_base: (Instant, u64),
     refused_frame: Bytes,
+    /// Reused buffer for plaintext decrypted by TLS sessions.
+    tls_plain: Vec<u8>,
     now: Instant,
     /// Shared-memory connections that stopped at their input budget with more waiting.
     shm_more: Vec<(u32, u32)>,
@@ -458,6 +463,7 @@ impl Shard {
             cqe_buf: Vec::with_capacity(256),
             unix_base: (now, unix),
             refused_frame: Bytes::from(refused),
+            tls_plain: Vec::new(),
             now,
             shm_more: Vec::new(),
             guard: init.cfg.guard.map(crate::guard::Guard::new),
@@ -848,6 +854,16 @@ impl Shard {
                 hup_armed: false,
             })
         });
+        let tls = match &self.cfg.tls {
+            Some(cfg) if transport == 0 && !refused => match TlsSession::server(cfg.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, error = %e, "tls session not created");
+                    None
+                }
+            },
+            _ => None,
+        };
         let slot = self.conns.insert(Conn {
             fixed,
             generation,
@@ -866,6 +882,7 @@ impl Shard {
             fd_closed: false,
             shm,
             ip,
+            tls,
         }) as u32;
         if refused {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
@@ -1260,13 +1277,39 @@ impl Shard {
         let live = matches!(self.conns.get(slot as usize), Some(c) if c.generation == generation && !c.closing);
         if res > 0 {
             if let Some(bid) = bid {
+                let mut tls_failure = None;
                 if live {
                     let data = self.bufs.data(bid, res as usize);
                     ShardMetrics::add(&self.metrics.bytes_in, res as u64);
                     let c = &mut self.conns[slot as usize];
-                    c.proto.handle_input(data, self.now);
+                    match c.tls.as_mut() {
+                        None => c.proto.handle_input(data, self.now),
+                        Some(tls) => {
+                            if let Err(e) =
+                                tls.feed(data, &mut c.proto, self.now, &mut self.tls_plain)
+                            {
+                                c.proto.handle_eof(self.now);
+                                tls_failure = Some((e, c.ip));
+                            }
+                        }
+                    }
                 }
                 self.bufs.recycle(bid);
+                if let Some((e, ip)) = tls_failure {
+                    // The session is dead: its alert goes out with the next flush, then the
+                    // connection closes.
+                    let kind = if e.code.0 == 201 {
+                        "auth_failure"
+                    } else {
+                        "malformed"
+                    };
+                    self.audit(serde_json::json!({"event": kind, "mode": "tls",
+                        "peer": ip.map(|i| i.to_string()), "code": e.code.0,
+                        "reason": e.message}));
+                    if let Some(ip) = ip {
+                        self.count_failure(ip);
+                    }
+                }
             }
             if live {
                 self.mark(slot);
@@ -1662,6 +1705,25 @@ impl Shard {
             if buf.len() >= batch {
                 break;
             }
+        }
+        if let Some(tls) = c.tls.as_mut() {
+            // Frames leave as TLS records; handshake messages and alerts leave even when no
+            // frame is queued.
+            let mut sealed = self
+                .send_pool
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(SEND_BUF));
+            if buf.is_empty() || tls.has_failed() {
+                tls.transmit(&mut sealed);
+            } else if let Err(e) = tls.seal(&buf, &mut sealed) {
+                tracing::debug!(shard = self.id, error = %e, "tls seal failed");
+                c.proto.handle_eof(self.now);
+            }
+            buf.clear();
+            if self.send_pool.len() < SEND_POOL {
+                self.send_pool.push(buf);
+            }
+            buf = sealed;
         }
         if buf.is_empty() {
             if self.send_pool.len() < SEND_POOL {

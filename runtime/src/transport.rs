@@ -13,6 +13,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use valkyrie_protocol::ErrorCode;
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::security::SecurityError;
+use valkyrie_protocol::security::mtls::TlsSession;
 use valkyrie_shm::{ShmError, ShmListener, ShmStream};
 
 use crate::url::Endpoint;
@@ -39,6 +43,8 @@ pub enum ClientSocket {
     Unix(UnixStream),
     /// Shared memory.
     Shm(Box<ShmSocket>),
+    /// TLS 1.3 over TCP (`mtls`, or token inside TLS).
+    Tls(Box<TlsSocket>),
 }
 
 impl ClientSocket {
@@ -47,10 +53,10 @@ impl ClientSocket {
         Ok(match self {
             ClientSocket::Tcp(s) => ClientSocket::Tcp(s.try_clone()?),
             ClientSocket::Unix(s) => ClientSocket::Unix(s.try_clone()?),
-            ClientSocket::Shm(_) => {
+            ClientSocket::Shm(_) | ClientSocket::Tls(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "a shared-memory connection has one reader and one writer: it is not cloned",
+                    "a shared-memory or TLS connection has one reader and one writer: it is not cloned",
                 ));
             }
         })
@@ -65,6 +71,7 @@ impl ClientSocket {
                 s.nonblocking = on;
                 Ok(())
             }
+            ClientSocket::Tls(s) => s.tcp.set_nonblocking(on),
         }
     }
 
@@ -77,6 +84,7 @@ impl ClientSocket {
                 s.read_timeout = t;
                 Ok(())
             }
+            ClientSocket::Tls(s) => s.tcp.set_read_timeout(t),
         }
     }
 }
@@ -87,6 +95,7 @@ impl io::Read for ClientSocket {
             ClientSocket::Tcp(s) => s.read(buf),
             ClientSocket::Unix(s) => s.read(buf),
             ClientSocket::Shm(s) => s.read(buf),
+            ClientSocket::Tls(s) => s.read(buf),
         }
     }
 }
@@ -97,12 +106,14 @@ impl io::Write for ClientSocket {
             ClientSocket::Tcp(s) => s.write(buf),
             ClientSocket::Unix(s) => s.write(buf),
             ClientSocket::Shm(s) => s.write(buf),
+            ClientSocket::Tls(s) => s.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             ClientSocket::Tcp(s) => s.write_vectored(bufs),
             ClientSocket::Unix(s) => s.write_vectored(bufs),
+            ClientSocket::Tls(s) => s.write_vectored(bufs),
             ClientSocket::Shm(s) => {
                 let first = bufs
                     .iter()
@@ -468,6 +479,191 @@ impl io::Write for ShmSocket {
 
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush();
+        Ok(())
+    }
+}
+
+/// Why a TLS client handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConnectError {
+    /// Socket I/O failed or timed out.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// TLS refused the server (certificate, alert, corrupt record).
+    #[error(transparent)]
+    Tls(#[from] SecurityError),
+    /// The node answered with a plaintext ERROR frame instead of TLS: it refused the
+    /// connection before any handshake (banned 702, overloaded 501).
+    #[error("refused by the node: {code}: {message}")]
+    Refused {
+        /// The ERROR code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// A TLS 1.3 client connection over TCP as a byte stream: the sans-IO [`TlsSession`] driven
+/// over a blocking (or non-blocking) `TcpStream`. Decrypted bytes wait in a buffer bounded by
+/// one read's worth of records.
+pub struct TlsSocket {
+    tcp: TcpStream,
+    session: TlsSession,
+    plain: Vec<u8>,
+    plain_at: usize,
+    rbuf: Box<[u8]>,
+    wbuf: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSocket")
+            .field("tcp", &self.tcp)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plaintext ERROR frame at the start of `data` (a node refusing before TLS).
+fn plaintext_refusal(data: &[u8]) -> Option<(ErrorCode, String)> {
+    let mut d = valkyrie_protocol::codec::Decoder::new(64 * 1024);
+    d.feed(data);
+    let f = d.decode().ok()??;
+    if f.header.msg_type != valkyrie_protocol::MessageType::Error {
+        return None;
+    }
+    let e = ErrorPayload::from_bytes(&f.payload).ok()?;
+    Some((ErrorCode(e.code), e.message))
+}
+
+impl TlsSocket {
+    /// Run the TLS handshake of `session` over the connected `tcp`, within `timeout`.
+    pub fn handshake(
+        mut tcp: TcpStream,
+        mut session: TlsSession,
+        timeout: std::time::Duration,
+    ) -> Result<TlsSocket, TlsConnectError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut rbuf = vec![0u8; 32 * 1024].into_boxed_slice();
+        let mut wbuf = Vec::new();
+        let mut plain = Vec::new();
+        let mut first = true;
+        while session.is_handshaking() {
+            wbuf.clear();
+            session.transmit(&mut wbuf);
+            io::Write::write_all(&mut tcp, &wbuf)?;
+            if !session.is_handshaking() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from(io::ErrorKind::TimedOut).into());
+            }
+            tcp.set_read_timeout(Some(left))?;
+            let n = io::Read::read(&mut tcp, &mut rbuf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the node closed the connection during the TLS handshake",
+                )
+                .into());
+            }
+            if first && rbuf[..2.min(n)] == *b"RC" {
+                if let Some((code, message)) = plaintext_refusal(&rbuf[..n]) {
+                    return Err(TlsConnectError::Refused { code, message });
+                }
+            }
+            first = false;
+            if let Err(e) = session.receive(&rbuf[..n], &mut plain) {
+                wbuf.clear();
+                session.transmit(&mut wbuf);
+                let _ = io::Write::write_all(&mut tcp, &wbuf);
+                return Err(e.into());
+            }
+        }
+        // Anything the handshake flight still holds (the client Finished).
+        wbuf.clear();
+        session.transmit(&mut wbuf);
+        io::Write::write_all(&mut tcp, &wbuf)?;
+        wbuf.clear();
+        tcp.set_read_timeout(None)?;
+        Ok(TlsSocket {
+            tcp,
+            session,
+            plain,
+            plain_at: 0,
+            rbuf,
+            wbuf,
+        })
+    }
+
+    /// The server's identity from its verified certificate (`x509:<name>`).
+    pub fn peer_identity(&self) -> Option<String> {
+        self.session.peer_identity()
+    }
+
+    /// The session.
+    pub fn session(&self) -> &TlsSession {
+        &self.session
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut off = 0;
+        while off < self.wbuf.len() {
+            match io::Write::write(&mut self.tcp, &self.wbuf[off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+}
+
+impl io::Read for TlsSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.plain_at < self.plain.len() {
+                let n = buf.len().min(self.plain.len() - self.plain_at);
+                buf[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
+                self.plain_at += n;
+                if self.plain_at == self.plain.len() {
+                    self.plain.clear();
+                    self.plain_at = 0;
+                }
+                return Ok(n);
+            }
+            let n = io::Read::read(&mut self.tcp, &mut self.rbuf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let got = self
+                .session
+                .receive(&self.rbuf[..n], &mut self.plain)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            // Alerts, key updates: whatever the session wants to say goes out now.
+            self.session.transmit(&mut self.wbuf);
+            self.write_out()?;
+            if got?.peer_closed && self.plain.is_empty() {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+impl io::Write for TlsSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.session
+            .seal(buf, &mut self.wbuf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.write_out()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

@@ -53,7 +53,8 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         ban_secs: u64,
     },
-    /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`.
+    /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
+    /// `cert NAME --ca CA --name DNS --role server|client`.
     Keygen {
         #[command(subcommand)]
         what: KeygenCmd,
@@ -94,6 +95,36 @@ enum KeygenCmd {
         /// Path without extension.
         name: std::path::PathBuf,
     },
+    /// A development certificate authority for mtls: NAME.crt and NAME.key (0600).
+    Ca {
+        /// Path without extension.
+        name: std::path::PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "valkyrie-dev-ca")]
+        cn: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// A certificate issued by a CA made with `keygen ca`: NAME.crt (leaf then CA) and
+    /// NAME.key (0600).
+    Cert {
+        /// Path without extension.
+        name: std::path::PathBuf,
+        /// The CA's path without extension (CA.crt, CA.key).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The DNS name or IP address the certificate names (the peer identity is
+        /// `x509:<this>`).
+        #[arg(long)]
+        subject: String,
+        /// server (serverAuth) or client (clientAuth).
+        #[arg(long, default_value = "client")]
+        role: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
     /// A token secret file with one `KEY_ID HEX_SECRET` line.
     Token {
         /// The file to create.
@@ -105,12 +136,25 @@ enum KeygenCmd {
 }
 
 /// Security flags shared by `node` and `ping` (see docs/SECURITY.md).
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct SecurityArgs {
-    /// Security mode: plaintext, token, noise_xk, zero_trust (noise_xk keys plus --policy) or
-    /// post_quantum.
+    /// Security mode: plaintext, token, noise_xk, mtls, post_quantum or zero_trust (with
+    /// --policy, over mtls when --tls-cert is given, else post_quantum when --pq-key is given,
+    /// else noise_xk).
     #[arg(long, default_value = "plaintext")]
     security: String,
+    /// mtls (or token inside TLS): our certificate chain, PEM (NAME.crt from keygen cert).
+    #[arg(long)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// mtls: our private key, PEM (NAME.key).
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// mtls: the CA certificate the peer's certificate must chain to, PEM.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// mtls client: the name the server's certificate must carry (default: its IP address).
+    #[arg(long)]
+    tls_server_name: Option<String>,
     /// noise_xk: our private key file (NAME.key).
     #[arg(long)]
     noise_key: Option<std::path::PathBuf>,
@@ -155,6 +199,34 @@ impl SecurityArgs {
         };
         match self.security.as_str() {
             "plaintext" => {}
+            "mtls" => {
+                use valkyrie_protocol::security::mtls::Mtls;
+                self.tls_files()?;
+                cfg.security = vec![SecurityMode::Mtls];
+                cfg.handshakes = vec![Arc::new(Mtls)];
+            }
+            "zero_trust" if self.tls_cert.is_some() || self.pq_key.is_some() => {
+                use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
+                let inner = match self.tls_cert {
+                    Some(_) => Self {
+                        security: "mtls".into(),
+                        ..self.clone()
+                    },
+                    None => Self {
+                        security: "post_quantum".into(),
+                        ..self.clone()
+                    },
+                }
+                .apply(cfg.clone(), server)?;
+                if server {
+                    let text = std::fs::read_to_string(need(&self.policy, "--policy")?)?;
+                    cfg.policy = Some(Arc::new(Policy::parse(&text)?));
+                }
+                cfg.security = vec![SecurityMode::ZeroTrust];
+                cfg.handshakes = vec![Arc::new(ZeroTrust {
+                    inner: inner.handshakes[0].clone(),
+                })];
+            }
             "noise_xk" | "zero_trust" => {
                 let kp = keys::read_noise_keypair(&need(&self.noise_key, "--noise-key")?)?;
                 let p = if server {
@@ -219,12 +291,55 @@ impl SecurityArgs {
             }
             other => {
                 return Err(format!(
-                    "--security {other}: this build has plaintext, token, noise_xk, zero_trust and post_quantum"
+                    "--security {other}: this build has plaintext, token, noise_xk, mtls, post_quantum and zero_trust"
                 )
                 .into());
             }
         }
         Ok(cfg)
+    }
+
+    /// The three PEM files mtls needs.
+    fn tls_files(
+        &self,
+    ) -> Result<(&std::path::Path, &std::path::Path, &std::path::Path), Box<dyn std::error::Error>>
+    {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(c), Some(k), Some(a)) => Ok((c, k, a)),
+            _ => Err(format!(
+                "--security {} over TLS needs --tls-cert, --tls-key and --tls-ca",
+                self.security
+            )
+            .into()),
+        }
+    }
+
+    /// TLS for a node: required by mtls, optional (with --tls-cert) under token and zero_trust.
+    fn tls_server(
+        &self,
+    ) -> Result<
+        Option<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
+        Box<dyn std::error::Error>,
+    > {
+        if self.security != "mtls" && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let (c, k, a) = self.tls_files()?;
+        Ok(Some(valkyrie_runtime::keys::tls_server(c, k, a)?))
+    }
+
+    /// TLS for a client, in the same cases.
+    fn tls_client(
+        &self,
+    ) -> Result<
+        Option<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>>,
+        Box<dyn std::error::Error>,
+    > {
+        if self.security != "mtls" && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let (c, k, a) = self.tls_files()?;
+        Ok(Some(valkyrie_runtime::keys::tls_client(c, k, a)?))
     }
 }
 
@@ -283,6 +398,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     ..Default::default()
                 });
             }
+            if let Some(tls) = security.tls_server()? {
+                b = b.tls(tls);
+            }
             let mut b = b
                 .busy_poll(busy_poll)
                 .protocol(security.apply(valkyrie_protocol::Config::new(node_id), true)?)
@@ -321,6 +439,34 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         name.with_extension("pqkey").display(),
                         name.with_extension("pqpub").display(),
                         valkyrie_protocol::security::noise_xk::hex(&fp)
+                    );
+                }
+                KeygenCmd::Ca { name, cn, days } => {
+                    valkyrie_runtime::keys::write_ca(&name, &cn, days)?;
+                    println!(
+                        "wrote {} and {} (CA {cn:?}, {days} days)",
+                        name.with_extension("crt").display(),
+                        name.with_extension("key").display()
+                    );
+                }
+                KeygenCmd::Cert {
+                    name,
+                    ca,
+                    subject,
+                    role,
+                    days,
+                } => {
+                    use valkyrie_protocol::security::mtls::CertRole;
+                    let role = match role.as_str() {
+                        "server" => CertRole::Server,
+                        "client" => CertRole::Client,
+                        other => return Err(format!("--role {other}: server or client").into()),
+                    };
+                    valkyrie_runtime::keys::write_cert(&name, &ca, &subject, role, days)?;
+                    println!(
+                        "wrote {} and {} (identity x509:{subject}, {days} days)",
+                        name.with_extension("crt").display(),
+                        name.with_extension("key").display()
                     );
                 }
                 KeygenCmd::Token { file, key_id } => {
@@ -370,6 +516,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let cfg = ClientConfig {
                 busy_poll,
                 protocol: security.apply(base.protocol.clone(), false)?,
+                tls: security.tls_client()?,
+                tls_server_name: security.tls_server_name.clone(),
                 ..base
             };
             let mut client = Client::connect_with(&url, cfg)?;
