@@ -48,7 +48,7 @@ struct Cli {
     /// Write an SVG plot of the latency distributions here.
     #[arg(long)]
     plot: Option<String>,
-    /// Only these systems (valkyrie, valkyrie-poll, tokio, floor); repeatable. Default: all.
+    /// Only these systems (valkyrie, valkyrie-poll, tokio, grpc, floor); repeatable. Default: all.
     #[arg(long = "system")]
     systems: Vec<String>,
     /// How a Valkyrie shard busy-polls in the latency scenario's busy-poll mode: always, or
@@ -208,6 +208,7 @@ enum Server {
     Valkyrie(Node),
     Tokio(TokioEcho),
     Floor(Floor),
+    Grpc(peers::grpc::GrpcEcho),
 }
 
 impl Server {
@@ -219,6 +220,7 @@ impl Server {
             },
             Server::Tokio(t) => t.addr,
             Server::Floor(f) => f.addr,
+            Server::Grpc(g) => g.addr,
         }
     }
 }
@@ -250,8 +252,24 @@ fn start(system: &str, core: usize, shards: usize, busy: bool, spin: BusyPoll) -
             TokioEcho::start(core, if shards > 1 { shards } else { 1 }).expect("tokio"),
         ),
         "floor" => Server::Floor(Floor::start(core).expect("floor")),
+        "grpc" => Server::Grpc(peers::grpc::GrpcEcho::start(core, shards.max(1)).expect("grpc")),
         other => panic!("unknown system {other}"),
     }
+}
+
+/// `samples` unary gRPC calls of a 64-byte payload (after a tenth as warm-up), one at a time.
+fn grpc_round_trips(addr: SocketAddr, samples: usize) -> Histogram<u64> {
+    let mut c = peers::grpc::GrpcClient::connect(addr).expect("grpc connect");
+    let payload = [0xA5u8; 64];
+    for _ in 0..samples / 10 {
+        c.round_trip(&payload).expect("warm-up");
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("histogram");
+    for _ in 0..samples {
+        let d = c.round_trip(&payload).expect("grpc call");
+        h.saturating_record(d.as_nanos() as u64);
+    }
+    h
 }
 
 /// Shard threads pin themselves to core `id % cores` when pinning is on; with one shard and
@@ -272,7 +290,7 @@ fn latency(
         server: 0,
         client: 1,
     };
-    let systems: Vec<&str> = ["valkyrie", "valkyrie-poll", "tokio", "floor"]
+    let systems: Vec<&str> = ["valkyrie", "valkyrie-poll", "tokio", "grpc", "floor"]
         .into_iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
         .collect();
@@ -293,6 +311,11 @@ fn latency(
         let mut per: BTreeMap<&str, [Vec<f64>; 4]> = BTreeMap::new();
         for _ in 0..rounds {
             for &system in &systems {
+                if busy && system == "grpc" {
+                    // tonic has no busy-poll mode: it is measured blocking only.
+                    bar.inc(1);
+                    continue;
+                }
                 // Server threads inherit the affinity of their creator: create them from a
                 // thread pinned to the server core.
                 let server = std::thread::scope(|s| {
@@ -307,6 +330,9 @@ fn latency(
                 let hist = std::thread::scope(|s| {
                     s.spawn(|| {
                         pin(pinning.client);
+                        if system == "grpc" {
+                            return grpc_round_trips(addr, samples);
+                        }
                         let mut c = RawClient::connect(addr, system.starts_with("valkyrie"), busy)
                             .expect("connect");
                         for _ in 0..samples / 10 {
@@ -344,7 +370,9 @@ fn latency(
         }
         let tokio_p99 = per.get("tokio").map_or(f64::NAN, |v| median(v[1].clone()));
         for &system in &systems {
-            let v = &per[system];
+            let Some(v) = per.get(system) else {
+                continue;
+            };
             let (p50, p99, p999, max) = (
                 median(v[0].clone()),
                 median(v[1].clone()),
@@ -488,15 +516,42 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// A node and a client configuration for one security mode (fresh keys per call).
-fn secured(mode: &str) -> (valkyrie_protocol::Config, valkyrie_protocol::Config) {
+/// TLS configurations for a node and its client (mtls).
+type TlsPair = (
+    Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+    Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>,
+);
+
+/// A node and a client configuration for one security mode (fresh keys per call), and TLS
+/// for mtls.
+fn secured(
+    mode: &str,
+) -> (
+    valkyrie_protocol::Config,
+    valkyrie_protocol::Config,
+    Option<TlsPair>,
+) {
     use valkyrie_protocol::security::noise_xk::{NoiseKeypair, NoiseXk};
     use valkyrie_protocol::security::token::{TokenClient, TokenServer};
     let (mut server, mut client) = (
         valkyrie_protocol::Config::new("bench-node"),
         valkyrie_protocol::Config::new("bench-client"),
     );
+    let mut tls = None;
     match mode {
+        "mtls" => {
+            use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+            let pki = DevPki::generate(&["127.0.0.1"], &["bench-client"]).expect("dev pki");
+            let s = mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
+                .expect("tls server");
+            let c = mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem)
+                .expect("tls client");
+            tls = Some((s, c));
+            server.security = vec![SecurityMode::Mtls];
+            server.handshakes = vec![Arc::new(Mtls)];
+            client.security = vec![SecurityMode::Mtls];
+            client.handshakes = vec![Arc::new(Mtls)];
+        }
         "token" => {
             server.security = vec![SecurityMode::Token];
             server.handshakes = vec![Arc::new(TokenServer::new([(
@@ -527,13 +582,13 @@ fn secured(mode: &str) -> (valkyrie_protocol::Config, valkyrie_protocol::Config)
         }
         _ => {}
     }
-    (server, client)
+    (server, client, tls)
 }
 
 /// Connect + full handshake per security mode, one connection at a time, against a 2-shard
-/// node; then the round-trip cost of sealing: 64-byte PINGs over plaintext and noise_xk.
+/// node; then the round-trip cost of sealing: 64-byte PINGs over plaintext, noise_xk and mtls.
 fn handshake(report: &mut Report, rounds: usize, n: usize) {
-    const MODES: [&str; 4] = ["plaintext", "token", "noise_xk", "post_quantum"];
+    const MODES: [&str; 5] = ["plaintext", "token", "noise_xk", "mtls", "post_quantum"];
     println!(
         "\nhandshake: TCP connect + HELLO/HELLO_ACK + the mode's handshake over loopback (blocking client), {n} connections x {rounds} rounds per mode, modes alternating, medians"
     );
@@ -542,17 +597,20 @@ fn handshake(report: &mut Report, rounds: usize, n: usize) {
     let pings = n * 5;
     for _ in 0..rounds {
         for mode in MODES {
-            let (server, client) = secured(mode);
-            let node = Node::builder()
+            let (server, client, tls) = secured(mode);
+            let mut b = Node::builder()
                 .listen("tcp://127.0.0.1:0")
                 .expect("endpoint")
                 .protocol(server)
-                .shards(2)
-                .start()
-                .expect("node");
+                .shards(2);
+            if let Some((s, _)) = &tls {
+                b = b.tls(s.clone());
+            }
+            let node = b.start().expect("node");
             let url = node.url();
             let cfg = valkyrie_runtime::ClientConfig {
                 protocol: client,
+                tls: tls.map(|(_, c)| c),
                 ..valkyrie_runtime::ClientConfig::default()
             };
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
@@ -567,7 +625,7 @@ fn handshake(report: &mut Report, rounds: usize, n: usize) {
             let e = per.entry(mode).or_default();
             e[0].push(h.value_at_quantile(0.5) as f64 / 1000.0);
             e[1].push(h.value_at_quantile(0.99) as f64 / 1000.0);
-            if mode == "plaintext" || mode == "noise_xk" {
+            if matches!(mode, "plaintext" | "noise_xk" | "mtls") {
                 // Sealed against plaintext round trips on one connection.
                 let mut c = valkyrie_runtime::Client::connect_with(&url, cfg).expect("connect");
                 let payload = [0xA5u8; 64];
@@ -612,7 +670,7 @@ fn handshake(report: &mut Report, rounds: usize, n: usize) {
         );
         report.add("handshake", "valkyrie", "handshake_p99", "us", p99, params);
     }
-    for mode in ["plaintext", "noise_xk"] {
+    for mode in ["plaintext", "noise_xk", "mtls"] {
         let v = &per[mode];
         let (p50, p99) = (median(v[2].clone()), median(v[3].clone()));
         println!(

@@ -62,6 +62,15 @@ const TARGETS: &[Target] = &[
         lower_is_better: true,
     },
     Target {
+        name: "handshake p99 (mtls)",
+        scenario: "handshake",
+        metric: "handshake_p99",
+        params: &[("security", "mtls")],
+        goal: 1_000.0,
+        unit: "us",
+        lower_is_better: true,
+    },
+    Target {
         name: "handshake p99 (post_quantum)",
         scenario: "handshake",
         metric: "handshake_p99",

@@ -1,6 +1,7 @@
 //! The record layer of the encrypting modes: seal and open of 64-byte and 16 KiB payloads on
 //! one core (ChaCha20-Poly1305 via ring, header as associated data), and the same through two
-//! connected `Connection`s in noise_xk (framing, scheduling and sealing together).
+//! connected `Connection`s in noise_xk (framing, scheduling and sealing together); and mtls's
+//! TLS session (seal, seal + open of 16 KiB).
 //!
 //! `cargo bench -p valkyrie-protocol --bench record`.
 #![allow(missing_docs)]
@@ -106,5 +107,71 @@ fn sealed_connection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, seal_open, sealed_connection);
+/// mtls: 16 KiB of frames through a client TLS session into a server TLS session
+/// (AES-256-GCM via aws-lc-rs, the suite rustls picks first), both on this core.
+fn tls_session(c: &mut Criterion) {
+    use valkyrie_protocol::security::mtls::{self, DevPki, TlsSession};
+    let pki = DevPki::generate(&["node"], &["agent"]).unwrap();
+    let s = mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
+        .unwrap();
+    let cc = mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem)
+        .unwrap();
+    let mut client = TlsSession::client(cc, "node").unwrap();
+    let mut server = TlsSession::server(s).unwrap();
+    let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        client.transmit(&mut a);
+        server.receive(&std::mem::take(&mut a), &mut plain).unwrap();
+        server.transmit(&mut b);
+        client.receive(&std::mem::take(&mut b), &mut plain).unwrap();
+    }
+    assert!(!client.is_handshaking() && !server.is_handshaking());
+    let chunk = vec![0xA5u8; 16 * 1024];
+    let mut g = c.benchmark_group("tls");
+    g.throughput(Throughput::Bytes(chunk.len() as u64));
+    g.bench_function("seal_16k", |bch| {
+        bch.iter(|| {
+            a.clear();
+            client.seal(black_box(&chunk), &mut a).unwrap();
+            black_box(a.len())
+        })
+    });
+    // Keep the server in step with what the client sealed above (its sequence numbers).
+    g.bench_function("seal_open_16k", |bch| {
+        let mut client = TlsSession::client(client_cfg_again(&pki), "node").unwrap();
+        let mut server = TlsSession::server(
+            mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
+                .unwrap(),
+        )
+        .unwrap();
+        let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..10 {
+            client.transmit(&mut a);
+            server.receive(&std::mem::take(&mut a), &mut plain).unwrap();
+            server.transmit(&mut b);
+            client.receive(&std::mem::take(&mut b), &mut plain).unwrap();
+        }
+        bch.iter(|| {
+            a.clear();
+            plain.clear();
+            client.seal(&chunk, &mut a).unwrap();
+            server.receive(&a, &mut plain).unwrap();
+            black_box(plain.len())
+        })
+    });
+    g.finish();
+}
+
+fn client_cfg_again(
+    pki: &valkyrie_protocol::security::mtls::DevPki,
+) -> Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig> {
+    valkyrie_protocol::security::mtls::client_config(
+        &pki.client_chain_pem(0),
+        &pki.client_key_pem(0),
+        &pki.ca_pem,
+    )
+    .unwrap()
+}
+
+criterion_group!(benches, seal_open, sealed_connection, tls_session);
 criterion_main!(benches);

@@ -1,10 +1,12 @@
 //! The systems Valkyrie is measured against, built here so every figure comes from one run.
 //!
-//! Each peer speaks the same framing as Valkyrie (24-byte header, same payloads) and answers a
-//! PING frame with a PONG frame carrying the same payload and correlation id, so the client and
-//! the bytes on the wire are identical for every system.
+//! The tokio and floor peers speak the same framing as Valkyrie (24-byte header, same payloads)
+//! and answer a PING frame with a PONG frame carrying the same payload and correlation id, so
+//! the client and the bytes on the wire are identical for those systems. The gRPC peer answers
+//! the same payload as a unary call over HTTP/2 (what a gRPC deployment would send instead).
 
 pub mod floor;
+pub mod grpc;
 pub mod tokio_echo;
 
 use valkyrie_protocol::{Flags, HEADER_LEN, Header, MAX_FRAME_LIMIT, MessageType};
