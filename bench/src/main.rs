@@ -48,7 +48,8 @@ struct Cli {
     /// Write an SVG plot of the latency distributions here.
     #[arg(long)]
     plot: Option<String>,
-    /// Only these systems (valkyrie, valkyrie-poll, tokio, grpc, floor); repeatable. Default: all.
+    /// Only these systems (valkyrie, valkyrie-poll, tokio, glommio, grpc, floor); repeatable.
+    /// Default: all.
     #[arg(long = "system")]
     systems: Vec<String>,
     /// How a Valkyrie shard busy-polls in the latency scenario's busy-poll mode: always, or
@@ -209,6 +210,7 @@ enum Server {
     Tokio(TokioEcho),
     Floor(Floor),
     Grpc(peers::grpc::GrpcEcho),
+    Glommio(peers::glommio_echo::GlommioEcho),
 }
 
 impl Server {
@@ -221,6 +223,7 @@ impl Server {
             Server::Tokio(t) => t.addr,
             Server::Floor(f) => f.addr,
             Server::Grpc(g) => g.addr,
+            Server::Glommio(g) => g.addr,
         }
     }
 }
@@ -252,6 +255,9 @@ fn start(system: &str, core: usize, shards: usize, busy: bool, spin: BusyPoll) -
             TokioEcho::start(core, if shards > 1 { shards } else { 1 }).expect("tokio"),
         ),
         "floor" => Server::Floor(Floor::start(core).expect("floor")),
+        "glommio" => {
+            Server::Glommio(peers::glommio_echo::GlommioEcho::start(core).expect("glommio"))
+        }
         "grpc" => Server::Grpc(peers::grpc::GrpcEcho::start(core, shards.max(1)).expect("grpc")),
         other => panic!("unknown system {other}"),
     }
@@ -290,10 +296,17 @@ fn latency(
         server: 0,
         client: 1,
     };
-    let systems: Vec<&str> = ["valkyrie", "valkyrie-poll", "tokio", "grpc", "floor"]
-        .into_iter()
-        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
-        .collect();
+    let systems: Vec<&str> = [
+        "valkyrie",
+        "valkyrie-poll",
+        "tokio",
+        "glommio",
+        "grpc",
+        "floor",
+    ]
+    .into_iter()
+    .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+    .collect();
     let mut ping = Vec::new();
     Frame::new(MessageType::Ping, 0, vec![0xA5u8; 64])
         .with_correlation(1)
@@ -542,10 +555,18 @@ fn secured(
         "mtls" => {
             use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
             let pki = DevPki::generate(&["127.0.0.1"], &["bench-client"]).expect("dev pki");
-            let s = mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
-                .expect("tls server");
-            let c = mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem)
-                .expect("tls client");
+            let s = mtls::server_config(
+                &pki.server_chain_pem(0),
+                &pki.server_key_pem(0),
+                &pki.ca_pem,
+            )
+            .expect("tls server");
+            let c = mtls::client_config(
+                &pki.client_chain_pem(0),
+                &pki.client_key_pem(0),
+                &pki.ca_pem,
+            )
+            .expect("tls client");
             tls = Some((s, c));
             server.security = vec![SecurityMode::Mtls];
             server.handshakes = vec![Arc::new(Mtls)];

@@ -112,10 +112,18 @@ fn sealed_connection(c: &mut Criterion) {
 fn tls_session(c: &mut Criterion) {
     use valkyrie_protocol::security::mtls::{self, DevPki, TlsSession};
     let pki = DevPki::generate(&["node"], &["agent"]).unwrap();
-    let s = mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
-        .unwrap();
-    let cc = mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem)
-        .unwrap();
+    let s = mtls::server_config(
+        &pki.server_chain_pem(0),
+        &pki.server_key_pem(0),
+        &pki.ca_pem,
+    )
+    .unwrap();
+    let cc = mtls::client_config(
+        &pki.client_chain_pem(0),
+        &pki.client_key_pem(0),
+        &pki.ca_pem,
+    )
+    .unwrap();
     let mut client = TlsSession::client(cc, "node").unwrap();
     let mut server = TlsSession::server(s).unwrap();
     let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());
@@ -140,8 +148,12 @@ fn tls_session(c: &mut Criterion) {
     g.bench_function("seal_open_16k", |bch| {
         let mut client = TlsSession::client(client_cfg_again(&pki), "node").unwrap();
         let mut server = TlsSession::server(
-            mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
-                .unwrap(),
+            mtls::server_config(
+                &pki.server_chain_pem(0),
+                &pki.server_key_pem(0),
+                &pki.ca_pem,
+            )
+            .unwrap(),
         )
         .unwrap();
         let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());

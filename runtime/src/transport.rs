@@ -568,10 +568,11 @@ impl TlsSocket {
                 )
                 .into());
             }
-            if first && rbuf[..2.min(n)] == *b"RC" {
-                if let Some((code, message)) = plaintext_refusal(&rbuf[..n]) {
-                    return Err(TlsConnectError::Refused { code, message });
-                }
+            if first
+                && rbuf[..2.min(n)] == *b"RC"
+                && let Some((code, message)) = plaintext_refusal(&rbuf[..n])
+            {
+                return Err(TlsConnectError::Refused { code, message });
             }
             first = false;
             if let Err(e) = session.receive(&rbuf[..n], &mut plain) {

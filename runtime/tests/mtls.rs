@@ -259,3 +259,47 @@ fn repeated_bad_certificates_get_the_address_banned() {
     assert!(ev.iter().any(|e| e["event"] == "ban"), "{ev:?}");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn token_runs_inside_tls() {
+    use valkyrie_protocol::security::token::{TokenClient, TokenServer};
+    let pki = DevPki::generate(&["127.0.0.1"], &["agent-7"]).unwrap();
+    let (path, audit) = audit_file("token-tls");
+    let node = node(
+        &pki,
+        Config {
+            security: vec![SecurityMode::Token],
+            handshakes: vec![Arc::new(TokenServer::new([(
+                "agents".to_owned(),
+                b"s3cret".to_vec(),
+            )]))],
+            ..Config::new("control")
+        },
+        None,
+        audit.clone(),
+    );
+    let mut cfg = client_cfg(&pki, &pki, SecurityMode::Mtls);
+    cfg.protocol.security = vec![SecurityMode::Token];
+    cfg.protocol.handshakes = vec![Arc::new(TokenClient::new("agents", b"s3cret".to_vec()))];
+    let mut c = Client::connect_with(&node.url(), cfg.clone()).unwrap();
+    let r = c
+        .request(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"hi"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(&r.payload[..], b"hi from token:agents");
+    c.close().unwrap();
+    // The wrong secret is still refused, inside the tunnel.
+    cfg.protocol.handshakes = vec![Arc::new(TokenClient::new("agents", b"guess".to_vec()))];
+    match Client::connect_with(&node.url(), cfg) {
+        Err(ClientError::Peer { code, .. }) => assert_eq!(code, ErrorCode::AUTH_FAILED),
+        other => panic!("a wrong secret was not refused: {other:?}"),
+    }
+    node.shutdown();
+    node.join();
+    audit.close();
+    std::fs::remove_file(&path).unwrap();
+}

@@ -95,7 +95,8 @@ impl GrpcEcho {
             .expect("tokio runtime");
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
                 let _ = tonic::transport::Server::builder()
                     .add_service(Echo)
                     .serve_with_incoming_shutdown(incoming, async {

@@ -6,6 +6,7 @@
 //! the same payload as a unary call over HTTP/2 (what a gRPC deployment would send instead).
 
 pub mod floor;
+pub mod glommio_echo;
 pub mod grpc;
 pub mod tokio_echo;
 
@@ -21,6 +22,24 @@ pub(crate) fn pong_header(head: &mut [u8; HEADER_LEN]) -> Option<usize> {
     }
     *head = h.to_bytes();
     Some(h.length as usize)
+}
+
+/// Answer every whole frame at the start of `buf` (a PONG for each PING, other frames as
+/// they are) into `out`; returns how many bytes were consumed, or `None` when the bytes are
+/// not frames (the connection should close).
+pub(crate) fn answer_frames(buf: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let mut off = 0;
+    while buf.len() - off >= HEADER_LEN {
+        let mut head: [u8; HEADER_LEN] = buf[off..off + HEADER_LEN].try_into().expect("24 bytes");
+        let len = pong_header(&mut head)?;
+        if buf.len() - off < HEADER_LEN + len {
+            break;
+        }
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&buf[off + HEADER_LEN..off + HEADER_LEN + len]);
+        off += HEADER_LEN + len;
+    }
+    Some(off)
 }
 
 /// Which core a server runs on and a client runs on.

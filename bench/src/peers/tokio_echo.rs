@@ -6,7 +6,6 @@ use std::thread::JoinHandle;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use valkyrie_protocol::HEADER_LEN;
 
 /// A running tokio echo server.
 pub struct TokioEcho {
@@ -70,21 +69,10 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
         }
         have += n;
         // Answer every whole frame in what arrived, in one write.
-        let mut off = 0;
         out.clear();
-        while have - off >= HEADER_LEN {
-            let mut head: [u8; HEADER_LEN] =
-                buf[off..off + HEADER_LEN].try_into().expect("24 bytes");
-            let Some(len) = super::pong_header(&mut head) else {
-                return Ok(());
-            };
-            if have - off < HEADER_LEN + len {
-                break;
-            }
-            out.extend_from_slice(&head);
-            out.extend_from_slice(&buf[off + HEADER_LEN..off + HEADER_LEN + len]);
-            off += HEADER_LEN + len;
-        }
+        let Some(off) = super::answer_frames(&buf[..have], &mut out) else {
+            return Ok(());
+        };
         if !out.is_empty() {
             s.write_all(&out).await?;
         }

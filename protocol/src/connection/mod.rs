@@ -353,6 +353,15 @@ enum AfterFinal {
     Nothing,
 }
 
+/// What a connection keeps only until it is established.
+#[derive(Default)]
+struct Pending {
+    /// Our HELLO as sent (client side), the start of the hello transcript.
+    hello_transcript: Option<Vec<u8>>,
+    /// The identity a secure transport (TLS) verified, handed to the handshake.
+    transport_identity: Option<String>,
+}
+
 /// One side of one Valkyrie connection.
 ///
 /// ```
@@ -409,9 +418,8 @@ pub struct Connection {
     next_correlation: u32,
     handshake: Option<Box<dyn SecurityHandshake>>,
     protector: Option<Box<dyn RecordProtector>>,
-    hello_transcript: Option<Vec<u8>>,
-    /// The identity a secure transport (TLS) verified, handed to the handshake.
-    transport_identity: Option<Box<str>>,
+    /// Handshake-time state, dropped once established (boxed: an idle connection pays 8 bytes).
+    pending: Option<Box<Pending>>,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
     final_frame: Option<Box<FinalFrame>>,
@@ -463,8 +471,7 @@ impl Connection {
             next_correlation: 1,
             handshake: None,
             protector: None,
-            hello_transcript: None,
-            transport_identity: None,
+            pending: None,
             handshake_deadline: Some(now + config.handshake_timeout),
             close_deadline: None,
             final_frame: None,
@@ -485,7 +492,7 @@ impl Connection {
                 )
             }
             .to_bytes();
-            conn.hello_transcript = Some(hello.to_vec());
+            conn.pending_mut().hello_transcript = Some(hello.to_vec());
             conn.queue_control(MessageType::Hello, 0, hello, Flags::empty(), 0);
         }
         conn
@@ -590,7 +597,11 @@ impl Connection {
     /// certificate subject TLS checked, for `mtls`). Call it before feeding the first bytes
     /// decrypted by that transport; the `mtls` handshake completes with this identity.
     pub fn set_transport_identity(&mut self, identity: impl Into<String>) {
-        self.transport_identity = Some(identity.into().into_boxed_str());
+        self.pending_mut().transport_identity = Some(identity.into());
+    }
+
+    fn pending_mut(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(Box::default)
     }
 
     /// Feed bytes received from the transport. Nothing is decoded until
@@ -1259,7 +1270,11 @@ impl Connection {
             );
             return;
         }
-        let mut transcript = self.hello_transcript.take().unwrap_or_default();
+        let mut transcript = self
+            .pending
+            .as_mut()
+            .and_then(|p| p.hello_transcript.take())
+            .unwrap_or_default();
         transcript.extend_from_slice(&frame.payload);
         self.apply_peer_params(
             ack.node_id,
@@ -1323,7 +1338,10 @@ impl Connection {
             hello_transcript,
             now: self.now,
             unix_secs: u64::from(self.unix_time()),
-            transport_identity: self.transport_identity.as_deref().map(str::to_owned),
+            transport_identity: self
+                .pending
+                .as_ref()
+                .and_then(|p| p.transport_identity.clone()),
         };
         let mut hs = provider.new_handshake(self.side);
         self.state = State::Handshaking;
@@ -1388,7 +1406,7 @@ impl Connection {
 
     fn establish(&mut self, identity: Option<String>, protector: Option<Box<dyn RecordProtector>>) {
         self.protector = protector;
-        self.hello_transcript = None;
+        self.pending = None;
         self.handshake_deadline = None;
         self.state = State::Established;
         self.last_rx = self.now;
