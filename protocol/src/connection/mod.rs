@@ -353,6 +353,17 @@ enum AfterFinal {
     Nothing,
 }
 
+/// What a closing connection keeps.
+#[derive(Default)]
+struct Closing {
+    /// The peer must answer our CLOSE (or finish the exchange) by then.
+    deadline: Option<Instant>,
+    /// Our CLOSE is out.
+    sent: bool,
+    /// Our CLOSE code and reason, once [`Connection::close`] was called.
+    local: Option<(u16, String)>,
+}
+
 /// What a connection keeps only until it is established.
 #[derive(Default)]
 struct Pending {
@@ -360,6 +371,10 @@ struct Pending {
     hello_transcript: Option<Vec<u8>>,
     /// The identity a secure transport (TLS) verified, handed to the handshake.
     transport_identity: Option<String>,
+    /// The security handshake in progress.
+    handshake: Option<Box<dyn SecurityHandshake>>,
+    /// HELLO and the handshake must be done by then.
+    deadline: Option<Instant>,
 }
 
 /// One side of one Valkyrie connection.
@@ -416,16 +431,12 @@ pub struct Connection {
     pings: VecDeque<PingRecord>,
     srtt: Option<Duration>,
     next_correlation: u32,
-    handshake: Option<Box<dyn SecurityHandshake>>,
     protector: Option<Box<dyn RecordProtector>>,
     /// Handshake-time state, dropped once established (boxed: an idle connection pays 8 bytes).
     pending: Option<Box<Pending>>,
-    handshake_deadline: Option<Instant>,
-    close_deadline: Option<Instant>,
     final_frame: Option<Box<FinalFrame>>,
-    close_sent: bool,
-    /// Our CLOSE code and reason, once [`Connection::close`] was called.
-    local_close: Option<(u16, String)>,
+    /// Close-time state (boxed: only closing connections pay for it).
+    closing: Option<Box<Closing>>,
     stats: ConnectionStats,
 }
 
@@ -469,14 +480,13 @@ impl Connection {
             pings: VecDeque::new(),
             srtt: None,
             next_correlation: 1,
-            handshake: None,
             protector: None,
-            pending: None,
-            handshake_deadline: Some(now + config.handshake_timeout),
-            close_deadline: None,
+            pending: Some(Box::new(Pending {
+                deadline: Some(now + config.handshake_timeout),
+                ..Pending::default()
+            })),
             final_frame: None,
-            close_sent: false,
-            local_close: None,
+            closing: None,
             stats: ConnectionStats::default(),
             config,
         };
@@ -597,6 +607,13 @@ impl Connection {
     /// certificate subject TLS checked, for `mtls`). Call it before feeding the first bytes
     /// decrypted by that transport; the `mtls` handshake completes with this identity.
     pub fn set_transport_identity(&mut self, identity: impl Into<String>) {
+        if matches!(
+            self.state,
+            State::Established | State::Closing | State::Closed
+        ) {
+            // Too late to matter: the handshake is over.
+            return;
+        }
         self.pending_mut().transport_identity = Some(identity.into());
     }
 
@@ -623,7 +640,7 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
-        let reason = if self.close_sent {
+        let reason = if self.close_sent() {
             self.local_close_reason()
         } else {
             CloseReason::TransportClosed
@@ -663,9 +680,9 @@ impl Connection {
         let f = self.final_frame.take()?;
         let t = self.finish_transmit(f.header, f.payload, f.seal);
         match f.then {
-            AfterFinal::AwaitPeerClose => self.close_sent = true,
+            AfterFinal::AwaitPeerClose => self.closing_mut().sent = true,
             AfterFinal::Closed(reason) => {
-                self.close_sent = true;
+                self.closing_mut().sent = true;
                 self.enter_closed(reason);
             }
             AfterFinal::Nothing => {}
@@ -725,7 +742,7 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed => None,
-            State::Closing => self.close_deadline,
+            State::Closing => self.closing.as_ref().and_then(|c| c.deadline),
             State::Established => {
                 let hb = self.heartbeat?;
                 let miss = self.miss_deadline(hb);
@@ -734,7 +751,7 @@ impl Connection {
                     Side::Server => miss,
                 })
             }
-            _ => self.handshake_deadline,
+            _ => self.pending.as_ref().and_then(|p| p.deadline),
         }
     }
 
@@ -752,7 +769,12 @@ impl Connection {
         match self.state {
             State::Closed => {}
             State::Closing => {
-                if self.close_deadline.is_some_and(|d| now >= d) {
+                if self
+                    .closing
+                    .as_ref()
+                    .and_then(|c| c.deadline)
+                    .is_some_and(|d| now >= d)
+                {
                     self.sched.clear();
                     self.final_frame = None;
                     self.enter_closed(CloseReason::CloseTimeout);
@@ -782,7 +804,12 @@ impl Connection {
                 }
             }
             _ => {
-                if self.handshake_deadline.is_some_and(|d| now >= d) {
+                if self
+                    .pending
+                    .as_ref()
+                    .and_then(|p| p.deadline)
+                    .is_some_and(|d| now >= d)
+                {
                     self.fatal(
                         ErrorCode::HANDSHAKE_TIMEOUT,
                         "handshake did not finish in time".into(),
@@ -1028,7 +1055,7 @@ impl Connection {
             }
         }
         self.state = State::Closing;
-        self.close_deadline = Some(self.now + self.config.close_timeout);
+        self.closing_mut().deadline = Some(self.now + self.config.close_timeout);
         let payload = Close {
             code,
             reason: reason.to_owned(),
@@ -1040,11 +1067,23 @@ impl Connection {
             seal: self.protector.is_some(),
             then: AfterFinal::AwaitPeerClose,
         }));
-        self.local_close = Some((code, reason.to_owned()));
+        self.closing_mut().local = Some((code, reason.to_owned()));
+    }
+
+    fn closing_mut(&mut self) -> &mut Closing {
+        self.closing.get_or_insert_with(Box::default)
+    }
+
+    fn close_sent(&self) -> bool {
+        self.closing.as_ref().is_some_and(|c| c.sent)
     }
 
     fn local_close_reason(&self) -> CloseReason {
-        let (code, reason) = self.local_close.clone().unwrap_or_default();
+        let (code, reason) = self
+            .closing
+            .as_ref()
+            .and_then(|c| c.local.clone())
+            .unwrap_or_default();
         CloseReason::Local { code, reason }
     }
 
@@ -1347,7 +1386,7 @@ impl Connection {
         self.state = State::Handshaking;
         let mut out = Vec::new();
         let status = hs.start(&ctx, &mut out);
-        self.handshake = Some(hs);
+        self.pending_mut().handshake = Some(hs);
         self.after_handshake_step(status, out);
     }
 
@@ -1357,7 +1396,7 @@ impl Connection {
             MessageType::Error => self.on_peer_error(&frame),
             MessageType::Close => self.on_peer_close(&frame),
             t if t.is_handshake() && h.stream_id == 0 => {
-                let Some(hs) = self.handshake.as_mut() else {
+                let Some(hs) = self.pending.as_mut().and_then(|p| p.handshake.as_mut()) else {
                     return;
                 };
                 let mut out = Vec::new();
@@ -1394,11 +1433,12 @@ impl Connection {
                 peer_identity,
                 protector,
             }) => {
-                self.handshake = None;
                 self.establish(peer_identity, protector);
             }
             Err(e) => {
-                self.handshake = None;
+                if let Some(p) = self.pending.as_mut() {
+                    p.handshake = None;
+                }
                 self.fatal(e.code, e.message, None);
             }
         }
@@ -1407,7 +1447,6 @@ impl Connection {
     fn establish(&mut self, identity: Option<String>, protector: Option<Box<dyn RecordProtector>>) {
         self.protector = protector;
         self.pending = None;
-        self.handshake_deadline = None;
         self.state = State::Established;
         self.last_rx = self.now;
         self.last_ping = self.now;
@@ -1723,7 +1762,7 @@ impl Connection {
             code: 0,
             reason: String::new(),
         });
-        if self.close_sent {
+        if self.close_sent() {
             // Our CLOSE is out and this is the answer.
             let reason = self.local_close_reason();
             self.enter_closed(reason);
@@ -1747,7 +1786,7 @@ impl Connection {
             return;
         }
         self.state = State::Closing;
-        self.close_deadline = Some(self.now + self.config.close_timeout);
+        self.closing_mut().deadline = Some(self.now + self.config.close_timeout);
         self.final_frame = Some(Box::new(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::RESPONSE, 0),
             payload: Close {
@@ -1893,9 +1932,10 @@ impl Connection {
             return;
         }
         self.state = State::Closed;
-        self.handshake = None;
-        self.handshake_deadline = None;
-        self.close_deadline = None;
+        self.pending = None;
+        if let Some(c) = self.closing.as_mut() {
+            c.deadline = None;
+        }
         self.events.push_back(Event::Closed(reason));
     }
 }

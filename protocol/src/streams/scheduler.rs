@@ -97,14 +97,31 @@ impl Ord for Queued {
 
 const WEIGHTS: [u32; 3] = [4, 2, 1];
 
-/// The outbound scheduler of one connection.
+/// The queues themselves, allocated while frames wait and released by
+/// [`Scheduler::shrink`] once they are empty (an idle connection holds none).
 #[derive(Debug)]
-pub struct Scheduler {
-    limits: SchedulerLimits,
+struct Queues {
     critical: VecDeque<Queued>,
     /// High, normal, low.
     classes: [BinaryHeap<Queued>; 3],
     quota: [u32; 3],
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues {
+            critical: VecDeque::new(),
+            classes: [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()],
+            quota: WEIGHTS,
+        }
+    }
+}
+
+/// The outbound scheduler of one connection.
+#[derive(Debug)]
+pub struct Scheduler {
+    limits: SchedulerLimits,
+    queues: Option<Box<Queues>>,
     queued_bytes: usize,
     /// Bytes queued in the low class (part of `queued_bytes`).
     low_bytes: usize,
@@ -119,9 +136,7 @@ impl Scheduler {
     pub fn new(limits: SchedulerLimits) -> Self {
         Scheduler {
             limits,
-            critical: VecDeque::new(),
-            classes: [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()],
-            quota: WEIGHTS,
+            queues: None,
             queued_bytes: 0,
             low_bytes: 0,
             queued_frames: 0,
@@ -136,9 +151,21 @@ impl Scheduler {
         self.limits
     }
 
+    fn critical_len(&self) -> usize {
+        self.queues.as_ref().map_or(0, |q| q.critical.len())
+    }
+
+    fn low_len(&self) -> usize {
+        self.queues.as_ref().map_or(0, |q| q.classes[2].len())
+    }
+
+    fn queues(&mut self) -> &mut Queues {
+        self.queues.get_or_insert_with(Box::default)
+    }
+
     /// Frames queued in all classes.
     pub fn len(&self) -> usize {
-        self.critical.len() + self.queued_frames
+        self.critical_len() + self.queued_frames
     }
 
     /// True when nothing is queued.
@@ -164,11 +191,11 @@ impl Scheduler {
     /// Whether a frame of `qos` and `size` bytes (header included) would be queued now.
     pub fn has_room(&self, qos: Qos, size: usize) -> bool {
         match qos {
-            Qos::Critical => self.critical.len() < self.limits.max_critical_frames,
+            Qos::Critical => self.critical_len() < self.limits.max_critical_frames,
             Qos::High | Qos::Normal => {
                 // Queued low frames are shed to make room, so they do not count when over.
                 let (low_frames, low_bytes) = if self.over(size) {
-                    (self.classes[2].len(), self.low_bytes)
+                    (self.low_len(), self.low_bytes)
                 } else {
                     (0, 0)
                 };
@@ -202,16 +229,16 @@ impl Scheduler {
         let size = item.size();
         match qos {
             Qos::Critical => {
-                if self.critical.len() >= self.limits.max_critical_frames {
+                if self.critical_len() >= self.limits.max_critical_frames {
                     return Err(QueueFull(qos));
                 }
                 self.seq += 1;
-                self.critical.push_back(item);
+                self.queues().critical.push_back(item);
                 return Ok(Enqueued::Queued);
             }
             Qos::Low => {
                 let pressure = self.limits.max_bytes / 4 * 3;
-                if self.classes[2].len() >= self.limits.max_low_frames
+                if self.low_len() >= self.limits.max_low_frames
                     || self.queued_frames >= self.limits.max_frames
                     || self.queued_bytes + size > pressure
                 {
@@ -235,12 +262,15 @@ impl Scheduler {
         if qos == Qos::Low {
             self.low_bytes += size;
         }
-        self.classes[Self::index(qos)].push(item);
+        self.queues().classes[Self::index(qos)].push(item);
         Ok(Enqueued::Queued)
     }
 
     fn shed_all_low(&mut self) {
-        for item in self.classes[2].drain() {
+        let Some(q) = self.queues.as_mut() else {
+            return;
+        };
+        for item in q.classes[2].drain() {
             self.shed_frames += 1;
             self.shed_bytes += item.size() as u64;
             self.queued_frames -= 1;
@@ -259,7 +289,8 @@ impl Scheduler {
 
     /// The next frame to transmit: critical first, then weighted round robin.
     pub(crate) fn pop(&mut self) -> Option<Queued> {
-        if let Some(q) = self.critical.pop_front() {
+        let queues = self.queues.as_mut()?;
+        if let Some(q) = queues.critical.pop_front() {
             return Some(q);
         }
         if self.queued_frames == 0 {
@@ -267,10 +298,10 @@ impl Scheduler {
         }
         for _ in 0..2 {
             for i in 0..3 {
-                if self.quota[i] > 0
-                    && let Some(q) = self.classes[i].pop()
+                if queues.quota[i] > 0
+                    && let Some(q) = queues.classes[i].pop()
                 {
-                    self.quota[i] -= 1;
+                    queues.quota[i] -= 1;
                     self.queued_frames -= 1;
                     self.queued_bytes -= q.size();
                     if i == 2 {
@@ -280,7 +311,7 @@ impl Scheduler {
                 }
             }
             // Every non-empty class has spent its quota: start a new round.
-            self.quota = WEIGHTS;
+            queues.quota = WEIGHTS;
         }
         unreachable!("queued_frames > 0 but every class queue is empty")
     }
@@ -288,36 +319,35 @@ impl Scheduler {
     /// Release the queues' memory when nothing is queued.
     pub fn shrink(&mut self) {
         if self.is_empty() {
-            self.critical = VecDeque::new();
-            self.classes = [BinaryHeap::new(), BinaryHeap::new(), BinaryHeap::new()];
+            self.queues = None;
         }
     }
 
     /// Drop the frames queued for `stream_id` (after it was reset). Returns how many.
     pub(crate) fn purge_stream(&mut self, stream_id: u32) -> usize {
         let before = self.len();
-        self.critical.retain(|q| q.header.stream_id != stream_id);
-        for c in &mut self.classes {
+        let Some(queues) = self.queues.as_mut() else {
+            return 0;
+        };
+        queues.critical.retain(|q| q.header.stream_id != stream_id);
+        for c in &mut queues.classes {
             c.retain(|q| q.header.stream_id != stream_id);
         }
-        let (frames, bytes) = self
+        let (frames, bytes) = queues
             .classes
             .iter()
             .flat_map(|c| c.iter())
             .fold((0, 0), |(f, b), q| (f + 1, b + q.size()));
         self.queued_frames = frames;
         self.queued_bytes = bytes;
-        self.low_bytes = self.classes[2].iter().map(Queued::size).sum();
+        self.low_bytes = queues.classes[2].iter().map(Queued::size).sum();
         before - self.len()
     }
 
     /// Drop everything queued (after a fatal error). Returns the number of frames dropped.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len();
-        self.critical.clear();
-        for c in &mut self.classes {
-            c.clear();
-        }
+        self.queues = None;
         self.queued_frames = 0;
         self.queued_bytes = 0;
         self.low_bytes = 0;
