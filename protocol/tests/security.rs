@@ -530,3 +530,52 @@ fn post_quantum_refuses_an_unpinned_server_and_an_unlisted_client() {
         p.server_events
     );
 }
+
+#[test]
+fn zero_trust_over_post_quantum_authorises_by_fingerprint() {
+    use valkyrie_protocol::security::post_quantum::{PostQuantum, PqIdentity};
+    use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
+    let (si, ci) = (PqIdentity::generate(), PqIdentity::generate());
+    let (sfp, cfp) = (si.fingerprint(), ci.fingerprint());
+    let policy = Policy::parse(&format!("pq:{} JOB_REQUEST\n", hex(&cfp))).unwrap();
+    let c = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust::over(PostQuantum::client(ci, sfp)))],
+        ..Config::new("agent-pq")
+    };
+    let s = Config {
+        security: vec![SecurityMode::ZeroTrust],
+        handshakes: vec![Arc::new(ZeroTrust::over(PostQuantum::server(si)))],
+        policy: Some(Arc::new(policy)),
+        ..Config::new("control")
+    };
+    let mut p = Pair::connected_with(c, s);
+    assert_eq!(p.server.peer().unwrap().security, SecurityMode::ZeroTrust);
+    p.client
+        .send(
+            1,
+            MessageType::JobRequest,
+            Bytes::from_static(b"ok"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    p.client
+        .send(
+            3,
+            MessageType::JobCancel,
+            Bytes::from_static(b"no"),
+            SendOptions::default(),
+        )
+        .unwrap();
+    p.run();
+    let frames = p.take_server_frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].header.msg_type, MessageType::JobRequest);
+    assert!(p.client_events.iter().any(|e| matches!(
+        e,
+        Event::PeerError {
+            code: ErrorCode::UNAUTHORISED,
+            ..
+        }
+    )));
+}
