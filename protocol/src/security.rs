@@ -26,6 +26,7 @@ pub mod noise_xk;
 pub mod post_quantum;
 pub mod record;
 pub mod token;
+mod x25519;
 pub mod zero_trust;
 
 /// A handshake or record-layer failure, with the code sent to the peer.

@@ -206,7 +206,7 @@ impl SecurityHandshake for NoiseXkHandshake {
         let mut prologue = PROLOGUE_LABEL.to_vec();
         prologue.extend_from_slice(&ctx.hello_transcript);
         let params = NOISE_PARAMS.parse().expect("valid params");
-        let b = Builder::new(params)
+        let b = Builder::with_resolver(params, super::x25519::snow_resolver())
             .local_private_key(&self.cfg.keypair.private)
             .and_then(|b| b.prologue(&prologue))
             .map_err(|e| failed(format!("noise: {e}")))?;
