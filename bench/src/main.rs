@@ -207,9 +207,9 @@ impl RawClient {
 
 enum Server {
     Valkyrie(Node),
-    Tokio(TokioEcho),
+    Tokio(peers::TokioServer),
     Floor(Floor),
-    Grpc(peers::grpc::GrpcEcho),
+    Grpc(peers::TokioServer),
     Glommio(peers::glommio_echo::GlommioEcho),
 }
 

@@ -107,24 +107,27 @@ fn sealed_connection(c: &mut Criterion) {
     g.finish();
 }
 
-/// mtls: 16 KiB of frames through a client TLS session into a server TLS session
-/// (AES-256-GCM via aws-lc-rs, the suite rustls picks first), both on this core.
-fn tls_session(c: &mut Criterion) {
-    use valkyrie_protocol::security::mtls::{self, DevPki, TlsSession};
-    let pki = DevPki::generate(&["node"], &["agent"]).unwrap();
+/// A client and a server TLS session that have completed their handshake in memory.
+fn tls_pair(
+    pki: &valkyrie_protocol::security::mtls::DevPki,
+) -> (
+    valkyrie_protocol::security::mtls::TlsSession,
+    valkyrie_protocol::security::mtls::TlsSession,
+) {
+    use valkyrie_protocol::security::mtls::{self, TlsSession};
     let s = mtls::server_config(
         &pki.server_chain_pem(0),
         &pki.server_key_pem(0),
         &pki.ca_pem,
     )
     .unwrap();
-    let cc = mtls::client_config(
+    let c = mtls::client_config(
         &pki.client_chain_pem(0),
         &pki.client_key_pem(0),
         &pki.ca_pem,
     )
     .unwrap();
-    let mut client = TlsSession::client(cc, "node").unwrap();
+    let mut client = TlsSession::client(c, "node").unwrap();
     let mut server = TlsSession::server(s).unwrap();
     let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
@@ -134,35 +137,28 @@ fn tls_session(c: &mut Criterion) {
         client.receive(&std::mem::take(&mut b), &mut plain).unwrap();
     }
     assert!(!client.is_handshaking() && !server.is_handshaking());
+    (client, server)
+}
+
+/// mtls: 16 KiB of frames through a client TLS session into a server TLS session
+/// (AES-256-GCM via aws-lc-rs, the suite rustls picks first), both on this core.
+fn tls_session(c: &mut Criterion) {
+    let pki = valkyrie_protocol::security::mtls::DevPki::generate(&["node"], &["agent"]).unwrap();
     let chunk = vec![0xA5u8; 16 * 1024];
     let mut g = c.benchmark_group("tls");
     g.throughput(Throughput::Bytes(chunk.len() as u64));
     g.bench_function("seal_16k", |bch| {
+        let (mut client, _) = tls_pair(&pki);
+        let mut a = Vec::new();
         bch.iter(|| {
             a.clear();
             client.seal(black_box(&chunk), &mut a).unwrap();
             black_box(a.len())
         })
     });
-    // Keep the server in step with what the client sealed above (its sequence numbers).
     g.bench_function("seal_open_16k", |bch| {
-        let mut client = TlsSession::client(client_cfg_again(&pki), "node").unwrap();
-        let mut server = TlsSession::server(
-            mtls::server_config(
-                &pki.server_chain_pem(0),
-                &pki.server_key_pem(0),
-                &pki.ca_pem,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..10 {
-            client.transmit(&mut a);
-            server.receive(&std::mem::take(&mut a), &mut plain).unwrap();
-            server.transmit(&mut b);
-            client.receive(&std::mem::take(&mut b), &mut plain).unwrap();
-        }
+        let (mut client, mut server) = tls_pair(&pki);
+        let (mut a, mut plain) = (Vec::new(), Vec::new());
         bch.iter(|| {
             a.clear();
             plain.clear();
@@ -172,17 +168,6 @@ fn tls_session(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn client_cfg_again(
-    pki: &valkyrie_protocol::security::mtls::DevPki,
-) -> Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig> {
-    valkyrie_protocol::security::mtls::client_config(
-        &pki.client_chain_pem(0),
-        &pki.client_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap()
 }
 
 criterion_group!(benches, seal_open, sealed_connection, tls_session);

@@ -126,6 +126,17 @@ fn sessions(pki: &DevPki, client_pki: &DevPki) -> (TlsSession, TlsSession) {
     )
 }
 
+/// Client and server in mtls mode; the client's certificate is from `client_pki`.
+fn mtls_pair(pki: &DevPki, client_pki: &DevPki) -> TlsPair {
+    let (ct, st) = sessions(pki, client_pki);
+    TlsPair::new(
+        ct,
+        st,
+        mtls_config("agent-7", None),
+        mtls_config("control", None),
+    )
+}
+
 fn pki() -> DevPki {
     DevPki::generate(&["control"], &["agent-7"]).unwrap()
 }
@@ -140,13 +151,7 @@ fn closed_with(events: &[Event], code: ErrorCode) -> bool {
 #[test]
 fn mtls_verifies_both_certificates_and_carries_frames() {
     let pki = pki();
-    let (ct, st) = sessions(&pki, &pki);
-    let mut p = TlsPair::new(
-        ct,
-        st,
-        mtls_config("agent-7", None),
-        mtls_config("control", None),
-    );
+    let mut p = mtls_pair(&pki, &pki);
     p.run();
     assert!(p.client.conn.is_established(), "{:?}", p.client.events);
     assert!(p.server.conn.is_established(), "{:?}", p.server.events);
@@ -190,13 +195,7 @@ fn mtls_verifies_both_certificates_and_carries_frames() {
 #[test]
 fn a_client_certificate_from_another_ca_is_refused_201() {
     let (pki, rogue) = (pki(), pki());
-    let (ct, st) = sessions(&pki, &rogue);
-    let mut p = TlsPair::new(
-        ct,
-        st,
-        mtls_config("agent-7", None),
-        mtls_config("control", None),
-    );
+    let mut p = mtls_pair(&pki, &rogue);
     p.run();
     assert!(!p.server.conn.is_established());
     let err = p
@@ -271,13 +270,7 @@ fn a_client_without_a_certificate_is_refused() {
 #[test]
 fn one_flipped_bit_in_a_record_ends_the_session_and_delivers_nothing() {
     let pki = pki();
-    let (ct, st) = sessions(&pki, &pki);
-    let mut p = TlsPair::new(
-        ct,
-        st,
-        mtls_config("agent-7", None),
-        mtls_config("control", None),
-    );
+    let mut p = mtls_pair(&pki, &pki);
     p.run();
     p.server.events.clear();
     p.client

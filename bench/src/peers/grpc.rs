@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tonic::codegen::http::uri::PathAndQuery;
@@ -64,63 +63,22 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
     }
 }
 
-/// A running gRPC echo server.
-pub struct GrpcEcho {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+/// The gRPC echo server.
+pub struct GrpcEcho;
 
 impl GrpcEcho {
     /// Start on an ephemeral loopback port: `workers == 1` is a current-thread runtime pinned
     /// to `core`; more is a multi-thread runtime with that many workers.
-    pub fn start(core: usize, workers: usize) -> std::io::Result<GrpcEcho> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            super::pin(core);
-            let rt = if workers <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
-            }
-            .expect("tokio runtime");
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-                let _ = tonic::transport::Server::builder()
-                    .add_service(Echo)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
-        Ok(GrpcEcho {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
+    pub fn start(core: usize, workers: usize) -> std::io::Result<super::TokioServer> {
+        super::TokioServer::start(core, workers, |l, stop| async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            let _ = tonic::transport::Server::builder()
+                .add_service(Echo)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop.await;
+                })
+                .await;
         })
-    }
-}
-
-impl Drop for GrpcEcho {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -42,6 +42,67 @@ pub(crate) fn answer_frames(buf: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     Some(off)
 }
 
+/// A server on its own thread running a tokio runtime until dropped: the scaffold of the
+/// tokio and gRPC peers.
+pub struct TokioServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokioServer {
+    /// Bind an ephemeral loopback port and run `serve(listener, stop)` on a runtime:
+    /// `workers == 1` is a current-thread runtime pinned to `core`, more a multi-thread one
+    /// with that many workers. `serve` should return once `stop` fires.
+    pub fn start<F, Fut>(core: usize, workers: usize, serve: F) -> std::io::Result<TokioServer>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            pin(core);
+            let rt = if workers <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+            }
+            .expect("tokio runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                serve(l, rx).await;
+            });
+        });
+        Ok(TokioServer {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TokioServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Which core a server runs on and a client runs on.
 #[derive(Debug, Clone, Copy)]
 pub struct Pinning {
