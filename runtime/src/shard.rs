@@ -834,7 +834,7 @@ impl Shard {
         banned: Option<String>,
     ) {
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
-        let refused = self.conns.len() >= self.cfg.max_connections_per_shard
+        let mut refused = self.conns.len() >= self.cfg.max_connections_per_shard
             || self.shutdown_deadline.is_some()
             || banned.is_some();
         let generation = self.next_generation;
@@ -858,7 +858,9 @@ impl Shard {
             Some(cfg) if transport == 0 && !refused => match TlsSession::server(cfg.clone()) {
                 Ok(t) => Some(Box::new(t)),
                 Err(e) => {
+                    // Never serve a TLS listener's connection in plaintext: refuse it.
                     tracing::warn!(shard = self.id, error = %e, "tls session not created");
+                    refused = true;
                     None
                 }
             },
