@@ -303,3 +303,46 @@ fn token_runs_inside_tls() {
     audit.close();
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn many_concurrent_tls_clients_on_both_shards() {
+    let pki = DevPki::generate(&["127.0.0.1"], &["agent-7"]).unwrap();
+    let (path, audit) = audit_file("mtls-many");
+    let node = node(&pki, server_protocol(None), None, audit.clone());
+    let url = node.url();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (url, cfg) = (url.clone(), client_cfg(&pki, &pki, SecurityMode::Mtls));
+            std::thread::spawn(move || {
+                let mut c = Client::connect_with(&url, cfg).unwrap();
+                for i in 0..100u32 {
+                    // Sizes from one byte to several TLS records.
+                    let len = 1 + (i as usize * 7919 + t * 131) % 40_000;
+                    let body = Bytes::from(vec![(i % 251) as u8; len]);
+                    let r = c
+                        .request(
+                            1,
+                            MessageType::JobRequest,
+                            body.clone(),
+                            Duration::from_secs(10),
+                        )
+                        .unwrap();
+                    assert_eq!(&r.payload[..len], &body[..]);
+                }
+                c.close().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    node.shutdown();
+    node.join();
+    audit.close();
+    let ok = events(&path)
+        .iter()
+        .filter(|e| e["event"] == "handshake_ok")
+        .count();
+    assert_eq!(ok, 8);
+    std::fs::remove_file(&path).unwrap();
+}
