@@ -22,11 +22,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::x25519::AwsMlKem768 as MlKem768;
 use super::x25519::AwsX25519 as X25519;
 use bytes::Bytes;
 use clatter::crypto::cipher::ChaChaPoly;
 use clatter::crypto::hash::Blake2s;
-use clatter::crypto::kem::rust_crypto_ml_kem::MlKem768;
 use clatter::handshakepattern::noise_hybrid_nn;
 use clatter::traits::Handshaker;
 use clatter::{HybridHandshake, HybridHandshakeParams};

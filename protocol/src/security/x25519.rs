@@ -1,4 +1,6 @@
-//! X25519 through aws-lc-rs (already linked for TLS) for the Noise-based modes: `snow`'s and
+//! X25519 and ML-KEM-768 through aws-lc-rs (already linked for TLS) for the Noise-based modes.
+//!
+//! X25519: `snow`'s and
 //! `clatter`'s default X25519 (curve25519-dalek's Montgomery ladder) took ~60–70 µs per
 //! Diffie-Hellman here against ~30 µs for aws-lc's, and a noise_xk handshake does eight of
 //! them. Same function (RFC 7748), same bytes on the wire; a peer using any other X25519
@@ -159,6 +161,62 @@ impl clatter::traits::Dh for AwsX25519 {
     }
 }
 
+/// clatter's `Kem` for ML-KEM-768 (FIPS 203) with encapsulation and decapsulation on aws-lc-rs
+/// — 14.5 and 17.3 µs here against 64 and 87 µs for the RustCrypto `ml-kem` crate — and key
+/// generation left to that crate (aws-lc's includes a pairwise self-test: 94 µs against 67).
+/// The keys, ciphertexts and shared secrets are FIPS 203's encodings either way, so a peer using
+/// clatter's own `MlKem768` interoperates; both sit on the handshake's critical path.
+#[derive(Clone)]
+pub(crate) struct AwsMlKem768;
+
+type RcMlKem768 = clatter::crypto::kem::rust_crypto_ml_kem::MlKem768;
+
+impl clatter::traits::CryptoComponent for AwsMlKem768 {
+    fn name() -> &'static str {
+        <RcMlKem768 as clatter::traits::CryptoComponent>::name()
+    }
+}
+
+impl clatter::traits::Kem for AwsMlKem768 {
+    type SecretKey = <RcMlKem768 as clatter::traits::Kem>::SecretKey;
+    type PubKey = <RcMlKem768 as clatter::traits::Kem>::PubKey;
+    type Ct = <RcMlKem768 as clatter::traits::Kem>::Ct;
+    type Ss = <RcMlKem768 as clatter::traits::Kem>::Ss;
+
+    fn genkey_rng<R: clatter::traits::Rng>(
+        rng: &mut R,
+    ) -> clatter::error::KemResult<clatter::KeyPair<Self::PubKey, Self::SecretKey>> {
+        RcMlKem768::genkey_rng(rng)
+    }
+
+    fn encapsulate<R: clatter::traits::Rng>(
+        pk: &[u8],
+        _rng: &mut R,
+    ) -> clatter::error::KemResult<(Self::Ct, Self::Ss)> {
+        use aws_lc_rs::kem::{EncapsulationKey, ML_KEM_768};
+        use clatter::bytearray::ByteArray;
+        use clatter::error::KemError;
+        let ek = EncapsulationKey::new(&ML_KEM_768, pk).map_err(|_| KemError::Input)?;
+        // aws-lc draws the encapsulation randomness from its own DRBG (seeded by the OS).
+        let (ct, ss) = ek.encapsulate().map_err(|_| KemError::Encapsulation)?;
+        Ok((
+            Self::Ct::from_slice(ct.as_ref()),
+            Self::Ss::from_slice(ss.as_ref()),
+        ))
+    }
+
+    fn decapsulate(ct: &[u8], sk: &[u8]) -> clatter::error::KemResult<Self::Ss> {
+        use aws_lc_rs::kem::{DecapsulationKey, ML_KEM_768};
+        use clatter::bytearray::ByteArray;
+        use clatter::error::KemError;
+        let dk = DecapsulationKey::new(&ML_KEM_768, sk).map_err(|_| KemError::Input)?;
+        let ss = dk
+            .decapsulate(ct.into())
+            .map_err(|_| KemError::Decapsulation)?;
+        Ok(Self::Ss::from_slice(ss.as_ref()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +246,22 @@ mod tests {
         );
         // A low-order point is refused.
         assert_eq!(dh(&a, &[0u8; 32]), None);
+    }
+
+    #[test]
+    fn ml_kem_interoperates_with_the_rust_crypto_implementation() {
+        use clatter::bytearray::ByteArray;
+        use clatter::traits::Kem;
+        let mut rng = clatter::crypto::rng::DefaultRng;
+        let kp = RcMlKem768::genkey_rng(&mut rng).unwrap();
+        // aws-lc encapsulates to a RustCrypto key; RustCrypto decapsulates, and the reverse.
+        let (ct, ss) = AwsMlKem768::encapsulate(kp.public.as_slice(), &mut rng).unwrap();
+        let ss2 = RcMlKem768::decapsulate(ct.as_slice(), kp.secret.as_slice()).unwrap();
+        assert_eq!(ss.as_slice(), ss2.as_slice());
+        let (ct, ss) = RcMlKem768::encapsulate(kp.public.as_slice(), &mut rng).unwrap();
+        let ss2 = AwsMlKem768::decapsulate(ct.as_slice(), kp.secret.as_slice()).unwrap();
+        assert_eq!(ss.as_slice(), ss2.as_slice());
+        assert!(AwsMlKem768::encapsulate(&[0u8; 10], &mut rng).is_err());
+        assert!(AwsMlKem768::decapsulate(&[0u8; 10], kp.secret.as_slice()).is_err());
     }
 }
