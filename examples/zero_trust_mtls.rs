@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use valkyrie_protocol::message::{MetricsReport, Payload};
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
 use valkyrie_protocol::{Config, Frame, MessageType, SecurityMode, SendOptions};
 use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnRef, Ctx, Node, Service};
@@ -49,11 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             policy: Some(Arc::new(policy)),
             ..Config::new("control-plane")
         })
-        .tls(mtls::server_config(
-            &pki.server_chain_pem(0),
-            &pki.server_key_pem(0),
-            &pki.ca_pem,
-        )?)
+        .tls(pki.server_config(0)?)
         .shards(1)
         .service(|_| ControlPlane)
         .start()?;
@@ -66,11 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 handshakes: vec![Arc::new(ZeroTrust::over(Mtls))],
                 ..Config::new(name)
             },
-            tls: Some(mtls::client_config(
-                &pki.client_chain_pem(i),
-                &pki.client_key_pem(i),
-                &pki.ca_pem,
-            )?),
+            tls: Some(pki.client_config(i)?),
             ..base
         };
         let mut agent = Client::connect_with(&node.url(), cfg)?;

@@ -553,20 +553,10 @@ fn secured(
     let mut tls = None;
     match mode {
         "mtls" => {
-            use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+            use valkyrie_protocol::security::mtls::{DevPki, Mtls};
             let pki = DevPki::generate(&["127.0.0.1"], &["bench-client"]).expect("dev pki");
-            let s = mtls::server_config(
-                &pki.server_chain_pem(0),
-                &pki.server_key_pem(0),
-                &pki.ca_pem,
-            )
-            .expect("tls server");
-            let c = mtls::client_config(
-                &pki.client_chain_pem(0),
-                &pki.client_key_pem(0),
-                &pki.ca_pem,
-            )
-            .expect("tls client");
+            let s = pki.server_config(0).expect("tls server");
+            let c = pki.client_config(0).expect("tls client");
             tls = Some((s, c));
             server.security = vec![SecurityMode::Mtls];
             server.handshakes = vec![Arc::new(Mtls)];

@@ -114,19 +114,9 @@ fn tls_pair(
     valkyrie_protocol::security::mtls::TlsSession,
     valkyrie_protocol::security::mtls::TlsSession,
 ) {
-    use valkyrie_protocol::security::mtls::{self, TlsSession};
-    let s = mtls::server_config(
-        &pki.server_chain_pem(0),
-        &pki.server_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
-    let c = mtls::client_config(
-        &pki.client_chain_pem(0),
-        &pki.client_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
+    use valkyrie_protocol::security::mtls::TlsSession;
+    let s = pki.server_config(0).unwrap();
+    let c = pki.client_config(0).unwrap();
     let mut client = TlsSession::client(c, "node").unwrap();
     let mut server = TlsSession::server(s).unwrap();
     let (mut a, mut b, mut plain) = (Vec::new(), Vec::new(), Vec::new());

@@ -108,12 +108,7 @@ impl TlsPair {
 }
 
 fn sessions(pki: &DevPki, client_pki: &DevPki) -> (TlsSession, TlsSession) {
-    let s = mtls::server_config(
-        &pki.server_chain_pem(0),
-        &pki.server_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
+    let s = pki.server_config(0).unwrap();
     let c = mtls::client_config(
         &client_pki.client_chain_pem(0),
         &client_pki.client_key_pem(0),
@@ -219,12 +214,7 @@ fn a_server_certificate_from_another_ca_is_refused_201() {
         &pki.ca_pem,
     )
     .unwrap();
-    let c = mtls::client_config(
-        &pki.client_chain_pem(0),
-        &pki.client_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
+    let c = pki.client_config(0).unwrap();
     let mut p = TlsPair::new(
         TlsSession::client(c, "control").unwrap(),
         TlsSession::server(s).unwrap(),
@@ -240,12 +230,7 @@ fn a_server_certificate_from_another_ca_is_refused_201() {
 #[test]
 fn a_client_without_a_certificate_is_refused() {
     let pki = pki();
-    let s = mtls::server_config(
-        &pki.server_chain_pem(0),
-        &pki.server_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
+    let s = pki.server_config(0).unwrap();
     let mut roots = mtls::rustls::RootCertStore::empty();
     for c in mtls::rustls::pki_types::pem::PemObject::pem_slice_iter(&pki.ca_pem[..]) {
         roots.add(c.unwrap()).unwrap();

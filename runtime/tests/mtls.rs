@@ -69,12 +69,7 @@ fn client_cfg(pki: &DevPki, trust: &DevPki, mode: SecurityMode) -> ClientConfig 
 }
 
 fn node(pki: &DevPki, protocol: Config, guard: Option<GuardConfig>, audit: Arc<AuditLog>) -> Node {
-    let tls = mtls::server_config(
-        &pki.server_chain_pem(0),
-        &pki.server_key_pem(0),
-        &pki.ca_pem,
-    )
-    .unwrap();
+    let tls = pki.server_config(0).unwrap();
     let mut b = Node::builder()
         .listen("tcp://127.0.0.1:0")
         .unwrap()

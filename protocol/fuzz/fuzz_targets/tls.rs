@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls, TlsSession, rustls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls, TlsSession, rustls};
 use valkyrie_protocol::{Config, Connection, Event, SecurityMode, Side};
 
 struct Setup {
@@ -22,10 +22,8 @@ fn setup() -> &'static Setup {
     S.get_or_init(|| {
         let pki = DevPki::generate(&["node"], &["agent"]).unwrap();
         Setup {
-            server: mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem)
-                .unwrap(),
-            client: mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem)
-                .unwrap(),
+            server: pki.server_config(0).unwrap(),
+            client: pki.client_config(0).unwrap(),
             protocol: Arc::new(Config {
                 security: vec![SecurityMode::Mtls],
                 handshakes: vec![Arc::new(Mtls)],
@@ -44,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     let (side, mut tls) = if pick & 1 == 0 {
         (Side::Server, TlsSession::server(s.server.clone()).unwrap())
     } else {
-        (Side::Client, TlsSession::client(s.client.clone(), "node").unwrap())
+        (
+            Side::Client,
+            TlsSession::client(s.client.clone(), "node").unwrap(),
+        )
     };
     let mut conn = Connection::new(side, s.protocol.clone(), now, 1_750_000_000);
     let mut out = Vec::new();
@@ -68,5 +69,8 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    assert!(tls.peer_identity().is_none(), "the fuzzer cannot forge a certificate");
+    assert!(
+        tls.peer_identity().is_none(),
+        "the fuzzer cannot forge a certificate"
+    );
 });

@@ -16,13 +16,14 @@
 //! name, else its first URI name, else its subject common name.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use valkyrie_protocol::security::mtls::{self, DevPki, TlsSession};
+//! use valkyrie_protocol::security::mtls::{DevPki, TlsSession};
 //!
 //! // A throw-away CA with one server and one client certificate (for tests and examples).
 //! let pki = DevPki::generate(&["node-a"], &["agent-7"]).unwrap();
-//! let server_cfg = mtls::server_config(&pki.server_chain_pem(0), &pki.server_key_pem(0), &pki.ca_pem).unwrap();
-//! let client_cfg = mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), &pki.ca_pem).unwrap();
+//! // `mtls::server_config(chain_pem, key_pem, ca_pem)` and `mtls::client_config(...)` take
+//! // any CA's PEM files; the dev PKI has shortcuts for its own.
+//! let server_cfg = pki.server_config(0).unwrap();
+//! let client_cfg = pki.client_config(0).unwrap();
 //!
 //! let mut server = TlsSession::server(server_cfg).unwrap();
 //! let mut client = TlsSession::client(client_cfg, "node-a").unwrap();
@@ -555,6 +556,18 @@ impl DevPki {
             ca_pem: ca_pem.clone(),
             ca_key_pem: ca_key_pem.clone(),
         })
+    }
+
+    /// A server configuration ([`server_config`]) presenting server certificate `i` and
+    /// requiring client certificates from this CA. Panics if there is no certificate `i`.
+    pub fn server_config(&self, i: usize) -> Result<Arc<ServerConfig>, SecurityError> {
+        server_config(&self.servers[i].0, &self.servers[i].1, &self.ca_pem)
+    }
+
+    /// A client configuration ([`client_config`]) presenting client certificate `i` and
+    /// trusting this CA. Panics if there is no certificate `i`.
+    pub fn client_config(&self, i: usize) -> Result<Arc<ClientConfig>, SecurityError> {
+        client_config(&self.clients[i].0, &self.clients[i].1, &self.ca_pem)
     }
 
     /// Server certificate chain `i`.
