@@ -20,7 +20,7 @@ use serde_json::json;
 use socket2::{Domain, Socket, Type};
 use valkyrie_protocol::message::{Hello, Payload};
 use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
-use valkyrie_runtime::{Node, RecvMode};
+use valkyrie_runtime::{BusyPoll, Node, RecvMode};
 
 use crate::{RawClient, Report, rss_bytes, slab_bytes};
 
@@ -175,7 +175,7 @@ fn spawn_holder(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duration) 
 }
 
 /// Hold `n` connections for two heartbeat intervals plus a second, probing RTT meanwhile.
-pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
+pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy: BusyPoll) {
     let hold = heartbeat * 2 + Duration::from_secs(1);
     let shards = n.div_ceil(PER_SHARD).max(2);
     let holders = n.div_ceil(PER_HOLDER);
@@ -188,6 +188,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         .expect("endpoint")
         .shards(shards)
         .heartbeat(heartbeat)
+        .busy_poll(busy)
         .configure(|c| {
             c.recv_mode = RecvMode::PollThenRecv;
             c.shrink_when_drained = true;
@@ -259,7 +260,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration) {
         let _ = c.wait();
     }
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
-    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64});
+    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64, "busy_poll": format!("{busy:?}")});
     let (user, kernel) = crate::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     report.add(
         "connections",

@@ -59,6 +59,10 @@ struct Cli {
     /// Heartbeat interval for the connections scenario, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// How the node's shards busy-poll in the connections scenario: off (default),
+    /// adaptive[:MICROS] or always.
+    #[arg(long, default_value = "off")]
+    node_busy_poll: BusyPoll,
     /// Connections for the idle-memory and connections scenarios.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -952,6 +956,7 @@ fn main() {
             &mut report,
             cli.connections,
             Duration::from_millis(cli.heartbeat_ms),
+            cli.node_busy_poll,
         );
     }
     if wants("idle-memory") {
