@@ -5,7 +5,7 @@
 //! timers (heartbeats) run whenever the client is waiting on the socket.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,23 +117,27 @@ impl Client {
     /// Connect with `cfg` and complete the handshake.
     pub fn connect_with(url: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let endpoint: Endpoint = url.parse()?;
-        let mut sock = transport::for_endpoint(&endpoint).connect(&endpoint)?;
-        if let (Some(tls), ClientSocket::Tcp(tcp)) = (&cfg.tls, &sock) {
-            let name = match &cfg.tls_server_name {
-                Some(n) => n.clone(),
-                None => tcp.peer_addr()?.ip().to_string(),
-            };
-            let session = TlsSession::client(tls.clone(), &name)?;
-            let tcp = tcp.try_clone()?;
-            sock = match TlsSocket::handshake(tcp, session, cfg.connect_timeout) {
-                Ok(t) => ClientSocket::Tls(Box::new(t)),
-                Err(TlsConnectError::Io(e)) => return Err(e.into()),
-                Err(TlsConnectError::Tls(e)) => return Err(e.into()),
-                Err(TlsConnectError::Refused { code, message }) => {
-                    return Err(ClientError::Peer { code, message });
+        let sock = match (
+            transport::for_endpoint(&endpoint).connect(&endpoint)?,
+            &cfg.tls,
+        ) {
+            (ClientSocket::Tcp(tcp), Some(tls)) => {
+                let name = match &cfg.tls_server_name {
+                    Some(n) => n.clone(),
+                    None => tcp.peer_addr()?.ip().to_string(),
+                };
+                let session = TlsSession::client(tls.clone(), &name)?;
+                match TlsSocket::handshake(tcp, session, cfg.connect_timeout) {
+                    Ok(t) => ClientSocket::Tls(Box::new(t)),
+                    Err(TlsConnectError::Io(e)) => return Err(e.into()),
+                    Err(TlsConnectError::Tls(e)) => return Err(e.into()),
+                    Err(TlsConnectError::Refused { code, message }) => {
+                        return Err(ClientError::Peer { code, message });
+                    }
                 }
-            };
-        }
+            }
+            (sock, _) => sock,
+        };
         Self::over(sock, cfg)
     }
 
@@ -191,17 +195,7 @@ impl Client {
     fn flush(&mut self) -> io::Result<()> {
         self.wbuf.clear();
         self.conn.write_transmits(&mut self.wbuf, usize::MAX);
-        let mut off = 0;
-        while off < self.wbuf.len() {
-            match self.sock.write(&self.wbuf[off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        transport::write_all_spinning(&mut self.sock, &self.wbuf)
     }
 
     fn collect(&mut self) {

@@ -1215,6 +1215,15 @@ impl Shard {
         }
     }
 
+    /// Audit a failure (`record` gets the peer's address) and count it against the address.
+    fn security_failure(&mut self, record: &mut serde_json::Value, ip: Option<IpAddr>) {
+        record["peer"] = ip.map(|i| i.to_string()).into();
+        self.audit(record.take());
+        if let Some(ip) = ip {
+            self.count_failure(ip);
+        }
+    }
+
     /// Count a security failure against the connection's address; ban it when over the limit
     /// and tell the other shards.
     fn count_failure(&mut self, ip: IpAddr) {
@@ -1305,12 +1314,9 @@ impl Shard {
                     } else {
                         "malformed"
                     };
-                    self.audit(serde_json::json!({"event": kind, "mode": "tls",
-                        "peer": ip.map(|i| i.to_string()), "code": e.code.0,
-                        "reason": e.message}));
-                    if let Some(ip) = ip {
-                        self.count_failure(ip);
-                    }
+                    let mut record = serde_json::json!({"event": kind, "mode": "tls",
+                        "code": e.code.0, "reason": e.message});
+                    self.security_failure(&mut record, ip);
                 }
             }
             if live {
@@ -1644,11 +1650,9 @@ impl Shard {
                     _ => None,
                 };
                 if let Some((kind, code, message)) = failure {
-                    self.audit(serde_json::json!({"event": kind,
-                        "peer": ip.map(|i| i.to_string()), "code": code.0, "reason": message}));
-                    if let Some(ip) = ip {
-                        self.count_failure(ip);
-                    }
+                    let mut record =
+                        serde_json::json!({"event": kind, "code": code.0, "reason": message});
+                    self.security_failure(&mut record, ip);
                 }
             }
             _ => {}

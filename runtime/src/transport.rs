@@ -483,6 +483,22 @@ impl io::Write for ShmSocket {
     }
 }
 
+/// Write all of `buf`, spinning while a non-blocking socket is full (the blocking client's
+/// writes: a busy-poll client never sleeps, a blocking one never sees `WouldBlock`).
+pub(crate) fn write_all_spinning(w: &mut impl io::Write, buf: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        match w.write(&buf[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Why a TLS client handshake did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConnectError {
@@ -609,16 +625,7 @@ impl TlsSocket {
     }
 
     fn write_out(&mut self) -> io::Result<()> {
-        let mut off = 0;
-        while off < self.wbuf.len() {
-            match io::Write::write(&mut self.tcp, &self.wbuf[off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all_spinning(&mut self.tcp, &self.wbuf)?;
         self.wbuf.clear();
         Ok(())
     }
