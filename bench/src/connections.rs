@@ -8,7 +8,7 @@
 //! clients live in several child processes, each connecting from its own 127.0.0.x source address
 //! so that no source runs out of ephemeral ports.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use valkyrie_protocol::message::{Hello, Payload};
 use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
 use valkyrie_runtime::{BusyPoll, Node, RecvMode};
 
-use crate::{RawClient, Report, rss_bytes, slab_bytes};
+use crate::{RawClient, Report, heap_bytes, rss_bytes, slab_bytes};
 
 /// Connections one holder process keeps (below its 20,000-descriptor limit).
 const PER_HOLDER: usize = 18_000;
@@ -54,8 +54,9 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<()> {
 pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duration) {
     valkyrie_runtime::raise_nofile();
     let hello = hello(heartbeat.as_millis() as u32);
-    // A client pings well inside the interval (2.5 times per heartbeat).
-    let ping_every = heartbeat * 2 / 5;
+    // A client pings once per heartbeat interval, as a Valkyrie client with nothing else to send
+    // does (the node allows 1.5 intervals of silence).
+    let ping_every = heartbeat;
     let mut ping = Vec::new();
     Frame::new(MessageType::Ping, 0, &b"hb"[..]).encode(&mut ping);
     let mut buf = vec![0u8; 4096];
@@ -104,7 +105,7 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
             eprintln!("holder {src}: {failed} connections got no HELLO_ACK in 30 s: giving up");
             return;
         }
-        if last_beat.elapsed() >= ping_every {
+        if last_beat.elapsed() >= ping_every * 3 / 4 {
             beat(&mut conns[..start], &ping, &mut buf);
             last_beat = Instant::now();
         }
@@ -112,6 +113,9 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
     if failed > 0 {
         eprintln!("holder {src}: {failed} connections got no HELLO_ACK in 30 s");
     }
+    // Every connection pinged now, then once per interval from here (the ramp's pings came at
+    // most 3/4 of an interval apart).
+    beat(&mut conns, &ping, &mut buf);
     println!("ready");
     std::io::stdout().flush().expect("flush");
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,17 +125,21 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
         let _ = std::io::stdin().read_line(&mut sink);
         s2.store(true, Ordering::SeqCst);
     });
-    // Pace the heartbeats evenly over the interval (as independent clients would), a slice of
-    // the connections every tick, rather than in one burst per interval.
-    const TICKS: usize = 40;
-    let tick = ping_every / TICKS as u32;
+    // Pace the heartbeats evenly over the interval, a few connections every 5 ms tick (as
+    // independent clients would), and read each slice's PONGs on the next tick: a client that
+    // left its PONG unread would keep the frame's buffers in both loopback ends' kernels.
+    let tick = Duration::from_millis(5);
+    let ticks = (ping_every.as_nanos() / tick.as_nanos()).max(1) as usize;
     let mut lost = 0usize;
     let mut k = 0usize;
+    let mut prev = 0..0;
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        let (a, b) = (k * conns.len() / TICKS, (k + 1) * conns.len() / TICKS);
-        lost += beat(&mut conns[a..b], &ping, &mut buf);
-        k = (k + 1) % TICKS;
+        drain(&mut conns[prev.clone()], &mut buf);
+        let slice = k * conns.len() / ticks..(k + 1) * conns.len() / ticks;
+        lost += ping_all(&mut conns[slice.clone()], &ping);
+        prev = slice;
+        k = (k + 1) % ticks;
         next += tick;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -140,22 +148,25 @@ pub(crate) fn hold(addr: SocketAddr, n: usize, src: Ipv4Addr, heartbeat: Duratio
     }
 }
 
+/// Send one PING on every connection. Returns failed writes.
+fn ping_all(conns: &mut [TcpStream], ping: &[u8]) -> usize {
+    conns
+        .iter_mut()
+        .map(|s| usize::from(s.write_all(ping).is_err()))
+        .sum()
+}
+
+/// Read whatever has arrived on every connection (non-blocking).
+fn drain(conns: &mut [TcpStream], buf: &mut [u8]) {
+    for s in conns.iter_mut() {
+        while let Ok(1..) = s.read(buf) {}
+    }
+}
+
 /// Send one PING on every connection and drain what has arrived. Returns failed writes.
 fn beat(conns: &mut [TcpStream], ping: &[u8], buf: &mut [u8]) -> usize {
-    let mut lost = 0;
-    for s in conns.iter_mut() {
-        if s.write_all(ping).is_err() {
-            lost += 1;
-        }
-        loop {
-            match s.read(buf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-    }
+    let lost = ping_all(conns, ping);
+    drain(conns, buf);
     lost
 }
 
@@ -180,7 +191,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
     let shards = n.div_ceil(PER_SHARD).max(2);
     let holders = n.div_ceil(PER_HOLDER);
     println!(
-        "\nconnections: {n} live connections (HELLO done; each client PINGs 2.5 times per {:.0} s heartbeat) held by {holders} client processes from {holders} source addresses; node with {shards} shards (one direct-descriptor table each), receive mode poll, buffers released when drained",
+        "\nconnections: {n} live connections (HELLO done; each client PINGs once per {:.0} s heartbeat, paced over the interval) held by {holders} client processes from {holders} source addresses; node with {shards} shards (one direct-descriptor table each), receive mode poll, buffers released when drained",
         heartbeat.as_secs_f64()
     );
     let node = Node::builder()
@@ -202,7 +213,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
         _ => unreachable!("tcp"),
     };
     std::thread::sleep(Duration::from_millis(200));
-    let (rss0, slab0) = (rss_bytes(), slab_bytes());
+    let (rss0, slab0, heap0) = (rss_bytes(), slab_bytes(), heap_bytes());
     let t0 = Instant::now();
     // Ramp up one client process at a time (as a fleet comes online), so that connecting never
     // competes with every earlier process's heartbeats at once.
@@ -246,7 +257,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
         min_held = min_held.min(node.connections());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (rss1, slab1) = (rss_bytes(), slab_bytes());
+    let (rss1, slab1, heap1) = (rss_bytes(), slab_bytes(), heap_bytes());
     let held = (node.connections() - 1).max(0) as usize; // the probe is not counted
     let timeouts: u64 = node
         .shard_metrics()
@@ -260,7 +271,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
         let _ = c.wait();
     }
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
-    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64, "busy_poll": format!("{busy:?}")});
+    let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64, "pings_per_heartbeat": 1, "busy_poll": format!("{busy:?}")});
     let (user, kernel) = crate::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     report.add(
         "connections",
@@ -275,6 +286,10 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
         hold.as_secs_f64(),
         min_held - 1,
         user + kernel
+    );
+    println!(
+        "  heap allocated and not freed while held, beyond the shards' reserved connection tables (glibc mallinfo2): {:.0} B per connection",
+        heap1.saturating_sub(heap0) as f64 / held.max(1) as f64
     );
     println!(
         "  probe RTT while held: p50 {:.1} us, p99 {p99:.1} us (target < 100 us), {} samples",

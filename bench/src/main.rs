@@ -709,6 +709,22 @@ pub(crate) fn rss_bytes() -> u64 {
         * 1024
 }
 
+/// Bytes the allocator has handed out and not had back (glibc `mallinfo2`: small chunks in
+/// every arena plus mmapped ones); 0 where glibc is not the allocator.
+pub(crate) fn heap_bytes() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        #[allow(unsafe_code)]
+        let m = unsafe { libc::mallinfo2() };
+        (m.uordblks + m.hblkhd) as u64
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        0
+    }
+}
+
 pub(crate) fn slab_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     s.lines()

@@ -442,7 +442,10 @@ impl Shard {
                     addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
                 })
                 .collect(),
-            conns: Slab::new(),
+            // The whole table is reserved at start (one slot per direct descriptor): the pages
+            // become resident only as slots are used, and the table never grows by copying
+            // every connection on the shard's thread while it accepts.
+            conns: Slab::with_capacity(init.table_size as usize),
             next_generation: 1,
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
