@@ -54,9 +54,9 @@ pub(crate) struct Conn {
     generation: u32,
     transport: u8,
     proto: Connection,
-    /// Bytes being sent; the buffer does not move while a send is in flight.
-    out: Option<BytesMut>,
-    out_sent: usize,
+    /// Bytes being sent and how many went; the buffer does not move while a send is in
+    /// flight (boxed and pooled by the shard: an idle connection pays 8 bytes for it).
+    out: Option<Box<Outgoing>>,
     sending: bool,
     send_started: Option<Instant>,
     /// Refused at the connection limit: only the ERROR 501 frame is sent.
@@ -76,6 +76,12 @@ pub(crate) struct Conn {
     ip: Option<IpAddr>,
     /// TLS under the frames (TCP listeners of a node configured with `tls`).
     tls: Option<Box<TlsSession>>,
+}
+
+/// A send buffer and how much of it the kernel has taken.
+struct Outgoing {
+    buf: BytesMut,
+    sent: usize,
 }
 
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
@@ -377,7 +383,7 @@ pub(crate) struct Shard {
     table_size: u32,
     table_used: u32,
     accept_paused: bool,
-    send_pool: Vec<BytesMut>,
+    send_pool: Vec<Box<Outgoing>>,
     /// Completions being handled (reused: no allocation per batch).
     cqe_buf: Vec<cqueue::Entry>,
     unix_base: (Instant, u64),
@@ -875,7 +881,6 @@ impl Shard {
             transport,
             proto,
             out: None,
-            out_sent: 0,
             sending: false,
             send_started: None,
             refused,
@@ -920,9 +925,11 @@ impl Shard {
                 return;
             }
             c.sending = true;
-            c.out = Some(BytesMut::from(&frame[..]));
-            let out = c.out.as_ref().expect("just set");
-            let e = opcode::Send::new(types::Fixed(fixed), out.as_ptr(), out.len() as u32)
+            let out = c.out.insert(Box::new(Outgoing {
+                buf: BytesMut::from(&frame[..]),
+                sent: 0,
+            }));
+            let e = opcode::Send::new(types::Fixed(fixed), out.buf.as_ptr(), out.buf.len() as u32)
                 .build()
                 .user_data(ud(Op::Send, slot, generation));
             self.push(e);
@@ -1399,13 +1406,13 @@ impl Shard {
             return;
         }
         ShardMetrics::add(&self.metrics.bytes_out, res as u64);
-        c.out_sent += res as usize;
-        let len = c.out.as_ref().map_or(0, |b| b.len());
-        if c.out_sent < len {
+        if let Some(out) = c.out.as_mut()
+            && out.sent + (res as usize) < out.buf.len()
+        {
             // Partial send: submit the rest from where it stopped.
-            let out = c.out.as_ref().expect("send in flight");
-            let ptr = out[c.out_sent..].as_ptr();
-            let rest = (len - c.out_sent) as u32;
+            out.sent += res as usize;
+            let ptr = out.buf[out.sent..].as_ptr();
+            let rest = (out.buf.len() - out.sent) as u32;
             let e = opcode::Send::new(types::Fixed(c.fixed), ptr, rest)
                 .build()
                 .user_data(ud(Op::Send, slot, generation));
@@ -1414,7 +1421,6 @@ impl Shard {
         }
         c.sending = false;
         c.send_started = None;
-        c.out_sent = 0;
         let refused = c.refused;
         if let Some(b) = c.out.take() {
             self.recycle_send_buf(b);
@@ -1426,11 +1432,21 @@ impl Shard {
         }
     }
 
-    fn recycle_send_buf(&mut self, mut b: BytesMut) {
-        if self.send_pool.len() < SEND_POOL && b.capacity() <= 4 * self.cfg.send_batch {
-            b.clear();
+    fn recycle_send_buf(&mut self, mut b: Box<Outgoing>) {
+        if self.send_pool.len() < SEND_POOL && b.buf.capacity() <= 4 * self.cfg.send_batch {
+            b.buf.clear();
+            b.sent = 0;
             self.send_pool.push(b);
         }
+    }
+
+    fn take_send_buf(&mut self) -> Box<Outgoing> {
+        self.send_pool.pop().unwrap_or_else(|| {
+            Box::new(Outgoing {
+                buf: BytesMut::with_capacity(SEND_BUF),
+                sent: 0,
+            })
+        })
     }
 
     fn start_close(&mut self, slot: u32) {
@@ -1698,10 +1714,7 @@ impl Shard {
         if c.sending || c.closing {
             return;
         }
-        let mut buf = self
-            .send_pool
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(SEND_BUF));
+        let mut out = self.take_send_buf();
         let c = &mut self.conns[slot as usize];
         while let Some(t) = c.proto.poll_transmit() {
             self.metrics.frame_out(&t.header);
@@ -1710,39 +1723,35 @@ impl Shard {
             {
                 self.metrics.error_sent(e.code, 1);
             }
-            t.write_to(&mut buf);
-            if buf.len() >= batch {
+            t.write_to(&mut out.buf);
+            if out.buf.len() >= batch {
                 break;
             }
         }
         if let Some(tls) = c.tls.as_mut() {
             // Frames leave as TLS records; handshake messages and alerts leave even when no
             // frame is queued.
-            let mut sealed = self
-                .send_pool
-                .pop()
-                .unwrap_or_else(|| BytesMut::with_capacity(SEND_BUF));
-            if buf.is_empty() || tls.has_failed() {
-                tls.transmit(&mut sealed);
-            } else if let Err(e) = tls.seal(&buf, &mut sealed) {
+            let mut sealed = self.send_pool.pop().unwrap_or_else(|| {
+                Box::new(Outgoing {
+                    buf: BytesMut::with_capacity(SEND_BUF),
+                    sent: 0,
+                })
+            });
+            if out.buf.is_empty() || tls.has_failed() {
+                tls.transmit(&mut sealed.buf);
+            } else if let Err(e) = tls.seal(&out.buf, &mut sealed.buf) {
                 tracing::debug!(shard = self.id, error = %e, "tls seal failed");
                 c.proto.handle_eof(self.now);
             }
-            buf.clear();
-            if self.send_pool.len() < SEND_POOL {
-                self.send_pool.push(buf);
-            }
-            buf = sealed;
+            self.recycle_send_buf(std::mem::replace(&mut out, sealed));
         }
-        if buf.is_empty() {
-            if self.send_pool.len() < SEND_POOL {
-                self.send_pool.push(buf);
-            }
+        if out.buf.is_empty() {
+            self.recycle_send_buf(out);
             return;
         }
-        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
-        c.out = Some(buf);
-        c.out_sent = 0;
+        let c = &mut self.conns[slot as usize];
+        let (ptr, len) = (out.buf.as_ptr(), out.buf.len() as u32);
+        c.out = Some(out);
         c.sending = true;
         c.send_started = Some(self.now);
         let e = opcode::Send::new(types::Fixed(c.fixed), ptr, len)

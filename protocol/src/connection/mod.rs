@@ -298,6 +298,31 @@ pub struct ConnectionStats {
     pub dropped_rx: u64,
 }
 
+/// The counters behind [`ConnectionStats`], kept compact: the rare ones in 32 bits
+/// (saturating), the per-code ERROR counts allocated with the first ERROR sent.
+#[derive(Debug, Default)]
+struct Counters {
+    frames_rx: u64,
+    frames_tx: u64,
+    bytes_rx: u64,
+    bytes_tx: u64,
+    errors_rx: u32,
+    heartbeats_sent: u32,
+    heartbeats_missed: u32,
+    dropped_rx: u32,
+    errors_sent: Option<Box<BTreeMap<u16, u64>>>,
+}
+
+impl Counters {
+    fn count_error_sent(&mut self, code: u16) {
+        *self
+            .errors_sent
+            .get_or_insert_with(Box::default)
+            .entry(code)
+            .or_default() += 1;
+    }
+}
+
 /// One frame ready for the transport: header bytes and payload (sealed if a record layer is
 /// active). Write `header` then `payload`, or gather them in one `writev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +348,26 @@ impl Transmit {
     pub fn write_to<B: BufMut + ?Sized>(&self, buf: &mut B) {
         buf.put_slice(&self.header);
         buf.put_slice(&self.payload);
+    }
+}
+
+/// What a connection holds only while it has traffic in hand.
+#[derive(Debug)]
+struct Busy {
+    decoder: Decoder,
+    sched: Scheduler,
+    events: VecDeque<Event>,
+    pings: VecDeque<PingRecord>,
+}
+
+impl Busy {
+    /// Nothing buffered, queued, pending or outstanding (and no decode error to report).
+    fn is_idle(&self) -> bool {
+        self.decoder.buffered() == 0
+            && !self.decoder.is_failed()
+            && self.sched.is_empty()
+            && self.events.is_empty()
+            && self.pings.is_empty()
     }
 }
 
@@ -414,22 +459,26 @@ pub struct Connection {
     side: Side,
     config: Arc<Config>,
     state: State,
-    decoder: Decoder,
-    sched: Scheduler,
+    /// Receive buffer, outbound queues, events and outstanding PINGs: allocated while the
+    /// connection has traffic in hand and released by [`Connection::shrink_buffers`] once all
+    /// of it is empty (an idle connection pays 8 bytes for them).
+    busy: Option<Box<Busy>>,
+    /// Frames and bytes shed by the scheduler in earlier busy periods.
+    shed: (u64, u64),
     streams: Streams,
-    events: VecDeque<Event>,
-    now: Instant,
+    /// The times below are nanoseconds since `base_instant` (8 bytes each, not 16).
     base_instant: Instant,
     base_unix: u64,
+    /// The latest time passed in.
+    now: u64,
     peer: Option<PeerInfo>,
     peer_max_frame: u32,
-    heartbeat: Option<Duration>,
-    last_rx: Instant,
-    last_tx: Instant,
-    last_ping: Instant,
+    last_rx: u64,
+    last_tx: u64,
+    last_ping: u64,
     missed: u32,
-    pings: VecDeque<PingRecord>,
-    srtt: Option<Duration>,
+    /// Smoothed round-trip time in microseconds (0: not measured yet).
+    srtt_us: u32,
     next_correlation: u32,
     protector: Option<Box<dyn RecordProtector>>,
     /// Handshake-time state, dropped once established (boxed: an idle connection pays 8 bytes).
@@ -437,7 +486,7 @@ pub struct Connection {
     final_frame: Option<Box<FinalFrame>>,
     /// Close-time state (boxed: only closing connections pay for it).
     closing: Option<Box<Closing>>,
-    stats: ConnectionStats,
+    stats: Counters,
 }
 
 impl std::fmt::Debug for Connection {
@@ -447,7 +496,7 @@ impl std::fmt::Debug for Connection {
             .field("state", &self.state)
             .field("peer", &self.peer)
             .field("streams", &self.streams.len())
-            .field("queued", &self.sched.len())
+            .field("queued", &self.sched_len())
             .finish_non_exhaustive()
     }
 }
@@ -463,22 +512,19 @@ impl Connection {
                 Side::Client => State::AwaitingHelloAck,
                 Side::Server => State::AwaitingHello,
             },
-            decoder: Decoder::new(config.max_frame),
-            sched: Scheduler::new(config.scheduler),
+            busy: None,
+            shed: (0, 0),
             streams,
-            events: VecDeque::new(),
-            now,
             base_instant: now,
+            now: 0,
             base_unix: unix_secs,
             peer: None,
             peer_max_frame: MIN_MAX_FRAME,
-            heartbeat: None,
-            last_rx: now,
-            last_tx: now,
-            last_ping: now,
+            last_rx: 0,
+            last_tx: 0,
+            last_ping: 0,
             missed: 0,
-            pings: VecDeque::new(),
-            srtt: None,
+            srtt_us: 0,
             next_correlation: 1,
             protector: None,
             pending: Some(Box::new(Pending {
@@ -487,7 +533,7 @@ impl Connection {
             })),
             final_frame: None,
             closing: None,
-            stats: ConnectionStats::default(),
+            stats: Counters::default(),
             config,
         };
         if side == Side::Client {
@@ -533,7 +579,7 @@ impl Connection {
     /// True when the connection has ended and everything has been transmitted: close the
     /// transport now.
     pub fn is_drained(&self) -> bool {
-        self.state == State::Closed && self.final_frame.is_none() && self.sched.is_empty()
+        self.state == State::Closed && self.final_frame.is_none() && self.sched_len() == 0
     }
 
     /// What was agreed with the peer, once connected.
@@ -545,41 +591,97 @@ impl Connection {
     /// event queue, stream tables). Call it when the connection has gone quiet: an idle
     /// connection then holds only its fixed state. Nothing queued or buffered is touched.
     pub fn shrink_buffers(&mut self) {
-        self.decoder.shrink();
-        self.sched.shrink();
         self.streams.shrink();
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
+        let Some(b) = self.busy.as_mut() else {
+            return;
+        };
+        if b.is_idle() {
+            self.shed.0 += b.sched.shed_frames();
+            self.shed.1 += b.sched.shed_bytes();
+            self.busy = None;
+            return;
         }
-        if self.pings.is_empty() {
-            self.pings = VecDeque::new();
+        b.decoder.shrink();
+        b.sched.shrink();
+        if b.events.is_empty() {
+            b.events = VecDeque::new();
+        }
+        if b.pings.is_empty() {
+            b.pings = VecDeque::new();
         }
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &ConnectionStats {
-        &self.stats
+    /// The busy-time state, allocated on first use.
+    fn busy(&mut self) -> &mut Busy {
+        let config = &self.config;
+        self.busy.get_or_insert_with(|| {
+            Box::new(Busy {
+                decoder: Decoder::new(config.max_frame),
+                sched: Scheduler::new(config.scheduler),
+                events: VecDeque::new(),
+                pings: VecDeque::new(),
+            })
+        })
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.busy().events.push_back(event);
+    }
+
+    fn sched_len(&self) -> usize {
+        self.busy.as_ref().map_or(0, |b| b.sched.len())
+    }
+
+    /// Whether a frame of `qos` and `size` bytes would be queued now.
+    fn has_room(&self, qos: Qos, size: usize) -> bool {
+        match &self.busy {
+            Some(b) => b.sched.has_room(qos, size),
+            None => Scheduler::new(self.config.scheduler).has_room(qos, size),
+        }
+    }
+
+    /// Drop every queued frame.
+    fn clear_queue(&mut self) {
+        if let Some(b) = self.busy.as_mut() {
+            b.sched.clear();
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.stats;
+        ConnectionStats {
+            frames_rx: c.frames_rx,
+            frames_tx: c.frames_tx,
+            bytes_rx: c.bytes_rx,
+            bytes_tx: c.bytes_tx,
+            errors_sent: c.errors_sent.as_deref().cloned().unwrap_or_default(),
+            errors_rx: c.errors_rx.into(),
+            heartbeats_sent: c.heartbeats_sent.into(),
+            heartbeats_missed: c.heartbeats_missed.into(),
+            dropped_rx: c.dropped_rx.into(),
+        }
     }
 
     /// Best-effort frames shed by the scheduler.
     pub fn shed_frames(&self) -> u64 {
-        self.sched.shed_frames()
+        self.shed.0 + self.busy.as_ref().map_or(0, |b| b.sched.shed_frames())
     }
 
     /// Bytes fed but not yet decoded. A transport should stop reading while this is above
     /// its budget (at most one `max_frame` plus one read is ever needed).
     pub fn buffered_input(&self) -> usize {
-        self.decoder.buffered()
+        self.busy.as_ref().map_or(0, |b| b.decoder.buffered())
     }
 
     /// Frames waiting to be transmitted.
     pub fn queued_frames(&self) -> usize {
-        self.sched.len() + usize::from(self.final_frame.is_some())
+        self.sched_len() + usize::from(self.final_frame.is_some())
     }
 
     /// The smoothed round-trip time from PING/PONG, if measured.
     pub fn rtt(&self) -> Option<Duration> {
-        self.srtt
+        (self.srtt_us > 0).then(|| Duration::from_micros(u64::from(self.srtt_us)))
     }
 
     /// Streams open now.
@@ -594,10 +696,7 @@ impl Connection {
 
     /// Header timestamp (Unix seconds) at the last time passed in.
     pub fn unix_time(&self) -> u32 {
-        let elapsed = self
-            .now
-            .saturating_duration_since(self.base_instant)
-            .as_secs();
+        let elapsed = self.now / 1_000_000_000;
         (self.base_unix.saturating_add(elapsed)).min(u64::from(u32::MAX)) as u32
     }
 
@@ -629,9 +728,9 @@ impl Connection {
             return;
         }
         self.stats.bytes_rx += data.len() as u64;
-        self.last_rx = now;
+        self.last_rx = self.tick(now);
         self.missed = 0;
-        self.decoder.feed(data);
+        self.busy().decoder.feed(data);
     }
 
     /// The transport reached end of file or failed.
@@ -645,7 +744,7 @@ impl Connection {
         } else {
             CloseReason::TransportClosed
         };
-        self.sched.clear();
+        self.clear_queue();
         self.final_frame = None;
         self.enter_closed(reason);
     }
@@ -653,13 +752,14 @@ impl Connection {
     /// The next event, decoding buffered input as needed.
     pub fn poll_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(e) = self.events.pop_front() {
+            let b = self.busy.as_mut()?;
+            if let Some(e) = b.events.pop_front() {
                 return Some(e);
             }
             if self.state == State::Closed {
                 return None;
             }
-            match self.decoder.decode() {
+            match b.decoder.decode() {
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => return None,
                 Err(e) => self.fatal(e.code(), e.to_string(), None),
@@ -671,7 +771,7 @@ impl Connection {
 
     /// The next frame to hand to the transport.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if let Some(q) = self.sched.pop() {
+        if let Some(q) = self.busy.as_mut().and_then(|b| b.sched.pop()) {
             return match self.finish_transmit(q.header, q.payload, q.seal) {
                 Some(t) => Some(t),
                 None => self.poll_transmit(),
@@ -744,7 +844,7 @@ impl Connection {
             State::Closed => None,
             State::Closing => self.closing.as_ref().and_then(|c| c.deadline),
             State::Established => {
-                let hb = self.heartbeat?;
+                let hb = self.heartbeat()?;
                 let miss = self.miss_deadline(hb);
                 Some(match self.side {
                     Side::Client => miss.min(self.ping_due(hb)),
@@ -756,11 +856,13 @@ impl Connection {
     }
 
     fn miss_deadline(&self, hb: Duration) -> Instant {
-        self.last_rx + hb * (self.missed + 1) + hb / 2
+        let hb = hb.as_nanos() as u64;
+        self.at(self.last_rx + hb * u64::from(self.missed + 1) + hb / 2)
     }
 
     fn ping_due(&self, hb: Duration) -> Instant {
-        (self.last_tx + hb).min(self.last_rx.max(self.last_ping) + hb)
+        let hb = hb.as_nanos() as u64;
+        self.at(self.last_tx.min(self.last_rx.max(self.last_ping)) + hb)
     }
 
     /// Run the timers due at `now`.
@@ -775,17 +877,17 @@ impl Connection {
                     .and_then(|c| c.deadline)
                     .is_some_and(|d| now >= d)
                 {
-                    self.sched.clear();
+                    self.clear_queue();
                     self.final_frame = None;
                     self.enter_closed(CloseReason::CloseTimeout);
                 }
             }
             State::Established => {
-                let Some(hb) = self.heartbeat else { return };
+                let Some(hb) = self.heartbeat() else { return };
                 while now >= self.miss_deadline(hb) {
                     self.missed += 1;
-                    self.stats.heartbeats_missed += 1;
-                    self.events.push_back(Event::HeartbeatMissed {
+                    self.stats.heartbeats_missed = self.stats.heartbeats_missed.saturating_add(1);
+                    self.push_event(Event::HeartbeatMissed {
                         missed: self.missed,
                     });
                     if self.missed >= self.config.max_missed_heartbeats.max(1) {
@@ -799,7 +901,7 @@ impl Connection {
                     }
                 }
                 if self.side == Side::Client && now >= self.ping_due(hb) {
-                    self.stats.heartbeats_sent += 1;
+                    self.stats.heartbeats_sent = self.stats.heartbeats_sent.saturating_add(1);
                     let _ = self.send_ping(Bytes::new(), false);
                 }
             }
@@ -821,9 +923,27 @@ impl Connection {
     }
 
     fn advance(&mut self, now: Instant) {
-        if now > self.now {
-            self.now = now;
-        }
+        self.now = self.now.max(self.tick(now));
+    }
+
+    /// `t` as nanoseconds since the connection's base instant (0 before it).
+    fn tick(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base_instant).as_nanos() as u64
+    }
+
+    /// The instant of a `tick`.
+    fn at(&self, tick: u64) -> Instant {
+        self.base_instant + Duration::from_nanos(tick)
+    }
+
+    /// The latest time passed in.
+    fn now(&self) -> Instant {
+        self.at(self.now)
+    }
+
+    /// The heartbeat interval agreed with the peer.
+    fn heartbeat(&self) -> Option<Duration> {
+        self.peer.as_ref().and_then(|p| p.heartbeat)
     }
 
     // ----- application API -------------------------------------------------------------
@@ -851,7 +971,7 @@ impl Connection {
         self.check_size(payload.len())?;
         let class = StreamClass::of(stream_id);
         let qos = class.qos();
-        if !self.sched.has_room(qos, HEADER_LEN + payload.len()) {
+        if !self.has_room(qos, HEADER_LEN + payload.len()) {
             return Err(SendError::QueueFull(qos));
         }
         if stream_id != 0 {
@@ -875,7 +995,8 @@ impl Connection {
             timestamp: self.unix_time(),
         };
         let seal = self.protector.is_some();
-        self.sched
+        self.busy()
+            .sched
             .push(qos, header, payload, seal)
             .map_err(|e| SendError::QueueFull(e.0))
     }
@@ -932,16 +1053,18 @@ impl Connection {
     }
 
     fn send_ping(&mut self, payload: Bytes, app: bool) -> Result<u32, SendError> {
-        if !self.sched.has_room(Qos::Critical, 0) {
+        if !self.has_room(Qos::Critical, 0) {
             return Err(SendError::QueueFull(Qos::Critical));
         }
         let id = self.next_correlation_id();
-        if self.pings.len() >= self.config.max_pings_in_flight.max(1) {
-            self.pings.pop_front();
+        let (max, sent) = (self.config.max_pings_in_flight.max(1), self.now());
+        let pings = &mut self.busy().pings;
+        if pings.len() >= max {
+            pings.pop_front();
         }
-        self.pings.push_back(PingRecord {
+        pings.push_back(PingRecord {
             correlation_id: id,
-            sent: self.now,
+            sent,
             app,
         });
         self.last_ping = self.now;
@@ -958,7 +1081,7 @@ impl Connection {
         open: Option<StreamOpen>,
     ) -> Result<u32, SendError> {
         self.check_sendable()?;
-        if open.is_some() && !self.sched.has_room(Qos::Critical, 0) {
+        if open.is_some() && !self.has_room(Qos::Critical, 0) {
             return Err(SendError::QueueFull(Qos::Critical));
         }
         let id = self.streams.open(class)?;
@@ -981,7 +1104,7 @@ impl Connection {
     pub fn finish_stream(&mut self, stream_id: u32) -> Result<(), SendError> {
         self.check_sendable()?;
         let qos = StreamClass::of(stream_id).qos();
-        if !self.sched.has_room(qos, HEADER_LEN) {
+        if !self.has_room(qos, HEADER_LEN) {
             return Err(SendError::QueueFull(qos));
         }
         self.streams.on_send(stream_id, 0, true)?;
@@ -991,7 +1114,8 @@ impl Connection {
             ..Header::new(MessageType::StreamClose, stream_id, 0)
         };
         let seal = self.protector.is_some();
-        self.sched
+        self.busy()
+            .sched
             .push(qos, header, StreamClose::default().to_bytes(), seal)
             .map_err(|e| SendError::QueueFull(e.0))?;
         Ok(())
@@ -1017,8 +1141,8 @@ impl Connection {
     /// Release `bytes` of received data on `stream_id` (only with
     /// [`Config::manual_flow_control`]); sends a credit update when one is due.
     pub fn release(&mut self, stream_id: u32, bytes: u64) {
-        let rtt = self.srtt.unwrap_or(Duration::from_millis(1));
-        if let Some(max) = self.streams.release(stream_id, bytes, self.now, rtt) {
+        let rtt = self.rtt().unwrap_or(Duration::from_millis(1));
+        if let Some(max) = self.streams.release(stream_id, bytes, self.now(), rtt) {
             self.send_credit(stream_id, max);
         }
     }
@@ -1036,7 +1160,7 @@ impl Connection {
             self.fatal(code, message.to_owned(), None);
             return Ok(());
         }
-        if !self.sched.has_room(Qos::Critical, 0) {
+        if !self.has_room(Qos::Critical, 0) {
             return Err(SendError::QueueFull(Qos::Critical));
         }
         self.queue_error(code, message.to_owned(), stream_id, correlation_id);
@@ -1051,11 +1175,11 @@ impl Connection {
             State::Established => {}
             _ => {
                 // Nothing established yet: close without draining.
-                self.sched.clear();
+                self.clear_queue();
             }
         }
         self.state = State::Closing;
-        self.closing_mut().deadline = Some(self.now + self.config.close_timeout);
+        self.closing_mut().deadline = Some(self.now() + self.config.close_timeout);
         let payload = Close {
             code,
             reason: reason.to_owned(),
@@ -1336,7 +1460,6 @@ impl Connection {
         max_streams: Option<u32>,
     ) {
         self.peer_max_frame = max_frame.min(MAX_FRAME_LIMIT);
-        self.heartbeat = (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms)));
         self.streams.set_peer_limits(
             stream_window.unwrap_or(self.config.window.initial()),
             max_streams.unwrap_or(self.config.max_streams),
@@ -1347,7 +1470,7 @@ impl Connection {
             security,
             identity: None,
             max_frame: self.peer_max_frame,
-            heartbeat: self.heartbeat,
+            heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms))),
         });
     }
 
@@ -1375,7 +1498,7 @@ impl Connection {
             local_node_id: self.config.node_id.clone(),
             peer_node_id: peer.node_id.clone(),
             hello_transcript,
-            now: self.now,
+            now: self.now(),
             unix_secs: u64::from(self.unix_time()),
             transport_identity: self
                 .pending
@@ -1396,11 +1519,12 @@ impl Connection {
             MessageType::Error => self.on_peer_error(&frame),
             MessageType::Close => self.on_peer_close(&frame),
             t if t.is_handshake() && h.stream_id == 0 => {
+                let now = self.now();
                 let Some(hs) = self.pending.as_mut().and_then(|p| p.handshake.as_mut()) else {
                     return;
                 };
                 let mut out = Vec::new();
-                let status = hs.handle(t, &frame.payload, self.now, &mut out);
+                let status = hs.handle(t, &frame.payload, now, &mut out);
                 self.after_handshake_step(status, out);
             }
             other => self.fatal(
@@ -1453,7 +1577,8 @@ impl Connection {
         self.missed = 0;
         let peer = self.peer.as_mut().expect("peer params applied");
         peer.identity = identity;
-        self.events.push_back(Event::Connected(peer.clone()));
+        let connected = Event::Connected(peer.clone());
+        self.push_event(connected);
     }
 
     fn on_established_frame(&mut self, frame: Frame) {
@@ -1493,7 +1618,7 @@ impl Connection {
             MessageType::Close => self.on_peer_close(&frame),
             MessageType::StreamAck => {
                 if h.flags.contains(Flags::RESPONSE) && h.correlation_id != 0 {
-                    self.events.push_back(Event::Acked {
+                    self.push_event(Event::Acked {
                         stream_id: 0,
                         correlation_id: h.correlation_id,
                     });
@@ -1524,13 +1649,13 @@ impl Connection {
                 // Both sides reset at once: confirm theirs; ours is confirmed by their reply.
                 self.queue_reset_confirm(id, &frame);
             } else {
-                self.stats.dropped_rx += 1;
+                self.stats.dropped_rx = self.stats.dropped_rx.saturating_add(1);
             }
             return;
         }
         if self.streams.info(id).is_none() {
             if matches!(t, MessageType::StreamAck | MessageType::StreamClose) {
-                self.stats.dropped_rx += 1;
+                self.stats.dropped_rx = self.stats.dropped_rx.saturating_add(1);
                 return;
             }
             if t == MessageType::StreamReset {
@@ -1563,7 +1688,7 @@ impl Connection {
                 self.send_reset(id, e.code().0, e.to_string());
                 return;
             }
-            self.events.push_back(Event::StreamOpened { id, open });
+            self.push_event(Event::StreamOpened { id, open });
             if t == MessageType::StreamOpen {
                 let ack = StreamAck {
                     max_data: Some(u64::from(self.streams.local_window())),
@@ -1595,10 +1720,10 @@ impl Connection {
                     if let Some(max) = ack.max_data
                         && self.streams.on_credit(id, max)
                     {
-                        self.events.push_back(Event::StreamWritable { id });
+                        self.push_event(Event::StreamWritable { id });
                     }
                     if h.flags.contains(Flags::RESPONSE) && h.correlation_id != 0 {
-                        self.events.push_back(Event::Acked {
+                        self.push_event(Event::Acked {
                             stream_id: id,
                             correlation_id: h.correlation_id,
                         });
@@ -1615,7 +1740,7 @@ impl Connection {
                 if !h.flags.contains(Flags::RESPONSE) {
                     self.queue_reset_confirm(id, &frame);
                 }
-                self.events.push_back(Event::StreamReset {
+                self.push_event(Event::StreamReset {
                     id,
                     code: reset.code,
                     reason: reset.reason,
@@ -1638,7 +1763,7 @@ impl Connection {
                 Err(ReceiveError::FlowControl) => {
                     let reason = format!("stream {id}: peer exceeded its flow-control credit");
                     self.send_reset(id, ErrorCode::FLOW_CONTROL_VIOLATION.0, reason.clone());
-                    self.events.push_back(Event::StreamReset {
+                    self.push_event(Event::StreamReset {
                         id,
                         code: ErrorCode::FLOW_CONTROL_VIOLATION.0,
                         reason,
@@ -1661,7 +1786,7 @@ impl Connection {
 
     fn finish_remote(&mut self, id: u32) {
         if self.streams.finish_remote(id) {
-            self.events.push_back(Event::StreamFinished { id });
+            self.push_event(Event::StreamFinished { id });
         }
     }
 
@@ -1689,7 +1814,7 @@ impl Connection {
                     ),
                     &h,
                 );
-                self.events.push_back(Event::Denied {
+                self.push_event(Event::Denied {
                     identity,
                     msg_type: h.msg_type,
                     stream_id: h.stream_id,
@@ -1710,22 +1835,26 @@ impl Connection {
                 h.correlation_id,
             );
         }
-        self.events.push_back(Event::Frame(frame));
+        self.push_event(Event::Frame(frame));
     }
 
     fn on_pong(&mut self, frame: Frame) {
         let corr = frame.header.correlation_id;
-        let Some(pos) = self.pings.iter().position(|p| p.correlation_id == corr) else {
+        let Some(pings) = self.busy.as_mut().map(|b| &mut b.pings) else {
+            return; // unsolicited: liveness already counted
+        };
+        let Some(pos) = pings.iter().position(|p| p.correlation_id == corr) else {
             return; // late or unsolicited: liveness already counted
         };
-        let rec = self.pings.remove(pos).expect("position is in range");
-        let rtt = self.now.saturating_duration_since(rec.sent);
-        self.srtt = Some(match self.srtt {
+        let rec = pings.remove(pos).expect("position is in range");
+        let rtt = self.now().saturating_duration_since(rec.sent);
+        let srtt = match self.rtt() {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
-        });
+        };
+        self.srtt_us = srtt.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
         if rec.app {
-            self.events.push_back(Event::Pong {
+            self.push_event(Event::Pong {
                 correlation_id: corr,
                 payload: frame.payload,
                 rtt,
@@ -1734,7 +1863,7 @@ impl Connection {
     }
 
     fn on_peer_error(&mut self, frame: &Frame) {
-        self.stats.errors_rx += 1;
+        self.stats.errors_rx = self.stats.errors_rx.saturating_add(1);
         let h = frame.header;
         let (code, message) = match ErrorPayload::from_bytes(&frame.payload) {
             Ok(p) => (ErrorCode(p.code), p.message),
@@ -1744,11 +1873,11 @@ impl Connection {
             ),
         };
         if code.is_fatal() {
-            self.sched.clear();
+            self.clear_queue();
             self.final_frame = None;
             self.enter_closed(CloseReason::PeerError { code, message });
         } else {
-            self.events.push_back(Event::PeerError {
+            self.push_event(Event::PeerError {
                 code,
                 message,
                 stream_id: h.stream_id,
@@ -1777,7 +1906,7 @@ impl Connection {
             f.then = AfterFinal::Closed(peer_reason);
             return;
         }
-        self.events.push_back(Event::CloseRequested {
+        self.push_event(Event::CloseRequested {
             code: close.code,
             reason: close.reason,
         });
@@ -1786,7 +1915,7 @@ impl Connection {
             return;
         }
         self.state = State::Closing;
-        self.closing_mut().deadline = Some(self.now + self.config.close_timeout);
+        self.closing_mut().deadline = Some(self.now() + self.config.close_timeout);
         self.final_frame = Some(Box::new(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::RESPONSE, 0),
             payload: Close {
@@ -1836,6 +1965,7 @@ impl Connection {
         let header = self.control_header(msg_type, stream_id, flags, corr);
         let seal = self.protector.is_some();
         if self
+            .busy()
             .sched
             .push(Qos::Critical, header, payload, seal)
             .is_err()
@@ -1849,7 +1979,7 @@ impl Connection {
     }
 
     fn queue_error(&mut self, code: ErrorCode, message: String, stream_id: u32, corr: u32) {
-        *self.stats.errors_sent.entry(code.0).or_default() += 1;
+        self.stats.count_error_sent(code.0);
         let payload = ErrorPayload {
             code: code.0,
             message,
@@ -1883,7 +2013,9 @@ impl Connection {
     }
 
     fn send_reset(&mut self, id: u32, code: u16, reason: String) {
-        self.sched.purge_stream(id);
+        if let Some(b) = self.busy.as_mut() {
+            b.sched.purge_stream(id);
+        }
         if !self.streams.reset_local(id) {
             self.fatal(
                 ErrorCode::STREAM_LIMIT,
@@ -1911,8 +2043,8 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
-        *self.stats.errors_sent.entry(code.0).or_default() += 1;
-        self.sched.clear();
+        self.stats.count_error_sent(code.0);
+        self.clear_queue();
         let payload = ErrorPayload {
             code: code.0,
             message: message.clone(),
@@ -1936,7 +2068,7 @@ impl Connection {
         if let Some(c) = self.closing.as_mut() {
             c.deadline = None;
         }
-        self.events.push_back(Event::Closed(reason));
+        self.push_event(Event::Closed(reason));
     }
 }
 
