@@ -310,6 +310,8 @@ struct Counters {
     heartbeats_sent: u32,
     heartbeats_missed: u32,
     dropped_rx: u32,
+    // Boxed on purpose: 8 bytes inline instead of the map's 24 on every connection.
+    #[allow(clippy::box_collection)]
     errors_sent: Option<Box<BTreeMap<u16, u64>>>,
 }
 
