@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -58,12 +58,12 @@ pub(crate) struct Conn {
     /// flight (boxed and pooled by the shard: an idle connection pays 8 bytes for it).
     out: Option<Box<Outgoing>>,
     sending: bool,
-    send_started: Option<Instant>,
+    send_started: Option<Tick>,
     /// Refused at the connection limit: only the ERROR 501 frame is sent.
     refused: bool,
     closing: bool,
     connected: bool,
-    timer: Option<Instant>,
+    timer: Option<Tick>,
     dirty: bool,
     /// Just finished its handshake: release the handshake's buffers once flushed.
     fresh: bool,
@@ -72,10 +72,27 @@ pub(crate) struct Conn {
     fd_closed: bool,
     /// A shared-memory connection: its stream and wait state (None for sockets).
     shm: Option<Box<ShmConn>>,
-    /// The peer's address (TCP, when intrusion detection is on).
-    ip: Option<IpAddr>,
+    /// The peer's address (TCP, when intrusion detection is on; boxed, as most nodes run
+    /// without it and each connection then pays 8 bytes, not 24).
+    ip: Option<Box<IpAddr>>,
     /// TLS under the frames (TCP listeners of a node configured with `tls`).
     tls: Option<Box<TlsSession>>,
+}
+
+/// A shard time: nanoseconds since the shard's epoch, plus one (8 bytes where an `Instant` takes
+/// 16, and `Option<Tick>` still 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(std::num::NonZeroU64);
+
+impl Tick {
+    fn of(epoch: Instant, t: Instant) -> Tick {
+        let ns = t.saturating_duration_since(epoch).as_nanos();
+        Tick(std::num::NonZeroU64::MIN.saturating_add(ns.min(u128::from(u64::MAX - 1)) as u64))
+    }
+
+    fn at(self, epoch: Instant) -> Instant {
+        epoch + Duration::from_nanos(self.0.get() - 1)
+    }
 }
 
 /// A send buffer and how much of it the kernel has taken.
@@ -368,7 +385,9 @@ pub(crate) struct Shard {
     conns: Slab<Conn>,
     next_generation: u32,
     dirty: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    timers: BinaryHeap<Reverse<(Tick, u32, u32)>>,
+    /// The instant shard times count from.
+    epoch: Instant,
     mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
     mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
     wakers: Arc<Vec<Waker>>,
@@ -457,7 +476,10 @@ impl Shard {
             conns: Slab::with_capacity(init.table_size as usize),
             next_generation: 1,
             dirty: Vec::new(),
-            timers: BinaryHeap::new(),
+            // At most about one live timer per connection (stale ones are dropped as they
+            // come up): reserved with the connection table.
+            timers: BinaryHeap::with_capacity(init.table_size as usize),
+            epoch: now,
             mesh_rx: init.mesh_rx,
             mesh_tx: init.mesh_tx,
             wakers: init.wakers,
@@ -710,7 +732,10 @@ impl Shard {
                 tracing::warn!(shard = self.id, error = %e, "submit");
             }
         } else {
-            let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _, _))| t.at(self.epoch));
             let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
             let res = match wait {
                 Some(d) => {
@@ -894,7 +919,7 @@ impl Shard {
             fresh: false,
             fd_closed: false,
             shm,
-            ip,
+            ip: ip.map(Box::new),
             tls,
         }) as u32;
         if refused {
@@ -1117,7 +1142,7 @@ impl Shard {
     /// Write the protocol's queued frames into the send ring; when it is full keep the frame
     /// and wait on the ring's space word (the slow-consumer timer runs meanwhile).
     fn shm_flush(&mut self, slot: u32) {
-        let now = self.now;
+        let (now, epoch) = (self.now, self.epoch);
         let Some(c) = self.conns.get_mut(slot as usize) else {
             return;
         };
@@ -1206,7 +1231,7 @@ impl Shard {
             c.send_started = None;
         }
         if blocked && c.send_started.is_none() {
-            c.send_started = Some(now);
+            c.send_started = Some(Tick::of(epoch, now));
         }
         if !blocked {
             c.send_started = None;
@@ -1313,7 +1338,7 @@ impl Shard {
                                 tls.feed(data, &mut c.proto, self.now, &mut self.tls_plain)
                             {
                                 c.proto.handle_eof(self.now);
-                                tls_failure = Some((e, c.ip));
+                                tls_failure = Some((e, c.ip.as_deref().copied()));
                             }
                         }
                     }
@@ -1591,10 +1616,10 @@ impl Shard {
         }
         let mut deadline = c.proto.poll_timeout();
         if let Some(started) = c.send_started {
-            let slow = started + self.cfg.slow_consumer_timeout;
+            let slow = started.at(self.epoch) + self.cfg.slow_consumer_timeout;
             deadline = Some(deadline.map_or(slow, |d| d.min(slow)));
         }
-        if let Some(t) = deadline
+        if let Some(t) = deadline.map(|d| Tick::of(self.epoch, d))
             && c.timer.is_none_or(|cur| t < cur)
         {
             c.timer = Some(t);
@@ -1614,7 +1639,7 @@ impl Shard {
                 let c = &mut self.conns[slot as usize];
                 c.connected = true;
                 c.fresh = true;
-                let ip = c.ip;
+                let ip = c.ip.as_deref().copied();
                 if self.cfg.audit.is_some() {
                     self.audit(serde_json::json!({"event": "handshake_ok",
                         "peer": ip.map(|i| i.to_string()), "node_id": peer.node_id,
@@ -1626,7 +1651,7 @@ impl Shard {
                 msg_type,
                 stream_id,
             } => {
-                let ip = self.conns[slot as usize].ip;
+                let ip = self.conns[slot as usize].ip.as_deref().copied();
                 self.audit(serde_json::json!({"event": "denied",
                     "peer": ip.map(|i| i.to_string()), "identity": identity,
                     "type": msg_type.name(), "stream": stream_id,
@@ -1657,7 +1682,7 @@ impl Shard {
                 }
                 let c = &self.conns[slot as usize];
                 ShardMetrics::add(&self.metrics.shed_frames, c.proto.shed_frames());
-                let (ip, connected) = (c.ip, c.connected);
+                let (ip, connected) = (c.ip.as_deref().copied(), c.connected);
                 let failure = match reason {
                     CloseReason::ProtocolError { code, message } => match code.0 {
                         100..=105 => Some(("malformed", *code, message.clone())),
@@ -1756,7 +1781,7 @@ impl Shard {
         let (ptr, len) = (out.buf.as_ptr(), out.buf.len() as u32);
         c.out = Some(out);
         c.sending = true;
-        c.send_started = Some(self.now);
+        c.send_started = Some(Tick::of(self.epoch, self.now));
         let e = opcode::Send::new(types::Fixed(c.fixed), ptr, len)
             .build()
             .user_data(ud(Op::Send, slot, c.generation));
@@ -1766,12 +1791,12 @@ impl Shard {
     fn run_timers(&mut self) -> bool {
         let mut any = false;
         while let Some(Reverse((t, slot, generation))) = self.timers.peek().copied() {
-            if t > self.now {
+            if t.at(self.epoch) > self.now {
                 break;
             }
             self.timers.pop();
             let slow = self.cfg.slow_consumer_timeout;
-            let now = self.now;
+            let (now, epoch) = (self.now, self.epoch);
             let Some(c) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
@@ -1782,7 +1807,7 @@ impl Shard {
             any = true;
             let stalled = c
                 .send_started
-                .is_some_and(|s| now.duration_since(s) >= slow);
+                .is_some_and(|s| now.saturating_duration_since(s.at(epoch)) >= slow);
             if stalled {
                 // The peer has not taken a single byte for the whole timeout: a reader that
                 // stays too slow is closed.
