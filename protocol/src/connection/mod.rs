@@ -409,6 +409,8 @@ struct Closing {
     sent: bool,
     /// Our CLOSE code and reason, once [`Connection::close`] was called.
     local: Option<(u16, String)>,
+    /// The frame to send last, once decided.
+    final_frame: Option<FinalFrame>,
 }
 
 /// What a connection keeps only until it is established.
@@ -470,7 +472,7 @@ pub struct Connection {
     streams: Streams,
     /// The times below are nanoseconds since `base_instant` (8 bytes each, not 16).
     base_instant: Instant,
-    base_unix: u64,
+    base_unix: u32,
     /// The latest time passed in.
     now: u64,
     peer: Option<PeerInfo>,
@@ -485,7 +487,6 @@ pub struct Connection {
     protector: Option<Box<dyn RecordProtector>>,
     /// Handshake-time state, dropped once established (boxed: an idle connection pays 8 bytes).
     pending: Option<Box<Pending>>,
-    final_frame: Option<Box<FinalFrame>>,
     /// Close-time state (boxed: only closing connections pay for it).
     closing: Option<Box<Closing>>,
     stats: Counters,
@@ -519,7 +520,7 @@ impl Connection {
             streams,
             base_instant: now,
             now: 0,
-            base_unix: unix_secs,
+            base_unix: unix_secs.min(u64::from(u32::MAX)) as u32,
             peer: None,
             peer_max_frame: MIN_MAX_FRAME,
             last_rx: 0,
@@ -533,7 +534,6 @@ impl Connection {
                 deadline: Some(now + config.handshake_timeout),
                 ..Pending::default()
             })),
-            final_frame: None,
             closing: None,
             stats: Counters::default(),
             config,
@@ -581,7 +581,7 @@ impl Connection {
     /// True when the connection has ended and everything has been transmitted: close the
     /// transport now.
     pub fn is_drained(&self) -> bool {
-        self.state == State::Closed && self.final_frame.is_none() && self.sched_len() == 0
+        self.state == State::Closed && !self.has_final_frame() && self.sched_len() == 0
     }
 
     /// What was agreed with the peer, once connected.
@@ -678,7 +678,7 @@ impl Connection {
 
     /// Frames waiting to be transmitted.
     pub fn queued_frames(&self) -> usize {
-        self.sched_len() + usize::from(self.final_frame.is_some())
+        self.sched_len() + usize::from(self.has_final_frame())
     }
 
     /// The smoothed round-trip time from PING/PONG, if measured.
@@ -699,7 +699,7 @@ impl Connection {
     /// Header timestamp (Unix seconds) at the last time passed in.
     pub fn unix_time(&self) -> u32 {
         let elapsed = self.now / 1_000_000_000;
-        (self.base_unix.saturating_add(elapsed)).min(u64::from(u32::MAX)) as u32
+        (u64::from(self.base_unix).saturating_add(elapsed)).min(u64::from(u32::MAX)) as u32
     }
 
     // ----- input -----------------------------------------------------------------------
@@ -747,7 +747,7 @@ impl Connection {
             CloseReason::TransportClosed
         };
         self.clear_queue();
-        self.final_frame = None;
+        self.drop_final_frame();
         self.enter_closed(reason);
     }
 
@@ -779,7 +779,7 @@ impl Connection {
                 None => self.poll_transmit(),
             };
         }
-        let f = self.final_frame.take()?;
+        let f = self.closing.as_mut()?.final_frame.take()?;
         let t = self.finish_transmit(f.header, f.payload, f.seal);
         match f.then {
             AfterFinal::AwaitPeerClose => self.closing_mut().sent = true,
@@ -880,7 +880,7 @@ impl Connection {
                     .is_some_and(|d| now >= d)
                 {
                     self.clear_queue();
-                    self.final_frame = None;
+                    self.drop_final_frame();
                     self.enter_closed(CloseReason::CloseTimeout);
                 }
             }
@@ -1187,17 +1187,29 @@ impl Connection {
             reason: reason.to_owned(),
         }
         .to_bytes();
-        self.final_frame = Some(Box::new(FinalFrame {
+        self.closing_mut().final_frame = Some(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::empty(), 0),
             payload,
             seal: self.protector.is_some(),
             then: AfterFinal::AwaitPeerClose,
-        }));
+        });
         self.closing_mut().local = Some((code, reason.to_owned()));
     }
 
     fn closing_mut(&mut self) -> &mut Closing {
         self.closing.get_or_insert_with(Box::default)
+    }
+
+    fn has_final_frame(&self) -> bool {
+        self.closing
+            .as_ref()
+            .is_some_and(|c| c.final_frame.is_some())
+    }
+
+    fn drop_final_frame(&mut self) {
+        if let Some(c) = self.closing.as_mut() {
+            c.final_frame = None;
+        }
     }
 
     fn close_sent(&self) -> bool {
@@ -1876,7 +1888,7 @@ impl Connection {
         };
         if code.is_fatal() {
             self.clear_queue();
-            self.final_frame = None;
+            self.drop_final_frame();
             self.enter_closed(CloseReason::PeerError { code, message });
         } else {
             self.push_event(Event::PeerError {
@@ -1903,7 +1915,7 @@ impl Connection {
             code: close.code,
             reason: close.reason.clone(),
         };
-        if let Some(f) = &mut self.final_frame {
+        if let Some(f) = self.closing.as_mut().and_then(|c| c.final_frame.as_mut()) {
             // Both closed at once: ours is still queued; once sent, we are done.
             f.then = AfterFinal::Closed(peer_reason);
             return;
@@ -1918,7 +1930,7 @@ impl Connection {
         }
         self.state = State::Closing;
         self.closing_mut().deadline = Some(self.now() + self.config.close_timeout);
-        self.final_frame = Some(Box::new(FinalFrame {
+        self.closing_mut().final_frame = Some(FinalFrame {
             header: self.control_header(MessageType::Close, 0, Flags::RESPONSE, 0),
             payload: Close {
                 code: 0,
@@ -1927,7 +1939,7 @@ impl Connection {
             .to_bytes(),
             seal: self.protector.is_some(),
             then: AfterFinal::Closed(peer_reason),
-        }));
+        });
     }
 
     // ----- queuing helpers -------------------------------------------------------------
@@ -2052,12 +2064,12 @@ impl Connection {
             message: message.clone(),
         }
         .to_bytes();
-        self.final_frame = Some(Box::new(FinalFrame {
+        self.closing_mut().final_frame = Some(FinalFrame {
             header: self.control_header(MessageType::Error, 0, Flags::empty(), 0),
             payload,
             seal: self.protector.is_some(),
             then: AfterFinal::Nothing,
-        }));
+        });
         self.enter_closed(reason.unwrap_or(CloseReason::ProtocolError { code, message }));
     }
 
