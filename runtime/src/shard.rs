@@ -419,8 +419,12 @@ pub(crate) struct Shard {
     guard: Option<crate::guard::Guard>,
 }
 
-const SEND_POOL: usize = 256;
-const SEND_BUF: usize = 16 * 1024;
+/// Send buffers a shard keeps for reuse: enough for the sends one loop iteration usually has
+/// in flight; a burst beyond it allocates, and what it allocated is freed afterwards (so many
+/// connections answering at once do not leave megabytes parked in the pool).
+const SEND_POOL: usize = 64;
+/// A new send buffer's capacity (it grows up to `send_batch` when more is queued).
+const SEND_BUF: usize = 4 * 1024;
 
 impl Shard {
     pub(crate) fn new(init: ShardInit, service: Box<dyn Service>) -> std::io::Result<Shard> {
