@@ -933,6 +933,69 @@ fn log_frames_are_shed_under_pressure_but_jobs_are_not() {
 }
 
 #[test]
+fn a_quiet_connection_releases_its_buffers_and_keeps_its_counters_and_pings() {
+    let limits = SchedulerLimits {
+        max_bytes: 64 * 1024,
+        ..SchedulerLimits::default()
+    };
+    let client = Config {
+        scheduler: limits,
+        ..Config::new("c")
+    };
+    let mut p = Pair::connected_with(client, Config::new("s"));
+    let line = Bytes::from(vec![b'l'; 1000]);
+    for _ in 0..200 {
+        p.client
+            .send(
+                10_001,
+                MessageType::LogEntry,
+                line.clone(),
+                SendOptions::default(),
+            )
+            .unwrap();
+    }
+    let shed = p.client.shed_frames();
+    assert!(shed > 100, "shed {shed}");
+    // Shrinking with frames queued keeps them; once everything is sent it releases the rest.
+    p.client.shrink_buffers();
+    assert!(p.client.queued_frames() > 0);
+    p.run();
+    p.client.shrink_buffers();
+    p.server.shrink_buffers();
+    assert_eq!(p.client.queued_frames(), 0);
+    assert_eq!(
+        p.client.shed_frames(),
+        shed,
+        "shed count survives the release"
+    );
+    let before = p.client.stats();
+    assert!(before.frames_tx > 0 && before.bytes_tx > 0);
+    // An application PING outstanding across a shrink still matches its PONG.
+    let id = p.client.ping(Bytes::from_static(b"still here")).unwrap();
+    let wire = drain(&mut p.client);
+    p.client.shrink_buffers();
+    p.server.handle_input(&wire, p.now);
+    p.server_events
+        .extend(std::iter::from_fn(|| p.server.poll_event()));
+    let answer = drain(&mut p.server);
+    p.server.shrink_buffers();
+    p.client.handle_input(&answer, p.now);
+    let pong = std::iter::from_fn(|| p.client.poll_event()).find_map(|e| match e {
+        Event::Pong {
+            correlation_id,
+            payload,
+            ..
+        } => Some((correlation_id, payload)),
+        _ => None,
+    });
+    assert_eq!(pong, Some((id, Bytes::from_static(b"still here"))));
+    assert!(p.client.rtt().is_some());
+    let after = p.client.stats();
+    assert_eq!(after.frames_tx, before.frames_tx + 1);
+    assert_eq!(after.frames_rx, before.frames_rx + 1);
+}
+
+#[test]
 fn a_peer_that_provokes_answers_without_reading_is_closed_505() {
     let server = Config {
         scheduler: SchedulerLimits {
