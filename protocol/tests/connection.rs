@@ -880,17 +880,21 @@ fn resetting_a_stream_drops_its_queued_frames_and_notifies_the_peer() {
     assert_eq!(p.client.open_streams(), 0);
 }
 
-#[test]
-fn log_frames_are_shed_under_pressure_but_jobs_are_not() {
-    let limits = SchedulerLimits {
-        max_bytes: 64 * 1024,
-        ..SchedulerLimits::default()
-    };
+/// A connected pair whose client queues at most 64 KiB of data frames.
+fn small_queue_pair() -> Pair {
     let client = Config {
-        scheduler: limits,
+        scheduler: SchedulerLimits {
+            max_bytes: 64 * 1024,
+            ..SchedulerLimits::default()
+        },
         ..Config::new("c")
     };
-    let mut p = Pair::connected_with(client, Config::new("s"));
+    Pair::connected_with(client, Config::new("s"))
+}
+
+#[test]
+fn log_frames_are_shed_under_pressure_but_jobs_are_not() {
+    let mut p = small_queue_pair();
     let line = Bytes::from(vec![b'l'; 1000]);
     let mut shed = 0;
     for _ in 0..200 {
@@ -934,15 +938,7 @@ fn log_frames_are_shed_under_pressure_but_jobs_are_not() {
 
 #[test]
 fn a_quiet_connection_releases_its_buffers_and_keeps_its_counters_and_pings() {
-    let limits = SchedulerLimits {
-        max_bytes: 64 * 1024,
-        ..SchedulerLimits::default()
-    };
-    let client = Config {
-        scheduler: limits,
-        ..Config::new("c")
-    };
-    let mut p = Pair::connected_with(client, Config::new("s"));
+    let mut p = small_queue_pair();
     let line = Bytes::from(vec![b'l'; 1000]);
     for _ in 0..200 {
         p.client
