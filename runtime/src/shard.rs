@@ -101,6 +101,19 @@ struct Outgoing {
     sent: usize,
 }
 
+impl Outgoing {
+    /// A buffer from the shard's pool, or a new one when the pool is empty.
+    #[allow(clippy::vec_box)] // the pool holds the boxes connections hold
+    fn take(pool: &mut Vec<Box<Outgoing>>) -> Box<Outgoing> {
+        pool.pop().unwrap_or_else(|| {
+            Box::new(Outgoing {
+                buf: BytesMut::with_capacity(SEND_BUF),
+                sent: 0,
+            })
+        })
+    }
+}
+
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
 const SHM: u8 = 2;
 /// `FUTEX2_SIZE_U32` without `FUTEX2_PRIVATE`: the words are shared with another process.
@@ -1474,15 +1487,6 @@ impl Shard {
         }
     }
 
-    fn take_send_buf(&mut self) -> Box<Outgoing> {
-        self.send_pool.pop().unwrap_or_else(|| {
-            Box::new(Outgoing {
-                buf: BytesMut::with_capacity(SEND_BUF),
-                sent: 0,
-            })
-        })
-    }
-
     fn start_close(&mut self, slot: u32) {
         let Some(c) = self.conns.get_mut(slot as usize) else {
             return;
@@ -1748,7 +1752,7 @@ impl Shard {
         if c.sending || c.closing {
             return;
         }
-        let mut out = self.take_send_buf();
+        let mut out = Outgoing::take(&mut self.send_pool);
         let c = &mut self.conns[slot as usize];
         while let Some(t) = c.proto.poll_transmit() {
             self.metrics.frame_out(&t.header);
@@ -1765,12 +1769,7 @@ impl Shard {
         if let Some(tls) = c.tls.as_mut() {
             // Frames leave as TLS records; handshake messages and alerts leave even when no
             // frame is queued.
-            let mut sealed = self.send_pool.pop().unwrap_or_else(|| {
-                Box::new(Outgoing {
-                    buf: BytesMut::with_capacity(SEND_BUF),
-                    sent: 0,
-                })
-            });
+            let mut sealed = Outgoing::take(&mut self.send_pool);
             if out.buf.is_empty() || tls.has_failed() {
                 tls.transmit(&mut sealed.buf);
             } else if let Err(e) = tls.seal(&out.buf, &mut sealed.buf) {

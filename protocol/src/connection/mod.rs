@@ -746,8 +746,7 @@ impl Connection {
         } else {
             CloseReason::TransportClosed
         };
-        self.clear_queue();
-        self.drop_final_frame();
+        self.discard_output();
         self.enter_closed(reason);
     }
 
@@ -879,8 +878,7 @@ impl Connection {
                     .and_then(|c| c.deadline)
                     .is_some_and(|d| now >= d)
                 {
-                    self.clear_queue();
-                    self.drop_final_frame();
+                    self.discard_output();
                     self.enter_closed(CloseReason::CloseTimeout);
                 }
             }
@@ -1206,7 +1204,9 @@ impl Connection {
             .is_some_and(|c| c.final_frame.is_some())
     }
 
-    fn drop_final_frame(&mut self) {
+    /// Drop every queued frame and the final frame: nothing more will be transmitted.
+    fn discard_output(&mut self) {
+        self.clear_queue();
         if let Some(c) = self.closing.as_mut() {
             c.final_frame = None;
         }
@@ -1887,8 +1887,7 @@ impl Connection {
             ),
         };
         if code.is_fatal() {
-            self.clear_queue();
-            self.drop_final_frame();
+            self.discard_output();
             self.enter_closed(CloseReason::PeerError { code, message });
         } else {
             self.push_event(Event::PeerError {
