@@ -462,8 +462,8 @@ impl Frame {
 
     /// Take one whole frame off the front of `buf` without copying: the payload is a slice
     /// of `buf`'s allocation. `Ok(None)` (and `buf` untouched) when `buf` does not yet hold a
-    /// whole frame. For byte streams that arrive in arbitrary pieces use
-    /// [`codec::Decoder`](crate::codec::Decoder) instead.
+    /// whole frame. For byte streams that arrive in arbitrary pieces use the streaming
+    /// decoder of the `codec` module instead.
     ///
     /// ```
     /// use bytes::Bytes;

@@ -84,11 +84,22 @@ pub mod message;
 pub mod retry;
 pub mod security;
 pub mod streams;
+mod time;
 
 pub use connection::{
     CloseReason, Config, Connection, ConnectionStats, Event, PeerInfo, SendError, SendOptions,
-    Side, State, Transmit,
+    State, Transmit,
 };
 pub use error::{ErrorClass, ErrorCode, RecoveryAction};
 pub use frame::{Flags, Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT, MessageType};
 pub use message::{Message, SecurityMode};
+pub use time::Tick;
+
+/// Which end of a connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The connecting side: sends HELLO, numbers its streams odd.
+    Client,
+    /// The accepting side: answers HELLO_ACK, numbers its streams even.
+    Server,
+}

@@ -16,36 +16,129 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::connection::Side;
+use crate::Side;
 use crate::error::ErrorCode;
 use crate::frame::{HEADER_LEN, MessageType};
 use crate::message::SecurityMode;
 
+#[cfg(feature = "mtls")]
 pub mod mtls;
+#[cfg(feature = "noise_xk")]
 pub mod noise_xk;
+#[cfg(feature = "post_quantum")]
 pub mod post_quantum;
+#[cfg(feature = "noise_xk")]
 pub mod record;
+#[cfg(feature = "token")]
 pub mod token;
+#[cfg(feature = "noise_xk")]
 mod x25519;
 pub mod zero_trust;
 
-/// A handshake or record-layer failure, with the code sent to the peer.
+/// What went wrong in a handshake, a record layer or a TLS session: typed once here, and the
+/// wire code ([`ErrorCode`]) and the blame ([`FaultClass`]) derived from it in one place each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SecurityFault {
+    /// A proof, MAC, signature or key did not verify (201).
+    BadCredentials,
+    /// A certificate was missing, invalid, expired, revoked or from an unknown CA, as found
+    /// here or as the peer's alert said (201).
+    BadCertificate,
+    /// A token or credential has expired (202).
+    Expired,
+    /// A nonce or token was used twice (203).
+    Replayed,
+    /// The two sides share no protocol version or parameters (109).
+    Incompatible,
+    /// A handshake message arrived where none is allowed (106).
+    UnexpectedMessage,
+    /// A sealed record failed authentication (703).
+    Integrity,
+    /// The peer's byte stream broke the security protocol in some other way (700).
+    Violation,
+    /// The record layer ran out of nonces without a key update (705).
+    NonceExhausted,
+    /// A local key, certificate, name or setting is unusable (700).
+    Configuration,
+    /// A bounded buffer is full (503).
+    ResourceExhausted,
+    /// A local failure: the random source, a missing key (500).
+    Internal,
+}
+
+/// Who a [`SecurityFault`] is blamed on: what an audit log records and an intrusion detector
+/// counts against the peer's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultClass {
+    /// The peer presented credentials that do not hold.
+    Credentials,
+    /// The peer sent bytes that break the protocol.
+    Malformed,
+    /// This side's own failure or configuration; not the peer's doing.
+    Local,
+}
+
+impl SecurityFault {
+    /// Who the fault is blamed on.
+    pub const fn class(self) -> FaultClass {
+        use SecurityFault as F;
+        match self {
+            F::BadCredentials | F::BadCertificate | F::Expired | F::Replayed => {
+                FaultClass::Credentials
+            }
+            F::Incompatible | F::UnexpectedMessage | F::Integrity | F::Violation => {
+                FaultClass::Malformed
+            }
+            F::NonceExhausted | F::Configuration | F::ResourceExhausted | F::Internal => {
+                FaultClass::Local
+            }
+        }
+    }
+}
+
+impl From<SecurityFault> for ErrorCode {
+    fn from(fault: SecurityFault) -> ErrorCode {
+        use SecurityFault as F;
+        match fault {
+            F::BadCredentials | F::BadCertificate => ErrorCode::AUTH_FAILED,
+            F::Expired => ErrorCode::TOKEN_EXPIRED,
+            F::Replayed => ErrorCode::TOKEN_REPLAYED,
+            F::Incompatible => ErrorCode::NEGOTIATION_FAILED,
+            F::UnexpectedMessage => ErrorCode::UNEXPECTED_MESSAGE,
+            F::Integrity => ErrorCode::INTEGRITY_FAILURE,
+            F::Violation | F::Configuration => ErrorCode::SECURITY_VIOLATION,
+            F::NonceExhausted => ErrorCode::NONCE_EXHAUSTED,
+            F::ResourceExhausted => ErrorCode::RESOURCE_EXHAUSTED,
+            F::Internal => ErrorCode::INTERNAL,
+        }
+    }
+}
+
+/// A handshake, record-layer or TLS failure: its [`SecurityFault`] and a detail for the
+/// ERROR frame and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}: {message}", self.code())]
 pub struct SecurityError {
-    /// A 2xx or 7xx code.
-    pub code: ErrorCode,
+    /// What went wrong.
+    pub fault: SecurityFault,
     /// Detail for the ERROR frame and the audit log.
     pub message: String,
 }
 
 impl SecurityError {
-    /// An error with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// An error of `fault` with `message`.
+    pub fn new(fault: SecurityFault, message: impl Into<String>) -> Self {
         SecurityError {
-            code,
+            fault,
             message: message.into(),
         }
+    }
+
+    /// The code sent to the peer.
+    pub fn code(&self) -> ErrorCode {
+        self.fault.into()
     }
 }
 

@@ -11,7 +11,7 @@ use common::*;
 use valkyrie_protocol::message::{Hello, HelloAck, Payload, StreamOpen, StreamReset};
 use valkyrie_protocol::security::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, RecordProtector,
-    SecurityError, SecurityHandshake,
+    SecurityError, SecurityFault, SecurityHandshake,
 };
 use valkyrie_protocol::streams::{
     Enqueued, SchedulerLimits, StreamClass, StreamError, WindowStrategy,
@@ -1103,11 +1103,14 @@ impl SecurityHandshake for ToyHandshake {
                         protector: Some(Box::new(Toy)),
                     })
                 } else {
-                    Err(SecurityError::new(ErrorCode::AUTH_FAILED, "bad proof"))
+                    Err(SecurityError::new(
+                        SecurityFault::BadCredentials,
+                        "bad proof",
+                    ))
                 }
             }
             _ => Err(SecurityError::new(
-                ErrorCode::UNEXPECTED_MESSAGE,
+                SecurityFault::UnexpectedMessage,
                 "unexpected handshake frame",
             )),
         }
@@ -1141,12 +1144,9 @@ impl RecordProtector for Toy {
         let n = sealed
             .len()
             .checked_sub(4)
-            .ok_or_else(|| SecurityError::new(ErrorCode::INTEGRITY_FAILURE, "short"))?;
+            .ok_or_else(|| SecurityError::new(SecurityFault::Integrity, "short"))?;
         if tag(header, &sealed[..n]) != sealed[n..] {
-            return Err(SecurityError::new(
-                ErrorCode::INTEGRITY_FAILURE,
-                "tag mismatch",
-            ));
+            return Err(SecurityError::new(SecurityFault::Integrity, "tag mismatch"));
         }
         Ok(sealed[..n]
             .iter()

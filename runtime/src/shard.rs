@@ -1354,7 +1354,8 @@ impl Shard {
                         None => c.proto.handle_input(data, self.now),
                         Some(tls) => {
                             if let Err(e) =
-                                tls.feed(data, &mut c.proto, self.now, &mut self.tls_plain)
+                                c.proto
+                                    .handle_tls_input(tls, data, self.now, &mut self.tls_plain)
                             {
                                 c.proto.handle_eof(self.now);
                                 tls_failure = Some((e, c.ip.as_deref().copied()));
@@ -1366,13 +1367,13 @@ impl Shard {
                 if let Some((e, ip)) = tls_failure {
                     // The session is dead: its alert goes out with the next flush, then the
                     // connection closes.
-                    let kind = if e.code.0 == 201 {
+                    let kind = if e.code().0 == 201 {
                         "auth_failure"
                     } else {
                         "malformed"
                     };
                     let mut record = serde_json::json!({"event": kind, "mode": "tls",
-                        "code": e.code.0, "reason": e.message});
+                        "code": e.code().0, "reason": e.message});
                     self.security_failure(&mut record, ip);
                 }
             }

@@ -139,7 +139,7 @@ fn mtls_node_serves_a_certified_client_and_refuses_the_others() {
     }
     // A client that does not trust the node's CA.
     match Client::connect_with(&node.url(), client_cfg(&pki, &rogue, SecurityMode::Mtls)) {
-        Err(ClientError::Tls(e)) => assert_eq!(e.code, ErrorCode::AUTH_FAILED, "{e}"),
+        Err(ClientError::Tls(e)) => assert_eq!(e.code(), ErrorCode::AUTH_FAILED, "{e}"),
         other => panic!("a foreign server certificate was accepted: {other:?}"),
     }
     // A plaintext client on the TLS listener.

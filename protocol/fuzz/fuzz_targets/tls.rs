@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         let n = (n as usize).min(tail.len());
         let (piece, tail) = tail.split_at(n);
         rest = tail;
-        match tls.feed(piece, &mut conn, now, &mut scratch) {
+        match conn.handle_tls_input(&mut tls, piece, now, &mut scratch) {
             Ok(_) => assert!(!failed, "a failed session accepted bytes"),
             Err(_) => failed = true,
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_FRAME;
+use crate::frame::MAX_FRAME_LIMIT;
 use crate::message::SecurityMode;
 use crate::security::HandshakeProvider;
 use crate::streams::{SchedulerLimits, WindowStrategy};
@@ -93,6 +94,58 @@ impl Config {
         self.security.contains(mode)
             && (*mode == SecurityMode::Plaintext || self.provider(mode).is_some())
     }
+
+    /// Check that the settings agree with each other: every mode in `security` other than
+    /// plaintext has exactly one handshake provider, every provider serves a mode in
+    /// `security`, at least one mode is named, and `max_frame` lies between
+    /// [`MIN_MAX_FRAME`] and 64 MiB. The runtime's node and client builders call this and
+    /// return the error instead of starting with a configuration that would offer a mode it
+    /// cannot run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.security.is_empty() {
+            return Err(ConfigError::NoSecurityMode);
+        }
+        for mode in &self.security {
+            let providers = self.handshakes.iter().filter(|p| &p.mode() == mode).count();
+            match (mode, providers) {
+                (SecurityMode::Plaintext, _) | (_, 1) => {}
+                (_, 0) => return Err(ConfigError::MissingProvider(mode.clone())),
+                (_, _) => return Err(ConfigError::DuplicateProvider(mode.clone())),
+            }
+        }
+        if let Some(p) = self
+            .handshakes
+            .iter()
+            .find(|p| !self.security.contains(&p.mode()))
+        {
+            return Err(ConfigError::UnusedProvider(p.mode()));
+        }
+        if !(MIN_MAX_FRAME..=MAX_FRAME_LIMIT).contains(&self.max_frame) {
+            return Err(ConfigError::MaxFrame(self.max_frame));
+        }
+        Ok(())
+    }
+}
+
+/// A connection configuration whose parts disagree (see [`Config::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `security` is empty: nothing could be offered or accepted.
+    #[error("no security mode is configured")]
+    NoSecurityMode,
+    /// A mode is offered or accepted, but no handshake provider runs it.
+    #[error("security mode {0} is configured without a handshake provider")]
+    MissingProvider(SecurityMode),
+    /// Two providers claim the same mode.
+    #[error("security mode {0} has more than one handshake provider")]
+    DuplicateProvider(SecurityMode),
+    /// A provider is configured for a mode that `security` does not list.
+    #[error("a handshake provider for {0} is configured, but {0} is not offered or accepted")]
+    UnusedProvider(SecurityMode),
+    /// `max_frame` is below the minimum or above 64 MiB.
+    #[error("max_frame {0} is outside {MIN_MAX_FRAME}..=67108864")]
+    MaxFrame(u32),
 }
 
 impl fmt::Debug for Config {
@@ -114,5 +167,77 @@ impl fmt::Debug for Config {
             .field("manual_flow_control", &self.manual_flow_control)
             .field("scheduler", &self.scheduler)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Side;
+    use crate::security::{HandshakeProvider, SecurityHandshake};
+
+    /// A provider that is never asked for a handshake: validation only reads its mode.
+    struct Named(SecurityMode);
+
+    impl HandshakeProvider for Named {
+        fn mode(&self) -> SecurityMode {
+            self.0.clone()
+        }
+        fn new_handshake(&self, _side: Side) -> Box<dyn SecurityHandshake> {
+            unreachable!("validation never starts a handshake")
+        }
+    }
+
+    fn with(security: Vec<SecurityMode>, providers: &[SecurityMode]) -> Config {
+        Config {
+            security,
+            handshakes: providers
+                .iter()
+                .map(|m| Arc::new(Named(m.clone())) as Arc<dyn HandshakeProvider>)
+                .collect(),
+            ..Config::new("n")
+        }
+    }
+
+    #[test]
+    fn validation_refuses_modes_and_providers_that_do_not_match() {
+        use SecurityMode::*;
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(with(vec![Token, Plaintext], &[Token]).validate(), Ok(()));
+        assert_eq!(
+            with(vec![Token, Plaintext], &[]).validate(),
+            Err(ConfigError::MissingProvider(Token)),
+            "offering token without its provider"
+        );
+        assert_eq!(
+            with(vec![Plaintext], &[NoiseXk]).validate(),
+            Err(ConfigError::UnusedProvider(NoiseXk)),
+            "a provider for a mode not offered"
+        );
+        assert_eq!(
+            with(vec![Token], &[Token, Token]).validate(),
+            Err(ConfigError::DuplicateProvider(Token))
+        );
+        assert_eq!(
+            with(vec![], &[]).validate(),
+            Err(ConfigError::NoSecurityMode)
+        );
+        let tiny = Config {
+            max_frame: MIN_MAX_FRAME - 1,
+            ..Config::default()
+        };
+        assert_eq!(
+            tiny.validate(),
+            Err(ConfigError::MaxFrame(MIN_MAX_FRAME - 1))
+        );
+        // zero_trust over another mode is one provider, for zero_trust.
+        let zt = Config {
+            security: vec![ZeroTrust],
+            handshakes: vec![Arc::new(crate::security::zero_trust::ZeroTrust::over(
+                Named(NoiseXk),
+            ))],
+            ..Config::new("n")
+        };
+        assert_eq!(zt.validate(), Ok(()));
     }
 }

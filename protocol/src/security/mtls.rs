@@ -8,7 +8,8 @@
 //! socket go in through [`TlsSession::receive`], frames go out through [`TlsSession::seal`], and
 //! nothing here touches a socket or a clock. Once the TLS handshake has verified the peer's
 //! certificate chain against the configured CA, the transport hands the peer's identity to the
-//! [`Connection`] ([`Connection::set_transport_identity`], or [`TlsSession::feed`] which does it); HELLO then
+//! [`Connection`](crate::Connection) ([`Connection::set_transport_identity`](crate::Connection::set_transport_identity),
+//! or [`Connection::handle_tls_input`](crate::Connection::handle_tls_input) which does it); HELLO then
 //! negotiates `mtls` (or `zero_trust` over [`Mtls`]) and the [`Mtls`] handshake completes at
 //! once with that identity. TLS seals the records, so frames carry no second record layer.
 //!
@@ -55,10 +56,9 @@ pub use rustls;
 
 use super::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, SecurityError,
-    SecurityHandshake,
+    SecurityFault, SecurityHandshake,
 };
-use crate::connection::{Connection, Side};
-use crate::error::ErrorCode;
+use crate::Side;
 use crate::frame::MessageType;
 use crate::message::SecurityMode;
 
@@ -79,7 +79,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn config_error(what: &str, e: impl std::fmt::Display) -> SecurityError {
-    SecurityError::new(ErrorCode::SECURITY_VIOLATION, format!("{what}: {e}"))
+    SecurityError::new(SecurityFault::Configuration, format!("{what}: {e}"))
 }
 
 fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
@@ -190,28 +190,35 @@ impl std::fmt::Debug for TlsSession {
     }
 }
 
-/// Map a rustls error to the code the audit log and the intrusion detector see: certificate
-/// problems are authentication failures (201), anything else a corrupt or hostile record
-/// stream (703).
+/// Type a rustls error: certificate problems (found here, or named by the peer's alert) are
+/// bad credentials, incompatible parameters are a failed negotiation, a peer's other alerts a
+/// violation, and anything else a corrupt or hostile record stream.
 fn tls_error(e: &rustls::Error) -> SecurityError {
+    use rustls::AlertDescription as A;
     use rustls::Error as E;
-    let code = match e {
+    let fault = match e {
         E::InvalidCertificate(_)
         | E::NoCertificatesPresented
         | E::InvalidCertRevocationList(_)
-        | E::UnsupportedNameType => ErrorCode::AUTH_FAILED,
-        E::PeerIncompatible(_) => ErrorCode::NEGOTIATION_FAILED,
-        E::AlertReceived(alert) => {
-            let name = format!("{alert:?}");
-            if name.contains("Certificate") || name.contains("UnknownCA") {
-                ErrorCode::AUTH_FAILED
-            } else {
-                ErrorCode::SECURITY_VIOLATION
-            }
-        }
-        _ => ErrorCode::INTEGRITY_FAILURE,
+        | E::UnsupportedNameType => SecurityFault::BadCertificate,
+        E::PeerIncompatible(_) => SecurityFault::Incompatible,
+        E::AlertReceived(
+            A::NoCertificate
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateUnobtainable
+            | A::BadCertificateStatusResponse
+            | A::BadCertificateHashValue
+            | A::CertificateRequired,
+        ) => SecurityFault::BadCertificate,
+        E::AlertReceived(_) => SecurityFault::Violation,
+        _ => SecurityFault::Integrity,
     };
-    SecurityError::new(code, format!("tls: {e}"))
+    SecurityError::new(fault, format!("tls: {e}"))
 }
 
 impl TlsSession {
@@ -279,7 +286,7 @@ impl TlsSession {
     pub fn receive(&mut self, data: &[u8], plain: &mut Vec<u8>) -> Result<Received, SecurityError> {
         if self.failed {
             return Err(SecurityError::new(
-                ErrorCode::SECURITY_VIOLATION,
+                SecurityFault::Violation,
                 "tls: session already failed",
             ));
         }
@@ -295,7 +302,7 @@ impl TlsSession {
                 // reading goes on. Anything else ends the session.
                 self.failed = true;
                 return Err(SecurityError::new(
-                    ErrorCode::SECURITY_VIOLATION,
+                    SecurityFault::Violation,
                     format!("tls: {e}"),
                 ));
             }
@@ -331,40 +338,11 @@ impl TlsSession {
             if rest.len() == before && plain.len() == plain_before {
                 self.failed = true;
                 return Err(SecurityError::new(
-                    ErrorCode::SECURITY_VIOLATION,
+                    SecurityFault::Violation,
                     "tls: no progress on received bytes",
                 ));
             }
         }
-    }
-
-    /// [`TlsSession::receive`] into a [`Connection`]: the decrypted bytes go to
-    /// [`Connection::handle_input`], the verified peer identity to
-    /// [`Connection::set_transport_identity`] when the handshake completes, and a close_notify
-    /// to [`Connection::handle_eof`]. `scratch` is a reusable buffer (left empty). On error
-    /// the connection is not told: the caller transmits the alert and closes the transport.
-    pub fn feed(
-        &mut self,
-        data: &[u8],
-        conn: &mut Connection,
-        now: Instant,
-        scratch: &mut Vec<u8>,
-    ) -> Result<Received, SecurityError> {
-        scratch.clear();
-        let got = self.receive(data, scratch)?;
-        if got.handshake_complete
-            && let Some(id) = self.peer_identity()
-        {
-            conn.set_transport_identity(id);
-        }
-        if !scratch.is_empty() {
-            conn.handle_input(scratch, now);
-            scratch.clear();
-        }
-        if got.peer_closed {
-            conn.handle_eof(now);
-        }
-        Ok(got)
     }
 
     /// Encrypt `plain` and append the TLS records (and anything else pending, such as
@@ -382,7 +360,7 @@ impl TlsSession {
             let wrote = self.transmit(out);
             if n == 0 && wrote == 0 {
                 return Err(SecurityError::new(
-                    ErrorCode::RESOURCE_EXHAUSTED,
+                    SecurityFault::ResourceExhausted,
                     "tls: send buffer full before the handshake completed",
                 ));
             }
@@ -441,7 +419,7 @@ impl SecurityHandshake for MtlsHandshake {
                 protector: None,
             }),
             None => Err(SecurityError::new(
-                ErrorCode::AUTH_FAILED,
+                SecurityFault::BadCertificate,
                 "mtls requires a TLS transport with a verified peer certificate",
             )),
         }
@@ -455,7 +433,7 @@ impl SecurityHandshake for MtlsHandshake {
         _out: &mut Vec<HandshakeMessage>,
     ) -> Result<HandshakeStatus, SecurityError> {
         Err(SecurityError::new(
-            ErrorCode::UNEXPECTED_MESSAGE,
+            SecurityFault::UnexpectedMessage,
             "mtls has no handshake frames: TLS authenticated the transport",
         ))
     }

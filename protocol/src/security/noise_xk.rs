@@ -20,13 +20,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use snow::{Builder, HandshakeState};
 
+use super::SecurityFault;
 use super::record::{ChaChaRecords, DEFAULT_REKEY_INTERVAL};
 use super::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, SecurityError,
     SecurityHandshake,
 };
-use crate::connection::Side;
-use crate::error::ErrorCode;
+use crate::Side;
 use crate::frame::MessageType;
 use crate::message::SecurityMode;
 
@@ -148,7 +148,7 @@ struct NoiseXkHandshake {
 }
 
 fn failed(message: impl Into<String>) -> SecurityError {
-    SecurityError::new(ErrorCode::AUTH_FAILED, message)
+    SecurityError::new(SecurityFault::BadCredentials, message)
 }
 
 impl NoiseXkHandshake {
@@ -213,7 +213,10 @@ impl SecurityHandshake for NoiseXkHandshake {
         let hs = match self.side {
             Side::Client => {
                 let server = self.cfg.server_public.ok_or_else(|| {
-                    SecurityError::new(ErrorCode::INTERNAL, "noise_xk client without a server key")
+                    SecurityError::new(
+                        SecurityFault::Internal,
+                        "noise_xk client without a server key",
+                    )
                 })?;
                 b.remote_public_key(&server)
                     .and_then(|b| b.build_initiator())

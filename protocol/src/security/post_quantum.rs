@@ -34,14 +34,14 @@ use pqcrypto_mldsa::mldsa65;
 use pqcrypto_traits::sign::{DetachedSignature as _, PublicKey as _, SecretKey as _};
 use serde::{Deserialize, Serialize};
 
+use super::SecurityFault;
 use super::noise_xk::hex;
 use super::record::{ChaChaRecords, DEFAULT_REKEY_INTERVAL};
 use super::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, SecurityError,
     SecurityHandshake,
 };
-use crate::connection::Side;
-use crate::error::ErrorCode;
+use crate::Side;
 use crate::frame::MessageType;
 use crate::message::SecurityMode;
 
@@ -183,7 +183,7 @@ struct PqHandshake {
 }
 
 fn failed(message: impl Into<String>) -> SecurityError {
-    SecurityError::new(ErrorCode::AUTH_FAILED, message)
+    SecurityError::new(SecurityFault::BadCredentials, message)
 }
 
 fn label(side: Side) -> &'static [u8] {
@@ -294,7 +294,7 @@ impl SecurityHandshake for PqHandshake {
     ) -> Result<HandshakeStatus, SecurityError> {
         if self.side == Side::Client && self.cfg.server_fingerprint.is_none() {
             return Err(SecurityError::new(
-                ErrorCode::INTERNAL,
+                SecurityFault::Internal,
                 "post_quantum client without a server fingerprint",
             ));
         }

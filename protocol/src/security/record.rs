@@ -12,8 +12,8 @@
 use bytes::{Bytes, BytesMut};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
+use super::SecurityFault;
 use super::{RecordProtector, SecurityError};
-use crate::error::ErrorCode;
 use crate::frame::HEADER_LEN;
 
 /// Bytes a sealed payload is longer than its plaintext (the Poly1305 tag).
@@ -49,7 +49,7 @@ impl Direction {
     fn next(&mut self) -> Result<Nonce, SecurityError> {
         if self.n == u64::MAX {
             return Err(SecurityError::new(
-                ErrorCode::NONCE_EXHAUSTED,
+                SecurityFault::NonceExhausted,
                 "record nonce space exhausted",
             ));
         }
@@ -123,7 +123,7 @@ impl RecordProtector for ChaChaRecords {
             .send
             .cipher
             .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start..])
-            .map_err(|_| SecurityError::new(ErrorCode::INTERNAL, "seal failed"))?;
+            .map_err(|_| SecurityError::new(SecurityFault::Internal, "seal failed"))?;
         out.extend_from_slice(tag.as_ref());
         self.send.after(self.rekey_interval);
         Ok(())
@@ -132,7 +132,7 @@ impl RecordProtector for ChaChaRecords {
     fn open(&mut self, header: &[u8; HEADER_LEN], sealed: Bytes) -> Result<Bytes, SecurityError> {
         if sealed.len() < TAG_LEN {
             return Err(SecurityError::new(
-                ErrorCode::INTEGRITY_FAILURE,
+                SecurityFault::Integrity,
                 "sealed payload shorter than its tag",
             ));
         }
@@ -144,7 +144,7 @@ impl RecordProtector for ChaChaRecords {
             .open_in_place(nonce, Aad::from(header), &mut buf)
             .map_err(|_| {
                 SecurityError::new(
-                    ErrorCode::INTEGRITY_FAILURE,
+                    SecurityFault::Integrity,
                     "sealed frame failed authentication",
                 )
             })?
@@ -191,7 +191,7 @@ mod tests {
         let mut bad = out.clone();
         bad[3] ^= 0x10;
         let e = y.open(&header, bad.freeze()).unwrap_err();
-        assert_eq!(e.code, ErrorCode::INTEGRITY_FAILURE);
+        assert_eq!(e.code(), crate::ErrorCode::INTEGRITY_FAILURE);
         let (mut x, mut y) = pair(DEFAULT_REKEY_INTERVAL);
         let mut out = BytesMut::new();
         x.seal(&header, b"payload", &mut out).unwrap();

@@ -23,12 +23,12 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::SecurityFault;
 use super::{
     HandshakeContext, HandshakeMessage, HandshakeProvider, HandshakeStatus, SecurityError,
     SecurityHandshake,
 };
-use crate::connection::Side;
-use crate::error::ErrorCode;
+use crate::Side;
 use crate::frame::MessageType;
 use crate::message::SecurityMode;
 
@@ -160,7 +160,7 @@ impl HandshakeProvider for TokenClient {
 fn random32() -> Result<[u8; 32], SecurityError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
-        .map_err(|e| SecurityError::new(ErrorCode::INTERNAL, format!("random source: {e}")))?;
+        .map_err(|e| SecurityError::new(SecurityFault::Internal, format!("random source: {e}")))?;
     Ok(b)
 }
 
@@ -230,33 +230,40 @@ impl SecurityHandshake for ServerHandshake {
         now: Instant,
         out: &mut Vec<HandshakeMessage>,
     ) -> Result<HandshakeStatus, SecurityError> {
-        let fail = |code: ErrorCode, m: &str| SecurityError::new(code, format!("token: {m}"));
+        let fail = |code: SecurityFault, m: &str| SecurityError::new(code, format!("token: {m}"));
         let Some(ctx) = self.ctx.take() else {
-            return Err(fail(ErrorCode::AUTH_FAILED, "response after the handshake"));
+            return Err(fail(
+                SecurityFault::BadCredentials,
+                "response after the handshake",
+            ));
         };
         if msg_type != MessageType::AuthResponse {
-            return Err(fail(ErrorCode::AUTH_FAILED, "expected AUTH_RESPONSE"));
+            return Err(fail(
+                SecurityFault::BadCredentials,
+                "expected AUTH_RESPONSE",
+            ));
         }
         let r: Response = rmp_serde::from_slice(payload)
-            .map_err(|_| fail(ErrorCode::AUTH_FAILED, "malformed AUTH_RESPONSE"))?;
+            .map_err(|_| fail(SecurityFault::BadCredentials, "malformed AUTH_RESPONSE"))?;
         let Some(secret) = self.cfg.keys.get(&r.key_id) else {
-            return Err(fail(ErrorCode::AUTH_FAILED, "unknown key id"));
+            return Err(fail(SecurityFault::BadCredentials, "unknown key id"));
         };
         let unix = unix_at(&ctx, now);
         if r.expires <= unix {
-            return Err(fail(ErrorCode::TOKEN_EXPIRED, "response expired"));
+            return Err(fail(SecurityFault::Expired, "response expired"));
         }
         if r.expires > unix + self.cfg.max_lifetime.as_secs() {
             return Err(fail(
-                ErrorCode::AUTH_FAILED,
+                SecurityFault::BadCredentials,
                 "expiry beyond the allowed lifetime",
             ));
         }
-        let client_nonce: [u8; 32] = r
-            .nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| fail(ErrorCode::AUTH_FAILED, "client nonce is not 32 bytes"))?;
+        let client_nonce: [u8; 32] = r.nonce.as_slice().try_into().map_err(|_| {
+            fail(
+                SecurityFault::BadCredentials,
+                "client nonce is not 32 bytes",
+            )
+        })?;
         let seen = self
             .cfg
             .replay
@@ -264,7 +271,7 @@ impl SecurityHandshake for ServerHandshake {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&client_nonce);
         if seen {
-            return Err(fail(ErrorCode::TOKEN_REPLAYED, "client nonce already used"));
+            return Err(fail(SecurityFault::Replayed, "client nonce already used"));
         }
         let t = transcript(
             &self.nonce,
@@ -277,7 +284,7 @@ impl SecurityHandshake for ServerHandshake {
         );
         mac(secret, &t)
             .verify_slice(&r.mac)
-            .map_err(|_| fail(ErrorCode::AUTH_FAILED, "wrong MAC"))?;
+            .map_err(|_| fail(SecurityFault::BadCredentials, "wrong MAC"))?;
         self.cfg
             .replay
             .lock()
@@ -317,7 +324,8 @@ impl SecurityHandshake for ClientHandshake {
         now: Instant,
         out: &mut Vec<HandshakeMessage>,
     ) -> Result<HandshakeStatus, SecurityError> {
-        let fail = |m: &str| SecurityError::new(ErrorCode::AUTH_FAILED, format!("token: {m}"));
+        let fail =
+            |m: &str| SecurityError::new(SecurityFault::BadCredentials, format!("token: {m}"));
         let ctx = self.ctx.as_ref().ok_or_else(|| fail("not started"))?;
         match (msg_type, self.answered) {
             (MessageType::AuthChallenge, false) => {

@@ -120,18 +120,22 @@ impl snow::types::Dh for SnowX25519 {
     }
 }
 
+#[cfg(feature = "post_quantum")]
 /// clatter's `Dh` for X25519 over aws-lc-rs (used by the post_quantum hybrid handshake).
 #[derive(Clone)]
 pub(crate) struct AwsX25519;
 
+#[cfg(feature = "post_quantum")]
 impl clatter::traits::CryptoComponent for AwsX25519 {
     fn name() -> &'static str {
         "25519"
     }
 }
 
+#[cfg(feature = "post_quantum")]
 type ClatterKey = clatter::bytearray::SensitiveByteArray<[u8; 32]>;
 
+#[cfg(feature = "post_quantum")]
 impl clatter::traits::Dh for AwsX25519 {
     type PrivateKey = ClatterKey;
     type PubKey = [u8; 32];
@@ -161,6 +165,7 @@ impl clatter::traits::Dh for AwsX25519 {
     }
 }
 
+#[cfg(feature = "post_quantum")]
 /// clatter's `Kem` for ML-KEM-768 (FIPS 203) with encapsulation and decapsulation on aws-lc-rs
 /// — 14.5 and 17.3 µs here against 64 and 87 µs for the RustCrypto `ml-kem` crate — and key
 /// generation left to that crate (aws-lc's includes a pairwise self-test: 94 µs against 67).
@@ -169,14 +174,17 @@ impl clatter::traits::Dh for AwsX25519 {
 #[derive(Clone)]
 pub(crate) struct AwsMlKem768;
 
+#[cfg(feature = "post_quantum")]
 type RcMlKem768 = clatter::crypto::kem::rust_crypto_ml_kem::MlKem768;
 
+#[cfg(feature = "post_quantum")]
 impl clatter::traits::CryptoComponent for AwsMlKem768 {
     fn name() -> &'static str {
         <RcMlKem768 as clatter::traits::CryptoComponent>::name()
     }
 }
 
+#[cfg(feature = "post_quantum")]
 impl clatter::traits::Kem for AwsMlKem768 {
     type SecretKey = <RcMlKem768 as clatter::traits::Kem>::SecretKey;
     type PubKey = <RcMlKem768 as clatter::traits::Kem>::PubKey;
@@ -248,6 +256,7 @@ mod tests {
         assert_eq!(dh(&a, &[0u8; 32]), None);
     }
 
+    #[cfg(feature = "post_quantum")]
     #[test]
     fn ml_kem_interoperates_with_the_rust_crypto_implementation() {
         use clatter::bytearray::ByteArray;

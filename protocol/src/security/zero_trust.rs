@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use super::{HandshakeProvider, SecurityHandshake};
-use crate::connection::Side;
+use crate::Side;
 use crate::frame::MessageType;
 use crate::message::SecurityMode;
 

@@ -22,7 +22,7 @@ pub use state::{ReceiveError, StreamError, StreamInfo, Streams};
 
 use std::ops::RangeInclusive;
 
-use crate::connection::Side;
+use crate::Side;
 
 /// The class of a stream, given by its id range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{RecvWindow, SendCredit, StreamClass, WindowStrategy, initiator};
-use crate::connection::Side;
+use crate::Side;
 use crate::error::ErrorCode;
 
 /// A stream operation that cannot be done.

@@ -1,0 +1,158 @@
+//! What a connection tells its driver: [`Event`]s, why it ended ([`CloseReason`]) and what was
+//! agreed with the peer ([`PeerInfo`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::ErrorCode;
+use crate::frame::{Frame, MessageType};
+use crate::message::{SecurityMode, StreamOpen};
+
+/// What was agreed with the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node id (as claimed in HELLO / HELLO_ACK).
+    pub node_id: String,
+    /// Protocol version.
+    pub version: u8,
+    /// Security mode in force.
+    pub security: SecurityMode,
+    /// The identity the security handshake authenticated, if any.
+    pub identity: Option<String>,
+    /// Largest payload the peer accepts.
+    pub max_frame: u32,
+    /// Heartbeat interval in force (`None`: no heartbeats).
+    pub heartbeat: Option<Duration>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// We closed it with CLOSE (and the peer answered, or the transport ended).
+    Local {
+        /// Our close code.
+        code: u16,
+        /// Our reason.
+        reason: String,
+    },
+    /// The peer closed it with CLOSE.
+    Peer {
+        /// The peer's close code.
+        code: u16,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// We found a fatal fault, sent ERROR and closed.
+    ProtocolError {
+        /// The code we sent.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The peer sent a fatal ERROR.
+    PeerError {
+        /// The peer's code.
+        code: ErrorCode,
+        /// The peer's message.
+        message: String,
+    },
+    /// HELLO or the security handshake did not finish in time (107 sent).
+    HandshakeTimeout,
+    /// Too many heartbeats were missed (108 sent).
+    HeartbeatTimeout,
+    /// Our CLOSE was not answered within the close timeout.
+    CloseTimeout,
+    /// The transport ended without a CLOSE.
+    TransportClosed,
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// HELLO (and the security handshake) finished.
+    Connected(PeerInfo),
+    /// An application frame: jobs, stream data, observability, NEGOTIATE, UPGRADE...
+    Frame(Frame),
+    /// A zero_trust connection refused an application frame its peer is not allowed to send
+    /// (answered with ERROR 701, not delivered).
+    Denied {
+        /// The peer's authenticated identity.
+        identity: Option<String>,
+        /// The refused type.
+        msg_type: MessageType,
+        /// Its stream.
+        stream_id: u32,
+    },
+    /// An answer to [`Connection::ping`](super::Connection::ping).
+    Pong {
+        /// The PING's correlation id.
+        correlation_id: u32,
+        /// The echoed payload.
+        payload: Bytes,
+        /// Round-trip time measured with the times passed in.
+        rtt: Duration,
+    },
+    /// The peer acknowledged a frame sent with [`Flags::ACK`](crate::Flags::ACK), or a STREAM_OPEN.
+    Acked {
+        /// The stream of the acknowledged frame.
+        stream_id: u32,
+        /// Its correlation id.
+        correlation_id: u32,
+    },
+    /// The peer opened a stream (explicitly with STREAM_OPEN, or by its first frame).
+    StreamOpened {
+        /// The stream.
+        id: u32,
+        /// The STREAM_OPEN payload, when it was opened explicitly.
+        open: Option<StreamOpen>,
+    },
+    /// The peer finished its half of a stream (EOS or STREAM_CLOSE).
+    StreamFinished {
+        /// The stream.
+        id: u32,
+    },
+    /// A stream was reset.
+    StreamReset {
+        /// The stream.
+        id: u32,
+        /// The reset code.
+        code: u16,
+        /// The reason.
+        reason: String,
+        /// True when the peer reset it; false when this side did (e.g. flow-control violation).
+        remote: bool,
+    },
+    /// Credit arrived for a stream whose send was refused with [`StreamError::Blocked`](crate::streams::StreamError::Blocked).
+    StreamWritable {
+        /// The stream.
+        id: u32,
+    },
+    /// A heartbeat interval passed with nothing received.
+    HeartbeatMissed {
+        /// Consecutive intervals missed.
+        missed: u32,
+    },
+    /// The peer reported a non-fatal error.
+    PeerError {
+        /// The code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+        /// The stream the error frame came on.
+        stream_id: u32,
+        /// The correlation id of the request it answers (0: none).
+        correlation_id: u32,
+    },
+    /// The peer asked to close; we stop sending new frames, drain, and answer CLOSE.
+    CloseRequested {
+        /// The peer's code.
+        code: u16,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The connection ended.
+    Closed(CloseReason),
+}
