@@ -10,9 +10,85 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde_json::Value;
+use valkyrie_protocol::security::{FaultClass, SecurityFault};
+use valkyrie_protocol::{CloseReason, ErrorClass, ErrorCode};
 
 /// Records waiting for the writer at most.
 pub const AUDIT_QUEUE: usize = 16_384;
+
+/// What an audit record is about: its `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A connection finished its handshake (`node_id`, `mode`, `identity`).
+    HandshakeOk,
+    /// The peer's credentials did not hold (a 2xx or 7xx fault).
+    AuthFailure,
+    /// The peer's bytes broke the protocol (framing, records, TLS).
+    Malformed,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// A zero_trust policy refused a message type (701).
+    Denied,
+    /// A connection was refused at admission (throttled or banned: 702).
+    Refused,
+    /// An address was banned.
+    Ban,
+}
+
+impl AuditEvent {
+    /// The record's `event` string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::HandshakeOk => "handshake_ok",
+            AuditEvent::AuthFailure => "auth_failure",
+            AuditEvent::Malformed => "malformed",
+            AuditEvent::HandshakeTimeout => "handshake_timeout",
+            AuditEvent::Denied => "denied",
+            AuditEvent::Refused => "refused",
+            AuditEvent::Ban => "ban",
+        }
+    }
+
+    /// The record a security fault (of a TLS session, say) makes: bad credentials are an
+    /// authentication failure, anything else malformed input.
+    pub const fn of_fault(fault: SecurityFault) -> AuditEvent {
+        match fault.class() {
+            FaultClass::Credentials => AuditEvent::AuthFailure,
+            _ => AuditEvent::Malformed,
+        }
+    }
+
+    /// The record a connection's end makes, if it is a security matter, with the code and
+    /// reason to record: a fatal framing fault (100–105) is malformed input, an
+    /// authentication or security fault an authentication failure, and a handshake that did
+    /// not finish in time its own kind.
+    pub fn of_close(
+        reason: &CloseReason,
+        connected: bool,
+    ) -> Option<(AuditEvent, ErrorCode, String)> {
+        match reason {
+            CloseReason::ProtocolError { code, message } => {
+                let event = match code.class() {
+                    ErrorClass::Protocol
+                        if (ErrorCode::BAD_MAGIC..=ErrorCode::RESERVED_BITS).contains(code) =>
+                    {
+                        AuditEvent::Malformed
+                    }
+                    ErrorClass::Authentication | ErrorClass::Security => AuditEvent::AuthFailure,
+                    _ => return None,
+                };
+                Some((event, *code, message.clone()))
+            }
+            CloseReason::HandshakeTimeout if !connected => Some((
+                AuditEvent::HandshakeTimeout,
+                ErrorCode::HANDSHAKE_TIMEOUT,
+                "handshake did not finish in time".to_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
 
 /// A JSON-lines audit sink shared by the shards of a node.
 #[derive(Debug)]
@@ -94,4 +170,54 @@ fn write_loop(rx: Receiver<String>, mut w: Box<dyn Write + Send>) {
         let _ = w.flush();
     }
     let _ = w.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_and_faults_map_to_their_record_kinds() {
+        let closed = |code: ErrorCode| CloseReason::ProtocolError {
+            code,
+            message: "m".into(),
+        };
+        let kind = |r: &CloseReason| AuditEvent::of_close(r, true).map(|(k, _, _)| k);
+        assert_eq!(
+            kind(&closed(ErrorCode::BAD_MAGIC)),
+            Some(AuditEvent::Malformed)
+        );
+        assert_eq!(
+            kind(&closed(ErrorCode::RESERVED_BITS)),
+            Some(AuditEvent::Malformed)
+        );
+        assert_eq!(kind(&closed(ErrorCode::HEARTBEAT_TIMEOUT)), None);
+        assert_eq!(
+            kind(&closed(ErrorCode::AUTH_FAILED)),
+            Some(AuditEvent::AuthFailure)
+        );
+        assert_eq!(
+            kind(&closed(ErrorCode::INTEGRITY_FAILURE)),
+            Some(AuditEvent::AuthFailure)
+        );
+        assert_eq!(kind(&closed(ErrorCode::SLOW_CONSUMER)), None);
+        assert_eq!(
+            kind(&CloseReason::HandshakeTimeout),
+            None,
+            "connected: not a failure"
+        );
+        assert_eq!(
+            AuditEvent::of_close(&CloseReason::HandshakeTimeout, false).map(|(k, c, _)| (k, c)),
+            Some((AuditEvent::HandshakeTimeout, ErrorCode::HANDSHAKE_TIMEOUT))
+        );
+        assert_eq!(
+            AuditEvent::of_fault(SecurityFault::BadCertificate),
+            AuditEvent::AuthFailure
+        );
+        assert_eq!(
+            AuditEvent::of_fault(SecurityFault::Integrity),
+            AuditEvent::Malformed
+        );
+        assert_eq!(AuditEvent::AuthFailure.as_str(), "auth_failure");
+    }
 }

@@ -57,7 +57,11 @@ impl Default for ClientConfig {
 
 /// What went wrong in a client call.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
+    /// The protocol configuration's parts disagree (a mode offered without its provider...).
+    #[error(transparent)]
+    Config(#[from] valkyrie_protocol::connection::ConfigError),
     /// The URL is not an endpoint.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -114,8 +118,11 @@ impl Client {
         Self::connect_with(url, ClientConfig::default())
     }
 
-    /// Connect with `cfg` and complete the handshake.
+    /// Connect with `cfg` and complete the handshake. A protocol configuration that offers a
+    /// mode without its handshake provider (or has a provider for a mode it does not offer)
+    /// is refused with [`ClientError::Config`] before anything is sent.
     pub fn connect_with(url: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
+        cfg.protocol.validate()?;
         let endpoint: Endpoint = url.parse()?;
         let sock = match (
             transport::for_endpoint(&endpoint).connect(&endpoint)?,

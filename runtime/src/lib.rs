@@ -46,10 +46,10 @@
 //! node.join();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-#![allow(unsafe_code)] // io_uring: every unsafe block carries a SAFETY comment.
-
 pub mod audit;
 pub mod client;
+mod config;
+mod conn;
 pub mod guard;
 pub mod keys;
 mod mesh;
@@ -57,14 +57,28 @@ pub mod metrics;
 mod node;
 pub mod service;
 mod shard;
+#[allow(unsafe_code)] // socket and eventfd syscalls: every unsafe block carries a SAFETY comment.
+mod sys;
 pub mod transport;
+#[allow(unsafe_code)] // io_uring: every unsafe block carries a SAFETY comment.
 mod uring;
 pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
+pub use config::{BusyPoll, NodeConfig, RecvMode};
 pub use metrics::ShardMetrics;
-pub use node::{BusyPoll, Node, NodeBuilder, NodeConfig, RecvMode, raise_nofile};
-pub use service::{ConnRef, NoService, Service};
-pub use shard::{Ctx, RouteError};
+pub use node::{Node, NodeBuilder};
+pub use service::{Ctx, NoService, RouteError, Service};
+pub use sys::raise_nofile;
 pub use uring::RingFeatures;
 pub use url::Endpoint;
+
+/// A connection anywhere in the node: its shard, and its slot on that shard. A stale reference
+/// (the connection closed and the slot was reused) is detected by its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    /// The shard that owns the connection.
+    pub shard: u16,
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}

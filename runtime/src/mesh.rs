@@ -8,13 +8,14 @@
 
 use std::any::Any;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use valkyrie_protocol::{MessageType, SendOptions};
 
-use crate::service::ConnRef;
+use crate::ConnRef;
 
 /// Messages between shards.
 pub(crate) enum MeshMsg {
@@ -55,14 +56,8 @@ pub(crate) struct Waker {
 
 impl Waker {
     pub(crate) fn new() -> io::Result<Waker> {
-        // SAFETY: plain syscall; the descriptor is owned by the OwnedFd below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Waker {
-            // SAFETY: fd was just created and is owned by nobody else.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: crate::sys::eventfd()?,
             sleeping: AtomicBool::new(false),
         })
     }
@@ -70,16 +65,52 @@ impl Waker {
     /// Wake the shard if it sleeps (or unconditionally with `force`).
     pub(crate) fn wake(&self, force: bool) {
         if force || self.sleeping.load(Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-            unsafe {
-                libc::write(
-                    self.eventfd.as_raw_fd(),
-                    (&one as *const u64).cast(),
-                    std::mem::size_of::<u64>(),
-                )
-            };
+            crate::sys::eventfd_signal(&self.eventfd);
         }
+    }
+}
+
+/// The mesh ring is full: the message was not sent (back-pressure; the sender retries or
+/// drops, and the shard counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MeshFull;
+
+/// A shard's sending side of the mesh: one producer per other shard, and every shard's waker.
+pub(crate) struct MeshTx {
+    /// `to[j]` sends to shard `j` (`None` for this shard itself).
+    to: Vec<Option<rtrb::Producer<MeshMsg>>>,
+    wakers: Arc<Vec<Waker>>,
+}
+
+impl MeshTx {
+    pub(crate) fn new(to: Vec<Option<rtrb::Producer<MeshMsg>>>, wakers: Arc<Vec<Waker>>) -> Self {
+        MeshTx { to, wakers }
+    }
+
+    /// How many shards the node runs.
+    pub(crate) fn shards(&self) -> usize {
+        self.wakers.len()
+    }
+
+    /// Whether `shard` is another shard of the node.
+    pub(crate) fn reaches(&self, shard: usize) -> bool {
+        matches!(self.to.get(shard), Some(Some(_)))
+    }
+
+    /// Push `msg` to `shard` and wake it if it sleeps.
+    pub(crate) fn push(&mut self, shard: usize, msg: MeshMsg) -> Result<(), MeshFull> {
+        let Some(Some(p)) = self.to.get_mut(shard) else {
+            debug_assert!(false, "no mesh ring to shard {shard}");
+            return Err(MeshFull);
+        };
+        p.push(msg).map_err(|_| MeshFull)?;
+        self.wakers[shard].wake(false);
+        Ok(())
+    }
+
+    /// The waker of `shard`.
+    pub(crate) fn waker(&self, shard: usize) -> &Waker {
+        &self.wakers[shard]
     }
 }
 

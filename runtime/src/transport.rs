@@ -9,9 +9,8 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 
 use valkyrie_protocol::ErrorCode;
 use valkyrie_protocol::message::{ErrorPayload, Payload};
@@ -136,94 +135,6 @@ pub struct TcpTransport;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UnixTransport;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn socket(domain: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
-    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-/// `SocketAddr` as a C sockaddr_storage and its length.
-pub(crate) fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn bind_listen(
-    fd: &OwnedFd,
-    addr: *const libc::sockaddr,
-    len: libc::socklen_t,
-    backlog: i32,
-) -> io::Result<()> {
-    // SAFETY: addr points to a sockaddr of `len` bytes owned by the caller.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), addr, len) })?;
-    // SAFETY: plain syscall on an owned descriptor.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
-}
-
 impl Transport for TcpTransport {
     fn scheme(&self) -> &'static str {
         "tcp"
@@ -236,24 +147,7 @@ impl Transport for TcpTransport {
                 "not a tcp endpoint",
             ));
         };
-        let fd = socket(if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        })?;
-        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        if reuse_port {
-            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        }
-        setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-        let (sa, len) = sockaddr(addr);
-        bind_listen(
-            &fd,
-            (&sa as *const libc::sockaddr_storage).cast(),
-            len,
-            backlog,
-        )?;
-        Ok(fd)
+        crate::sys::tcp_listener(addr, reuse_port, backlog)
     }
 
     fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
@@ -271,41 +165,7 @@ impl Transport for TcpTransport {
 
 /// The bound address of a listening socket (to learn the port after binding port 0).
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: getsockname writes at most `len` bytes into storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len are live and sized as the call requires.
-    cvt(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    })?;
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
-            let a: libc::sockaddr_in =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Ok(SocketAddr::from((
-                a.sin_addr.s_addr.to_ne_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
-            let a: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Ok(SocketAddr::from((
-                a.sin6_addr.s6_addr,
-                u16::from_be(a.sin6_port),
-            )))
-        }
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not an inet socket",
-        )),
-    }
+    crate::sys::local_addr(fd)
 }
 
 impl Transport for UnixTransport {
@@ -320,10 +180,7 @@ impl Transport for UnixTransport {
                 "not a unix endpoint",
             ));
         };
-        let fd = socket(libc::AF_UNIX)?;
-        let (sa, len) = unix_sockaddr(path)?;
-        bind_listen(&fd, (&sa as *const libc::sockaddr_un).cast(), len, backlog)?;
-        Ok(fd)
+        crate::sys::unix_listener(path, backlog)
     }
 
     fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
@@ -335,25 +192,6 @@ impl Transport for UnixTransport {
         };
         Ok(ClientSocket::Unix(UnixStream::connect(path)?))
     }
-}
-
-fn unix_sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
-    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= sa.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unix socket path too long",
-        ));
-    }
-    for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((sa, len as libc::socklen_t))
 }
 
 /// Shared memory between local processes (`shm://name`).

@@ -1,10 +1,14 @@
-//! io_uring set-up with feature fallback, the provided-buffer ring, and `user_data` encoding.
+//! io_uring set-up with feature fallback, the submission path ([`Ring::push`], bounded), the
+//! provided-buffer ring, and `user_data` encoding. With `sys.rs`, this is where the runtime's
+//! `unsafe` lives.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::{IoUring, types::BufRingEntry};
+use std::collections::VecDeque;
+
+use io_uring::{IoUring, cqueue, squeue, types::BufRingEntry};
 
 /// The ring features a shard ended up with, logged at start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -205,13 +209,138 @@ pub(crate) enum Op {
     ShmHup = 11,
 }
 
+impl TryFrom<u8> for Op {
+    type Error = u8;
+
+    fn try_from(v: u8) -> Result<Op, u8> {
+        Ok(match v {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Close,
+            5 => Op::Wake,
+            6 => Op::Cancel,
+            7 => Op::Poll,
+            8 => Op::ShmAccept,
+            9 => Op::ShmRx,
+            10 => Op::ShmTx,
+            11 => Op::ShmHup,
+            other => return Err(other),
+        })
+    }
+}
+
 /// `user_data` = op (8 bits) | generation (24 bits) | slot (32 bits).
 #[inline]
 pub(crate) fn ud(op: Op, slot: u32, generation: u32) -> u64 {
+    debug_assert!(generation <= 0xFF_FFFF, "generations have 24 bits");
     ((op as u64) << 56) | (((generation & 0xFF_FFFF) as u64) << 32) | slot as u64
 }
 
+/// The parts of a `user_data`: the op (or the unknown byte), the generation and the slot.
 #[inline]
-pub(crate) fn ud_parts(ud: u64) -> (u8, u32, u32) {
-    ((ud >> 56) as u8, ((ud >> 32) & 0xFF_FFFF) as u32, ud as u32)
+pub(crate) fn ud_parts(ud: u64) -> (Result<Op, u8>, u32, u32) {
+    (
+        Op::try_from((ud >> 56) as u8),
+        ((ud >> 32) & 0xFF_FFFF) as u32,
+        ud as u32,
+    )
+}
+
+/// Tries to push an entry (submitting in between) before it waits in the backlog.
+const PUSH_ATTEMPTS: usize = 4;
+
+/// A shard's ring: submissions go through [`Ring::push`], whose retry is bounded.
+pub(crate) struct Ring {
+    ring: IoUring,
+    /// Entries the kernel would not take (its completion queue overflowing): pushed first at
+    /// the next turn, after completions are reaped. At most one entry per operation a
+    /// connection can have armed, so bounded by the connection table.
+    backlog: VecDeque<squeue::Entry>,
+}
+
+impl Ring {
+    pub(crate) fn new(ring: IoUring) -> Ring {
+        Ring {
+            ring,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// The ring itself, for registration and waiting.
+    pub(crate) fn inner(&self) -> &IoUring {
+        &self.ring
+    }
+
+    /// Queue `entry` for submission.
+    ///
+    /// Every buffer an entry points to (send buffers, the wake buffer, address buffers,
+    /// shared-memory futex words) is owned by the shard and stays in place until the
+    /// entry's completion is reaped: that is the invariant the `unsafe` push relies on, and
+    /// what `conn::send::SendState` and the shard's close path keep.
+    pub(crate) fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            for _ in 0..PUSH_ATTEMPTS {
+                // SAFETY: see the invariant above.
+                if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                    return;
+                }
+                if let Err(e) = self.ring.submit() {
+                    tracing::warn!(error = %e, "submit while the SQ was full");
+                }
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Move waiting entries into the submission queue (once completions were reaped).
+    /// Returns whether any is left.
+    pub(crate) fn push_backlog(&mut self) -> bool {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: see the invariant of `push`.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                return true;
+            }
+            self.backlog.pop_front();
+        }
+        false
+    }
+
+    /// Entries queued and not yet submitted.
+    pub(crate) fn has_pending(&mut self) -> bool {
+        !self.ring.submission().is_empty() || !self.backlog.is_empty()
+    }
+
+    /// The kernel flags deferred completions to run (they are posted only inside
+    /// `io_uring_enter`).
+    pub(crate) fn taskrun(&mut self) -> bool {
+        self.ring.submission().taskrun()
+    }
+
+    /// Submit without waiting.
+    pub(crate) fn submit(&self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+
+    /// Submit and wait for one completion, at most `timeout` when given.
+    pub(crate) fn submit_and_wait(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<usize> {
+        match timeout {
+            Some(d) => {
+                let ts = io_uring::types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos().max(1000));
+                let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        }
+    }
+
+    /// Move up to `max` completions into `out`.
+    pub(crate) fn completions(&mut self, out: &mut Vec<cqueue::Entry>, max: usize) {
+        out.extend(self.ring.completion().take(max));
+    }
 }

@@ -204,3 +204,61 @@ fn zero_trust_node_denies_by_policy_with_701_and_audits_it() {
     assert_eq!(denied[0]["code"], 701);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn builders_refuse_a_mode_offered_without_its_provider() {
+    use valkyrie_protocol::connection::ConfigError;
+    // A node that would accept token with no token provider does not start.
+    let err = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Token, SecurityMode::Plaintext],
+            ..Config::new("control")
+        })
+        .shards(1)
+        .start()
+        .expect_err("token has no provider");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<ConfigError>());
+    assert_eq!(
+        inner,
+        Some(&ConfigError::MissingProvider(SecurityMode::Token))
+    );
+
+    // A client with a provider for a mode it does not offer is refused before connecting
+    // (the URL needs no node: nothing is sent).
+    let cfg = ClientConfig {
+        protocol: Config {
+            security: vec![SecurityMode::Plaintext],
+            handshakes: vec![Arc::new(TokenClient::new("agents", b"s3cret".to_vec()))],
+            ..Config::new("agent")
+        },
+        ..ClientConfig::default()
+    };
+    match Client::connect_with("tcp://127.0.0.1:9", cfg) {
+        Err(ClientError::Config(ConfigError::UnusedProvider(SecurityMode::Token))) => {}
+        other => panic!("an unused provider was not refused: {other:?}"),
+    }
+
+    // The same node with its provider starts, and a plaintext client is still served.
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Token, SecurityMode::Plaintext],
+            handshakes: vec![Arc::new(TokenServer::new([(
+                "agents".to_owned(),
+                b"s3cret".to_vec(),
+            )]))],
+            ..Config::new("control")
+        })
+        .shards(1)
+        .start()
+        .unwrap();
+    let mut c = Client::connect(&node.url()).unwrap();
+    c.ping(b"x").unwrap();
+    c.close().unwrap();
+    node.shutdown();
+    node.join();
+}

@@ -1,0 +1,154 @@
+//! One connection of a shard: its protocol state machine, its I/O (a socket in the ring's
+//! direct-descriptor table, or a shared-memory stream), and where it is in its life. The
+//! table that holds a shard's connections is [`table`]; the send path of a socket is
+//! [`send`]. Nothing here submits to io_uring: the shard does, reading these states.
+//!
+//! The life of a connection (docs/RUNTIME.md draws it):
+//! accepted → [`Life::Open`] (or [`Life::Refused`]: only an ERROR is sent) → [`Life::Closing`]
+//! (its operations cancelled, its descriptor closed) → removed from the table once the kernel
+//! holds nothing of it ([`Conn::is_released`]).
+
+pub(crate) mod send;
+pub(crate) mod table;
+
+use std::net::IpAddr;
+
+use valkyrie_protocol::security::mtls::TlsSession;
+use valkyrie_protocol::{Connection, Tick, Transmit};
+use valkyrie_shm::ShmStream;
+
+use send::SendState;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// Refused at admission (connection limit, shutdown, ban): only its ERROR frame is sent,
+    /// then it is closed. No service ever sees it.
+    Refused,
+    /// Served.
+    Open,
+    /// Being closed: its operations are cancelled and its descriptor closed (the slot may
+    /// still wait for an orphaned send, or for the waits on a shared-memory mapping).
+    Closing {
+        /// The descriptor's close completed.
+        fd_closed: bool,
+        /// It was refused, never served (so never counted as active).
+        refused: bool,
+    },
+}
+
+/// A socket connection's I/O: a slot of the ring's direct-descriptor table, its send state,
+/// and TLS under the frames when the listener has it.
+#[derive(Debug)]
+pub(crate) struct Socket {
+    pub(crate) fixed: u32,
+    pub(crate) send: SendState,
+    pub(crate) tls: Option<Box<TlsSession>>,
+}
+
+/// A shared-memory connection's I/O: the stream, and the operations armed in the ring on
+/// its mapping (the mapping is released only once none is left).
+pub(crate) struct ShmIo {
+    pub(crate) stream: ShmStream,
+    /// A frame taken from the protocol that did not fit the send ring yet, and how much of it
+    /// was written (at most one frame per connection waits here).
+    pub(crate) pending: Option<(Transmit, usize)>,
+    /// Since when the send ring has been full with a frame waiting (slow-consumer timer).
+    pub(crate) blocked_since: Option<Tick>,
+    /// A futex wait for frames the peer commits.
+    pub(crate) rx_armed: bool,
+    /// A futex wait for space the peer releases.
+    pub(crate) tx_armed: bool,
+    /// The poll for the peer's hang-up.
+    pub(crate) hup_armed: bool,
+}
+
+impl ShmIo {
+    pub(crate) fn new(stream: ShmStream) -> ShmIo {
+        ShmIo {
+            stream,
+            pending: None,
+            blocked_since: None,
+            rx_armed: false,
+            tx_armed: false,
+            hup_armed: false,
+        }
+    }
+
+    /// Whether the ring still holds an operation on this connection's mapping.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.rx_armed || self.tx_armed || self.hup_armed
+    }
+}
+
+/// A connection's I/O.
+pub(crate) enum Io {
+    /// TCP or Unix, through the ring.
+    Socket(Socket),
+    /// Shared memory (boxed: most connections are sockets).
+    Shm(Box<ShmIo>),
+}
+
+/// One connection of a shard.
+pub(crate) struct Conn {
+    pub(crate) generation: u32,
+    /// The transport index (see `metrics::TRANSPORTS`).
+    pub(crate) transport: u8,
+    pub(crate) life: Life,
+    pub(crate) proto: Connection,
+    pub(crate) io: Io,
+    /// The service has been told it connected.
+    pub(crate) connected: bool,
+    /// Just finished its handshake: release the handshake's buffers once flushed.
+    pub(crate) fresh: bool,
+    /// Queued for processing at the end of this round (see [`table::ConnTable::mark`]).
+    pub(crate) dirty: bool,
+    /// The deadline of its entry in the shard's timer heap.
+    pub(crate) timer: Option<Tick>,
+    /// The peer's address (TCP, when intrusion detection is on; boxed, as most nodes run
+    /// without it and each connection then pays 8 bytes, not 24).
+    pub(crate) ip: Option<Box<IpAddr>>,
+}
+
+impl Conn {
+    /// Whether the connection is served (not refused, not closing).
+    pub(crate) fn is_open(&self) -> bool {
+        self.life == Life::Open
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        matches!(self.life, Life::Closing { .. })
+    }
+
+    /// The peer's address, when known.
+    pub(crate) fn peer_ip(&self) -> Option<IpAddr> {
+        self.ip.as_deref().copied()
+    }
+
+    /// The socket I/O, for socket connections.
+    pub(crate) fn socket(&mut self) -> Option<&mut Socket> {
+        match &mut self.io {
+            Io::Socket(s) => Some(s),
+            Io::Shm(_) => None,
+        }
+    }
+
+    /// Since when its output has waited on a peer that takes nothing (slow-consumer timer).
+    pub(crate) fn stalled_since(&self) -> Option<Tick> {
+        match &self.io {
+            Io::Socket(s) => s.send.started(),
+            Io::Shm(s) => s.blocked_since,
+        }
+    }
+
+    /// Whether the connection may leave the table: it is closing, and the kernel holds
+    /// nothing of it (its descriptor is closed and no send still reads its buffer; for shared
+    /// memory, no wait is armed on its mapping).
+    pub(crate) fn is_released(&self) -> bool {
+        match (&self.life, &self.io) {
+            (Life::Closing { fd_closed, .. }, Io::Socket(s)) => *fd_closed && !s.send.in_kernel(),
+            (Life::Closing { .. }, Io::Shm(s)) => !s.in_flight(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Listeners and admission: multishot accept into direct descriptors (one accept at a time,
+//! with the peer's address, when intrusion detection needs it), the shared-memory rendezvous,
+//! pausing accepts when the direct-descriptor table is nearly full and resuming when it
+//! drains, and admitting or refusing each new connection (connection limit, shutdown, ban).
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, types};
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::security::mtls::TlsSession;
+use valkyrie_protocol::{Connection, ErrorCode, Frame, MessageType, Side};
+use valkyrie_shm::ShmStream;
+
+use super::Shard;
+use crate::conn::send::SendState;
+use crate::conn::{Conn, Io, Life, ShmIo, Socket};
+use crate::metrics::ShardMetrics;
+use crate::uring::{Op, ud};
+
+/// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
+pub(super) const SHM: u8 = 2;
+/// The transport index of TCP.
+const TCP: u8 = 0;
+/// Connections a readable rendezvous socket is accepted for per event.
+const SHM_ACCEPT_BATCH: usize = 64;
+
+/// One listening socket.
+struct Listener {
+    fd: OwnedFd,
+    transport: u8,
+    armed: bool,
+    /// Peer address of the single-shot accept used when intrusion detection is on (the
+    /// kernel writes it; it does not move while the accept is armed).
+    addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+/// A shard's listeners and the direct-descriptor table they fill.
+pub(super) struct Listeners {
+    list: Vec<Listener>,
+    /// Accepts are cancelled until the table drains.
+    paused: bool,
+    table_size: u32,
+    table_used: u32,
+}
+
+impl Listeners {
+    pub(super) fn new(fds: Vec<(OwnedFd, u8)>, table_size: u32) -> Listeners {
+        Listeners {
+            list: fds
+                .into_iter()
+                .map(|(fd, transport)| Listener {
+                    fd,
+                    transport,
+                    armed: false,
+                    addr: Box::new((crate::sys::sockaddr_storage(), 0)),
+                })
+                .collect(),
+            paused: false,
+            table_size,
+            table_used: 0,
+        }
+    }
+
+    /// A direct descriptor was released.
+    pub(super) fn slot_freed(&mut self) {
+        debug_assert!(self.table_used > 0, "more descriptors freed than taken");
+        self.table_used = self.table_used.saturating_sub(1);
+    }
+
+    /// Paused, and a tenth of the table is free again.
+    fn may_resume(&self) -> bool {
+        self.paused && u64::from(self.table_used) * 10 < u64::from(self.table_size) * 9
+    }
+}
+
+impl Shard {
+    pub(super) fn arm_accepts(&mut self) {
+        let guarded = self.guard.is_some();
+        for i in 0..self.listeners.list.len() {
+            let l = &mut self.listeners.list[i];
+            if l.armed {
+                continue;
+            }
+            let fd = l.fd.as_raw_fd();
+            let e = if l.transport == SHM {
+                // A shared-memory connection needs its segment sent over the accepted
+                // socket: wait for readiness and accept in the loop.
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(ud(Op::ShmAccept, i as u32, 0))
+            } else if guarded && l.transport == TCP {
+                // Intrusion detection needs each peer's address: one accept at a time,
+                // with an address buffer, still into the direct-descriptor table.
+                l.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                let (sa, len) = (
+                    &mut l.addr.0 as *mut libc::sockaddr_storage,
+                    &mut l.addr.1 as *mut libc::socklen_t,
+                );
+                opcode::Accept::new(types::Fd(fd), sa.cast(), len)
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .build()
+                    .user_data(ud(Op::Accept, i as u32, 0))
+            } else {
+                opcode::AcceptMulti::new(types::Fd(fd))
+                    .allocate_file_index(true)
+                    .build()
+                    .user_data(ud(Op::Accept, i as u32, 0))
+            };
+            l.armed = true;
+            self.ring.push(e);
+        }
+    }
+
+    /// Stop accepting (the table is nearly full, or the shard shuts down): connections wait
+    /// in the listen backlog.
+    pub(super) fn pause_accepts(&mut self) {
+        if self.listeners.paused {
+            return;
+        }
+        self.listeners.paused = true;
+        ShardMetrics::add(&self.metrics.accept_paused, 1);
+        for i in 0..self.listeners.list.len() {
+            let l = &self.listeners.list[i];
+            if l.armed {
+                let op = if l.transport == SHM {
+                    Op::ShmAccept
+                } else {
+                    Op::Accept
+                };
+                let e = opcode::AsyncCancel::new(ud(op, i as u32, 0))
+                    .build()
+                    .user_data(ud(Op::Cancel, 0, 0));
+                self.ring.push(e);
+            }
+        }
+    }
+
+    /// Accept again once the table has drained (not while shutting down).
+    pub(super) fn maybe_resume_accepts(&mut self) {
+        if self.listeners.may_resume() && self.shutdown_deadline.is_none() {
+            self.listeners.paused = false;
+            self.arm_accepts();
+        }
+    }
+
+    /// Re-arm a listener whose accept ended, unless accepting is paused or the shard stops.
+    fn rearm_accept(&mut self, li: usize, more: bool) {
+        if !more {
+            if let Some(l) = self.listeners.list.get_mut(li) {
+                l.armed = false;
+            }
+            if !self.listeners.paused && self.shutdown_deadline.is_none() {
+                self.arm_accepts();
+            }
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, li: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if res < 0 {
+            match -res {
+                libc::ECANCELED => {}
+                libc::ENFILE | libc::EMFILE => {
+                    tracing::warn!(
+                        shard = self.id,
+                        "direct descriptor table full: pausing accept"
+                    );
+                    self.pause_accepts();
+                }
+                e => tracing::debug!(shard = self.id, errno = e, "accept error"),
+            }
+            self.rearm_accept(li, more);
+            return;
+        }
+        let fixed = res as u32;
+        let transport = self.listeners.list.get(li).map_or(TCP, |l| l.transport);
+        self.listeners.table_used += 1;
+        let ip = match (&self.guard, self.listeners.list.get(li)) {
+            (Some(_), Some(l)) if transport == TCP => crate::sys::peer_ip(&l.addr.0),
+            _ => None,
+        };
+        let banned = ip.and_then(|ip| self.admission_verdict(ip));
+        self.add_conn(fixed, transport, None, ip, banned);
+        if self.listeners.table_used + 1 >= self.listeners.table_size {
+            self.pause_accepts();
+        }
+        self.rearm_accept(li, more);
+    }
+
+    /// Whether intrusion detection refuses `ip` now: the reason, audited, when it does.
+    fn admission_verdict(&mut self, ip: IpAddr) -> Option<String> {
+        // A ban another shard decided is in our mesh ring before its ERROR left that shard:
+        // apply it before judging this connection.
+        self.drain_mesh();
+        let reason = match self.guard.as_mut()?.check(ip, self.now) {
+            crate::guard::Verdict::Allow => return None,
+            crate::guard::Verdict::Throttled(d) => format!(
+                "too many failures from {ip}: throttled, retry in {} ms",
+                d.as_millis()
+            ),
+            crate::guard::Verdict::Banned(d) => {
+                format!("{ip} is banned for {} s more", d.as_secs().max(1))
+            }
+        };
+        self.audit(
+            serde_json::json!({"event": "refused", "peer": ip.to_string(),
+            "code": ErrorCode::BANNED.0, "reason": reason}),
+        );
+        Some(reason)
+    }
+
+    /// The shared-memory rendezvous socket is readable: accept what is waiting (bounded per
+    /// event) and hand each connector its segment.
+    pub(super) fn on_shm_accept(&mut self, li: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if res >= 0 {
+            for _ in 0..SHM_ACCEPT_BATCH {
+                let Some(sock) = self
+                    .listeners
+                    .list
+                    .get(li)
+                    .and_then(|l| crate::sys::accept_unix(&l.fd))
+                else {
+                    break;
+                };
+                match ShmStream::serve(sock, &self.cfg.shm) {
+                    Ok(stream) => self.add_conn(u32::MAX, SHM, Some(stream), None, None),
+                    Err(e) => tracing::debug!(shard = self.id, error = %e, "shm rendezvous failed"),
+                }
+            }
+        }
+        self.rearm_accept(li, more);
+    }
+
+    /// Register an accepted connection: refused with ERROR 501 at the limit or while shutting
+    /// down (702 when banned), otherwise armed for input.
+    fn add_conn(
+        &mut self,
+        fixed: u32,
+        transport: u8,
+        shm: Option<ShmStream>,
+        ip: Option<IpAddr>,
+        banned: Option<String>,
+    ) {
+        ShardMetrics::add(&self.metrics.connections_accepted, 1);
+        let mut refused = self.conns.len() >= self.cfg.max_connections_per_shard
+            || self.shutdown_deadline.is_some()
+            || banned.is_some();
+        let proto = Connection::new(
+            Side::Server,
+            self.cfg.protocol.clone(),
+            self.now,
+            self.unix_now(),
+        );
+        let io = match shm {
+            Some(stream) => Io::Shm(Box::new(ShmIo::new(stream))),
+            None => {
+                let tls = match &self.cfg.tls {
+                    Some(cfg) if transport == TCP && !refused => {
+                        match TlsSession::server(cfg.clone()) {
+                            Ok(t) => Some(Box::new(t)),
+                            Err(e) => {
+                                // Never serve a TLS listener's connection in plaintext.
+                                tracing::warn!(shard = self.id, error = %e, "tls session not created");
+                                refused = true;
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                Io::Socket(Socket {
+                    fixed,
+                    send: SendState::Idle,
+                    tls,
+                })
+            }
+        };
+        let life = if refused { Life::Refused } else { Life::Open };
+        let slot = self.conns.insert(|generation| Conn {
+            generation,
+            transport,
+            life,
+            proto,
+            io,
+            connected: false,
+            fresh: false,
+            dirty: false,
+            timer: None,
+            ip: ip.map(Box::new),
+        });
+        if refused {
+            self.refuse(slot, banned.as_deref());
+            return;
+        }
+        self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
+        if transport == SHM {
+            self.arm_shm_hup(slot);
+            self.shm_recv(slot);
+        } else {
+            self.arm_recv(slot);
+        }
+        self.mark(slot);
+    }
+
+    /// Send a refused connection its ERROR (702 with the reason when banned, else 501), then
+    /// close it.
+    fn refuse(&mut self, slot: u32, banned: Option<&str>) {
+        ShardMetrics::add(&self.metrics.connections_refused, 1);
+        let frame = match banned {
+            Some(reason) => {
+                self.metrics.error_sent(ErrorCode::BANNED.0, 1);
+                let mut v = Vec::new();
+                Frame::new(
+                    MessageType::Error,
+                    0,
+                    ErrorPayload {
+                        code: ErrorCode::BANNED.0,
+                        message: reason.to_owned(),
+                    }
+                    .to_bytes(),
+                )
+                .encode(&mut v);
+                Bytes::from(v)
+            }
+            None => {
+                self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
+                self.refused_frame.clone()
+            }
+        };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        match &mut c.io {
+            Io::Shm(shm) => {
+                // The frame is in the ring before the close: the peer reads it, then the close.
+                let _ = shm.stream.try_send(&frame);
+                self.start_close(slot);
+            }
+            Io::Socket(_) => {
+                let mut out = self.send_pool.take();
+                out.buf.extend_from_slice(&frame);
+                self.submit_send(slot, out);
+            }
+        }
+    }
+}

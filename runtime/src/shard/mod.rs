@@ -1,0 +1,332 @@
+//! One shard: a thread pinned to a core that owns an io_uring ring, its listening sockets, its
+//! connections, timers, receive buffers and metrics. Nothing here is shared with other shards
+//! except the mesh rings and the per-shard counters (written only by this shard).
+//!
+//! This file holds the loop and the routing of completions; each concern has a file of its
+//! own: `accept.rs` (listeners, pause and resume, admission), `socket.rs` (receive modes,
+//! flush, send completions), `tls.rs` (TLS under the frames), `shm.rs` (shared-memory
+//! connections), `process.rs` (events into the service, security audit), `inbox.rs` (mesh
+//! messages from other shards), `timers.rs` (the timer heap), `close.rs` (closing, removal,
+//! shutdown). docs/RUNTIME.md has the map and the life of a connection.
+
+mod accept;
+mod close;
+mod inbox;
+mod process;
+mod shm;
+mod socket;
+mod timers;
+mod tls;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, types};
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::{ErrorCode, Frame, MessageType};
+
+use crate::config::{BusyPoll, NodeConfig};
+use crate::conn::send::SendPool;
+use crate::conn::table::ConnTable;
+use crate::mesh::{MeshMsg, MeshTx, Waker};
+use crate::metrics::ShardMetrics;
+use crate::service::{Ctx, Service};
+use crate::uring::{BufRing, Op, Ring, RingFeatures, build_ring, ud, ud_parts};
+use accept::Listeners;
+use timers::Timers;
+
+/// What a shard needs to start.
+pub(crate) struct ShardInit {
+    pub(crate) id: usize,
+    pub(crate) cfg: Arc<NodeConfig>,
+    pub(crate) listeners: Vec<(OwnedFd, u8)>,
+    pub(crate) mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
+    pub(crate) mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
+    pub(crate) wakers: Arc<Vec<Waker>>,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) table_size: u32,
+}
+
+/// Completions handled per batch taken from the ring.
+const CQE_BATCH: usize = 256;
+
+/// The eventfd read through which other shards wake this one.
+struct Wake {
+    /// Where the kernel writes the eventfd's counter (boxed: it must not move while armed).
+    buf: Box<u64>,
+    armed: bool,
+}
+
+pub(crate) struct Shard {
+    id: usize,
+    cfg: Arc<NodeConfig>,
+    ring: Ring,
+    features: RingFeatures,
+    bufs: BufRing,
+    listeners: Listeners,
+    conns: ConnTable,
+    timers: Timers,
+    mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
+    mesh: MeshTx,
+    service: Box<dyn Service>,
+    metrics: Arc<ShardMetrics>,
+    shutdown: Arc<AtomicBool>,
+    shutdown_deadline: Option<Instant>,
+    wake: Wake,
+    /// Set while the shard winds down: nothing is re-armed.
+    stopping: bool,
+    send_pool: SendPool,
+    /// Completions being handled (reused: no allocation per batch).
+    cqe_buf: Vec<cqueue::Entry>,
+    unix_base: (Instant, u64),
+    /// The ERROR 501 a connection refused at the limit gets.
+    refused_frame: Bytes,
+    /// Reused buffer for plaintext decrypted by TLS sessions.
+    tls_plain: Vec<u8>,
+    now: Instant,
+    /// Shared-memory connections that stopped at their input budget with more waiting.
+    shm_more: Vec<(u32, u32)>,
+    /// Intrusion detection (when configured).
+    guard: Option<crate::guard::Guard>,
+}
+
+impl Shard {
+    pub(crate) fn new(init: ShardInit, service: Box<dyn Service>) -> std::io::Result<Shard> {
+        let (ring, mut features) = build_ring(init.cfg.ring_entries)?;
+        ring.submitter().register_files_sparse(init.table_size)?;
+        features.direct_descriptors = init.table_size;
+        let bufs = BufRing::new(&ring, 0, init.cfg.recv_buffers, init.cfg.recv_buffer_size)?;
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut refused = Vec::new();
+        Frame::new(
+            MessageType::Error,
+            0,
+            ErrorPayload {
+                code: ErrorCode::OVERLOADED.0,
+                message: "connection limit reached".into(),
+            }
+            .to_bytes(),
+        )
+        .with_timestamp(unix as u32)
+        .encode(&mut refused);
+        tracing::info!(
+            shard = init.id,
+            single_issuer = features.single_issuer,
+            defer_taskrun = features.defer_taskrun,
+            coop_taskrun = features.coop_taskrun,
+            direct_descriptors = features.direct_descriptors,
+            recv_buffer_bytes = bufs.memory(),
+            busy_poll = ?init.cfg.busy_poll,
+            "shard ring ready (multishot accept into direct descriptors, multishot recv with a provided buffer ring)"
+        );
+        Ok(Shard {
+            id: init.id,
+            ring: Ring::new(ring),
+            features,
+            bufs,
+            listeners: Listeners::new(init.listeners, init.table_size),
+            conns: ConnTable::with_capacity(init.table_size as usize),
+            timers: Timers::new(now, init.table_size as usize),
+            mesh_rx: init.mesh_rx,
+            mesh: MeshTx::new(init.mesh_tx, init.wakers),
+            service,
+            metrics: init.metrics,
+            shutdown: init.shutdown,
+            shutdown_deadline: None,
+            wake: Wake {
+                buf: Box::new(0),
+                armed: false,
+            },
+            stopping: false,
+            send_pool: SendPool::default(),
+            cqe_buf: Vec::with_capacity(CQE_BATCH),
+            unix_base: (now, unix),
+            refused_frame: Bytes::from(refused),
+            tls_plain: Vec::new(),
+            now,
+            shm_more: Vec::new(),
+            guard: init.cfg.guard.map(crate::guard::Guard::new),
+            cfg: init.cfg,
+        })
+    }
+
+    /// The ring features in use.
+    pub(crate) fn features(&self) -> RingFeatures {
+        self.features
+    }
+
+    pub(crate) fn run(mut self) {
+        self.arm_accepts();
+        self.arm_wake();
+        let mut last_work = Instant::now();
+        loop {
+            self.now = Instant::now();
+            let mut work = self.drain_mesh();
+            work |= self.run_timers();
+            work |= self.drain_shm_more();
+            work |= self.ring.push_backlog();
+            if self.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline.is_none() {
+                self.begin_shutdown();
+                work = true;
+            }
+            if let Some(d) = self.shutdown_deadline
+                && (self.conns.is_empty() || self.now >= d)
+            {
+                break;
+            }
+            // Submit what is queued and collect completions.
+            let spin = match self.cfg.busy_poll {
+                BusyPoll::Off => false,
+                BusyPoll::Always => true,
+                BusyPoll::Adaptive(window) => self.now.duration_since(last_work) < window,
+            };
+            if spin {
+                // Busy-poll: enter the kernel only when there is something to submit or the
+                // kernel flags deferred completions to run; otherwise just look at the CQ.
+                if (self.ring.has_pending() || self.ring.taskrun())
+                    && let Err(e) = self.ring.submit()
+                {
+                    tracing::warn!(shard = self.id, error = %e, "submit");
+                }
+            } else if work {
+                if let Err(e) = self.ring.submit() {
+                    tracing::warn!(shard = self.id, error = %e, "submit");
+                }
+            } else {
+                self.sleep();
+                // Whatever woke us happened now, not when the loop turn began.
+                self.now = Instant::now();
+            }
+            if self.reap() > 0 || work {
+                last_work = Instant::now();
+            } else if spin {
+                std::hint::spin_loop();
+            }
+            self.process_dirty();
+        }
+        self.finish_shutdown();
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake.armed {
+            return;
+        }
+        let fd = self.mesh.waker(self.id).eventfd.as_raw_fd();
+        let buf: *mut u64 = &mut *self.wake.buf;
+        let e = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(ud(Op::Wake, 0, 0));
+        self.ring.push(e);
+        self.wake.armed = true;
+    }
+
+    fn sleep(&mut self) {
+        let waker = self.mesh.waker(self.id);
+        waker.sleeping.store(true, Ordering::SeqCst);
+        // Look once more after announcing sleep: a producer that pushed before seeing the flag
+        // must not be missed.
+        let pending = self.mesh_rx.iter().any(|c| !c.is_empty())
+            || (self.shutdown.load(Ordering::SeqCst) && self.shutdown_deadline.is_none());
+        if pending {
+            // Still enter the kernel (without waiting): with DEFER_TASKRUN, completions are
+            // only posted inside io_uring_enter.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(shard = self.id, error = %e, "submit");
+            }
+        } else {
+            let wait = self
+                .timers
+                .next()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.ring.submit_and_wait(wait)
+                && e.raw_os_error() != Some(libc::ETIME)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                tracing::warn!(shard = self.id, error = %e, "wait");
+            }
+        }
+        self.mesh
+            .waker(self.id)
+            .sleeping
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// Handle every completion in the ring (in batches). Returns how many.
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        let mut batch = std::mem::take(&mut self.cqe_buf);
+        // Each batch handles what is in the queue; completions posted while handling are
+        // taken by the next. The queue holds at most its size, so this ends.
+        loop {
+            batch.clear();
+            self.ring.completions(&mut batch, CQE_BATCH);
+            if batch.is_empty() {
+                self.cqe_buf = batch;
+                return n;
+            }
+            n += batch.len();
+            for cqe in batch.drain(..) {
+                self.complete(cqe);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry) {
+        let (op, generation, slot) = ud_parts(cqe.user_data());
+        let res = cqe.result();
+        let flags = cqe.flags();
+        match op {
+            Ok(Op::Accept) => self.on_accept(slot as usize, res, flags),
+            Ok(Op::Recv) => self.on_recv(slot, generation, res, flags),
+            Ok(Op::Poll) => self.on_poll(slot, generation, res, flags),
+            Ok(Op::Send) => self.on_send(slot, generation, res),
+            Ok(Op::Close) => self.on_closed(slot, generation),
+            Ok(Op::ShmAccept) => self.on_shm_accept(slot as usize, res, flags),
+            Ok(op @ (Op::ShmRx | Op::ShmTx | Op::ShmHup)) => self.on_shm_wait(slot, generation, op),
+            Ok(Op::Wake) => {
+                self.wake.armed = false;
+                if !self.stopping {
+                    self.arm_wake();
+                }
+            }
+            Ok(Op::Cancel) => {}
+            Err(unknown) => {
+                debug_assert!(false, "a completion for unknown op {unknown}");
+            }
+        }
+    }
+
+    /// The header timestamp clock: Unix seconds at this turn.
+    fn unix_now(&self) -> u64 {
+        self.unix_base.1
+            + self
+                .now
+                .saturating_duration_since(self.unix_base.0)
+                .as_secs()
+    }
+
+    fn mark(&mut self, slot: u32) {
+        self.conns.mark(slot);
+    }
+
+    /// The context a service call gets: a split borrow of this shard's parts.
+    fn ctx(&mut self) -> (&mut dyn Service, Ctx<'_>) {
+        (
+            &mut *self.service,
+            Ctx::new(
+                self.id,
+                self.now,
+                &mut self.conns,
+                &mut self.mesh,
+                &self.metrics,
+            ),
+        )
+    }
+}

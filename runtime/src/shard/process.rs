@@ -1,0 +1,195 @@
+//! Processing a dirty connection at the end of a turn: its events go to the service (after
+//! the shard's own bookkeeping: metrics, the audit log, intrusion detection), what it queued
+//! is flushed, its timer is re-armed, and a connection that has ended and drained is closed.
+
+use std::net::IpAddr;
+
+use valkyrie_protocol::{CloseReason, ErrorCode, Event};
+
+use super::Shard;
+use crate::ConnRef;
+use crate::audit::AuditEvent;
+use crate::conn::Io;
+use crate::mesh::MeshMsg;
+use crate::metrics::ShardMetrics;
+
+impl Shard {
+    pub(super) fn process_dirty(&mut self) {
+        // A slot is in the dirty list at most once; processing may mark others (a service
+        // sending to another connection), which this loop takes too.
+        while let Some(slot) = self.conns.pop_dirty() {
+            self.process(slot);
+        }
+    }
+
+    /// Drain a connection's events into the service, send what it queued, re-arm its timer,
+    /// and close it once it is drained.
+    fn process(&mut self, slot: u32) {
+        // Each turn consumes events decoded from input already received (the protocol answers
+        // what it decodes without growing its queues past their bounds), so this ends when
+        // the input does.
+        loop {
+            loop {
+                let Some(c) = self.conns.get_mut(slot) else {
+                    return;
+                };
+                if !c.is_open() {
+                    return;
+                }
+                let Some(ev) = c.proto.poll_event() else {
+                    break;
+                };
+                self.dispatch(slot, ev);
+            }
+            self.flush(slot);
+            let Some(c) = self.conns.get_mut(slot) else {
+                return;
+            };
+            match c.proto.poll_event() {
+                Some(ev) => self.dispatch(slot, ev),
+                None => break,
+            }
+        }
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let output_waits = match &c.io {
+            Io::Socket(s) => s.send.in_kernel(),
+            Io::Shm(s) => s.pending.is_some(),
+        };
+        if c.proto.is_drained() && !output_waits {
+            self.start_close(slot);
+            return;
+        }
+        if c.fresh || self.cfg.shrink_when_drained {
+            // Nothing is buffered or queued now (the send buffer holds what is in flight):
+            // release the connection's buffers so that a quiet connection holds none.
+            c.fresh = false;
+            c.proto.shrink_buffers();
+        }
+        self.arm_timer(slot);
+    }
+
+    fn dispatch(&mut self, slot: u32, ev: Event) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let conn = ConnRef {
+            shard: self.id as u16,
+            slot,
+            generation: c.generation,
+        };
+        let ip = c.peer_ip();
+        match &ev {
+            Event::Connected(peer) => {
+                c.connected = true;
+                c.fresh = true;
+                if self.cfg.audit.is_some() {
+                    self.audit(
+                        serde_json::json!({"event": AuditEvent::HandshakeOk.as_str(),
+                        "peer": ip.map(|i| i.to_string()), "node_id": peer.node_id,
+                        "mode": peer.security.as_str(), "identity": peer.identity}),
+                    );
+                }
+            }
+            Event::Denied {
+                identity,
+                msg_type,
+                stream_id,
+            } => {
+                self.audit(serde_json::json!({"event": AuditEvent::Denied.as_str(),
+                    "peer": ip.map(|i| i.to_string()), "identity": identity,
+                    "type": msg_type.name(), "stream": stream_id,
+                    "code": ErrorCode::UNAUTHORISED.0}));
+            }
+            Event::Frame(f) => {
+                let t = f.header.msg_type.to_u8() as usize;
+                ShardMetrics::add(&self.metrics.frames_in[t], 1);
+                ShardMetrics::add(
+                    &self.metrics.bytes_in_by_type[t],
+                    24 + f.payload.len() as u64,
+                );
+            }
+            Event::Closed(reason) => {
+                match reason {
+                    CloseReason::HandshakeTimeout => {
+                        ShardMetrics::add(&self.metrics.handshake_timeouts, 1)
+                    }
+                    CloseReason::HeartbeatTimeout => {
+                        ShardMetrics::add(&self.metrics.heartbeat_timeouts, 1)
+                    }
+                    CloseReason::ProtocolError { code, .. }
+                        if *code == ErrorCode::SLOW_CONSUMER =>
+                    {
+                        ShardMetrics::add(&self.metrics.slow_consumers, 1)
+                    }
+                    _ => {}
+                }
+                ShardMetrics::add(&self.metrics.shed_frames, c.proto.shed_frames());
+                if let Some((kind, code, message)) = AuditEvent::of_close(reason, c.connected) {
+                    let mut record = serde_json::json!({"event": kind.as_str(),
+                        "code": code.0, "reason": message});
+                    self.security_failure(&mut record, ip);
+                }
+            }
+            _ => {}
+        }
+        let (service, mut ctx) = self.ctx();
+        match ev {
+            Event::Connected(peer) => service.on_connect(&mut ctx, conn, &peer),
+            Event::Frame(f) => service.on_frame(&mut ctx, conn, f),
+            Event::Closed(reason) => service.on_close(&mut ctx, conn, &reason),
+            other => service.on_event(&mut ctx, conn, &other),
+        }
+    }
+
+    /// Send a record to the audit log, with this shard's id.
+    pub(super) fn audit(&self, mut v: serde_json::Value) {
+        if let Some(log) = &self.cfg.audit {
+            v["shard"] = serde_json::Value::from(self.id);
+            log.record(v);
+        }
+    }
+
+    /// Audit a failure (`record` gets the peer's address) and count it against the address.
+    pub(super) fn security_failure(&mut self, record: &mut serde_json::Value, ip: Option<IpAddr>) {
+        record["peer"] = ip.map(|i| i.to_string()).into();
+        self.audit(record.take());
+        if let Some(ip) = ip {
+            self.count_failure(ip);
+        }
+    }
+
+    /// Count a security failure against an address; ban it when over the limit and tell the
+    /// other shards.
+    pub(super) fn count_failure(&mut self, ip: IpAddr) {
+        if self.guard.is_none() {
+            return;
+        }
+        // Each address is counted by one shard (its home, by hash), so that failures spread
+        // over shards by the kernel still add up; the home shard broadcasts the ban.
+        let home = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(ip) as usize
+                % self.mesh.shards().max(1)
+        };
+        if home != self.id {
+            if self.mesh.push(home, MeshMsg::Failure { ip }).is_err() {
+                ShardMetrics::add(&self.metrics.mesh_full, 1);
+            }
+            return;
+        }
+        let Some(until) = self.guard.as_mut().and_then(|g| g.failure(ip, self.now)) else {
+            return;
+        };
+        let secs = until.saturating_duration_since(self.now).as_secs();
+        tracing::warn!(shard = self.id, %ip, secs, "address banned");
+        self.audit(serde_json::json!({"event": AuditEvent::Ban.as_str(),
+            "peer": ip.to_string(), "seconds": secs}));
+        for to in (0..self.mesh.shards()).filter(|&to| to != self.id) {
+            if self.mesh.push(to, MeshMsg::Ban { ip, until }).is_err() {
+                ShardMetrics::add(&self.metrics.mesh_full, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Socket connections through the ring: the receive modes (multishot receive, or a multishot
+//! poll and one-shot receives), input into the protocol, the flush that gathers queued frames
+//! into one send, and send completions driving [`SendState`](crate::conn::send::SendState).
+
+use io_uring::{cqueue, opcode, squeue, types};
+use valkyrie_protocol::MessageType;
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+
+use super::Shard;
+use crate::config::RecvMode;
+use crate::conn::send::{Completion, Outgoing};
+use crate::conn::{Io, Life};
+use crate::metrics::ShardMetrics;
+use crate::uring::{Op, ud};
+
+impl Shard {
+    /// Start waiting for data: a multishot receive, or a multishot poll.
+    pub(super) fn arm_recv(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let generation = c.generation;
+        let Some(s) = c.socket() else {
+            return;
+        };
+        let e = match self.cfg.recv_mode {
+            RecvMode::Multishot => opcode::RecvMulti::new(types::Fixed(s.fixed), self.bufs.bgid)
+                .build()
+                .user_data(ud(Op::Recv, slot, generation)),
+            RecvMode::PollThenRecv => {
+                opcode::PollAdd::new(types::Fixed(s.fixed), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(ud(Op::Poll, slot, generation))
+            }
+        };
+        self.ring.push(e);
+    }
+
+    /// One receive into a provided buffer (poll-then-receive mode).
+    fn recv_once(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let generation = c.generation;
+        let Some(s) = c.socket() else {
+            return;
+        };
+        let e = opcode::Recv::new(
+            types::Fixed(s.fixed),
+            std::ptr::null_mut(),
+            self.cfg.recv_buffer_size,
+        )
+        .buf_group(self.bufs.bgid)
+        .flags(libc::MSG_DONTWAIT)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(ud(Op::Recv, slot, generation));
+        self.ring.push(e);
+    }
+
+    /// Whether `slot` still holds the connection of `generation`, not closing.
+    fn receiving(&mut self, slot: u32, generation: u32) -> bool {
+        self.conns
+            .live(slot, generation)
+            .is_some_and(|c| !c.is_closing())
+    }
+
+    pub(super) fn on_poll(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
+        if !self.receiving(slot, generation) {
+            return;
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED
+                && let Some(c) = self.conns.get_mut(slot)
+            {
+                c.proto.handle_eof(self.now);
+                self.mark(slot);
+            }
+            return;
+        }
+        self.recv_once(slot);
+        if !cqueue::more(flags) {
+            self.arm_recv(slot);
+        }
+    }
+
+    pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        let live = self.receiving(slot, generation);
+        if res > 0 {
+            if let Some(bid) = bid {
+                if live {
+                    self.receive(slot, bid, res as usize);
+                }
+                self.bufs.recycle(bid);
+            }
+            if live {
+                self.mark(slot);
+                match self.cfg.recv_mode {
+                    RecvMode::Multishot if !more => self.arm_recv(slot),
+                    RecvMode::PollThenRecv
+                        if cqueue::sock_nonempty(flags)
+                            || res as u32 == self.cfg.recv_buffer_size =>
+                    {
+                        self.recv_once(slot)
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.bufs.recycle(bid);
+        }
+        if !live {
+            return;
+        }
+        if res == -libc::ENOBUFS {
+            // Every receive buffer was in use for a moment: they are recycled as soon as each
+            // completion is handled, so simply ask again.
+            match self.cfg.recv_mode {
+                RecvMode::Multishot if !more => self.arm_recv(slot),
+                RecvMode::PollThenRecv => self.recv_once(slot),
+                _ => {}
+            }
+            return;
+        }
+        if res == -libc::EAGAIN && self.cfg.recv_mode == RecvMode::PollThenRecv {
+            // The poll fired but another receive already took the data.
+            return;
+        }
+        // End of file or a transport error.
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.proto.handle_eof(self.now);
+            self.mark(slot);
+        }
+    }
+
+    /// Hand `len` bytes of receive buffer `bid` to the connection (through TLS when it has it).
+    fn receive(&mut self, slot: u32, bid: u16, len: usize) {
+        ShardMetrics::add(&self.metrics.bytes_in, len as u64);
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let data = self.bufs.data(bid, len);
+        let Io::Socket(s) = &mut c.io else {
+            return;
+        };
+        match s.tls.as_mut() {
+            None => c.proto.handle_input(data, self.now),
+            Some(tls) => {
+                let failure = c
+                    .proto
+                    .handle_tls_input(tls, data, self.now, &mut self.tls_plain)
+                    .err();
+                if let Some(e) = failure {
+                    c.proto.handle_eof(self.now);
+                    let ip = c.peer_ip();
+                    self.tls_failure(e, ip);
+                }
+            }
+        }
+    }
+
+    /// Write what the connection has queued into one send (sealed by TLS when it has it).
+    pub(super) fn flush(&mut self, slot: u32) {
+        let batch = self.cfg.send_batch;
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let closing = c.is_closing();
+        let Io::Socket(s) = &mut c.io else {
+            self.shm_flush(slot);
+            return;
+        };
+        if s.send.in_kernel() || closing {
+            return;
+        }
+        let mut out = self.send_pool.take();
+        while let Some(t) = c.proto.poll_transmit() {
+            self.metrics.frame_out(&t.header);
+            if t.header[3] == MessageType::Error.to_u8()
+                && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+            {
+                self.metrics.error_sent(e.code, 1);
+            }
+            t.write_to(&mut out.buf);
+            if out.buf.len() >= batch {
+                break;
+            }
+        }
+        if s.tls.is_some() {
+            out = self.seal(slot, out);
+        }
+        if out.buf.is_empty() {
+            self.recycle_send_buf(out);
+            return;
+        }
+        self.submit_send(slot, out);
+    }
+
+    /// Submit `out` as the connection's send.
+    pub(super) fn submit_send(&mut self, slot: u32, out: Box<Outgoing>) {
+        let now = self.timers.tick(self.now);
+        let Some(c) = self.conns.get_mut(slot) else {
+            self.recycle_send_buf(out);
+            return;
+        };
+        let generation = c.generation;
+        let Some(s) = c.socket() else {
+            return;
+        };
+        s.send.submit(out, now);
+        self.push_send(slot, generation);
+    }
+
+    /// Submit the bytes the connection's send state shows as pending.
+    fn push_send(&mut self, slot: u32, generation: u32) {
+        let Some(s) = self.conns.get_mut(slot).and_then(|c| c.socket()) else {
+            return;
+        };
+        let fixed = s.fixed;
+        let Some(pending) = s.send.pending() else {
+            return;
+        };
+        // The buffer stays in the send state (and, when the connection gives up, orphaned
+        // there) until this send's completion: see `Ring::push`.
+        let e = opcode::Send::new(types::Fixed(fixed), pending.as_ptr(), pending.len() as u32)
+            .build()
+            .user_data(ud(Op::Send, slot, generation));
+        self.ring.push(e);
+    }
+
+    pub(super) fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
+        let now = self.timers.tick(self.now);
+        let Some(c) = self.conns.live(slot, generation) else {
+            return;
+        };
+        let refused = c.life == Life::Refused;
+        let Some(s) = c.socket() else {
+            return;
+        };
+        match s.send.complete(res, now) {
+            Completion::Partial => {
+                // Submit the rest from where it stopped.
+                if res > 0 {
+                    ShardMetrics::add(&self.metrics.bytes_out, res as u64);
+                }
+                self.push_send(slot, generation);
+            }
+            Completion::Done(out) => {
+                ShardMetrics::add(&self.metrics.bytes_out, res as u64);
+                self.recycle_send_buf(out);
+                if refused {
+                    self.start_close(slot);
+                } else {
+                    self.mark(slot);
+                }
+            }
+            Completion::Failed(out, _errno) => {
+                self.recycle_send_buf(out);
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.proto.handle_eof(self.now);
+                }
+                if refused {
+                    self.start_close(slot);
+                } else {
+                    self.mark(slot);
+                }
+            }
+            Completion::Released(out) => {
+                // The send of a connection being closed ended (completed or cancelled): its
+                // buffer is no longer read by the kernel and may be reused.
+                self.recycle_send_buf(out);
+                self.remove_if_released(slot);
+            }
+            Completion::Stray => {}
+        }
+    }
+
+    pub(super) fn recycle_send_buf(&mut self, b: Box<Outgoing>) {
+        self.send_pool.give(b, 4 * self.cfg.send_batch);
+    }
+}

@@ -1,0 +1,126 @@
+//! The shard's timers: one heap of (deadline, slot, generation), at most about one live entry
+//! per connection (an entry that no longer matches its connection's `timer` is stale and
+//! dropped when it comes up). A due entry runs the connection's protocol timers, or closes it
+//! as a slow consumer when its output has waited on a peer that took nothing for the
+//! slow-consumer timeout.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use valkyrie_protocol::{CloseReason, ErrorCode, Tick};
+
+use super::Shard;
+use crate::ConnRef;
+use crate::metrics::ShardMetrics;
+
+/// The heap and the instant its ticks count from.
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<(Tick, u32, u32)>>,
+    epoch: Instant,
+}
+
+impl Timers {
+    /// Timers counting from `epoch`, room reserved for `capacity` (one per connection).
+    pub(super) fn new(epoch: Instant, capacity: usize) -> Timers {
+        Timers {
+            heap: BinaryHeap::with_capacity(capacity),
+            epoch,
+        }
+    }
+
+    pub(super) fn tick(&self, t: Instant) -> Tick {
+        Tick::since(self.epoch, t)
+    }
+
+    pub(super) fn at(&self, t: Tick) -> Instant {
+        t.at(self.epoch)
+    }
+
+    /// The earliest deadline, if any.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _, _))| self.at(*t))
+    }
+
+    fn push(&mut self, t: Tick, slot: u32, generation: u32) {
+        self.heap.push(Reverse((t, slot, generation)));
+    }
+
+    /// The earliest entry if it is due at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(Tick, u32, u32)> {
+        let Reverse(entry) = *self.heap.peek()?;
+        if self.at(entry.0) > now {
+            return None;
+        }
+        self.heap.pop();
+        Some(entry)
+    }
+}
+
+impl Shard {
+    /// Arm the connection's timer for the earlier of its protocol deadline and its
+    /// slow-consumer deadline (a new heap entry only when it moves earlier).
+    pub(super) fn arm_timer(&mut self, slot: u32) {
+        let slow = self.cfg.slow_consumer_timeout;
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut deadline = c.proto.poll_timeout().map(|d| self.timers.tick(d));
+        if let Some(since) = c.stalled_since() {
+            let t = since + slow;
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        }
+        if let Some(t) = deadline
+            && c.timer.is_none_or(|cur| t < cur)
+        {
+            c.timer = Some(t);
+            let generation = c.generation;
+            self.timers.push(t, slot, generation);
+        }
+    }
+
+    /// Run the timers due now. Returns whether any was.
+    pub(super) fn run_timers(&mut self) -> bool {
+        let mut any = false;
+        let slow = self.cfg.slow_consumer_timeout;
+        // Each turn removes one entry: bounded by the heap's size.
+        while let Some((t, slot, generation)) = self.timers.pop_due(self.now) {
+            let now = self.now;
+            let Some(c) = self.conns.live(slot, generation) else {
+                continue;
+            };
+            if c.timer != Some(t) {
+                continue;
+            }
+            c.timer = None;
+            any = true;
+            let stalled = c
+                .stalled_since()
+                .is_some_and(|s| now.saturating_duration_since(self.timers.at(s)) >= slow);
+            if stalled {
+                // The peer has not taken a single byte for the whole timeout: a reader that
+                // stays too slow is closed.
+                ShardMetrics::add(&self.metrics.slow_consumers, 1);
+                tracing::debug!(shard = self.id, slot, "closing a slow consumer");
+                let conn = ConnRef {
+                    shard: self.id as u16,
+                    slot,
+                    generation,
+                };
+                let reason = CloseReason::ProtocolError {
+                    code: ErrorCode::SLOW_CONSUMER,
+                    message: "peer did not read for the slow-consumer timeout".into(),
+                };
+                let (service, mut ctx) = self.ctx();
+                service.on_close(&mut ctx, conn, &reason);
+                self.start_close(slot);
+                continue;
+            }
+            // A connection whose timer fires has been quiet: release its idle buffers first.
+            c.proto.shrink_buffers();
+            c.proto.handle_timeout(now);
+            self.mark(slot);
+        }
+        any
+    }
+}
