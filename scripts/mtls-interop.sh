@@ -5,7 +5,7 @@
 # Needs only python3 and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p valkyrie-runtime
+cargo build --release -q -p valkyrie-cli
 V="${CARGO_TARGET_DIR:-target}/release/valkyrie"
 D="$(mktemp -d)"
 trap 'kill "${NODE:-0}" 2>/dev/null || true; rm -rf "$D"' EXIT

@@ -4,7 +4,7 @@
 # scripts/noise-interop.py in a throw-away virtualenv, stops the node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p valkyrie-runtime
+cargo build --release -q -p valkyrie-cli
 V="${CARGO_TARGET_DIR:-target}/release/valkyrie"
 D="$(mktemp -d)"
 trap 'kill "${NODE:-0}" 2>/dev/null || true; rm -rf "$D"' EXIT

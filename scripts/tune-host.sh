@@ -16,4 +16,4 @@ done
 echo "applied $profile"
 echo "open-file limit of this shell: $(ulimit -Sn) soft / $(ulimit -Hn) hard"
 echo "to raise it: install tuning/profiles/limits.conf as /etc/security/limits.d/valkyrie.conf (needs a new login), or LimitNOFILE= in a systemd unit"
-cargo run --release -q -p valkyrie-runtime --bin valkyrie -- tune check
+cargo run --release -q -p valkyrie-cli -- tune check

@@ -1,4 +1,4 @@
-//! `valkyrie`: run a node, or ping one.
+//! `valkyrie`: run a node, ping one, make keys and certificates, check what a host can hold.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
