@@ -22,7 +22,9 @@ use valkyrie_protocol::message::{Hello, Payload};
 use valkyrie_protocol::{Frame, HEADER_LEN, MessageType, SecurityMode};
 use valkyrie_runtime::{BusyPoll, Node, RecvMode};
 
-use crate::{RawClient, Report, heap_bytes, rss_bytes, slab_bytes};
+use crate::memory::{heap_bytes, rss_bytes, slab_bytes};
+use crate::raw_client::RawClient;
+use crate::report::Report;
 
 /// Connections one holder process keeps (below its 20,000-descriptor limit).
 const PER_HOLDER: usize = 18_000;
@@ -279,7 +281,8 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
     }
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
     let params = json!({"transport": "tcp", "connections": n, "shards": shards, "recv": "poll", "shrink_when_drained": true, "holders": holders, "hold_s": hold.as_secs(), "heartbeat_ms": heartbeat.as_millis() as u64, "pings_per_heartbeat": 1, "busy_poll": format!("{busy:?}")});
-    let (user, kernel) = crate::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
+    let (user, kernel) =
+        crate::memory::report_memory(report, held, (rss0, slab0), (rss1, slab1), &params);
     report.add(
         "connections",
         "valkyrie",

@@ -18,7 +18,7 @@ use serde_json::json;
 use valkyrie_shm::{ShmConfig, ShmListener, ShmStream, WaitMode};
 
 use crate::peers::pin;
-use crate::{Report, median, progress};
+use crate::report::{Report, median, progress};
 
 /// Payload of every frame and sample.
 type Msg = [u8; 64];

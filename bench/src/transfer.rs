@@ -18,7 +18,7 @@ use valkyrie_protocol::message::{FileTransferComplete, FileTransferStart, Payloa
 use valkyrie_protocol::{Flags, Frame, MessageType, SendError, SendOptions};
 use valkyrie_runtime::{Client, ClientError, ConnRef, Ctx, Node, Service};
 
-use crate::{Report, median, progress};
+use crate::report::{Report, median, progress};
 
 const SIZE: usize = 1 << 20;
 const CHUNK: usize = 64 * 1024;
