@@ -2,7 +2,6 @@
 //! `mallinfo2`), the kernel's slab, and how the idle-memory and connections scenarios report
 //! bytes per connection from them.
 
-
 use serde_json::Value;
 
 use crate::report::Report;

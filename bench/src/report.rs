@@ -1,7 +1,6 @@
 //! The JSON report the scenarios add their figures to, the medians they report, the host
 //! they ran on, and the progress bars shown while they run.
 
-
 use serde_json::{Value, json};
 use valkyrie_runtime::Node;
 

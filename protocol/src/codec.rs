@@ -16,6 +16,7 @@ const IDLE_CAPACITY: usize = 16 * 1024;
 
 /// A fatal decode failure: the stream of bytes can no longer be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The header failed validation.
     #[error(transparent)]

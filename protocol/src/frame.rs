@@ -219,6 +219,7 @@ impl std::fmt::Display for MessageType {
 /// A header that failed validation. Every variant is fatal: the receiver answers with ERROR
 /// carrying [`HeaderError::code`] and closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// The first two bytes are not `"RC"` (100).
     #[error("bad magic {0:02X?}, expected 52 43")]

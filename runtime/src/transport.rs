@@ -339,6 +339,7 @@ pub(crate) fn write_all_spinning(w: &mut impl io::Write, buf: &[u8]) -> io::Resu
 
 /// Why a TLS client handshake did not complete.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsConnectError {
     /// Socket I/O failed or timed out.
     #[error(transparent)]

@@ -4,6 +4,7 @@ use std::io;
 
 /// What can go wrong on a shared-memory connection.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShmError {
     /// A system call failed (socket, memfd, mapping, futex).
     #[error("shm i/o: {0}")]

@@ -22,6 +22,7 @@ pub const MAX_PING_PAYLOAD: usize = 1024;
 
 /// A payload that could not be decoded or encoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// The MessagePack did not match the type's schema (answered with 104).
     #[error("malformed {msg_type} payload: {detail}")]

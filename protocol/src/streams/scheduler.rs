@@ -263,7 +263,30 @@ impl Scheduler {
             self.low_bytes += size;
         }
         self.queues().classes[Self::index(qos)].push(item);
+        self.debug_check();
         Ok(Enqueued::Queued)
+    }
+
+    /// The counters agree with each other and with the limits (checked on push and pop).
+    fn debug_check(&self) {
+        debug_assert!(
+            self.low_bytes <= self.queued_bytes,
+            "low bytes beyond all bytes"
+        );
+        debug_assert!(
+            (self.queued_frames == 0) == (self.queued_bytes == 0),
+            "frames and bytes disagree: {} frames, {} bytes",
+            self.queued_frames,
+            self.queued_bytes
+        );
+        debug_assert!(
+            self.queued_frames <= self.limits.max_frames,
+            "more frames queued than the limit"
+        );
+        debug_assert!(
+            self.critical_len() <= self.limits.max_critical_frames,
+            "more critical frames queued than the limit"
+        );
     }
 
     fn shed_all_low(&mut self) {
@@ -307,6 +330,7 @@ impl Scheduler {
                     if i == 2 {
                         self.low_bytes -= q.size();
                     }
+                    self.debug_check();
                     return Some(q);
                 }
             }

@@ -9,6 +9,7 @@ use crate::error::ErrorCode;
 
 /// A stream operation that cannot be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// The id is 0, or its parity says the peer must open it.
     #[error("stream {0} cannot be used for this operation")]
@@ -410,6 +411,7 @@ impl Streams {
 
 /// Why received data was refused on a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReceiveError {
     /// No such stream.
     Unknown,
