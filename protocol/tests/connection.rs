@@ -171,6 +171,40 @@ fn a_hello_ack_choosing_an_unoffered_mode_is_a_downgrade_704() {
 }
 
 #[test]
+fn a_mode_offered_without_its_provider_is_not_reported_as_a_downgrade() {
+    // An unvalidated configuration (the runtime's builders refuse it) offers token with no
+    // token provider; the server validly picks token. That is this side's fault (204), not
+    // the server's downgrade (704).
+    let cfg = Config {
+        security: vec![SecurityMode::Token],
+        ..Config::new("a")
+    };
+    assert!(cfg.validate().is_err());
+    let mut client = Connection::new(Side::Client, Arc::new(cfg), Instant::now(), UNIX);
+    drain(&mut client);
+    let ack = HelloAck {
+        version: 2,
+        node_id: "server".into(),
+        security: SecurityMode::Token,
+        max_frame: 65536,
+        heartbeat_ms: 0,
+        stream_window: None,
+        max_streams: None,
+        compression: None,
+    };
+    let (events, wire) = inject(
+        &mut client,
+        &raw(MessageType::HelloAck, 0, ack.to_bytes()),
+        Instant::now(),
+    );
+    assert_eq!(
+        error_codes(&wire),
+        vec![ErrorCode::UNSUPPORTED_SECURITY_MODE.0]
+    );
+    assert!(matches!(events.last(), Some(Event::Closed(_))));
+}
+
+#[test]
 fn frames_before_hello_are_refused() {
     let mut p = Pair::new(Config::new("a"), Config::new("b"));
     let (_, wire) = inject(&mut p.server, &raw(MessageType::Ping, 0, &b""[..]), p.now);

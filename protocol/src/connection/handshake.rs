@@ -201,7 +201,10 @@ impl Connection {
             );
             return;
         }
-        if !self.config.supports(&ack.security) {
+        // A mode we offered but cannot run (no provider: a configuration `Config::validate`
+        // refuses) is our fault, found in `start_security`; only a mode never offered is a
+        // downgrade.
+        if !self.config.security.contains(&ack.security) {
             self.fatal(
                 ErrorCode::DOWNGRADE,
                 format!(
