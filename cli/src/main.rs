@@ -52,6 +52,10 @@ enum Cmd {
         /// How long a ban lasts, in seconds.
         #[arg(long, default_value_t = 300)]
         ban_secs: u64,
+        /// A network intrusion detection never throttles or bans (CIDR, repeatable). Default:
+        /// loopback (127.0.0.0/8 and ::1); giving any replaces it, and `none` empties it.
+        #[arg(long = "trusted", value_name = "CIDR")]
+        trusted: Vec<String>,
     },
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
@@ -385,16 +389,34 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             audit,
             ban_after,
             ban_secs,
+            trusted,
         } => {
             let mut b = Node::builder();
             if let Some(path) = &audit {
                 b = b.audit(valkyrie_runtime::audit::AuditLog::to_file(path)?);
             }
             if ban_after > 0 {
+                let trusted = if trusted.is_empty() {
+                    valkyrie_runtime::guard::default_trusted()
+                } else {
+                    trusted
+                        .iter()
+                        .filter(|t| t.as_str() != "none")
+                        .map(|t| {
+                            t.parse::<valkyrie_runtime::guard::IpNet>()
+                                .or_else(|_| {
+                                    t.parse::<std::net::IpAddr>()
+                                        .map(valkyrie_runtime::guard::IpNet::from)
+                                })
+                                .map_err(|e| format!("--trusted {t}: {e}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                };
                 b = b.guard(valkyrie_runtime::guard::GuardConfig {
                     ban_after,
                     throttle_after: (ban_after / 2).max(1),
                     ban_for: Duration::from_secs(ban_secs),
+                    trusted,
                     ..Default::default()
                 });
             }

@@ -32,6 +32,8 @@ pub enum AuditEvent {
     Denied,
     /// A connection was refused at admission (throttled or banned: 702).
     Refused,
+    /// An address started being throttled.
+    Throttle,
     /// An address was banned.
     Ban,
 }
@@ -46,6 +48,7 @@ impl AuditEvent {
             AuditEvent::HandshakeTimeout => "handshake_timeout",
             AuditEvent::Denied => "denied",
             AuditEvent::Refused => "refused",
+            AuditEvent::Throttle => "throttle",
             AuditEvent::Ban => "ban",
         }
     }

@@ -3,13 +3,28 @@
 //! table is bounded. Every address has a home shard (by hash) that counts its failures, whatever
 //! shard they happen on, and tells every shard when it bans the address; a ban is in force on
 //! all shards within a mesh hop (microseconds).
+//!
+//! Trusted addresses (loopback by default, and whatever `GuardConfig::trusted` lists) are never
+//! counted, throttled or banned: one local process sending malformed frames must not lock
+//! every local client out (fail2ban's `ignoreip = 127.0.0.1/8 ::1` default). Empty the list to
+//! guard loopback too.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+pub use ipnet::IpNet;
+
+/// The addresses trusted by default: IPv4 and IPv6 loopback.
+pub fn default_trusted() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("loopback networks parse"))
+        .collect()
+}
+
 /// Limits of the intrusion detector.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GuardConfig {
     /// Failures are counted over this window (the count restarts after it).
     pub window: Duration,
@@ -25,6 +40,9 @@ pub struct GuardConfig {
     /// Addresses tracked per shard at most; past it, addresses without a ban that have been
     /// quiet longest are forgotten first.
     pub max_addresses: usize,
+    /// Networks whose addresses are never counted, throttled or banned (default: loopback;
+    /// an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub trusted: Vec<IpNet>,
 }
 
 impl Default for GuardConfig {
@@ -36,6 +54,7 @@ impl Default for GuardConfig {
             ban_after: 10,
             ban_for: Duration::from_secs(300),
             max_addresses: 100_000,
+            trusted: default_trusted(),
         }
     }
 }
@@ -49,6 +68,20 @@ pub enum Verdict {
     Throttled(Duration),
     /// Refuse it (702): the address is banned for this much longer.
     Banned(Duration),
+}
+
+/// What a counted failure changed for its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Escalation {
+    /// Counted; nothing changed.
+    Counted,
+    /// The address is trusted: not counted.
+    Trusted,
+    /// This failure starts throttling the address for (at most) this long: the rest of the
+    /// counting window.
+    Throttled(Duration),
+    /// This failure bans the address until then.
+    Banned(Instant),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,9 +108,18 @@ impl Guard {
         }
     }
 
+    /// Whether `ip` is on the trusted list.
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.cfg.trusted.iter().any(|n| n.contains(&ip))
+    }
+
     /// Decide on a new connection from `ip`.
     pub(crate) fn check(&mut self, ip: IpAddr, now: Instant) -> Verdict {
-        let cfg = self.cfg;
+        if self.is_trusted(ip) {
+            return Verdict::Allow;
+        }
+        let cfg = &self.cfg;
         let Some(e) = self.table.get_mut(&ip) else {
             return Verdict::Allow;
         };
@@ -107,26 +149,39 @@ impl Guard {
         Verdict::Allow
     }
 
-    /// Count a failure (an authentication failure or a malformed frame) from `ip`. Returns the
-    /// ban's end when this failure starts one.
-    pub(crate) fn failure(&mut self, ip: IpAddr, now: Instant) -> Option<Instant> {
-        let cfg = self.cfg;
-        let e = self.track(ip, now)?;
+    /// Count a failure (an authentication failure or a malformed frame) from `ip`, and say
+    /// whether it starts throttling or a ban.
+    pub(crate) fn failure(&mut self, ip: IpAddr, now: Instant) -> Escalation {
+        if self.is_trusted(ip) {
+            return Escalation::Trusted;
+        }
+        let (window, throttle_after, ban_after, ban_for) = (
+            self.cfg.window,
+            self.cfg.throttle_after,
+            self.cfg.ban_after,
+            self.cfg.ban_for,
+        );
+        let Some(e) = self.track(ip, now) else {
+            return Escalation::Counted;
+        };
         e.last_seen = now;
         if e.banned_until.is_some_and(|u| now < u) {
-            return None;
+            return Escalation::Counted;
         }
-        if now.duration_since(e.window_start) >= cfg.window {
+        if now.duration_since(e.window_start) >= window {
             e.failures = 0;
             e.window_start = now;
         }
         e.failures = e.failures.saturating_add(1);
-        if e.failures >= cfg.ban_after {
-            let until = now + cfg.ban_for;
+        if e.failures >= ban_after {
+            let until = now + ban_for;
             e.banned_until = Some(until);
-            return Some(until);
+            return Escalation::Banned(until);
         }
-        None
+        if e.failures == throttle_after {
+            return Escalation::Throttled((e.window_start + window).saturating_duration_since(now));
+        }
+        Escalation::Counted
     }
 
     /// The entry of `ip`, created (making room first) if it is new; `None` when the table is
@@ -146,6 +201,9 @@ impl Guard {
 
     /// Apply a ban decided by another shard.
     pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant, now: Instant) {
+        if self.is_trusted(ip) {
+            return;
+        }
         let Some(e) = self.track(ip, now) else {
             return;
         };
@@ -199,6 +257,7 @@ mod tests {
             ban_after: 4,
             ban_for: Duration::from_secs(30),
             max_addresses: 3,
+            trusted: Vec::new(),
         }
     }
 
@@ -208,14 +267,21 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t = Instant::now();
         assert_eq!(g.check(ip, t), Verdict::Allow);
-        g.failure(ip, t);
-        g.failure(ip, t);
+        assert_eq!(g.failure(ip, t), Escalation::Counted);
+        assert_eq!(
+            g.failure(ip, t),
+            Escalation::Throttled(Duration::from_secs(10)),
+            "the second failure throttles for the rest of the window"
+        );
         // Throttled: one connection per second.
         assert_eq!(g.check(ip, t), Verdict::Allow);
         assert!(matches!(g.check(ip, t), Verdict::Throttled(_)));
         assert_eq!(g.check(ip, t + Duration::from_secs(1)), Verdict::Allow);
         g.failure(ip, t);
-        assert!(g.failure(ip, t).is_some(), "the fourth failure bans");
+        assert!(
+            matches!(g.failure(ip, t), Escalation::Banned(_)),
+            "the fourth failure bans"
+        );
         assert!(matches!(
             g.check(ip, t + Duration::from_secs(29)),
             Verdict::Banned(_)
@@ -239,5 +305,35 @@ mod tests {
             assert!(g.len() <= 3);
         }
         assert!(matches!(g.check(banned, t), Verdict::Banned(_)));
+    }
+
+    #[test]
+    fn trusted_networks_are_never_counted_throttled_or_banned() {
+        let mut g = Guard::new(GuardConfig {
+            trusted: default_trusted(),
+            ..cfg()
+        });
+        let t = Instant::now();
+        for ip in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            for _ in 0..10 {
+                assert_eq!(g.failure(ip, t), Escalation::Trusted, "{ip}");
+            }
+            g.ban(ip, t + Duration::from_secs(60), t);
+            assert_eq!(g.check(ip, t), Verdict::Allow, "{ip}");
+        }
+        assert_eq!(g.len(), 0, "nothing tracked for trusted addresses");
+        let outsider: IpAddr = "10.1.1.1".parse().unwrap();
+        for _ in 0..4 {
+            g.failure(outsider, t);
+        }
+        assert!(matches!(g.check(outsider, t), Verdict::Banned(_)));
+        // With the list emptied, loopback is guarded like any other address.
+        let mut open = Guard::new(cfg());
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..4 {
+            open.failure(lo, t);
+        }
+        assert!(matches!(open.check(lo, t), Verdict::Banned(_)));
     }
 }

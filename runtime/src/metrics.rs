@@ -44,6 +44,12 @@ pub struct ShardMetrics {
     pub(crate) errors_sent: [AtomicU64; 1000],
     pub(crate) mesh_full: AtomicU64,
     pub(crate) shed_frames: AtomicU64,
+    /// Intrusion detection: addresses throttled, addresses banned, connections refused while
+    /// throttled, connections refused while banned.
+    pub(crate) guard_throttles: AtomicU64,
+    pub(crate) guard_bans: AtomicU64,
+    pub(crate) guard_refused_throttled: AtomicU64,
+    pub(crate) guard_refused_banned: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -65,6 +71,10 @@ impl ShardMetrics {
             errors_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             mesh_full: AtomicU64::new(0),
             shed_frames: AtomicU64::new(0),
+            guard_throttles: AtomicU64::new(0),
+            guard_bans: AtomicU64::new(0),
+            guard_refused_throttled: AtomicU64::new(0),
+            guard_refused_banned: AtomicU64::new(0),
         }
     }
 
@@ -197,7 +207,28 @@ pub fn gather(
         ),
         &[],
     )?;
+    let guard = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_intrusion_events_total",
+            "Intrusion detection: addresses throttled and banned, connections refused while throttled or banned",
+        ),
+        &["event"],
+    )?;
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    for (event, n) in [
+        ("throttle", sum(&|s| s.guard_throttles.load(Relaxed))),
+        ("ban", sum(&|s| s.guard_bans.load(Relaxed))),
+        (
+            "refused_throttled",
+            sum(&|s| s.guard_refused_throttled.load(Relaxed)),
+        ),
+        (
+            "refused_banned",
+            sum(&|s| s.guard_refused_banned.load(Relaxed)),
+        ),
+    ] {
+        guard.with_label_values(&[event]).inc_by(n);
+    }
     for (i, t) in TRANSPORTS.iter().enumerate() {
         let n: i64 = shards
             .iter()
@@ -272,6 +303,7 @@ pub fn gather(
         Box::new(type_bytes),
         Box::new(errors),
         Box::new(shed),
+        Box::new(guard),
     ] {
         r.register(c)?;
     }

@@ -15,6 +15,7 @@ use valkyrie_protocol::{Connection, ErrorCode, Frame, MessageType, Side};
 use valkyrie_shm::ShmStream;
 
 use super::Shard;
+use crate::audit::AuditEvent;
 use crate::conn::send::SendState;
 use crate::conn::{Conn, Io, Life, ShmIo, Socket};
 use crate::metrics::ShardMetrics;
@@ -198,16 +199,20 @@ impl Shard {
         self.drain_mesh();
         let reason = match self.guard.as_mut()?.check(ip, self.now) {
             crate::guard::Verdict::Allow => return None,
-            crate::guard::Verdict::Throttled(d) => format!(
-                "too many failures from {ip}: throttled, retry in {} ms",
-                d.as_millis()
-            ),
+            crate::guard::Verdict::Throttled(d) => {
+                ShardMetrics::add(&self.metrics.guard_refused_throttled, 1);
+                format!(
+                    "too many failures from {ip}: throttled, retry in {} ms",
+                    d.as_millis()
+                )
+            }
             crate::guard::Verdict::Banned(d) => {
+                ShardMetrics::add(&self.metrics.guard_refused_banned, 1);
                 format!("{ip} is banned for {} s more", d.as_secs().max(1))
             }
         };
         self.audit(
-            serde_json::json!({"event": "refused", "peer": ip.to_string(),
+            serde_json::json!({"event": AuditEvent::Refused.as_str(), "peer": ip.to_string(),
             "code": ErrorCode::BANNED.0, "reason": reason}),
         );
         Some(reason)

@@ -152,7 +152,7 @@ impl Shard {
             tls_plain: Vec::new(),
             now,
             shm_more: Vec::new(),
-            guard: init.cfg.guard.map(crate::guard::Guard::new),
+            guard: init.cfg.guard.clone().map(crate::guard::Guard::new),
             cfg: init.cfg,
         })
     }

@@ -10,6 +10,7 @@ use super::Shard;
 use crate::ConnRef;
 use crate::audit::AuditEvent;
 use crate::conn::Io;
+use crate::guard::Escalation;
 use crate::mesh::MeshMsg;
 use crate::metrics::ShardMetrics;
 
@@ -179,13 +180,28 @@ impl Shard {
             }
             return;
         }
-        let Some(until) = self.guard.as_mut().and_then(|g| g.failure(ip, self.now)) else {
+        let Some(escalation) = self.guard.as_mut().map(|g| g.failure(ip, self.now)) else {
             return;
         };
+        let until = match escalation {
+            Escalation::Counted | Escalation::Trusted => return,
+            Escalation::Throttled(d) => {
+                ShardMetrics::add(&self.metrics.guard_throttles, 1);
+                let reason = "repeated security failures";
+                tracing::warn!(shard = self.id, %ip, reason, seconds = d.as_secs(),
+                    "address throttled: one connection per throttle interval");
+                self.audit(serde_json::json!({"event": AuditEvent::Throttle.as_str(),
+                    "peer": ip.to_string(), "reason": reason, "seconds": d.as_secs()}));
+                return;
+            }
+            Escalation::Banned(until) => until,
+        };
+        ShardMetrics::add(&self.metrics.guard_bans, 1);
         let secs = until.saturating_duration_since(self.now).as_secs();
-        tracing::warn!(shard = self.id, %ip, secs, "address banned");
+        let reason = "too many security failures";
+        tracing::warn!(shard = self.id, %ip, reason, seconds = secs, "address banned");
         self.audit(serde_json::json!({"event": AuditEvent::Ban.as_str(),
-            "peer": ip.to_string(), "seconds": secs}));
+            "peer": ip.to_string(), "reason": reason, "seconds": secs}));
         for to in (0..self.mesh.shards()).filter(|&to| to != self.id) {
             if self.mesh.push(to, MeshMsg::Ban { ip, until }).is_err() {
                 ShardMetrics::add(&self.metrics.mesh_full, 1);
