@@ -87,8 +87,8 @@ pub mod streams;
 mod time;
 
 pub use connection::{
-    CloseReason, Config, Connection, ConnectionStats, Event, PeerInfo, SendError, SendOptions,
-    State, Transmit,
+    CloseReason, Config, Connection, ConnectionStats, Event, HELD_INPUT_BYTES, PeerInfo, SendError,
+    SendOptions, State, Transmit,
 };
 pub use error::{ErrorClass, ErrorCode, RecoveryAction};
 pub use frame::{Flags, Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT, MessageType};

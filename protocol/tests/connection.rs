@@ -1026,7 +1026,7 @@ fn a_quiet_connection_releases_its_buffers_and_keeps_its_counters_and_pings() {
 }
 
 #[test]
-fn a_peer_that_provokes_answers_without_reading_is_closed_505() {
+fn a_peer_that_provokes_answers_faster_than_it_reads_is_held_back_not_closed() {
     let server = Config {
         scheduler: SchedulerLimits {
             max_critical_frames: 8,
@@ -1035,19 +1035,51 @@ fn a_peer_that_provokes_answers_without_reading_is_closed_505() {
         ..Config::new("s")
     };
     let mut p = Pair::connected_with(Config::new("c"), server);
+    let pings = 100_000u32;
     let mut flood = Vec::new();
-    for _ in 0..9 {
-        flood.extend(raw(MessageType::Ping, 0, &b"x"[..]));
+    for i in 0..pings {
+        let mut ping = raw(MessageType::Ping, 0, &b"x"[..]);
+        ping[16..20].copy_from_slice(&i.to_be_bytes());
+        flood.extend(ping);
     }
-    let (events, wire) = inject(&mut p.server, &flood, p.now);
-    assert!(matches!(
-        events.last(),
-        Some(Event::Closed(CloseReason::ProtocolError {
-            code: ErrorCode::SLOW_CONSUMER,
-            ..
-        }))
-    ));
-    assert_eq!(error_codes(&wire), vec![505]);
+    p.server.handle_input(&flood, p.now);
+    // Decoding stops at the high-water mark (half the critical queue) without a close.
+    assert!(
+        std::iter::from_fn(|| p.server.poll_event())
+            .next()
+            .is_none()
+    );
+    assert_eq!(p.server.queued_frames(), 4);
+    assert!(p.server.is_input_held());
+    assert!(
+        !p.server.wants_input(),
+        "the transport is asked to stop reading"
+    );
+    // Each drain of the queue lets the next frames in; every PING is answered, in order.
+    let mut next = 0u32;
+    for _ in 0..2 * pings {
+        for pong in frames_of(&drain(&mut p.server)) {
+            assert_eq!(pong.msg_type(), MessageType::Pong);
+            assert_eq!(pong.header.correlation_id, next);
+            next += 1;
+        }
+        assert!(
+            p.server.queued_frames() <= 4,
+            "the queue never passes its bound"
+        );
+        if next == pings {
+            break;
+        }
+        assert!(
+            std::iter::from_fn(|| p.server.poll_event())
+                .next()
+                .is_none()
+        );
+    }
+    assert_eq!(next, pings);
+    assert!(p.server.is_established());
+    assert!(p.server.wants_input());
+    assert!(!p.server.is_input_held());
 }
 
 #[test]

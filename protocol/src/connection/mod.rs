@@ -55,6 +55,10 @@ use handshake::{Opening, Step};
 use heartbeat::PingRecord;
 use stats::Counters;
 
+/// Undecoded input a connection whose decoding is held back (see
+/// [`Connection::wants_input`]) accepts before it asks the transport to stop reading.
+pub const HELD_INPUT_BYTES: usize = 64 * 1024;
+
 /// Where the connection stands (a view of its [`Phase`] for callers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -92,6 +96,8 @@ struct Busy {
     sched: Scheduler,
     events: VecDeque<Event>,
     pings: VecDeque<PingRecord>,
+    /// Decoding stopped at the scheduler's high-water mark, until it is back at its low one.
+    input_held: bool,
 }
 
 impl Busy {
@@ -284,6 +290,25 @@ impl Connection {
         self.busy.as_ref().map_or(0, |b| b.decoder.buffered())
     }
 
+    /// Whether the transport should keep reading. False while the outbound queues are past
+    /// their high-water mark (decoding has stopped: the peer provokes answers faster than it
+    /// reads them) and at least [`HELD_INPUT_BYTES`] wait undecoded: stop reading, leave the
+    /// bytes in the kernel so that flow control slows the peer, and read again once this turns
+    /// true after [`Connection::poll_transmit`] has drained the queues. A peer that never reads
+    /// is then left to the transport's slow-consumer timeout. Nothing is dropped or closed.
+    pub fn wants_input(&self) -> bool {
+        !(self.is_input_held() && self.buffered_input() >= HELD_INPUT_BYTES)
+    }
+
+    /// Whether decoding is held back by a full outbound queue (see
+    /// [`Connection::wants_input`]); false again as soon as the queue is drained to its
+    /// low-water mark.
+    pub fn is_input_held(&self) -> bool {
+        self.busy
+            .as_ref()
+            .is_some_and(|b| b.input_held && !b.sched.is_low())
+    }
+
     /// Frames waiting to be transmitted.
     pub fn queued_frames(&self) -> usize {
         self.sched_len() + usize::from(self.has_final_frame())
@@ -330,6 +355,7 @@ impl Connection {
                 sched: Scheduler::new(config.scheduler),
                 events: VecDeque::new(),
                 pings: VecDeque::new(),
+                input_held: false,
             })
         })
     }
@@ -380,6 +406,17 @@ impl Connection {
                 return Some(e);
             }
             if matches!(self.phase, Phase::Closed(_)) {
+                return None;
+            }
+            // Back-pressure: no new frame is decoded (and so answered) while the outbound
+            // queues are past their high-water mark; decoding resumes at the low-water mark.
+            if b.input_held {
+                if !b.sched.is_low() {
+                    return None;
+                }
+                b.input_held = false;
+            } else if b.sched.is_high() {
+                b.input_held = true;
                 return None;
             }
             match b.decoder.decode() {

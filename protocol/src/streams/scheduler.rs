@@ -173,6 +173,26 @@ impl Scheduler {
         self.len() == 0
     }
 
+    /// Whether the queues have reached their high-water mark: half of any bound (critical
+    /// frames, frames, bytes). A connection stops decoding input there, so what its peer
+    /// provokes waits in the transport (back-pressure) while the other half absorbs the
+    /// answers to the frame already in hand.
+    pub fn is_high(&self) -> bool {
+        let l = &self.limits;
+        self.critical_len() >= l.max_critical_frames / 2
+            || self.queued_frames >= l.max_frames / 2
+            || self.queued_bytes >= l.max_bytes / 2
+    }
+
+    /// Whether the queues are at or below their low-water mark: a quarter of every bound.
+    /// Input held at [`Scheduler::is_high`] resumes here.
+    pub fn is_low(&self) -> bool {
+        let l = &self.limits;
+        self.critical_len() <= l.max_critical_frames / 4
+            && self.queued_frames <= l.max_frames / 4
+            && self.queued_bytes <= l.max_bytes / 4
+    }
+
     /// Bytes queued outside the critical queue.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
