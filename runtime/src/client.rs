@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use valkyrie_protocol::message::StreamOpen;
 use valkyrie_protocol::streams::StreamClass;
 use valkyrie_protocol::{
@@ -20,6 +20,9 @@ use valkyrie_protocol::{
 use crate::transport::{self, ClientSocket, TlsConnectError, TlsSocket};
 use crate::url::{Endpoint, EndpointError};
 use valkyrie_protocol::security::mtls::TlsSession;
+
+/// Bytes taken from the connection's queues into one write.
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -34,6 +37,9 @@ pub struct ClientConfig {
     pub max_pending_events: usize,
     /// Bytes read from the socket at a time.
     pub read_buffer: usize,
+    /// How long a send may wait on a node that takes none of its bytes (and sends none
+    /// back) before it fails with [`ClientError::Timeout`].
+    pub write_timeout: Duration,
     /// TLS 1.3 over TCP endpoints (`mtls`, or token inside TLS), e.g. from
     /// `valkyrie_protocol::security::mtls::client_config`.
     pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>>,
@@ -49,6 +55,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             max_pending_events: 65_536,
             read_buffer: 64 * 1024,
+            write_timeout: Duration::from_secs(30),
             tls: None,
             tls_server_name: None,
         }
@@ -199,10 +206,81 @@ impl Client {
         &mut self.conn
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.wbuf.clear();
-        self.conn.write_transmits(&mut self.wbuf, usize::MAX);
-        transport::write_all_spinning(&mut self.sock, &self.wbuf)
+    /// Send everything queued. While the node takes no bytes, read what it sends: a node
+    /// applying back-pressure stops reading a connection until its answers are read, so a
+    /// client that only wrote would wait on it forever. Bytes not yet sent when this returns
+    /// an error (a full event backlog, a timeout) stay first in line for the next call.
+    fn flush(&mut self) -> Result<(), ClientError> {
+        let mut deadline = None;
+        // Each turn writes, reads, or waits; bounded by the write timeout without progress.
+        // At most WRITE_CHUNK bytes leave the connection's (bounded) queues ahead of the
+        // socket, so what waits for the kernel stays bounded too.
+        loop {
+            if self.wbuf.is_empty() {
+                self.conn.write_transmits(&mut self.wbuf, WRITE_CHUNK);
+            }
+            if self.wbuf.is_empty() && !self.sock.has_pending_output() {
+                return Ok(());
+            }
+            match self.sock.try_write(&self.wbuf) {
+                Ok(0) if !self.wbuf.is_empty() => {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+                Ok(n) => {
+                    self.wbuf.advance(n);
+                    deadline = None;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if self.read_now()? {
+                deadline = None;
+                continue;
+            }
+            let t = *deadline.get_or_insert_with(|| Instant::now() + self.cfg.write_timeout);
+            if Instant::now() >= t {
+                return Err(ClientError::Timeout);
+            }
+            if !self.cfg.busy_poll {
+                self.sock.wait_io(Duration::from_millis(10))?;
+            }
+        }
+    }
+
+    /// Take what the node has sent, without blocking (while a send waits). Returns whether
+    /// anything came.
+    fn read_now(&mut self) -> Result<bool, ClientError> {
+        if !self.conn.wants_input() {
+            return Ok(false);
+        }
+        if self.events.len() >= self.cfg.max_pending_events {
+            return Err(ClientError::Backlog(self.events.len()));
+        }
+        let n = match self.sock.try_read(&mut self.rbuf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = Instant::now();
+        if n == 0 {
+            self.conn.handle_eof(now);
+        } else {
+            self.conn.handle_input(&self.rbuf[..n], now);
+        }
+        self.collect();
+        match &self.closed {
+            Some(r) => Err(ClientError::Closed(r.clone())),
+            None => Ok(true),
+        }
     }
 
     fn collect(&mut self) {
@@ -392,7 +470,7 @@ impl Client {
 
     /// Send everything queued and wait for nothing.
     pub fn flush_now(&mut self) -> Result<(), ClientError> {
-        Ok(self.flush()?)
+        self.flush()
     }
 
     /// Close gracefully: CLOSE, then wait (up to 5 s) for the node's answer.

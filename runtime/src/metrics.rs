@@ -44,6 +44,10 @@ pub struct ShardMetrics {
     pub(crate) errors_sent: [AtomicU64; 1000],
     pub(crate) mesh_full: AtomicU64,
     pub(crate) shed_frames: AtomicU64,
+    /// Back-pressure: times a connection's input was held (its receive cancelled, or its
+    /// shared-memory ring left unread) because its outbound queues were full, and resumed.
+    pub(crate) input_holds: AtomicU64,
+    pub(crate) input_resumes: AtomicU64,
     /// Intrusion detection: addresses throttled, addresses banned, connections refused while
     /// throttled, connections refused while banned.
     pub(crate) guard_throttles: AtomicU64,
@@ -71,6 +75,8 @@ impl ShardMetrics {
             errors_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             mesh_full: AtomicU64::new(0),
             shed_frames: AtomicU64::new(0),
+            input_holds: AtomicU64::new(0),
+            input_resumes: AtomicU64::new(0),
             guard_throttles: AtomicU64::new(0),
             guard_bans: AtomicU64::new(0),
             guard_refused_throttled: AtomicU64::new(0),
@@ -133,6 +139,17 @@ impl ShardMetrics {
     /// Connections closed as slow consumers.
     pub fn slow_consumers(&self) -> u64 {
         self.slow_consumers.load(Relaxed)
+    }
+
+    /// Times a connection's input was held back because its outbound queues were full
+    /// (back-pressure: the peer provokes answers faster than it reads them).
+    pub fn input_holds(&self) -> u64 {
+        self.input_holds.load(Relaxed)
+    }
+
+    /// Times a held connection's input was resumed.
+    pub fn input_resumes(&self) -> u64 {
+        self.input_resumes.load(Relaxed)
     }
 
     /// Times the shard paused accepting because its direct-descriptor table was nearly full.
@@ -206,6 +223,13 @@ pub fn gather(
             "Best-effort frames dropped under pressure",
         ),
         &[],
+    )?;
+    let backpressure = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_backpressure_events_total",
+            "Connections whose input was held back because their outbound queues were full, and resumed",
+        ),
+        &["event"],
     )?;
     let guard = IntCounterVec::new(
         Opts::new(
@@ -293,6 +317,12 @@ pub fn gather(
     }
     shed.with_label_values::<&str>(&[])
         .inc_by(sum(&|s| s.shed_frames.load(Relaxed)));
+    backpressure
+        .with_label_values(&["hold"])
+        .inc_by(sum(&|s| s.input_holds.load(Relaxed)));
+    backpressure
+        .with_label_values(&["resume"])
+        .inc_by(sum(&|s| s.input_resumes.load(Relaxed)));
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
         Box::new(accepted),
@@ -303,6 +333,7 @@ pub fn gather(
         Box::new(type_bytes),
         Box::new(errors),
         Box::new(shed),
+        Box::new(backpressure),
         Box::new(guard),
     ] {
         r.register(c)?;

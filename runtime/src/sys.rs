@@ -223,6 +223,60 @@ pub(crate) fn accept_unix(fd: &OwnedFd) -> Option<UnixStream> {
     (s >= 0).then(|| unsafe { UnixStream::from_raw_fd(s) })
 }
 
+fn cvt_len(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Send what fits in the socket buffer now, without blocking whatever the socket's mode
+/// (`MSG_DONTWAIT`; `MSG_NOSIGNAL`: a closed peer is `EPIPE`, not a signal).
+pub(crate) fn send_nonblocking(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send from a live slice of `buf.len()` bytes on a descriptor the caller holds.
+    cvt_len(unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
+/// Receive what is there now, without blocking whatever the socket's mode.
+pub(crate) fn recv_nonblocking(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into a live, writable slice of `buf.len()` bytes on a descriptor the
+    // caller holds.
+    cvt_len(unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// Wait up to `timeout` until `fd` is readable or writable (or hung up).
+pub(crate) fn wait_readable_or_writable(
+    fd: &impl AsRawFd,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll on one live pollfd.
+    match cvt(unsafe { libc::poll(&mut p, 1, ms) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// A non-blocking, close-on-exec eventfd.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is owned by the OwnedFd below.

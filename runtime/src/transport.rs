@@ -74,6 +74,52 @@ impl ClientSocket {
         }
     }
 
+    /// Write what fits now, without blocking whatever the socket's mode: `WouldBlock` when
+    /// nothing does. A TLS socket seals at most 64 KiB of `buf` a call and keeps records the
+    /// kernel did not take yet ([`ClientSocket::has_pending_output`]); an empty `buf` then
+    /// only pushes those.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => crate::sys::send_nonblocking(s, buf),
+            ClientSocket::Unix(s) => crate::sys::send_nonblocking(s, buf),
+            ClientSocket::Shm(s) => s.try_write(buf),
+            ClientSocket::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    /// Read what is there now, without blocking whatever the socket's mode: `WouldBlock`
+    /// when nothing is, `Ok(0)` at end of stream.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientSocket::Tcp(s) => crate::sys::recv_nonblocking(s, buf),
+            ClientSocket::Unix(s) => crate::sys::recv_nonblocking(s, buf),
+            ClientSocket::Shm(s) => s.try_read(buf),
+            ClientSocket::Tls(s) => s.try_read(buf),
+        }
+    }
+
+    /// Bytes accepted by [`ClientSocket::try_write`] that the kernel has not taken yet.
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            ClientSocket::Tls(s) => !s.wbuf.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Wait up to `timeout` until the socket may be read or written (a shared-memory socket,
+    /// which has no descriptor to wait on, sleeps a moment).
+    pub fn wait_io(&self, timeout: std::time::Duration) -> io::Result<()> {
+        match self {
+            ClientSocket::Tcp(s) => crate::sys::wait_readable_or_writable(s, timeout),
+            ClientSocket::Unix(s) => crate::sys::wait_readable_or_writable(s, timeout),
+            ClientSocket::Tls(s) => crate::sys::wait_readable_or_writable(&s.tcp, timeout),
+            ClientSocket::Shm(_) => {
+                std::thread::sleep(timeout.min(std::time::Duration::from_micros(50)));
+                Ok(())
+            }
+        }
+    }
+
     /// Set the read timeout.
     pub fn set_read_timeout(&mut self, t: Option<std::time::Duration>) -> io::Result<()> {
         match self {
@@ -271,15 +317,24 @@ impl ShmSocket {
     }
 }
 
-impl io::Read for ShmSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl ShmSocket {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.stream.max_frame());
+        self.stream.try_send(&buf[..n]).map(|()| n).map_err(shm_io)
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_with(buf, true)
+    }
+
+    fn read_with(&mut self, buf: &mut [u8], nonblocking: bool) -> io::Result<usize> {
         if self.rest_at < self.rest.len() {
             let n = buf.len().min(self.rest.len() - self.rest_at);
             buf[..n].copy_from_slice(&self.rest[self.rest_at..self.rest_at + n]);
             self.rest_at += n;
             return Ok(n);
         }
-        let got = if self.nonblocking {
+        let got = if nonblocking {
             self.stream.try_recv()
         } else if let Some(t) = self.read_timeout {
             self.stream.recv_timeout(t).map(Some)
@@ -301,6 +356,12 @@ impl io::Read for ShmSocket {
             Err(ShmError::PeerClosed) => Ok(0),
             Err(e) => Err(shm_io(e)),
         }
+    }
+}
+
+impl io::Read for ShmSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_with(buf, self.nonblocking)
     }
 }
 
@@ -461,6 +522,59 @@ impl TlsSocket {
     /// The session.
     pub fn session(&self) -> &TlsSession {
         &self.session
+    }
+
+    /// Push pending records without blocking; `Ok` with some left when the kernel is full.
+    fn push_pending(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match crate::sys::send_nonblocking(&self.tcp, &self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push_pending()?;
+        if !self.wbuf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(64 * 1024);
+        if n == 0 {
+            return Ok(0);
+        }
+        self.session
+            .seal(&buf[..n], &mut self.wbuf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.push_pending()?;
+        Ok(n)
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.plain_at < self.plain.len() {
+                return io::Read::read(self, buf);
+            }
+            let n = crate::sys::recv_nonblocking(&self.tcp, &mut self.rbuf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let got = self
+                .session
+                .receive(&self.rbuf[..n], &mut self.plain)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            self.session.transmit(&mut self.wbuf);
+            self.push_pending()?;
+            if got?.peer_closed && self.plain.is_empty() {
+                return Ok(0);
+            }
+        }
     }
 
     fn write_out(&mut self) -> io::Result<()> {

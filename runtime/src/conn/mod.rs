@@ -8,6 +8,7 @@
 //! (its operations cancelled, its descriptor closed) → removed from the table once the kernel
 //! holds nothing of it ([`Conn::is_released`]).
 
+pub(crate) mod recv;
 pub(crate) mod send;
 pub(crate) mod table;
 
@@ -17,6 +18,7 @@ use valkyrie_protocol::security::mtls::TlsSession;
 use valkyrie_protocol::{Connection, Tick, Transmit};
 use valkyrie_shm::ShmStream;
 
+use recv::Recv;
 use send::SendState;
 
 /// Where a connection is in its life.
@@ -42,6 +44,7 @@ pub(crate) enum Life {
 #[derive(Debug)]
 pub(crate) struct Socket {
     pub(crate) fixed: u32,
+    pub(crate) recv: Recv,
     pub(crate) send: SendState,
     pub(crate) tls: Option<Box<TlsSession>>,
 }
@@ -61,6 +64,9 @@ pub(crate) struct ShmIo {
     pub(crate) tx_armed: bool,
     /// The poll for the peer's hang-up.
     pub(crate) hup_armed: bool,
+    /// Reading the receive ring stopped because the connection wants no input (its
+    /// outbound queues are full): frames wait in the ring, and the peer's sends block.
+    pub(crate) rx_held: bool,
 }
 
 impl ShmIo {
@@ -72,6 +78,7 @@ impl ShmIo {
             rx_armed: false,
             tx_armed: false,
             hup_armed: false,
+            rx_held: false,
         }
     }
 

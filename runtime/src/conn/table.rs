@@ -130,6 +130,7 @@ mod tests {
             proto: Connection::new(Side::Server, Arc::new(Config::default()), Instant::now(), 0),
             io: Io::Socket(Socket {
                 fixed: 0,
+                recv: super::super::recv::Recv::Armed,
                 send: SendState::Idle,
                 tls: None,
             }),

@@ -16,6 +16,7 @@ use valkyrie_shm::ShmStream;
 
 use super::Shard;
 use crate::audit::AuditEvent;
+use crate::conn::recv::Recv;
 use crate::conn::send::SendState;
 use crate::conn::{Conn, Io, Life, ShmIo, Socket};
 use crate::metrics::ShardMetrics;
@@ -280,6 +281,7 @@ impl Shard {
                 };
                 Io::Socket(Socket {
                     fixed,
+                    recv: Recv::Armed,
                     send: SendState::Idle,
                     tls,
                 })

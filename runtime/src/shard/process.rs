@@ -68,6 +68,7 @@ impl Shard {
             c.fresh = false;
             c.proto.shrink_buffers();
         }
+        self.steer_input(slot);
         self.arm_timer(slot);
     }
 

@@ -117,6 +117,12 @@ impl Shard {
         let mut arm = None;
         // Each turn takes a frame (bounded by the budget) or ends.
         loop {
+            if !c.proto.wants_input() {
+                // Back-pressure: frames wait in the ring until the connection drains its
+                // outbound queues (`steer_input` resumes reading).
+                shm.rx_held = true;
+                break;
+            }
             if taken >= SHM_INPUT_BUDGET {
                 // More is waiting: come back on the next turn of the loop.
                 self.shm_more.push((slot, generation));

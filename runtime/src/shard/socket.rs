@@ -8,6 +8,7 @@ use valkyrie_protocol::message::{ErrorPayload, Payload};
 
 use super::Shard;
 use crate::config::RecvMode;
+use crate::conn::recv::RecvAction;
 use crate::conn::send::{Completion, Outgoing};
 use crate::conn::{Io, Life};
 use crate::metrics::ShardMetrics;
@@ -70,18 +71,84 @@ impl Shard {
         if !self.receiving(slot, generation) {
             return;
         }
+        let more = cqueue::more(flags);
         if res < 0 {
-            if res != -libc::ECANCELED
-                && let Some(c) = self.conns.get_mut(slot)
-            {
-                c.proto.handle_eof(self.now);
-                self.mark(slot);
+            if res != -libc::ECANCELED {
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.proto.handle_eof(self.now);
+                    self.mark(slot);
+                }
+            } else if !more {
+                self.recv_ended(slot);
             }
             return;
         }
-        self.recv_once(slot);
-        if !cqueue::more(flags) {
+        if self.recv_armed(slot) {
+            self.recv_once(slot);
+        }
+        if !more {
+            self.recv_ended(slot);
+        }
+    }
+
+    fn recv_mode(&self) -> RecvMode {
+        self.cfg.recv_mode
+    }
+
+    /// Whether the connection's receive is armed (its input is not held back).
+    fn recv_armed(&self, slot: u32) -> bool {
+        self.conns
+            .get(slot)
+            .is_some_and(|c| matches!(&c.io, Io::Socket(s) if s.recv.is_armed()))
+    }
+
+    /// The armed receive (multishot receive or poll) posted its final completion: arm it
+    /// again unless the connection's input is held back.
+    fn recv_ended(&mut self, slot: u32) {
+        let again = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.socket())
+            .is_some_and(|s| s.recv.ended());
+        if again {
             self.arm_recv(slot);
+        }
+    }
+
+    /// Follow the connection's wish for input (back-pressure): cancel its receive while its
+    /// outbound queues are full, arm it again once they have drained.
+    pub(super) fn steer_input(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let wants = c.proto.wants_input();
+        let generation = c.generation;
+        match &mut c.io {
+            Io::Socket(s) => match s.recv.want(wants) {
+                RecvAction::None => {}
+                RecvAction::Arm => {
+                    ShardMetrics::add(&self.metrics.input_resumes, 1);
+                    self.arm_recv(slot);
+                }
+                RecvAction::Cancel => {
+                    ShardMetrics::add(&self.metrics.input_holds, 1);
+                    let op = match self.recv_mode() {
+                        RecvMode::Multishot => Op::Recv,
+                        RecvMode::PollThenRecv => Op::Poll,
+                    };
+                    let e = opcode::AsyncCancel::new(ud(op, slot, generation))
+                        .build()
+                        .user_data(ud(Op::Cancel, slot, generation));
+                    self.ring.push(e);
+                }
+            },
+            Io::Shm(shm) => {
+                if wants && shm.rx_held {
+                    shm.rx_held = false;
+                    ShardMetrics::add(&self.metrics.input_resumes, 1);
+                    self.shm_recv(slot);
+                }
+            }
         }
     }
 
@@ -98,11 +165,12 @@ impl Shard {
             }
             if live {
                 self.mark(slot);
-                match self.cfg.recv_mode {
-                    RecvMode::Multishot if !more => self.arm_recv(slot),
+                match self.recv_mode() {
+                    RecvMode::Multishot if !more => self.recv_ended(slot),
                     RecvMode::PollThenRecv
-                        if cqueue::sock_nonempty(flags)
-                            || res as u32 == self.cfg.recv_buffer_size =>
+                        if (cqueue::sock_nonempty(flags)
+                            || res as u32 == self.cfg.recv_buffer_size)
+                            && self.recv_armed(slot) =>
                     {
                         self.recv_once(slot)
                     }
@@ -120,10 +188,17 @@ impl Shard {
         if res == -libc::ENOBUFS {
             // Every receive buffer was in use for a moment: they are recycled as soon as each
             // completion is handled, so simply ask again.
-            match self.cfg.recv_mode {
-                RecvMode::Multishot if !more => self.arm_recv(slot),
-                RecvMode::PollThenRecv => self.recv_once(slot),
+            match self.recv_mode() {
+                RecvMode::Multishot if !more => self.recv_ended(slot),
+                RecvMode::PollThenRecv if self.recv_armed(slot) => self.recv_once(slot),
                 _ => {}
+            }
+            return;
+        }
+        if res == -libc::ECANCELED {
+            // Cancelled to hold the connection's input back (a closing one is not live).
+            if self.cfg.recv_mode == RecvMode::Multishot && !more {
+                self.recv_ended(slot);
             }
             return;
         }

@@ -1,0 +1,390 @@
+//! Back-pressure end to end: a peer that pipelines deeper than the node's outbound queues is
+//! slowed (its input held in the kernel), never closed, on TCP, Unix, TLS and shared memory,
+//! in both receive modes; the blocking `Client` pipelines without deadlock; a peer that reads
+//! nothing is closed after the slow-consumer timeout with its memory released.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use valkyrie_protocol::codec::Decoder;
+use valkyrie_protocol::message::{Hello, Payload};
+use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::streams::WindowStrategy;
+use valkyrie_protocol::{
+    Config, Event, Flags, Frame, MessageType, SecurityMode, SendError, SendOptions,
+};
+use valkyrie_runtime::{
+    Client, ClientConfig, ClientError, ConnRef, Ctx, Node, NodeBuilder, RecvMode, Service,
+};
+use valkyrie_shm::ShmConfig;
+
+/// Answers a JOB_REQUEST with its own payload.
+struct Echo;
+impl Service for Echo {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload)
+                .expect("input is held before the outbound queue can fill");
+        }
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn hello_bytes() -> Vec<u8> {
+    let hello = Hello::new("pipeliner", vec![SecurityMode::Plaintext], 1 << 20, 60_000);
+    let mut out = Vec::new();
+    Frame::new(MessageType::Hello, 0, hello.to_bytes()).encode(&mut out);
+    out
+}
+
+/// `n` PINGs with 64-byte payloads and correlation ids 1..=n.
+fn pings(n: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n as usize * 88);
+    for i in 1..=n {
+        let mut f = Frame::new(MessageType::Ping, 0, Bytes::from(vec![(i % 251) as u8; 64]));
+        f.header.correlation_id = i;
+        f.encode(&mut out);
+    }
+    out
+}
+
+const PINGS: u32 = 100_000;
+
+/// Write HELLO and 100,000 PINGs from a thread without reading, wait 2 s, then read: every
+/// PING is answered, in order, and the connection stays open.
+fn pipeline_without_reading<S>(mut read: S, mut write: S, node: &Node)
+where
+    S: Read + Write + Send + 'static,
+{
+    let writer = std::thread::spawn(move || {
+        write.write_all(&hello_bytes()).unwrap();
+        for chunk in pings(PINGS).chunks(88 * 1000) {
+            write.write_all(chunk).unwrap();
+        }
+        write
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.connections(), 1, "not closed while not reading");
+    let mut d = Decoder::new(1 << 20);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut next = 1u32;
+    let mut acked = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next <= PINGS {
+        assert!(Instant::now() < deadline, "PONG {next} never came");
+        let n = read.read(&mut buf).unwrap();
+        assert!(n > 0, "the node closed the connection at PONG {next}");
+        d.feed(&buf[..n]);
+        while let Some(f) = d.decode().unwrap() {
+            match f.msg_type() {
+                MessageType::HelloAck => acked = true,
+                MessageType::Pong => {
+                    assert_eq!(f.header.correlation_id, next, "PONGs in order");
+                    assert_eq!(f.payload.len(), 64);
+                    next += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(acked);
+    let mut write = writer.join().unwrap();
+    // Still open and served.
+    let mut again = Frame::new(MessageType::Ping, 0, &b"again"[..]);
+    again.header.correlation_id = 7;
+    let mut out = Vec::new();
+    again.encode(&mut out);
+    write.write_all(&out).unwrap();
+    loop {
+        let n = read.read(&mut buf).unwrap();
+        assert!(n > 0);
+        d.feed(&buf[..n]);
+        if let Some(f) = d.decode().unwrap() {
+            assert_eq!(f.msg_type(), MessageType::Pong);
+            assert_eq!(f.header.correlation_id, 7);
+            break;
+        }
+    }
+    assert_eq!(node.connections(), 1);
+    let m = &node.shard_metrics()[0];
+    assert!(m.input_holds() >= 1, "input was held back at least once");
+    assert_eq!(m.slow_consumers(), 0);
+    assert!(
+        node.metrics_text()
+            .contains("valkyrie_backpressure_events_total{event=\"hold\"}"),
+        "held input is counted in the metrics"
+    );
+}
+
+fn one_shard(mode: RecvMode) -> NodeBuilder {
+    Node::builder()
+        .shards(1)
+        .configure(move |c| c.recv_mode = mode)
+}
+
+#[test]
+fn tcp_pings_pipelined_without_reading_are_all_answered_in_order() {
+    for mode in [RecvMode::Multishot, RecvMode::PollThenRecv] {
+        let node = one_shard(mode)
+            .listen("tcp://127.0.0.1:0")
+            .unwrap()
+            .start()
+            .unwrap();
+        let addr = node.url().strip_prefix("tcp://").unwrap().to_owned();
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        pipeline_without_reading(s.try_clone().unwrap(), s, &node);
+        node.shutdown();
+        node.join();
+    }
+}
+
+#[test]
+fn unix_pings_pipelined_without_reading_are_all_answered_in_order() {
+    let path = std::env::temp_dir().join(format!("valkyrie-bp-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let node = one_shard(RecvMode::Multishot)
+        .listen(&format!("unix://{}", path.display()))
+        .unwrap()
+        .start()
+        .unwrap();
+    let s = UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    pipeline_without_reading(s.try_clone().unwrap(), s, &node);
+    node.shutdown();
+    node.join();
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A protocol config whose streams grant a window wide enough that the depth of a pipeline
+/// is set by the outbound queues, not by stream credit.
+fn wide(cfg: Config) -> Config {
+    Config {
+        window: WindowStrategy::Fixed(1 << 30),
+        ..cfg
+    }
+}
+
+fn wide_client() -> ClientConfig {
+    let base = ClientConfig::default();
+    ClientConfig {
+        protocol: wide(base.protocol.clone()),
+        ..base
+    }
+}
+
+/// Pipeline `n` JOB_REQUESTs through the blocking client, reading answers only when the
+/// client has to, then collect every answer: all come, in order.
+fn client_pipelines(c: &mut Client, n: u32) {
+    let payload = Bytes::from(vec![0x5a; 64]);
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut answers = Vec::with_capacity(n as usize);
+    let take = |e: Event, answers: &mut Vec<u32>| {
+        if let Event::Frame(f) = e {
+            assert_eq!(f.msg_type(), MessageType::JobAccept);
+            assert!(f.header.flags.contains(Flags::RESPONSE));
+            answers.push(f.header.correlation_id);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ids.len() < n as usize {
+        assert!(Instant::now() < deadline, "pipelining stalled");
+        match c.connection().request(
+            1,
+            MessageType::JobRequest,
+            payload.clone(),
+            SendOptions::default(),
+        ) {
+            Ok(id) => ids.push(id),
+            Err(e) if e.is_backpressure() => {
+                c.flush_now().unwrap();
+                while let Some(e) = c.next_event(Duration::from_millis(1)).unwrap() {
+                    take(e, &mut answers);
+                }
+                continue;
+            }
+            Err(SendError::Closing) => panic!("closed while pipelining"),
+            Err(e) => panic!("{e}"),
+        }
+        if ids.len() % 500 == 0 {
+            match c.flush_now() {
+                Ok(()) => {}
+                Err(ClientError::Backlog(_)) => {
+                    while let Some(e) = c.next_event(Duration::ZERO).unwrap() {
+                        take(e, &mut answers);
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    c.flush_now().unwrap();
+    while answers.len() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} answered; connection {:?}",
+            answers.len(),
+            c.connection().state()
+        );
+        if let Some(e) = c.next_event(Duration::from_millis(100)).unwrap() {
+            take(e, &mut answers);
+        }
+    }
+    assert_eq!(answers, ids, "every request answered, in order");
+}
+
+#[test]
+fn the_blocking_client_pipelines_over_tcp_unix_and_shm_without_deadlock() {
+    let path = std::env::temp_dir().join(format!("valkyrie-bpc-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let shm = format!("shm://rt-bp-{}", std::process::id());
+    let unix = format!("unix://{}", path.display());
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .listen(&unix)
+        .unwrap()
+        .listen(&shm)
+        .unwrap()
+        .shm(ShmConfig {
+            ring_capacity: 64 * 1024,
+            ..ShmConfig::default()
+        })
+        .shards(1)
+        .protocol(wide(Config::new("node")))
+        .service(|_| Echo)
+        .start()
+        .unwrap();
+    for url in [node.url(), unix.clone(), shm.clone()] {
+        let mut c = Client::connect_with(&url, wide_client()).unwrap();
+        let t = Instant::now();
+        client_pipelines(&mut c, 100_000);
+        eprintln!("{url}: 100,000 requests answered in {:?}", t.elapsed());
+        c.ping(b"still open").unwrap();
+        c.close().unwrap();
+    }
+    assert!(node.shard_metrics()[0].input_holds() >= 1);
+    assert_eq!(node.shard_metrics()[0].slow_consumers(), 0);
+    node.shutdown();
+    node.join();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_blocking_client_pipelines_over_tls_without_deadlock() {
+    let pki = DevPki::generate(&["127.0.0.1"], &["agent-7"]).unwrap();
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(wide(Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..Config::new("control")
+        }))
+        .tls(pki.server_config(0).unwrap())
+        .shards(1)
+        .service(|_| Echo)
+        .start()
+        .unwrap();
+    let base = wide_client();
+    let cfg = ClientConfig {
+        protocol: Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..base.protocol.clone()
+        },
+        tls: Some(
+            mtls::client_config(
+                &pki.client_chain_pem(0),
+                &pki.client_key_pem(0),
+                &pki.ca_pem,
+            )
+            .unwrap(),
+        ),
+        ..base
+    };
+    let mut c = Client::connect_with(&node.url(), cfg).unwrap();
+    client_pipelines(&mut c, 100_000);
+    c.ping(b"still open").unwrap();
+    assert!(node.shard_metrics()[0].input_holds() >= 1);
+    assert_eq!(node.shard_metrics()[0].slow_consumers(), 0);
+    c.close().unwrap();
+    node.shutdown();
+    node.join();
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn a_peer_that_never_reads_is_closed_after_the_timeout_and_its_memory_stays_bounded() {
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(1)
+        .slow_consumer_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let addr = node.url().strip_prefix("tcp://").unwrap().to_owned();
+    let s = TcpStream::connect(addr).unwrap();
+    let chunk = pings(1000);
+    let before = rss();
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // Write PINGs until the node stops taking them (input held) and closes the connection.
+    let writer = std::thread::spawn(move || {
+        w.write_all(&hello_bytes()).unwrap();
+        let t = Instant::now();
+        let mut written = 0usize;
+        while t.elapsed() < Duration::from_secs(20) {
+            match w.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break, // reset or broken pipe: the node closed it
+            }
+        }
+        written
+    });
+    wait_until(
+        "the connection to be accepted",
+        Duration::from_secs(10),
+        || node.connections() == 1,
+    );
+    let mut peak = 0;
+    let t = Instant::now();
+    while node.connections() == 1 {
+        assert!(t.elapsed() < Duration::from_secs(15), "never closed");
+        peak = peak.max(rss().saturating_sub(before));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = &node.shard_metrics()[0];
+    assert_eq!(m.slow_consumers(), 1, "closed as a slow consumer");
+    assert!(m.input_holds() >= 1, "its input was held first");
+    // The stated per-connection bound (docs/RUNTIME.md, "Back-pressure") is about 9 MiB for
+    // the queues and buffers of one connection; allow the allocator's slack.
+    assert!(
+        peak < 24 * 1024 * 1024,
+        "a connection held {peak} bytes under back-pressure"
+    );
+    drop(s);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+    node.shutdown();
+    node.join();
+}
