@@ -20,7 +20,7 @@ fn config(name: &str) -> Arc<Config> {
         heartbeat: Duration::from_millis(100),
         max_streams: 8,
         window: WindowStrategy::Adaptive { initial: 2048, min: 1024, max: 8192 },
-        scheduler: SchedulerLimits { max_critical_frames: 64, max_frames: 64, max_bytes: 32 * 1024, max_low_frames: 16 },
+        scheduler: SchedulerLimits { max_critical_frames: 64, max_critical_bytes: 16 * 1024, max_frames: 64, max_bytes: 32 * 1024, max_low_frames: 16 },
         ..Config::new(name)
     })
 }

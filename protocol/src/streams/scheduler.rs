@@ -25,6 +25,9 @@ use crate::frame::{HEADER_LEN, Header};
 pub struct SchedulerLimits {
     /// Most frames queued in the critical queue.
     pub max_critical_frames: usize,
+    /// Most bytes (headers included) queued in the critical queue; one frame is always
+    /// admitted into an empty one, whatever its size.
+    pub max_critical_bytes: usize,
     /// Most frames queued in the high, normal and low queues together.
     pub max_frames: usize,
     /// Most bytes (headers included) queued in the high, normal and low queues together.
@@ -37,6 +40,7 @@ impl Default for SchedulerLimits {
     fn default() -> Self {
         SchedulerLimits {
             max_critical_frames: 1024,
+            max_critical_bytes: 1024 * 1024,
             max_frames: 4096,
             max_bytes: 8 * 1024 * 1024,
             max_low_frames: 1024,
@@ -122,6 +126,8 @@ impl Default for Queues {
 pub struct Scheduler {
     limits: SchedulerLimits,
     queues: Option<Box<Queues>>,
+    /// Bytes in the critical queue (headers included).
+    critical_bytes: usize,
     queued_bytes: usize,
     /// Bytes queued in the low class (part of `queued_bytes`).
     low_bytes: usize,
@@ -137,6 +143,7 @@ impl Scheduler {
         Scheduler {
             limits,
             queues: None,
+            critical_bytes: 0,
             queued_bytes: 0,
             low_bytes: 0,
             queued_frames: 0,
@@ -180,6 +187,7 @@ impl Scheduler {
     pub fn is_high(&self) -> bool {
         let l = &self.limits;
         self.critical_len() >= l.max_critical_frames / 2
+            || self.critical_bytes >= l.max_critical_bytes / 2
             || self.queued_frames >= l.max_frames / 2
             || self.queued_bytes >= l.max_bytes / 2
     }
@@ -189,6 +197,7 @@ impl Scheduler {
     pub fn is_low(&self) -> bool {
         let l = &self.limits;
         self.critical_len() <= l.max_critical_frames / 4
+            && self.critical_bytes <= l.max_critical_bytes / 4
             && self.queued_frames <= l.max_frames / 4
             && self.queued_bytes <= l.max_bytes / 4
     }
@@ -211,7 +220,7 @@ impl Scheduler {
     /// Whether a frame of `qos` and `size` bytes (header included) would be queued now.
     pub fn has_room(&self, qos: Qos, size: usize) -> bool {
         match qos {
-            Qos::Critical => self.critical_len() < self.limits.max_critical_frames,
+            Qos::Critical => self.critical_has_room(size),
             Qos::High | Qos::Normal => {
                 // Queued low frames are shed to make room, so they do not count when over.
                 let (low_frames, low_bytes) = if self.over(size) {
@@ -225,6 +234,13 @@ impl Scheduler {
             }
             Qos::Low => true,
         }
+    }
+
+    fn critical_has_room(&self, size: usize) -> bool {
+        let n = self.critical_len();
+        n == 0
+            || (n < self.limits.max_critical_frames
+                && self.critical_bytes + size <= self.limits.max_critical_bytes)
     }
 
     fn over(&self, size: usize) -> bool {
@@ -249,9 +265,10 @@ impl Scheduler {
         let size = item.size();
         match qos {
             Qos::Critical => {
-                if self.critical_len() >= self.limits.max_critical_frames {
+                if !self.critical_has_room(size) {
                     return Err(QueueFull(qos));
                 }
+                self.critical_bytes += size;
                 self.seq += 1;
                 self.queues().critical.push_back(item);
                 return Ok(Enqueued::Queued);
@@ -307,6 +324,10 @@ impl Scheduler {
             self.critical_len() <= self.limits.max_critical_frames,
             "more critical frames queued than the limit"
         );
+        debug_assert!(
+            self.critical_len() <= 1 || self.critical_bytes <= self.limits.max_critical_bytes,
+            "more critical bytes queued than the limit"
+        );
     }
 
     fn shed_all_low(&mut self) {
@@ -334,6 +355,7 @@ impl Scheduler {
     pub(crate) fn pop(&mut self) -> Option<Queued> {
         let queues = self.queues.as_mut()?;
         if let Some(q) = queues.critical.pop_front() {
+            self.critical_bytes -= q.size();
             return Some(q);
         }
         if self.queued_frames == 0 {
@@ -374,6 +396,7 @@ impl Scheduler {
             return 0;
         };
         queues.critical.retain(|q| q.header.stream_id != stream_id);
+        self.critical_bytes = queues.critical.iter().map(Queued::size).sum();
         for c in &mut queues.classes {
             c.retain(|q| q.header.stream_id != stream_id);
         }
@@ -392,6 +415,7 @@ impl Scheduler {
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len();
         self.queues = None;
+        self.critical_bytes = 0;
         self.queued_frames = 0;
         self.queued_bytes = 0;
         self.low_bytes = 0;
@@ -454,6 +478,36 @@ mod tests {
             .unwrap();
         let order: Vec<Bytes> = (0..3).map(|_| s.pop().unwrap().payload).collect();
         assert_eq!(order, [&b"b"[..], b"a", b"c"]);
+    }
+
+    #[test]
+    fn the_critical_queue_is_bounded_in_bytes_but_always_takes_one_frame() {
+        let limits = SchedulerLimits {
+            max_critical_bytes: 1000,
+            ..SchedulerLimits::default()
+        };
+        let mut s = Scheduler::new(limits);
+        // A frame larger than the bound still goes into an empty queue.
+        assert!(s.has_room(Qos::Critical, 5000));
+        push(&mut s, Qos::Critical, 0, 0, 5000 - HEADER_LEN).unwrap();
+        assert!(s.is_high(), "past half the byte bound");
+        assert!(!s.has_room(Qos::Critical, HEADER_LEN));
+        assert_eq!(
+            push(&mut s, Qos::Critical, 0, 0, 0),
+            Err(QueueFull(Qos::Critical))
+        );
+        assert!(s.pop().is_some());
+        assert!(s.is_low());
+        for _ in 0..10 {
+            push(&mut s, Qos::Critical, 0, 0, 100 - HEADER_LEN).unwrap();
+        }
+        assert!(s.is_high());
+        assert_eq!(
+            push(&mut s, Qos::Critical, 0, 0, 0),
+            Err(QueueFull(Qos::Critical))
+        );
+        assert_eq!(s.clear(), 10);
+        assert!(s.has_room(Qos::Critical, 1000));
     }
 
     #[test]
