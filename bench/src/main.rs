@@ -6,6 +6,7 @@
 #![allow(missing_docs, unreachable_pub)]
 
 mod connections;
+mod cpu;
 mod handshake;
 mod idle_memory;
 mod latency;

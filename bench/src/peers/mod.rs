@@ -6,6 +6,7 @@
 //! the same payload as a unary call over HTTP/2 (what a gRPC deployment would send instead).
 
 pub mod floor;
+pub mod floor_batch;
 pub mod glommio_echo;
 pub mod grpc;
 pub mod tokio_echo;
