@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::frame::{Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT};
+use crate::frame::{Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT, MessageType};
 
 /// Default per-connection payload limit before HELLO agrees on one: 1 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
@@ -113,6 +113,42 @@ impl Decoder {
     /// True after a fatal error.
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
+    }
+
+    /// If the next whole frame is a plain PING (stream 0, no flags) of at most
+    /// `max_payload` bytes, take it without handing it out as a [`Frame`]: its correlation id
+    /// and payload go to `answer`, its bytes are released, and `true` is returned. Anything
+    /// else (another frame, a partial one, a header that fails validation) is left for
+    /// [`Decoder::decode`]. No allocation, no reference count: the pipelined PING's path.
+    #[inline]
+    pub fn take_ping(&mut self, max_payload: usize, answer: impl FnOnce(u32, &[u8])) -> bool {
+        if self.failed.is_some() || self.pending.is_some() {
+            return false;
+        }
+        let Some(head) = self.buf.get(..HEADER_LEN) else {
+            return false;
+        };
+        if head[3] != MessageType::Ping.to_u8() {
+            return false;
+        }
+        let head: &[u8; HEADER_LEN] = head.try_into().expect("slice of HEADER_LEN");
+        let Ok(h) = Header::decode(head, self.max_frame) else {
+            return false;
+        };
+        let len = h.length as usize;
+        if h.stream_id != 0
+            || !h.flags.is_empty()
+            || len > max_payload
+            || self.buf.len() < HEADER_LEN + len
+        {
+            return false;
+        }
+        answer(h.correlation_id, &self.buf[HEADER_LEN..HEADER_LEN + len]);
+        self.buf.advance(HEADER_LEN + len);
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+        true
     }
 
     /// The next whole frame, `Ok(None)` when more bytes are needed, or a fatal error (returned

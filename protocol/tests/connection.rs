@@ -1029,7 +1029,9 @@ fn a_quiet_connection_releases_its_buffers_and_keeps_its_counters_and_pings() {
 fn a_peer_that_provokes_answers_faster_than_it_reads_is_held_back_not_closed() {
     let server = Config {
         scheduler: SchedulerLimits {
+            // PINGs answered in place count by bytes: room for 8 PONGs of 25 bytes.
             max_critical_frames: 8,
+            max_critical_bytes: 8 * 25,
             ..SchedulerLimits::default()
         },
         ..Config::new("s")
@@ -1357,4 +1359,69 @@ fn a_failed_handshake_is_reported_with_its_code() {
         q.server.is_closed(),
         "a plaintext HELLO to a listener that requires a secure mode is refused"
     );
+}
+
+#[test]
+fn pings_answered_in_place_keep_their_order_with_queued_control_frames() {
+    let mut p = Pair::connected();
+    let ping = |corr: u32, flags: Flags| {
+        let mut f = valkyrie_protocol::Frame::new(MessageType::Ping, 0, vec![corr as u8; 16]);
+        f.header.correlation_id = corr;
+        f.header.flags = flags;
+        let mut v = Vec::new();
+        f.encode(&mut v);
+        v
+    };
+    let mut wire = Vec::new();
+    wire.extend(ping(1, Flags::empty()));
+    wire.extend(ping(2, Flags::empty()));
+    // An unknown type queues a (non-fatal) ERROR in the critical queue...
+    let mut unknown = raw(MessageType::Ping, 0, &b""[..]);
+    unknown[3] = 0x7E;
+    wire.extend(unknown);
+    // ...so this PING takes the queued path, and the next one too while the ERROR waits.
+    wire.extend(ping(3, Flags::empty()));
+    wire.extend(ping(4, Flags::empty()));
+    let (events, out) = inject(&mut p.server, &wire, p.now);
+    assert!(events.is_empty());
+    let frames = frames_of(&out);
+    let kinds: Vec<(MessageType, u32)> = frames
+        .iter()
+        .map(|f| (f.msg_type(), f.header.correlation_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (MessageType::Pong, 1),
+            (MessageType::Pong, 2),
+            (MessageType::Error, 0),
+            (MessageType::Pong, 3),
+            (MessageType::Pong, 4),
+        ]
+    );
+    // In place or queued, a PONG is the same frame.
+    for f in frames.iter().filter(|f| f.msg_type() == MessageType::Pong) {
+        assert_eq!(f.header.flags, Flags::RESPONSE);
+        assert_eq!(f.header.priority, u8::MAX);
+        assert_eq!(f.header.stream_id, 0);
+        assert_eq!(f.header.timestamp, frames[0].header.timestamp);
+        assert_eq!(&f.payload[..], &[f.header.correlation_id as u8; 16][..]);
+    }
+    // Drivers that take one frame at a time get the same frames.
+    p.server.handle_input(&ping(5, Flags::empty()), p.now);
+    p.server.handle_input(&ping(6, Flags::empty()), p.now);
+    assert!(p.server.poll_event().is_none());
+    assert_eq!(p.server.queued_frames(), 2);
+    let one = p.server.poll_transmit().unwrap();
+    assert_eq!(
+        u32::from_be_bytes(one.header[16..20].try_into().unwrap()),
+        5
+    );
+    assert_eq!(&one.payload[..], &[5u8; 16][..]);
+    let two = p.server.poll_transmit().unwrap();
+    assert_eq!(
+        u32::from_be_bytes(two.header[16..20].try_into().unwrap()),
+        6
+    );
+    assert!(p.server.poll_transmit().is_none());
 }

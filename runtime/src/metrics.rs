@@ -102,6 +102,13 @@ impl ShardMetrics {
         );
     }
 
+    /// `n` PONGs of `bytes` in all, answered in place (stream 0, priority 255).
+    pub(crate) fn pongs_out(&self, n: u64, bytes: u64) {
+        let t = MessageType::Pong.to_u8() as usize;
+        Self::add(&self.frames_out[t][priority_band(u8::MAX)], n);
+        Self::add(&self.bytes_out_by_type[t], bytes);
+    }
+
     pub(crate) fn error_sent(&self, code: u16, n: u64) {
         if let Some(c) = self.errors_sent.get(code as usize) {
             Self::add(c, n);

@@ -22,6 +22,7 @@ mod config;
 mod event;
 mod handshake;
 mod heartbeat;
+mod pong;
 mod receive;
 mod send;
 mod stats;
@@ -98,6 +99,8 @@ struct Busy {
     pings: VecDeque<PingRecord>,
     /// Decoding stopped at the scheduler's high-water mark, until it is back at its low one.
     input_held: bool,
+    /// PONGs answered in place, written ahead of the queues.
+    answers: pong::Answers,
 }
 
 impl Busy {
@@ -106,6 +109,7 @@ impl Busy {
         self.decoder.buffered() == 0
             && !self.decoder.is_failed()
             && self.sched.is_empty()
+            && self.answers.frames == 0
             && self.events.is_empty()
             && self.pings.is_empty()
     }
@@ -306,7 +310,7 @@ impl Connection {
     pub fn is_input_held(&self) -> bool {
         self.busy
             .as_ref()
-            .is_some_and(|b| b.input_held && !b.sched.is_low())
+            .is_some_and(|b| b.input_held && !b.is_low())
     }
 
     /// Frames waiting to be transmitted.
@@ -338,6 +342,7 @@ impl Connection {
         }
         b.decoder.shrink();
         b.sched.shrink();
+        b.answers.shrink();
         if b.events.is_empty() {
             b.events = VecDeque::new();
         }
@@ -356,6 +361,7 @@ impl Connection {
                 events: VecDeque::new(),
                 pings: VecDeque::new(),
                 input_held: false,
+                answers: pong::Answers::default(),
             })
         })
     }
@@ -365,7 +371,9 @@ impl Connection {
     }
 
     fn sched_len(&self) -> usize {
-        self.busy.as_ref().map_or(0, |b| b.sched.len())
+        self.busy
+            .as_ref()
+            .map_or(0, |b| b.sched.len() + b.answers.frames as usize)
     }
 
     // ----- input -----------------------------------------------------------------------
@@ -411,14 +419,20 @@ impl Connection {
             // Back-pressure: no new frame is decoded (and so answered) while the outbound
             // queues are past their high-water mark; decoding resumes at the low-water mark.
             if b.input_held {
-                if !b.sched.is_low() {
+                if !b.is_low() {
                     return None;
                 }
                 b.input_held = false;
-            } else if b.sched.is_high() {
+            } else if b.is_high() {
                 b.input_held = true;
                 return None;
             }
+            if self.answer_ping_in_place() {
+                continue;
+            }
+            let Some(b) = self.busy.as_mut() else {
+                return None;
+            };
             match b.decoder.decode() {
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => return None,

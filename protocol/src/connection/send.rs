@@ -215,6 +215,7 @@ impl Connection {
     pub(super) fn clear_queue(&mut self) {
         if let Some(b) = self.busy.as_mut() {
             b.sched.clear();
+            b.answers.clear();
         }
     }
 

@@ -41,6 +41,9 @@ impl Transmit {
 impl Connection {
     /// The next frame to hand to the transport.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.pop_answer() {
+            return Some(t);
+        }
         // A frame whose seal fails turns into one unsealed ERROR (`fatal` drops the record
         // layer and the queue), so the second attempt cannot fail: two turns suffice.
         for _ in 0..2 {
@@ -61,10 +64,12 @@ impl Connection {
         None
     }
 
-    /// Write as many whole frames as fit in `max_bytes` into `buf` (at least one if any is
+    /// Write the PINGs answered in place (all of them), then as many whole frames as fit in
+    /// `max_bytes` into `buf` (at least one if any is
     /// queued). Returns the bytes written.
     pub fn write_transmits(&mut self, buf: &mut BytesMut, max_bytes: usize) -> usize {
         let start = buf.len();
+        self.write_answers(buf);
         while let Some(t) = self.poll_transmit() {
             t.write_to(buf);
             if buf.len() - start >= max_bytes {

@@ -170,6 +170,11 @@ impl Scheduler {
         self.queues.get_or_insert_with(Box::default)
     }
 
+    /// Whether nothing waits in the critical queue.
+    pub fn is_critical_empty(&self) -> bool {
+        self.critical_len() == 0
+    }
+
     /// Frames queued in all classes.
     pub fn len(&self) -> usize {
         self.critical_len() + self.queued_frames

@@ -254,7 +254,15 @@ impl Shard {
             return;
         }
         let mut out = self.send_pool.take();
-        while let Some(t) = c.proto.poll_transmit() {
+        let before = out.buf.len();
+        let pongs = c.proto.write_answers(&mut out.buf);
+        if pongs > 0 {
+            self.metrics
+                .pongs_out(u64::from(pongs), (out.buf.len() - before) as u64);
+        }
+        while out.buf.len() < batch
+            && let Some(t) = c.proto.poll_transmit()
+        {
             self.metrics.frame_out(&t.header);
             if t.header[3] == MessageType::Error.to_u8()
                 && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
@@ -262,9 +270,6 @@ impl Shard {
                 self.metrics.error_sent(e.code, 1);
             }
             t.write_to(&mut out.buf);
-            if out.buf.len() >= batch {
-                break;
-            }
         }
         if s.tls.is_some() {
             out = self.seal(slot, out);
