@@ -430,9 +430,7 @@ impl Connection {
             if self.answer_ping_in_place() {
                 continue;
             }
-            let Some(b) = self.busy.as_mut() else {
-                return None;
-            };
+            let b = self.busy.as_mut()?;
             match b.decoder.decode() {
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => return None,
