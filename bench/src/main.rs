@@ -12,6 +12,7 @@ mod idle_memory;
 mod latency;
 mod memory;
 mod peers;
+mod pipeline;
 mod plot;
 mod raw_client;
 mod report;
@@ -33,7 +34,7 @@ use report::{Report, host};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (idle-memory, handshake, latency, throughput, transfer, shm, connections);
+    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, transfer, shm, connections);
     /// repeatable. Default: all but connections.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
@@ -190,6 +191,14 @@ fn main() {
     }
     if wants("throughput") {
         throughput::throughput(
+            &mut report,
+            rounds,
+            if cli.full { 5.0 } else { 1.5 },
+            &cli.systems,
+        );
+    }
+    if wants("pipeline") {
+        pipeline::pipeline(
             &mut report,
             rounds,
             if cli.full { 5.0 } else { 1.5 },
