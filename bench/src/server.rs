@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use valkyrie_runtime::{BusyPoll, Node, RecvMode};
 
-use crate::peers::{self, floor::Floor, floor_batch::FloorBatch, pin, tokio_echo::TokioEcho};
+use crate::peers::{self, floor::Floor, pin, tokio_echo::TokioEcho};
 
 pub(crate) enum Server {
     Valkyrie(Node),
     Tokio(peers::TokioServer),
     Floor(Floor),
-    FloorBatch(FloorBatch),
     Grpc(peers::TokioServer),
     Glommio(peers::glommio_echo::GlommioEcho),
 }
@@ -26,7 +25,6 @@ impl Server {
             },
             Server::Tokio(t) => t.addr,
             Server::Floor(f) => f.addr,
-            Server::FloorBatch(f) => f.addr,
             Server::Grpc(g) => g.addr,
             Server::Glommio(g) => g.addr,
         }
@@ -66,7 +64,7 @@ pub(crate) fn start(
             TokioEcho::start(core, if shards > 1 { shards } else { 1 }).expect("tokio"),
         ),
         "floor" => Server::Floor(Floor::start(core).expect("floor")),
-        "floor-batch" => Server::FloorBatch(FloorBatch::start(core).expect("floor-batch")),
+        "floor-batch" => Server::Floor(peers::floor_batch::start(core).expect("floor-batch")),
         "glommio" => {
             Server::Glommio(peers::glommio_echo::GlommioEcho::start(core).expect("glommio"))
         }

@@ -270,6 +270,15 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
+        self.take_input(n);
+        match &self.closed {
+            Some(r) => Err(ClientError::Closed(r.clone())),
+            None => Ok(true),
+        }
+    }
+
+    /// Feed the `n` bytes just read into `rbuf` (`0`: end of stream) and collect events.
+    fn take_input(&mut self, n: usize) {
         let now = Instant::now();
         if n == 0 {
             self.conn.handle_eof(now);
@@ -277,10 +286,6 @@ impl Client {
             self.conn.handle_input(&self.rbuf[..n], now);
         }
         self.collect();
-        match &self.closed {
-            Some(r) => Err(ClientError::Closed(r.clone())),
-            None => Ok(true),
-        }
     }
 
     fn collect(&mut self) {
@@ -348,13 +353,7 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         };
-        let now = Instant::now();
-        if n == 0 {
-            self.conn.handle_eof(now);
-        } else {
-            self.conn.handle_input(&self.rbuf[..n], now);
-        }
-        self.collect();
+        self.take_input(n);
         Ok(())
     }
 

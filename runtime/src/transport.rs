@@ -565,16 +565,24 @@ impl TlsSocket {
             if n == 0 {
                 return Ok(0);
             }
-            let got = self
-                .session
-                .receive(&self.rbuf[..n], &mut self.plain)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-            self.session.transmit(&mut self.wbuf);
+            let peer_closed = self.receive_records(n);
             self.push_pending()?;
-            if got?.peer_closed && self.plain.is_empty() {
+            if peer_closed? && self.plain.is_empty() {
                 return Ok(0);
             }
         }
+    }
+
+    /// Open the `n` bytes just read into `rbuf` into plaintext; alerts and key updates the
+    /// session wants to send are queued in `wbuf` either way (the caller writes them before
+    /// acting on the result). Returns whether the peer closed.
+    fn receive_records(&mut self, n: usize) -> io::Result<bool> {
+        let got = self
+            .session
+            .receive(&self.rbuf[..n], &mut self.plain)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        self.session.transmit(&mut self.wbuf);
+        got.map(|g| g.peer_closed)
     }
 
     fn write_out(&mut self) -> io::Result<()> {
@@ -601,14 +609,9 @@ impl io::Read for TlsSocket {
             if n == 0 {
                 return Ok(0);
             }
-            let got = self
-                .session
-                .receive(&self.rbuf[..n], &mut self.plain)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-            // Alerts, key updates: whatever the session wants to say goes out now.
-            self.session.transmit(&mut self.wbuf);
+            let peer_closed = self.receive_records(n);
             self.write_out()?;
-            if got?.peer_closed && self.plain.is_empty() {
+            if peer_closed? && self.plain.is_empty() {
                 return Ok(0);
             }
         }

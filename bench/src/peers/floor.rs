@@ -19,6 +19,15 @@ pub struct Floor {
 impl Floor {
     /// Listen on an ephemeral loopback port; connection threads are pinned to `core`.
     pub fn start(core: usize) -> std::io::Result<Floor> {
+        Floor::start_with(core, serve)
+    }
+
+    /// The same scaffold (accept thread, a thread per connection on `core`) answering with
+    /// `serve` (the batching floor's, for one).
+    pub fn start_with(
+        core: usize,
+        serve: fn(TcpStream) -> std::io::Result<()>,
+    ) -> std::io::Result<Floor> {
         let l = TcpListener::bind("127.0.0.1:0")?;
         let addr = l.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));

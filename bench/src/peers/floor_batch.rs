@@ -4,48 +4,14 @@
 //! header, no per-frame allocation: the least a server must spend per pipelined message.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::net::TcpStream;
 
 /// Bytes read at a time (and the first size of the answer buffer).
 const READ: usize = 256 * 1024;
 
-/// A running batching-floor server.
-pub struct FloorBatch {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl FloorBatch {
-    /// Listen on an ephemeral loopback port; connection threads are pinned to `core`.
-    pub fn start(core: usize) -> std::io::Result<FloorBatch> {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let addr = l.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let accept = std::thread::spawn(move || {
-            super::pin(core);
-            for conn in l.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                std::thread::spawn(move || {
-                    super::pin(core);
-                    let _ = serve(conn);
-                });
-            }
-        });
-        Ok(FloorBatch {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
-    }
+/// Start a batching floor on an ephemeral loopback port, connection threads on `core`.
+pub fn start(core: usize) -> std::io::Result<super::floor::Floor> {
+    super::floor::Floor::start_with(core, serve)
 }
 
 fn serve(mut s: TcpStream) -> std::io::Result<()> {
@@ -70,16 +36,6 @@ fn serve(mut s: TcpStream) -> std::io::Result<()> {
         have -= off;
         if have == buf.len() {
             buf.resize(buf.len() * 2, 0);
-        }
-    }
-}
-
-impl Drop for FloorBatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
         }
     }
 }
