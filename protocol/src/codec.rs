@@ -6,7 +6,9 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::frame::{Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT, MessageType};
+use crate::frame::{
+    Frame, HEADER_LEN, Header, HeaderError, MAGIC, MAX_FRAME_LIMIT, MessageType, VERSION,
+};
 
 /// Default per-connection payload limit before HELLO agrees on one: 1 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
@@ -30,6 +32,44 @@ impl DecodeError {
             DecodeError::Header(h) => h.code(),
         }
     }
+}
+
+/// The length (header and payload) of the plain PING that `bytes` starts with, when it holds
+/// a whole one: magic and version right, type PING, no flags, reserved byte zero, stream 0,
+/// a payload of at most `max_payload` bytes. `None` for anything else, including a PING
+/// that fails these checks: [`Decoder::decode`] then reports what is wrong with it.
+///
+/// This is the pipelined PING's fast path: it reads nine header bytes and never allocates.
+///
+/// ```
+/// use valkyrie_protocol::{codec::plain_ping_len, Flags, Frame, MessageType};
+///
+/// let mut wire = Vec::new();
+/// Frame::new(MessageType::Ping, 0, &b"abc"[..]).encode(&mut wire);
+/// assert_eq!(plain_ping_len(&wire, 1024), Some(27));
+/// assert_eq!(plain_ping_len(&wire[..26], 1024), None, "not whole yet");
+/// assert_eq!(plain_ping_len(&wire, 2), None, "payload over the limit");
+///
+/// let mut acked = Vec::new();
+/// Frame::new(MessageType::Ping, 0, &b"abc"[..]).with_flags(Flags::ACK).encode(&mut acked);
+/// assert_eq!(plain_ping_len(&acked, 1024), None, "flags take the ordinary path");
+/// ```
+#[inline]
+pub fn plain_ping_len(bytes: &[u8], max_payload: usize) -> Option<usize> {
+    let head: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+    let plain = head[0] == MAGIC[0]
+        && head[1] == MAGIC[1]
+        && head[2] == VERSION
+        && head[3] == MessageType::Ping.to_u8()
+        && head[4] == 0
+        && head[7] == 0
+        && head[8..12] == [0; 4];
+    if !plain {
+        return None;
+    }
+    let len = u32::from_be_bytes([head[12], head[13], head[14], head[15]]) as usize;
+    let end = HEADER_LEN + len;
+    (len <= max_payload && bytes.len() >= end).then_some(end)
 }
 
 /// A streaming decoder with a per-connection payload limit.
@@ -115,36 +155,42 @@ impl Decoder {
         self.failed.is_some()
     }
 
-    /// If the next whole frame is a plain PING (stream 0, no flags) of at most
-    /// `max_payload` bytes, take it without handing it out as a [`Frame`]: its correlation id
-    /// and payload go to `answer`, its bytes are released, and `true` is returned. Anything
-    /// else (another frame, a partial one, a header that fails validation) is left for
-    /// [`Decoder::decode`]. No allocation, no reference count: the pipelined PING's path.
+    /// If the next whole frame is a plain PING (see [`plain_ping_len`]) of at most
+    /// `max_payload` bytes, take it without handing it out as a [`Frame`]: its wire bytes
+    /// (header and payload) go to `answer`, they are released, and `true` is returned.
+    /// Anything else (another frame, a partial one, a header that fails validation) is left
+    /// for [`Decoder::decode`]. No allocation, no reference count: the pipelined PING's path.
+    /// A PING whose header [`Decoder::decode`] already took (its payload was still arriving)
+    /// is taken here too, once its payload is in.
     #[inline]
-    pub fn take_ping(&mut self, max_payload: usize, answer: impl FnOnce(u32, &[u8])) -> bool {
-        if self.failed.is_some() || self.pending.is_some() {
+    pub fn take_ping(&mut self, max_payload: usize, answer: impl FnOnce(&[u8])) -> bool {
+        if self.failed.is_some() {
             return false;
         }
-        let Some(head) = self.buf.get(..HEADER_LEN) else {
-            return false;
-        };
-        if head[3] != MessageType::Ping.to_u8() {
-            return false;
+        let max_payload = max_payload.min(self.max_frame as usize);
+        if let Some(h) = self.pending {
+            let len = h.length as usize;
+            if h.msg_type != MessageType::Ping
+                || h.stream_id != 0
+                || !h.flags.is_empty()
+                || len > max_payload
+                || self.buf.len() < len
+            {
+                return false;
+            }
+            let mut frame = [0u8; HEADER_LEN + crate::message::MAX_PING_PAYLOAD];
+            frame[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+            frame[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&self.buf[..len]);
+            answer(&frame[..HEADER_LEN + len]);
+            self.pending = None;
+            self.buf.advance(len);
+        } else {
+            let Some(n) = plain_ping_len(&self.buf, max_payload) else {
+                return false;
+            };
+            answer(&self.buf[..n]);
+            self.buf.advance(n);
         }
-        let head: &[u8; HEADER_LEN] = head.try_into().expect("slice of HEADER_LEN");
-        let Ok(h) = Header::decode(head, self.max_frame) else {
-            return false;
-        };
-        let len = h.length as usize;
-        if h.stream_id != 0
-            || !h.flags.is_empty()
-            || len > max_payload
-            || self.buf.len() < HEADER_LEN + len
-        {
-            return false;
-        }
-        answer(h.correlation_id, &self.buf[HEADER_LEN..HEADER_LEN + len]);
-        self.buf.advance(HEADER_LEN + len);
         if self.buf.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
             self.buf = BytesMut::new();
         }

@@ -379,7 +379,9 @@ impl Connection {
     // ----- input -----------------------------------------------------------------------
 
     /// Feed bytes received from the transport. Nothing is decoded until
-    /// [`Connection::poll_event`] is called.
+    /// [`Connection::poll_event`] is called, except plain PINGs at the front of `data` while
+    /// nothing earlier waits: those are answered from `data` at once (see
+    /// [`Connection::write_answers`]), without being copied into the receive buffer.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.advance(now);
         if data.is_empty() || self.is_closed() {
@@ -388,7 +390,11 @@ impl Connection {
         self.stats.bytes_rx += data.len() as u64;
         self.last_rx = self.tick(now);
         self.missed = 0;
-        self.busy().decoder.feed(data);
+        self.busy();
+        let rest = self.answer_pings_from(data);
+        if !rest.is_empty() {
+            self.busy().decoder.feed(rest);
+        }
     }
 
     /// The transport reached end of file or failed.

@@ -13,7 +13,8 @@
 use bytes::BytesMut;
 
 use super::{Busy, Connection, Phase};
-use crate::frame::{Flags, HEADER_LEN, Header, MessageType};
+use crate::codec::plain_ping_len;
+use crate::frame::{Flags, HEADER_LEN, MessageType};
 use crate::message::MAX_PING_PAYLOAD;
 
 /// PONGs encoded and waiting to be written, ahead of the scheduler's queues.
@@ -22,6 +23,11 @@ pub(super) struct Answers {
     pub(super) bytes: BytesMut,
     pub(super) frames: u32,
 }
+
+/// Answers of at least this many bytes are handed to an empty output buffer by swapping the
+/// two buffers rather than copying (fewer are copied: a quiet connection then keeps no
+/// send-sized buffer of answers).
+const SWAP_AT: usize = 2048;
 
 /// Capacity above which an emptied answer buffer is released.
 const IDLE_CAPACITY: usize = 16 * 1024;
@@ -55,45 +61,104 @@ impl Answers {
     }
 }
 
+impl Answers {
+    /// Answer the PING whose whole wire bytes are `ping` (header checked by
+    /// [`plain_ping_len`] or the decoder): its bytes with the header turned into the PONG's,
+    /// byte for byte what the queued path sends (type PONG, flags RESPONSE, priority 255,
+    /// trace flags 0, our `timestamp`; stream, length and correlation id kept).
+    #[inline]
+    fn push(&mut self, ping: &[u8], timestamp: u32) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(ping);
+        let head = &mut self.bytes[at..at + HEADER_LEN];
+        head[3] = MessageType::Pong.to_u8();
+        head[4] = Flags::RESPONSE.bits();
+        head[5] = u8::MAX;
+        head[6] = 0;
+        head[20..24].copy_from_slice(&timestamp.to_be_bytes());
+        self.frames += 1;
+    }
+}
+
 impl Connection {
+    /// Whether PINGs may be answered in place now: established, unprotected, nothing in the
+    /// critical queue ahead of them.
+    #[inline]
+    fn answers_in_place(&self) -> bool {
+        self.protector.is_none()
+            && matches!(self.phase, Phase::Established)
+            && self
+                .busy
+                .as_ref()
+                .is_some_and(|b| b.sched.is_critical_empty())
+    }
+
     /// Answer the PING at the front of the input in place; `false` when the next frame must
     /// take the ordinary path.
     #[inline]
     pub(super) fn answer_ping_in_place(&mut self) -> bool {
-        if self.protector.is_some() || !matches!(self.phase, Phase::Established) {
+        if !self.answers_in_place() {
             return false;
         }
         let timestamp = self.unix_time();
         let Some(b) = self.busy.as_mut() else {
             return false;
         };
-        if !b.sched.is_critical_empty() {
-            return false;
-        }
         let answers = &mut b.answers;
-        let took = b.decoder.take_ping(MAX_PING_PAYLOAD, |corr, payload| {
-            let h = Header {
-                msg_type: MessageType::Pong,
-                flags: Flags::RESPONSE,
-                priority: u8::MAX,
-                trace_flags: 0,
-                stream_id: 0,
-                length: payload.len() as u32,
-                correlation_id: corr,
-                timestamp,
-            };
-            answers.bytes.extend_from_slice(&h.to_bytes());
-            answers.bytes.extend_from_slice(payload);
-            answers.frames += 1;
-        });
+        let took = b
+            .decoder
+            .take_ping(MAX_PING_PAYLOAD, |ping| answers.push(ping, timestamp));
         if took {
             self.stats.frames_rx += 1;
         }
         took
     }
 
+    /// Answer the plain PINGs at the front of freshly received `data` straight from it, when
+    /// nothing earlier waits to be decoded or handed out (so answers keep the input's order);
+    /// returns the bytes left for the decoder. Stops at the first other frame, at a partial
+    /// one, and at back-pressure's high-water mark (decoding then waits as in
+    /// [`Connection::poll_event`]). The input is copied once, into the answers.
+    #[inline]
+    pub(super) fn answer_pings_from<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        if !self.answers_in_place() {
+            return data;
+        }
+        let timestamp = self.unix_time();
+        let Some(b) = self.busy.as_mut() else {
+            return data;
+        };
+        if b.input_held
+            || b.decoder.buffered() != 0
+            || b.decoder.is_failed()
+            || !b.events.is_empty()
+        {
+            return data;
+        }
+        let max_payload = MAX_PING_PAYLOAD.min(b.decoder.max_frame() as usize);
+        let mut rest = data;
+        let mut taken = 0u64;
+        // Each turn consumes a whole frame of `rest`: bounded by its length.
+        while let Some(n) = plain_ping_len(rest, max_payload) {
+            if b.is_high() {
+                b.input_held = true;
+                break;
+            }
+            if taken == 0 {
+                b.answers.bytes.reserve(rest.len());
+            }
+            b.answers.push(&rest[..n], timestamp);
+            rest = &rest[n..];
+            taken += 1;
+        }
+        self.stats.frames_rx += taken;
+        rest
+    }
+
     /// Append the PONGs answered in place to `buf`, ahead of anything queued (call it before
-    /// [`Connection::poll_transmit`]; that also hands them out, one frame at a time).
+    /// [`Connection::poll_transmit`]; that also hands them out, one frame at a time). When
+    /// `buf` is empty and the answers are large, the two buffers are swapped instead of
+    /// copied: `buf` then holds the answers and the connection keeps `buf`'s allocation.
     /// Returns how many PONGs were written; all are `PONG` frames of stream 0 with
     /// priority 255.
     pub fn write_answers(&mut self, buf: &mut BytesMut) -> u32 {
@@ -104,9 +169,15 @@ impl Connection {
         if n == 0 {
             return 0;
         }
-        buf.extend_from_slice(&b.answers.bytes);
+        let len = b.answers.bytes.len();
+        if buf.is_empty() && len >= SWAP_AT {
+            // Hand the answers over whole and keep `buf`'s empty allocation for the next ones.
+            std::mem::swap(buf, &mut b.answers.bytes);
+        } else {
+            buf.extend_from_slice(&b.answers.bytes);
+        }
         self.stats.frames_tx += u64::from(n);
-        self.stats.bytes_tx += b.answers.bytes.len() as u64;
+        self.stats.bytes_tx += len as u64;
         self.last_tx = self.now;
         b.answers.clear();
         n
