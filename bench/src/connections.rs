@@ -213,7 +213,7 @@ pub(crate) fn scenario(report: &mut Report, n: usize, heartbeat: Duration, busy:
             c.recv_mode = RecvMode::PollThenRecv;
             c.shrink_when_drained = true;
             c.direct_descriptors = Some(TABLE);
-            c.recv_buffers = 256;
+            c.recv_buffers = 16; // 1 MiB of 64 KiB buffers per shard
         })
         .start()
         .expect("node");

@@ -80,9 +80,14 @@ pub struct NodeConfig {
     pub busy_poll: BusyPoll,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
-    /// Provided receive buffers per shard (a power of two).
+    /// Provided receive buffers per shard (a power of two). The shard's receive memory is
+    /// `recv_buffers × recv_buffer_size`, shared by all its connections: a buffer is taken
+    /// only while data arrives, and (kernel 6.12 and later) consumed incrementally, each
+    /// receive taking only the bytes it fills. Where the kernel cannot consume buffers
+    /// incrementally, the same memory is split into 4 KiB buffers instead, since there every
+    /// receive takes a whole one.
     pub recv_buffers: u16,
-    /// Size of each receive buffer.
+    /// Size of each receive buffer: the most one receive completion carries.
     pub recv_buffer_size: u32,
     /// Most bytes gathered into one send.
     pub send_batch: usize,
@@ -128,8 +133,8 @@ impl Default for NodeConfig {
             max_connections_per_shard: 1 << 20,
             busy_poll: BusyPoll::Off,
             ring_entries: 4096,
-            recv_buffers: 2048,
-            recv_buffer_size: 4096,
+            recv_buffers: 128,
+            recv_buffer_size: 64 * 1024,
             send_batch: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             slow_consumer_timeout: Duration::from_secs(10),

@@ -99,7 +99,12 @@ impl Shard {
         let (ring, mut features) = build_ring(init.cfg.ring_entries)?;
         ring.submitter().register_files_sparse(init.table_size)?;
         features.direct_descriptors = init.table_size;
-        let bufs = BufRing::new(&ring, 0, init.cfg.recv_buffers, init.cfg.recv_buffer_size)?;
+        let bufs = BufRing::new(
+            &ring,
+            0,
+            init.cfg.recv_buffers as usize * init.cfg.recv_buffer_size as usize,
+            init.cfg.recv_buffer_size,
+        )?;
         let now = Instant::now();
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +128,8 @@ impl Shard {
             coop_taskrun = features.coop_taskrun,
             direct_descriptors = features.direct_descriptors,
             recv_buffer_bytes = bufs.memory(),
+            recv_buffer_size = bufs.buf_size(),
+            recv_buffers_incremental = bufs.incremental(),
             busy_poll = ?init.cfg.busy_poll,
             "shard ring ready (multishot accept into direct descriptors, multishot recv with a provided buffer ring)"
         );

@@ -50,7 +50,7 @@ impl Shard {
         let e = opcode::Recv::new(
             types::Fixed(s.fixed),
             std::ptr::null_mut(),
-            self.cfg.recv_buffer_size,
+            self.bufs.buf_size(),
         )
         .buf_group(self.bufs.bgid)
         .flags(libc::MSG_DONTWAIT)
@@ -161,15 +161,14 @@ impl Shard {
                 if live {
                     self.receive(slot, bid, res as usize);
                 }
-                self.bufs.recycle(bid);
+                self.bufs.release(bid, res as usize, flags);
             }
             if live {
                 self.mark(slot);
                 match self.recv_mode() {
                     RecvMode::Multishot if !more => self.recv_ended(slot),
                     RecvMode::PollThenRecv
-                        if (cqueue::sock_nonempty(flags)
-                            || res as u32 == self.cfg.recv_buffer_size)
+                        if (cqueue::sock_nonempty(flags) || res as u32 == self.bufs.buf_size())
                             && self.recv_armed(slot) =>
                     {
                         self.recv_once(slot)
@@ -180,7 +179,7 @@ impl Shard {
             return;
         }
         if let Some(bid) = bid {
-            self.bufs.recycle(bid);
+            self.bufs.release(bid, 0, flags);
         }
         if !live {
             return;
