@@ -150,6 +150,25 @@ impl Decoder {
         }
     }
 
+    /// Bytes still to arrive before the first buffered frame is whole: 0 when nothing is
+    /// buffered, when a whole frame is, or when the buffered header fails validation (then
+    /// [`Decoder::decode`] reports why). Feeding exactly this many bytes completes the header
+    /// first, then the payload.
+    pub fn missing(&self) -> usize {
+        if self.failed.is_some() {
+            return 0;
+        }
+        if let Some(h) = self.pending {
+            return (h.length as usize).saturating_sub(self.buf.len());
+        }
+        match Header::decode_prefix(&self.buf, self.max_frame) {
+            None if self.buf.is_empty() => 0,
+            None => HEADER_LEN - self.buf.len(),
+            Some(Ok(h)) => (HEADER_LEN + h.length as usize).saturating_sub(self.buf.len()),
+            Some(Err(_)) => 0,
+        }
+    }
+
     /// True after a fatal error.
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
@@ -287,6 +306,28 @@ mod tests {
         )]));
         assert!(dec.decode().unwrap().is_some());
         assert_eq!(dec.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn missing_counts_what_completes_the_first_frame() {
+        let wire = wire(&[Frame::new(MessageType::StreamData, 1, vec![9u8; 40])]);
+        let mut dec = Decoder::new(1024);
+        assert_eq!(dec.missing(), 0, "nothing buffered");
+        dec.feed(&wire[..10]);
+        assert_eq!(dec.missing(), HEADER_LEN - 10, "the header first");
+        dec.feed(&wire[10..HEADER_LEN]);
+        assert_eq!(dec.missing(), 40, "then the payload");
+        assert_eq!(dec.decode().unwrap(), None);
+        dec.feed(&wire[HEADER_LEN..HEADER_LEN + 15]);
+        assert_eq!(dec.missing(), 25, "the header already taken");
+        dec.feed(&wire[HEADER_LEN + 15..]);
+        assert_eq!(dec.missing(), 0, "whole");
+        assert!(dec.decode().unwrap().is_some());
+        // A header that fails validation leaves the verdict to decode().
+        let mut bad = Decoder::new(8);
+        bad.feed(&wire[..HEADER_LEN]);
+        assert_eq!(bad.missing(), 0);
+        assert_eq!(bad.decode().unwrap_err().code(), ErrorCode::FRAME_TOO_LARGE);
     }
 
     #[test]

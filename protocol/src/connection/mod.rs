@@ -391,7 +391,7 @@ impl Connection {
         self.last_rx = self.tick(now);
         self.missed = 0;
         self.busy();
-        let rest = self.answer_pings_from(data);
+        let rest = self.answer_input(data);
         if !rest.is_empty() {
             self.busy().decoder.feed(rest);
         }

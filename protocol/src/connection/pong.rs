@@ -114,33 +114,62 @@ impl Connection {
         took
     }
 
-    /// Answer the plain PINGs at the front of freshly received `data` straight from it, when
-    /// nothing earlier waits to be decoded or handed out (so answers keep the input's order);
-    /// returns the bytes left for the decoder. Stops at the first other frame, at a partial
-    /// one, and at back-pressure's high-water mark (decoding then waits as in
-    /// [`Connection::poll_event`]). The input is copied once, into the answers.
+    /// Answer the plain PINGs of freshly received `data` without copying them into the
+    /// receive buffer; returns the bytes left for the decoder. A frame the decoder holds the
+    /// start of is completed from `data` first (and answered in place when it is a PING), then
+    /// PINGs are answered straight from `data` until another frame, a partial one, or
+    /// back-pressure's high-water mark (decoding then waits as in [`Connection::poll_event`]).
+    /// Only while nothing else waits to be decoded or handed out, so answers keep the input's
+    /// order. Each PING is copied once, into the answers.
     #[inline]
-    pub(super) fn answer_pings_from<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
-        if !self.answers_in_place() {
-            return data;
+    pub(super) fn answer_input<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let mut rest = data;
+        // Each turn feeds bytes of `rest` to the decoder or returns: bounded by its length.
+        while !rest.is_empty() && self.answers_in_place() {
+            let Some(b) = self.busy.as_mut() else {
+                return rest;
+            };
+            if b.input_held || b.decoder.is_failed() || !b.events.is_empty() {
+                return rest;
+            }
+            let missing = b.decoder.missing();
+            if missing == 0 {
+                if b.decoder.buffered() != 0 {
+                    // Whole frames wait to be decoded first.
+                    return rest;
+                }
+                return self.answer_pings_from(rest);
+            }
+            // Complete the frame whose start arrived before, and answer it if it is a PING.
+            let n = missing.min(rest.len());
+            b.decoder.feed(&rest[..n]);
+            rest = &rest[n..];
+            if b.decoder.missing() == 0 && !self.answer_ping_in_place() {
+                return rest;
+            }
         }
+        rest
+    }
+
+    /// Answer the plain PINGs at the front of `data` straight from it (the decoder holds
+    /// nothing); returns the bytes from the first frame not answered.
+    fn answer_pings_from<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let timestamp = self.unix_time();
         let Some(b) = self.busy.as_mut() else {
             return data;
         };
-        if b.input_held
-            || b.decoder.buffered() != 0
-            || b.decoder.is_failed()
-            || !b.events.is_empty()
-        {
+        if b.sched.is_high() {
+            b.input_held = true;
             return data;
         }
+        let high = b.sched.limits().max_critical_bytes / 2;
         let max_payload = MAX_PING_PAYLOAD.min(b.decoder.max_frame() as usize);
         let mut rest = data;
         let mut taken = 0u64;
         // Each turn consumes a whole frame of `rest`: bounded by its length.
         while let Some(n) = plain_ping_len(rest, max_payload) {
-            if b.is_high() {
+            if b.answers.bytes.len() >= high {
+                // The same mark as `Busy::is_high` (the scheduler's part cannot change here).
                 b.input_held = true;
                 break;
             }
