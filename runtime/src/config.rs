@@ -85,7 +85,10 @@ pub struct NodeConfig {
     /// only while data arrives, and (kernel 6.12 and later) consumed incrementally, each
     /// receive taking only the bytes it fills. Where the kernel cannot consume buffers
     /// incrementally, the same memory is split into 4 KiB buffers instead, since there every
-    /// receive takes a whole one.
+    /// receive takes a whole one. The default, 32 × 64 KiB, stays within a core's L2 cache:
+    /// receives walk through the whole ring in turn, and 8 MiB of it measured 5–10 % slower
+    /// pipelined (docs/BENCHMARKS.md). Receives that find every buffer in use are re-armed and
+    /// counted (`valkyrie_recv_buffer_shortages_total`).
     pub recv_buffers: u16,
     /// Size of each receive buffer: the most one receive completion carries.
     pub recv_buffer_size: u32,
@@ -133,7 +136,7 @@ impl Default for NodeConfig {
             max_connections_per_shard: 1 << 20,
             busy_poll: BusyPoll::Off,
             ring_entries: 4096,
-            recv_buffers: 128,
+            recv_buffers: 32,
             recv_buffer_size: 64 * 1024,
             send_batch: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),

@@ -48,6 +48,8 @@ pub struct ShardMetrics {
     /// shared-memory ring left unread) because its outbound queues were full, and resumed.
     pub(crate) input_holds: AtomicU64,
     pub(crate) input_resumes: AtomicU64,
+    /// Receives that found every provided receive buffer in use (`ENOBUFS`; re-armed).
+    pub(crate) recv_buffer_shortages: AtomicU64,
     /// Intrusion detection: addresses throttled, addresses banned, connections refused while
     /// throttled, connections refused while banned.
     pub(crate) guard_throttles: AtomicU64,
@@ -77,6 +79,7 @@ impl ShardMetrics {
             shed_frames: AtomicU64::new(0),
             input_holds: AtomicU64::new(0),
             input_resumes: AtomicU64::new(0),
+            recv_buffer_shortages: AtomicU64::new(0),
             guard_throttles: AtomicU64::new(0),
             guard_bans: AtomicU64::new(0),
             guard_refused_throttled: AtomicU64::new(0),
@@ -159,6 +162,12 @@ impl ShardMetrics {
         self.input_resumes.load(Relaxed)
     }
 
+    /// Receives that found every provided receive buffer of the shard in use: the receive
+    /// was armed again. If this grows, raise `NodeConfig::recv_buffers`.
+    pub fn recv_buffer_shortages(&self) -> u64 {
+        self.recv_buffer_shortages.load(Relaxed)
+    }
+
     /// Times the shard paused accepting because its direct-descriptor table was nearly full.
     pub fn accept_pauses(&self) -> u64 {
         self.accept_paused.load(Relaxed)
@@ -237,6 +246,13 @@ pub fn gather(
             "Connections whose input was held back because their outbound queues were full, and resumed",
         ),
         &["event"],
+    )?;
+    let shortages = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_recv_buffer_shortages_total",
+            "Receives that found every provided receive buffer in use (re-armed; raise recv_buffers if this grows)",
+        ),
+        &[],
     )?;
     let guard = IntCounterVec::new(
         Opts::new(
@@ -330,6 +346,9 @@ pub fn gather(
     backpressure
         .with_label_values(&["resume"])
         .inc_by(sum(&|s| s.input_resumes.load(Relaxed)));
+    shortages
+        .with_label_values::<&str>(&[])
+        .inc_by(sum(&|s| s.recv_buffer_shortages.load(Relaxed)));
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
         Box::new(accepted),
@@ -341,6 +360,7 @@ pub fn gather(
         Box::new(errors),
         Box::new(shed),
         Box::new(backpressure),
+        Box::new(shortages),
         Box::new(guard),
     ] {
         r.register(c)?;

@@ -187,6 +187,7 @@ impl Shard {
         if res == -libc::ENOBUFS {
             // Every receive buffer was in use for a moment: they are recycled as soon as each
             // completion is handled, so simply ask again.
+            ShardMetrics::add(&self.metrics.recv_buffer_shortages, 1);
             match self.recv_mode() {
                 RecvMode::Multishot if !more => self.recv_ended(slot),
                 RecvMode::PollThenRecv if self.recv_armed(slot) => self.recv_once(slot),
