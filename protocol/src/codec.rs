@@ -169,6 +169,30 @@ impl Decoder {
         }
     }
 
+    /// The bytes buffered ahead of decoding (whole frames and the start of the next), for a
+    /// caller that handles some frames itself (see [`Decoder::consume`]); empty while a
+    /// header waits for its payload or after a fatal error.
+    pub fn unread(&self) -> &[u8] {
+        if self.pending.is_some() || self.failed.is_some() {
+            &[]
+        } else {
+            &self.buf
+        }
+    }
+
+    /// Drop the first `n` bytes of [`Decoder::unread`]: whole frames the caller handled
+    /// itself.
+    ///
+    /// # Panics
+    /// When `n` is more than [`Decoder::unread`] holds (a caller's bug, never peer input).
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.unread().len(), "consumed more than was unread");
+        // The allocation is kept for the input that follows (released by `shrink` when the
+        // connection goes quiet): no frame shares it, and dropping it here made a busy
+        // connection regrow it by doubling copies at every read.
+        self.buf.advance(n);
+    }
+
     /// True after a fatal error.
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
@@ -210,9 +234,7 @@ impl Decoder {
             answer(&self.buf[..n]);
             self.buf.advance(n);
         }
-        if self.buf.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
-            self.buf = BytesMut::new();
-        }
+        // As in `consume`, the allocation is kept until `shrink`.
         true
     }
 

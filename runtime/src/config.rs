@@ -92,6 +92,14 @@ pub struct NodeConfig {
     pub recv_buffers: u16,
     /// Size of each receive buffer: the most one receive completion carries.
     pub recv_buffer_size: u32,
+    /// Most bytes one connection's multishot receive takes before it ends and is armed again
+    /// at the shard's next loop turn (kernel 6.17 and later; 0 for no limit, and where the
+    /// kernel has no such limit). Without it, one receive takes all a deep-pipelining peer
+    /// has sent (up to every receive buffer) in one turn, more than the connection may answer
+    /// before back-pressure, and the rest waits copied aside; with 128 KiB the one-connection
+    /// pipeline scenario went from 48–54 to 28 ns of server CPU per PING
+    /// (docs/BENCHMARKS.md).
+    pub recv_budget: u32,
     /// Most bytes gathered into one send.
     pub send_batch: usize,
     /// How long a shutdown drains before closing what is left.
@@ -138,6 +146,7 @@ impl Default for NodeConfig {
             ring_entries: 4096,
             recv_buffers: 32,
             recv_buffer_size: 64 * 1024,
+            recv_budget: 128 * 1024,
             send_batch: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             slow_consumer_timeout: Duration::from_secs(10),

@@ -275,6 +275,20 @@ impl Drop for BufRing {
     }
 }
 
+/// A multishot receive (`RecvMulti`) that ends once it has taken `limit` bytes (checked after
+/// each receive, so it may take up to one buffer more; 0: no limit), so that
+/// the shard arms it again at its next turn: the per-invocation byte limit of kernel 6.17
+/// (`IORING_RECV_MSHOT_LIM`, set through the SQE's `optlen`). Earlier kernels refuse the entry
+/// with `EINVAL` (the field was reserved).
+pub(crate) fn limit_multishot(entry: squeue::Entry, limit: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`, in
+    // which `optlen` is the `u32` at byte 44 (the io-uring crate has no setter for it).
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[44..48].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: the same bytes with one field changed.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
 /// What a completion belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -495,6 +509,50 @@ mod tests {
             assert_eq!(got, chunks, "incremental {incremental}");
             br.unregister(&ring);
         }
+    }
+
+    #[test]
+    fn a_limited_multishot_receive_ends_after_its_bytes() {
+        let mut ring = IoUring::new(8).unwrap();
+        let mut br = BufRing::register(&ring, 0, 4, 4096, false).unwrap();
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        tx.write_all(&[5u8; 10_000]).unwrap();
+        let e = limit_multishot(
+            opcode::RecvMulti::new(types::Fd(rx.as_raw_fd()), br.bgid)
+                .build()
+                .user_data(9),
+            1000,
+        );
+        // SAFETY: the entry points to no memory of ours.
+        unsafe { ring.submission().push(&e).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        let mut got = 0;
+        loop {
+            let Some(cqe) = ring.completion().next() else {
+                ring.submit_and_wait(1).unwrap();
+                continue;
+            };
+            if cqe.result() == -libc::EINVAL {
+                // A kernel before 6.17: the shard then goes without a limit.
+                assert_eq!(got, 0);
+                break;
+            }
+            assert!(cqe.result() > 0, "receive failed: {}", cqe.result());
+            let bid = cqueue::buffer_select(cqe.flags()).unwrap();
+            got += cqe.result() as usize;
+            br.release(bid, cqe.result() as usize, cqe.flags());
+            if !cqueue::more(cqe.flags()) {
+                // A receive fills its buffer, and the limit is checked after each.
+                assert!(
+                    (1000..10_000).contains(&got),
+                    "ended after {got} of the 10,000 bytes waiting"
+                );
+                break;
+            }
+            assert!(got < 1000, "went on past its limit: {got}");
+            assert!(cqueue::more(cqe.flags()));
+        }
+        br.unregister(&ring);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use valkyrie_protocol::codec::Decoder;
 use valkyrie_protocol::message::{Hello, Payload};
 use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
-use valkyrie_protocol::streams::WindowStrategy;
+use valkyrie_protocol::streams::{SchedulerLimits, WindowStrategy};
 use valkyrie_protocol::{
     Config, Event, Flags, Frame, MessageType, SecurityMode, SendError, SendOptions,
 };
@@ -294,6 +294,13 @@ fn the_blocking_client_pipelines_over_tls_without_deadlock() {
         .protocol(wide(Config {
             security: vec![SecurityMode::Mtls],
             handshakes: vec![Arc::new(Mtls)],
+            // A turn's receive (at most the shard's per-turn budget, ~2,000 requests) answered
+            // in one flush never reaches the default queue's mark: a small queue makes sure
+            // this run is held back at least once.
+            scheduler: SchedulerLimits {
+                max_frames: 512,
+                ..SchedulerLimits::default()
+            },
             ..Config::new("control")
         }))
         .tls(pki.server_config(0).unwrap())

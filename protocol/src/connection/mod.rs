@@ -433,7 +433,7 @@ impl Connection {
                 b.input_held = true;
                 return None;
             }
-            if self.answer_ping_in_place() {
+            if self.answer_buffered_pings() {
                 continue;
             }
             let b = self.busy.as_mut()?;

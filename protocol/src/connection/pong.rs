@@ -78,6 +78,32 @@ impl Answers {
         head[20..24].copy_from_slice(&timestamp.to_be_bytes());
         self.frames += 1;
     }
+
+    /// Answer the plain PINGs at the front of `data` until another frame, a partial one, or
+    /// `high` bytes of answers (back-pressure's mark); returns the bytes answered and whether
+    /// the mark stopped it.
+    #[inline]
+    fn answer_from(
+        &mut self,
+        data: &[u8],
+        high: usize,
+        max_payload: usize,
+        timestamp: u32,
+    ) -> (usize, bool) {
+        let mut rest = data;
+        // Each turn consumes a whole frame of `rest`: bounded by its length.
+        while let Some(n) = plain_ping_len(rest, max_payload) {
+            if self.bytes.len() >= high {
+                return (data.len() - rest.len(), true);
+            }
+            if rest.len() == data.len() {
+                self.bytes.reserve(rest.len());
+            }
+            self.push(&rest[..n], timestamp);
+            rest = &rest[n..];
+        }
+        (data.len() - rest.len(), false)
+    }
 }
 
 impl Connection {
@@ -93,10 +119,11 @@ impl Connection {
                 .is_some_and(|b| b.sched.is_critical_empty())
     }
 
-    /// Answer the PING at the front of the input in place; `false` when the next frame must
-    /// take the ordinary path.
+    /// Answer the PINGs at the front of the buffered input in place, as many as there are
+    /// up to back-pressure's high-water mark; `false` when the next frame must take the
+    /// ordinary path.
     #[inline]
-    pub(super) fn answer_ping_in_place(&mut self) -> bool {
+    pub(super) fn answer_buffered_pings(&mut self) -> bool {
         if !self.answers_in_place() {
             return false;
         }
@@ -104,14 +131,25 @@ impl Connection {
         let Some(b) = self.busy.as_mut() else {
             return false;
         };
+        let before = b.answers.frames;
         let answers = &mut b.answers;
-        let took = b
+        // The first may be a PING whose header was taken while its payload arrived.
+        if !b
             .decoder
-            .take_ping(MAX_PING_PAYLOAD, |ping| answers.push(ping, timestamp));
-        if took {
-            self.stats.frames_rx += 1;
+            .take_ping(MAX_PING_PAYLOAD, |ping| answers.push(ping, timestamp))
+        {
+            return false;
         }
-        took
+        if !b.sched.is_high() {
+            let high = b.sched.limits().max_critical_bytes / 2;
+            let max_payload = MAX_PING_PAYLOAD.min(b.decoder.max_frame() as usize);
+            let (n, _) = b
+                .answers
+                .answer_from(b.decoder.unread(), high, max_payload, timestamp);
+            b.decoder.consume(n);
+        }
+        self.stats.frames_rx += u64::from(b.answers.frames - before);
+        true
     }
 
     /// Answer the plain PINGs of freshly received `data` without copying them into the
@@ -144,7 +182,7 @@ impl Connection {
             let n = missing.min(rest.len());
             b.decoder.feed(&rest[..n]);
             rest = &rest[n..];
-            if b.decoder.missing() == 0 && !self.answer_ping_in_place() {
+            if b.decoder.missing() == 0 && !self.answer_buffered_pings() {
                 return rest;
             }
         }
@@ -162,26 +200,14 @@ impl Connection {
             b.input_held = true;
             return data;
         }
+        // The same mark as `Busy::is_high` (the scheduler's part cannot change here).
         let high = b.sched.limits().max_critical_bytes / 2;
         let max_payload = MAX_PING_PAYLOAD.min(b.decoder.max_frame() as usize);
-        let mut rest = data;
-        let mut taken = 0u64;
-        // Each turn consumes a whole frame of `rest`: bounded by its length.
-        while let Some(n) = plain_ping_len(rest, max_payload) {
-            if b.answers.bytes.len() >= high {
-                // The same mark as `Busy::is_high` (the scheduler's part cannot change here).
-                b.input_held = true;
-                break;
-            }
-            if taken == 0 {
-                b.answers.bytes.reserve(rest.len());
-            }
-            b.answers.push(&rest[..n], timestamp);
-            rest = &rest[n..];
-            taken += 1;
-        }
-        self.stats.frames_rx += taken;
-        rest
+        let before = b.answers.frames;
+        let (n, held) = b.answers.answer_from(data, high, max_payload, timestamp);
+        b.input_held |= held;
+        self.stats.frames_rx += u64::from(b.answers.frames - before);
+        &data[n..]
     }
 
     /// Append the PONGs answered in place to `buf`, ahead of anything queued (call it before

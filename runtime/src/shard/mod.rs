@@ -90,6 +90,9 @@ pub(crate) struct Shard {
     now: Instant,
     /// Shared-memory connections that stopped at their input budget with more waiting.
     shm_more: Vec<(u32, u32)>,
+    /// Most bytes a connection's multishot receive takes in one turn (0: no limit, which is
+    /// where it ends up on kernels before 6.17).
+    recv_budget: u32,
     /// Intrusion detection (when configured).
     guard: Option<crate::guard::Guard>,
 }
@@ -159,6 +162,7 @@ impl Shard {
             tls_plain: Vec::new(),
             now,
             shm_more: Vec::new(),
+            recv_budget: init.cfg.recv_budget,
             guard: init.cfg.guard.clone().map(crate::guard::Guard::new),
             cfg: init.cfg,
         })

@@ -25,9 +25,12 @@ impl Shard {
             return;
         };
         let e = match self.cfg.recv_mode {
-            RecvMode::Multishot => opcode::RecvMulti::new(types::Fixed(s.fixed), self.bufs.bgid)
-                .build()
-                .user_data(ud(Op::Recv, slot, generation)),
+            RecvMode::Multishot => crate::uring::limit_multishot(
+                opcode::RecvMulti::new(types::Fixed(s.fixed), self.bufs.bgid)
+                    .build()
+                    .user_data(ud(Op::Recv, slot, generation)),
+                self.recv_budget,
+            ),
             RecvMode::PollThenRecv => {
                 opcode::PollAdd::new(types::Fixed(s.fixed), libc::POLLIN as u32)
                     .multi(true)
@@ -193,6 +196,17 @@ impl Shard {
                 RecvMode::PollThenRecv if self.recv_armed(slot) => self.recv_once(slot),
                 _ => {}
             }
+            return;
+        }
+        if res == -libc::EINVAL && self.recv_budget != 0 && self.recv_mode() == RecvMode::Multishot
+        {
+            // A kernel before 6.17 refuses a byte limit on a multishot receive: go without.
+            tracing::info!(
+                shard = self.id,
+                "multishot receives without a per-turn byte limit (the kernel has none)"
+            );
+            self.recv_budget = 0;
+            self.recv_ended(slot);
             return;
         }
         if res == -libc::ECANCELED {
