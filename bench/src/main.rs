@@ -18,6 +18,7 @@ mod raw_client;
 mod report;
 mod server;
 mod shm;
+mod streams;
 mod targets;
 mod throughput;
 mod transfer;
@@ -182,6 +183,14 @@ fn main() {
             &cli.systems,
             cli.spin,
         );
+        if cli.systems.is_empty() || cli.systems.iter().any(|s| s == "valkyrie") {
+            streams::stream_round_trips(
+                &mut report,
+                rounds,
+                if cli.full { 50_000 } else { 10_000 },
+                cli.spin,
+            );
+        }
         if let Some(path) = &cli.plot {
             match plot::latency_svg(path, &dists) {
                 Ok(()) => println!("\nlatency plot written to {path}"),

@@ -6,13 +6,30 @@ use plotters::prelude::*;
 /// One distribution: (mode, system, all rounds' samples merged).
 pub(crate) type Distribution = (String, String, Histogram<u64>);
 
-const COLORS: [RGBColor; 5] = [
+/// One colour per system (in the order systems first appear in the run), the same in every
+/// panel; enough for every system the latency scenario measures.
+const COLORS: [RGBColor; 8] = [
     RGBColor(200, 30, 30),
     RGBColor(30, 90, 200),
     RGBColor(40, 150, 60),
     RGBColor(200, 130, 0),
     RGBColor(120, 60, 160),
+    RGBColor(0, 150, 150),
+    RGBColor(90, 90, 90),
+    RGBColor(210, 80, 170),
 ];
+
+/// The colour of `system`: its place among the systems of the run.
+fn color_of(system: &str, dists: &[Distribution]) -> RGBColor {
+    let mut seen: Vec<&str> = Vec::new();
+    for d in dists {
+        if !seen.contains(&d.1.as_str()) {
+            seen.push(&d.1);
+        }
+    }
+    let i = seen.iter().position(|s| *s == system).unwrap_or(0);
+    COLORS[i % COLORS.len()]
+}
 
 /// Percentile curves: x is the number of nines (0 = p0, 2 = p99, 3 = p99.9, 4 = p99.99),
 /// y the round-trip time in µs on a log scale.
@@ -46,8 +63,8 @@ pub(crate) fn latency_svg(
             .x_desc("percentile (nines: 1 = p90, 2 = p99, 3 = p99.9)")
             .y_desc("microseconds")
             .draw()?;
-        for (i, (_, system, h)) in dists.iter().filter(|d| d.0 == *mode).enumerate() {
-            let color = COLORS[i % COLORS.len()];
+        for (_, system, h) in dists.iter().filter(|d| d.0 == *mode) {
+            let color = color_of(system, dists);
             let points = (0..=400).map(|k| {
                 let nines = k as f64 / 100.0;
                 let q = 1.0 - 10f64.powf(-nines);

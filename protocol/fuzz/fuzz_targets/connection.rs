@@ -1,6 +1,7 @@
 //! The connection state machine, both sides, fed arbitrary peer bytes interleaved with time
 //! passing and application calls. Checks that nothing panics, that every byte the connection
-//! emits is well-formed, and that buffers stay bounded.
+//! emits is well-formed, and that buffers stay bounded. Output is taken frame by frame, or
+//! (as the runtime does) the PONGs answered in place in one piece first.
 #![no_main]
 
 use std::sync::Arc;
@@ -57,8 +58,18 @@ fn prologue(side: Side) -> Vec<u8> {
     v
 }
 
-fn drain(conn: &mut Connection, check: &mut Decoder) {
+/// Poll events, then write what the connection has to send: the PONGs answered in place in
+/// one piece first when `gathered` (as the runtime does), else every frame one at a time.
+fn drain(conn: &mut Connection, check: &mut Decoder, gathered: bool) {
     while conn.poll_event().is_some() {}
+    if gathered {
+        let mut answers = bytes::BytesMut::new();
+        conn.write_answers(&mut answers);
+        check.feed(&answers);
+        while let Some(f) = check.decode().expect("the connection emits well-formed PONGs") {
+            assert_eq!(f.msg_type(), MessageType::Pong);
+        }
+    }
     while let Some(t) = conn.poll_transmit() {
         let mut w = Vec::new();
         t.write_to(&mut w);
@@ -76,13 +87,14 @@ fuzz_target!(|data: &[u8]| {
     let base = *BASE.get_or_init(Instant::now);
     let Some((&ctl, rest)) = data.split_first() else { return };
     let side = if ctl & 1 == 0 { Side::Server } else { Side::Client };
+    let gathered = ctl & 4 != 0;
     let mut now = base;
     let mut conn = Connection::new(side, config("node"), now, 1_750_000_000);
     let mut check = Decoder::new(valkyrie_protocol::MAX_FRAME_LIMIT);
-    drain(&mut conn, &mut check);
+    drain(&mut conn, &mut check, gathered);
     if ctl & 2 == 0 {
         conn.handle_input(&prologue(side), now);
-        drain(&mut conn, &mut check);
+        drain(&mut conn, &mut check, gathered);
     }
     // The rest is a sequence of operations: [op, len, bytes...].
     let mut i = 0;
@@ -119,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        drain(&mut conn, &mut check);
+        drain(&mut conn, &mut check, gathered);
         assert!(conn.buffered_input() <= 24 + 4096 + 255);
         if let Some(t) = conn.poll_timeout() {
             assert!(t >= base);
