@@ -45,12 +45,12 @@ struct Run {
 }
 
 pub(crate) fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[String]) {
-    let systems: Vec<&str> = ["valkyrie", "tokio", "floor-batch"]
+    let systems: Vec<&str> = ["valkyrie", "valkyrie-1-shard", "tokio", "floor-batch"]
         .into_iter()
-        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        .filter(|s| only.is_empty() || only.iter().any(|o| s.starts_with(o.as_str())))
         .collect();
     println!(
-        "\nthroughput: 64-byte PING/PONG pipelined (write `depth` frames to each connection, read their answers), up to 2 client threads, servers unpinned with 2 shards/workers (floor-batch: a thread per connection answering all it read in one write); {secs} s x {rounds} rounds, medians; server CPU = process CPU less the client threads'"
+        "\nthroughput: 64-byte PING/PONG pipelined (write `depth` frames to each connection, read their answers), up to 2 client threads, servers unpinned with 2 shards/workers (valkyrie-1-shard: one shard pinned to core 0; floor-batch: a thread per connection answering all it read in one write); {secs} s x {rounds} rounds, medians; server CPU = process CPU less the client threads'"
     );
     for shape in SHAPES {
         let mut per: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
@@ -73,19 +73,24 @@ pub(crate) fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[
                 .map_or(f64::NAN, |v| median(v.iter().map(|r| r.rate).collect()))
         };
         let (tokio, floor) = (rate_of("tokio"), rate_of("floor-batch"));
+        let (two, one) = (rate_of("valkyrie"), rate_of("valkyrie-1-shard"));
         for &system in &systems {
             let rate = rate_of(system);
             let cpu_ns = median(per[system].iter().map(|r| r.cpu_ns).collect());
             println!(
-                "    {system:<12} {rate:>12.0} msgs/s  {:>7.1} MB/s  {cpu_ns:>6.0} ns server CPU/msg   {:.2}x tokio  {:.2}x floor-batch",
+                "    {system:<16} {rate:>12.0} msgs/s  {:>7.1} MB/s  {cpu_ns:>6.0} ns server CPU/msg   {:.2}x tokio  {:.2}x floor-batch",
                 rate * 88.0 / 1e6,
                 rate / tokio,
                 rate / floor,
             );
-            let params = json!({"transport": "tcp", "size": 64, "connections": shape.conns, "depth": shape.depth, "shards": 2});
+            let (name, shards) = match system {
+                "valkyrie-1-shard" => ("valkyrie", 1),
+                other => (other, 2),
+            };
+            let params = json!({"transport": "tcp", "size": 64, "connections": shape.conns, "depth": shape.depth, "shards": shards});
             report.add(
                 "throughput",
-                system,
+                name,
                 "msgs_per_sec",
                 "msgs/s",
                 rate,
@@ -93,7 +98,7 @@ pub(crate) fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[
             );
             report.add(
                 "throughput",
-                system,
+                name,
                 "bytes_per_sec",
                 "B/s",
                 rate * 88.0,
@@ -101,18 +106,30 @@ pub(crate) fn throughput(report: &mut Report, rounds: usize, secs: f64, only: &[
             );
             report.add(
                 "throughput",
-                system,
+                name,
                 "server_cpu_ns_per_msg",
                 "ns",
                 cpu_ns,
                 params,
             );
         }
+        if two.is_finite() && one.is_finite() {
+            println!("    valkyrie 2 shards / 1 shard: {:.2}x", two / one);
+        }
     }
 }
 
 fn run(system: &str, shape: Shape, secs: f64) -> Run {
-    let server = start(system, 0, 2, false, BusyPoll::Off);
+    // Started from a thread of its own: a one-shard node pins its starter (the shard inherits
+    // that), and the client threads started here must not inherit the pin.
+    let server = std::thread::scope(|s| {
+        s.spawn(|| match system {
+            "valkyrie-1-shard" => start("valkyrie", 0, 1, false, BusyPoll::Off),
+            other => start(other, 0, 2, false, BusyPoll::Off),
+        })
+        .join()
+        .expect("server start")
+    });
     let addr = server.addr();
     let mut ping = Vec::new();
     Frame::new(MessageType::Ping, 0, vec![0x5Au8; 64]).encode(&mut ping);

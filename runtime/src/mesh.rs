@@ -139,3 +139,15 @@ pub(crate) fn build(
     }
     (producers, consumers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_message_is_one_cache_line() {
+        // The mesh's memory is shards × (shards − 1) × capacity × this (docs/RUNTIME.md,
+        // "Scaling"): 8 MiB at 2 shards with the default capacity, 2 GiB at 64.
+        assert_eq!(std::mem::size_of::<MeshMsg>(), 64);
+    }
+}
