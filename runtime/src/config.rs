@@ -96,9 +96,11 @@ pub struct NodeConfig {
     /// at the shard's next loop turn (kernel 6.17 and later; 0 for no limit, and where the
     /// kernel has no such limit). Without it, one receive takes all a deep-pipelining peer
     /// has sent (up to every receive buffer) in one turn, more than the connection may answer
-    /// before back-pressure, and the rest waits copied aside; with 128 KiB the one-connection
-    /// pipeline scenario went from 48–54 to 28 ns of server CPU per PING
-    /// (docs/BENCHMARKS.md).
+    /// before back-pressure, and the rest waits copied aside. While this much output already
+    /// waits behind a send in flight, a receive that ended is armed again only once that send
+    /// is done. With the default 64 KiB (one receive buffer) the one-connection pipeline
+    /// scenario went from 48–54 to 27 ns of server CPU per PING; with 128 KiB a third of the
+    /// connections settled at ~49 ns (docs/BENCHMARKS.md).
     pub recv_budget: u32,
     /// Most bytes gathered into one send.
     pub send_batch: usize,
@@ -146,7 +148,7 @@ impl Default for NodeConfig {
             ring_entries: 4096,
             recv_buffers: 32,
             recv_buffer_size: 64 * 1024,
-            recv_budget: 128 * 1024,
+            recv_budget: 64 * 1024,
             send_batch: 256 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             slow_consumer_timeout: Duration::from_secs(10),

@@ -48,6 +48,9 @@ pub struct ShardMetrics {
     /// shared-memory ring left unread) because its outbound queues were full, and resumed.
     pub(crate) input_holds: AtomicU64,
     pub(crate) input_resumes: AtomicU64,
+    /// Receives that ended by their per-turn limit and were left unarmed while output waited
+    /// behind a send in flight (the light stop of `conn::recv`).
+    pub(crate) input_rests: AtomicU64,
     /// Receives that found every provided receive buffer in use (`ENOBUFS`; re-armed).
     pub(crate) recv_buffer_shortages: AtomicU64,
     /// Intrusion detection: addresses throttled, addresses banned, connections refused while
@@ -79,6 +82,7 @@ impl ShardMetrics {
             shed_frames: AtomicU64::new(0),
             input_holds: AtomicU64::new(0),
             input_resumes: AtomicU64::new(0),
+            input_rests: AtomicU64::new(0),
             recv_buffer_shortages: AtomicU64::new(0),
             guard_throttles: AtomicU64::new(0),
             guard_bans: AtomicU64::new(0),
@@ -155,6 +159,12 @@ impl ShardMetrics {
     /// (back-pressure: the peer provokes answers faster than it reads them).
     pub fn input_holds(&self) -> u64 {
         self.input_holds.load(Relaxed)
+    }
+
+    /// Times a connection's receive, having ended by its per-turn limit, was left unarmed
+    /// until its send in flight was done (output waited: the light form of back-pressure).
+    pub fn input_rests(&self) -> u64 {
+        self.input_rests.load(Relaxed)
     }
 
     /// Times a held connection's input was resumed.
@@ -243,7 +253,7 @@ pub fn gather(
     let backpressure = IntCounterVec::new(
         Opts::new(
             "valkyrie_backpressure_events_total",
-            "Connections whose input was held back because their outbound queues were full, and resumed",
+            "Connections whose input was held back because their outbound queues were full (hold), resumed (resume), or not read again until their send in flight was done (rest)",
         ),
         &["event"],
     )?;
@@ -346,6 +356,9 @@ pub fn gather(
     backpressure
         .with_label_values(&["resume"])
         .inc_by(sum(&|s| s.input_resumes.load(Relaxed)));
+    backpressure
+        .with_label_values(&["rest"])
+        .inc_by(sum(&|s| s.input_rests.load(Relaxed)));
     shortages
         .with_label_values::<&str>(&[])
         .inc_by(sum(&|s| s.recv_buffer_shortages.load(Relaxed)));

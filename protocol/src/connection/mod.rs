@@ -313,6 +313,14 @@ impl Connection {
             .is_some_and(|b| b.input_held && !b.is_low())
     }
 
+    /// Bytes (headers included) waiting to be transmitted: queued frames and PONGs answered
+    /// in place. A transport may stop reading while many wait behind a send in flight.
+    pub fn queued_bytes(&self) -> usize {
+        self.busy
+            .as_ref()
+            .map_or(0, |b| b.sched.total_bytes() + b.answers.bytes.len())
+    }
+
     /// Frames waiting to be transmitted.
     pub fn queued_frames(&self) -> usize {
         self.sched_len() + usize::from(self.has_final_frame())

@@ -212,6 +212,11 @@ impl Scheduler {
         self.queued_bytes
     }
 
+    /// Bytes queued in all classes, the critical queue included.
+    pub fn total_bytes(&self) -> usize {
+        self.critical_bytes + self.queued_bytes
+    }
+
     /// Best-effort frames shed so far.
     pub fn shed_frames(&self) -> u64 {
         self.shed_frames

@@ -8,7 +8,7 @@ use valkyrie_protocol::message::{ErrorPayload, Payload};
 
 use super::Shard;
 use crate::config::RecvMode;
-use crate::conn::recv::RecvAction;
+use crate::conn::recv::{Recv, RecvAction};
 use crate::conn::send::{Completion, Outgoing};
 use crate::conn::{Io, Life};
 use crate::metrics::ShardMetrics;
@@ -108,26 +108,39 @@ impl Shard {
     /// The armed receive (multishot receive or poll) posted its final completion: arm it
     /// again unless the connection's input is held back.
     fn recv_ended(&mut self, slot: u32) {
-        let again = self
-            .conns
-            .get_mut(slot)
-            .and_then(|c| c.socket())
-            .is_some_and(|s| s.recv.ended());
-        if again {
+        let backed_up = self.backed_up(slot);
+        let Some(s) = self.conns.get_mut(slot).and_then(|c| c.socket()) else {
+            return;
+        };
+        if s.recv.ended(backed_up) {
             self.arm_recv(slot);
+        } else if s.recv == Recv::Rested {
+            ShardMetrics::add(&self.metrics.input_rests, 1);
         }
+    }
+
+    /// Whether a turn's receive worth of output (`recv_budget`) already waits behind the
+    /// connection's send in flight: its receive, having ended by itself, then rests until
+    /// that output has gone (see `conn::recv`).
+    fn backed_up(&self, slot: u32) -> bool {
+        self.recv_budget != 0
+            && self.conns.get(slot).is_some_and(|c| {
+                matches!(&c.io, Io::Socket(s) if s.send.in_kernel())
+                    && c.proto.queued_bytes() >= self.recv_budget as usize
+            })
     }
 
     /// Follow the connection's wish for input (back-pressure): cancel its receive while its
     /// outbound queues are full, arm it again once they have drained.
     pub(super) fn steer_input(&mut self, slot: u32) {
+        let backed_up = self.backed_up(slot);
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
         let wants = c.proto.wants_input();
         let generation = c.generation;
         match &mut c.io {
-            Io::Socket(s) => match s.recv.want(wants) {
+            Io::Socket(s) => match s.recv.want(wants, backed_up) {
                 RecvAction::None => {}
                 RecvAction::Arm => {
                     ShardMetrics::add(&self.metrics.input_resumes, 1);
