@@ -1,7 +1,7 @@
 //! The system calls the runtime makes outside io_uring, each wrapped once in a safe function:
 //! sockets for listeners, socket addresses (encoded and decoded in one place), the eventfd a
 //! shard is woken through, the open-file limit, and the non-blocking accept of the
-//! shared-memory rendezvous socket. With `uring.rs`, this is where the runtime's `unsafe`
+//! shared-memory rendezvous socket. With `uring/`, this is where the runtime's `unsafe`
 //! lives.
 
 use std::io;
