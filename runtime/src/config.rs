@@ -108,7 +108,11 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// A peer that takes no bytes for this long is closed as a slow consumer.
     pub slow_consumer_timeout: Duration,
-    /// Capacity of each mesh ring.
+    /// Capacity of each mesh ring (messages of 64 bytes), at most: the mesh has
+    /// shards × (shards − 1) rings, so each is cut to keep the whole under
+    /// [`MESH_MEMORY`](crate::MESH_MEMORY) (64 MiB), but not below 256 messages.
+    /// With the default 8,192: 2 shards hold 1 MiB of rings, 16 shards 4,369 messages a ring,
+    /// 64 shards 260. A full ring is `RouteError::MeshFull` to the service (back-pressure).
     pub mesh_capacity: usize,
     /// Direct-descriptor table slots per ring (default: the connection limit plus headroom,
     /// capped by RLIMIT_NOFILE, which the kernel enforces per table). When the table is nearly

@@ -66,6 +66,7 @@ pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use config::{BusyPoll, NodeConfig, RecvMode};
+pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
 pub use node::{Node, NodeBuilder};
 pub use service::{Ctx, NoService, RouteError, Service};

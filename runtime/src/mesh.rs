@@ -114,6 +114,17 @@ impl MeshTx {
     }
 }
 
+/// The most memory the mesh's rings take together (see `NodeConfig::mesh_capacity`).
+pub const MESH_MEMORY: usize = 64 << 20;
+
+/// The capacity each of the mesh's rings gets among `n` shards when asked for `wanted`:
+/// the whole mesh stays under [`MESH_MEMORY`], and no ring is smaller than 256 messages.
+pub(crate) fn ring_capacity(n: usize, wanted: usize) -> usize {
+    let rings = (n * n.saturating_sub(1)).max(1);
+    let fits = MESH_MEMORY / (rings * std::mem::size_of::<MeshMsg>());
+    wanted.min(fits).max(256)
+}
+
 /// Build the N×N mesh: `producers[i][j]` sends from shard `i` to shard `j`,
 /// `consumers[j][i]` receives it (the diagonal is unused).
 #[allow(clippy::type_complexity)]
@@ -145,9 +156,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_mesh_stays_within_its_memory_bound() {
+        assert_eq!(ring_capacity(2, 8192), 8192);
+        assert_eq!(ring_capacity(16, 8192), 4369);
+        assert_eq!(ring_capacity(64, 8192), 260);
+        assert_eq!(ring_capacity(1024, 8192), 256, "never below 256");
+        for n in [2, 4, 16, 64] {
+            assert!(n * (n - 1) * ring_capacity(n, 8192) * 64 <= MESH_MEMORY);
+        }
+    }
+
+    #[test]
     fn a_mesh_message_is_one_cache_line() {
         // The mesh's memory is shards × (shards − 1) × capacity × this (docs/RUNTIME.md,
-        // "Scaling"): 8 MiB at 2 shards with the default capacity, 2 GiB at 64.
+        // "Scaling"), which `ring_capacity` keeps under MESH_MEMORY.
         assert_eq!(std::mem::size_of::<MeshMsg>(), 64);
     }
 }

@@ -233,7 +233,7 @@ impl Node {
         }
         let wakers: Arc<Vec<Waker>> =
             Arc::new((0..n).map(|_| Waker::new()).collect::<io::Result<_>>()?);
-        let (producers, mut consumers) = mesh::build(n, cfg.mesh_capacity);
+        let (producers, mut consumers) = mesh::build(n, mesh::ring_capacity(n, cfg.mesh_capacity));
         let shutdown = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<ShardMetrics>> =
             (0..n).map(|_| Arc::new(ShardMetrics::new())).collect();
