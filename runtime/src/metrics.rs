@@ -51,6 +51,17 @@ pub struct ShardMetrics {
     /// Receives that ended by their per-turn limit and were left unarmed while output waited
     /// behind a send in flight (the light stop of `conn::recv`).
     pub(crate) input_rests: AtomicU64,
+    /// Outbound connection attempts started, and those that failed.
+    pub(crate) link_attempts: AtomicU64,
+    pub(crate) link_failures: AtomicU64,
+    /// Requests made with `Ctx::request`, and their outcomes.
+    pub(crate) requests_sent: AtomicU64,
+    pub(crate) requests_answered: AtomicU64,
+    pub(crate) requests_errored: AtomicU64,
+    pub(crate) requests_timed_out: AtomicU64,
+    pub(crate) requests_lost: AtomicU64,
+    /// Answers that came after their request had timed out (dropped).
+    pub(crate) requests_late: AtomicU64,
     /// Receives that found every provided receive buffer in use (`ENOBUFS`; re-armed).
     pub(crate) recv_buffer_shortages: AtomicU64,
     /// Intrusion detection: addresses throttled, addresses banned, connections refused while
@@ -84,6 +95,14 @@ impl ShardMetrics {
             input_resumes: AtomicU64::new(0),
             input_rests: AtomicU64::new(0),
             recv_buffer_shortages: AtomicU64::new(0),
+            link_attempts: AtomicU64::new(0),
+            link_failures: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
+            requests_answered: AtomicU64::new(0),
+            requests_errored: AtomicU64::new(0),
+            requests_timed_out: AtomicU64::new(0),
+            requests_lost: AtomicU64::new(0),
+            requests_late: AtomicU64::new(0),
             guard_throttles: AtomicU64::new(0),
             guard_bans: AtomicU64::new(0),
             guard_refused_throttled: AtomicU64::new(0),
@@ -178,6 +197,36 @@ impl ShardMetrics {
         self.recv_buffer_shortages.load(Relaxed)
     }
 
+    /// Outbound connection attempts started by links.
+    pub fn link_attempts(&self) -> u64 {
+        self.link_attempts.load(Relaxed)
+    }
+
+    /// Outbound connection attempts that failed (connect, handshake or time).
+    pub fn link_failures(&self) -> u64 {
+        self.link_failures.load(Relaxed)
+    }
+
+    /// Requests made with `Ctx::request`.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests_sent.load(Relaxed)
+    }
+
+    /// Requests answered, answered with an ERROR, timed out, and lost with their connection.
+    pub fn request_outcomes(&self) -> [u64; 4] {
+        [
+            self.requests_answered.load(Relaxed),
+            self.requests_errored.load(Relaxed),
+            self.requests_timed_out.load(Relaxed),
+            self.requests_lost.load(Relaxed),
+        ]
+    }
+
+    /// Answers that came after their request had timed out (dropped).
+    pub fn late_answers(&self) -> u64 {
+        self.requests_late.load(Relaxed)
+    }
+
     /// Times the shard paused accepting because its direct-descriptor table was nearly full.
     pub fn accept_pauses(&self) -> u64 {
         self.accept_paused.load(Relaxed)
@@ -256,6 +305,20 @@ pub fn gather(
             "Connections whose input was held back because their outbound queues were full (hold), resumed (resume), or not read again until their send in flight was done (rest)",
         ),
         &["event"],
+    )?;
+    let links = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_link_attempts_total",
+            "Outbound connection attempts of links, started and failed",
+        ),
+        &["outcome"],
+    )?;
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_requests_total",
+            "Requests made through Ctx::request: sent, and by outcome (answered, error, timed_out, lost; late: an answer after the deadline, dropped)",
+        ),
+        &["outcome"],
     )?;
     let shortages = IntCounterVec::new(
         Opts::new(
@@ -359,6 +422,22 @@ pub fn gather(
     backpressure
         .with_label_values(&["rest"])
         .inc_by(sum(&|s| s.input_rests.load(Relaxed)));
+    for (label, n) in [
+        ("started", sum(&|s| s.link_attempts.load(Relaxed))),
+        ("failed", sum(&|s| s.link_failures.load(Relaxed))),
+    ] {
+        links.with_label_values(&[label]).inc_by(n);
+    }
+    for (label, n) in [
+        ("sent", sum(&|s| s.requests_sent.load(Relaxed))),
+        ("answered", sum(&|s| s.requests_answered.load(Relaxed))),
+        ("error", sum(&|s| s.requests_errored.load(Relaxed))),
+        ("timed_out", sum(&|s| s.requests_timed_out.load(Relaxed))),
+        ("lost", sum(&|s| s.requests_lost.load(Relaxed))),
+        ("late", sum(&|s| s.requests_late.load(Relaxed))),
+    ] {
+        requests.with_label_values(&[label]).inc_by(n);
+    }
     shortages
         .with_label_values::<&str>(&[])
         .inc_by(sum(&|s| s.recv_buffer_shortages.load(Relaxed)));
@@ -374,6 +453,8 @@ pub fn gather(
         Box::new(shed),
         Box::new(backpressure),
         Box::new(shortages),
+        Box::new(links),
+        Box::new(requests),
         Box::new(guard),
     ] {
         r.register(c)?;

@@ -16,14 +16,19 @@ use bytes::Bytes;
 use valkyrie_protocol::streams::StreamClass;
 use valkyrie_protocol::{
     CloseReason, ErrorCode, Event, Flags, Frame, Header, MessageType, PeerInfo, SendError,
-    SendOptions,
+    SendOptions, Tick,
 };
 
 pub use crate::ConnRef;
 use crate::conn::Conn;
 use crate::conn::table::ConnTable;
+use crate::link::{ConnectOptions, LinkId, LinkState};
 use crate::mesh::{MeshMsg, MeshTx};
 use crate::metrics::ShardMetrics;
+use crate::shard::links::Links;
+
+/// Most requests one connection may have in flight through [`Ctx::request`].
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 65_536;
 
 /// Why a [`Ctx`] operation on a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,30 @@ pub enum RouteError {
     /// The operation needs the connection's own shard.
     #[error("connection belongs to shard {0}")]
     NotLocal(usize),
+    /// The connection already has [`MAX_REQUESTS_IN_FLIGHT`] requests waiting for answers.
+    #[error("{0} requests already in flight on this connection")]
+    TooManyRequests(usize),
+}
+
+/// What became of a request made with [`Ctx::request`], handed to [`Service::on_reply`]
+/// exactly once.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// The answer: a frame with RESPONSE set and the request's correlation id.
+    Answer(Frame),
+    /// The peer answered with a (non-fatal) ERROR.
+    Error {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The deadline passed first. An answer that still comes is dropped and counted
+    /// (`valkyrie_requests_total{outcome="late"}`).
+    TimedOut,
+    /// The connection ended before an answer came.
+    Lost(CloseReason),
 }
 /// Access to the shard for a service: send, respond, route, close.
 ///
@@ -49,25 +78,35 @@ pub enum RouteError {
 pub struct Ctx<'a> {
     shard: usize,
     now: Instant,
+    /// The instant the shard's ticks count from.
+    epoch: Instant,
     conns: &'a mut ConnTable,
+    links: &'a mut Links,
     mesh: &'a mut MeshTx,
     metrics: &'a ShardMetrics,
 }
 
+/// The shard's parts a [`Ctx`] borrows for one call into the service.
+pub(crate) struct CtxParts<'a> {
+    pub(crate) shard: usize,
+    pub(crate) now: Instant,
+    pub(crate) epoch: Instant,
+    pub(crate) conns: &'a mut ConnTable,
+    pub(crate) links: &'a mut Links,
+    pub(crate) mesh: &'a mut MeshTx,
+    pub(crate) metrics: &'a ShardMetrics,
+}
+
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        shard: usize,
-        now: Instant,
-        conns: &'a mut ConnTable,
-        mesh: &'a mut MeshTx,
-        metrics: &'a ShardMetrics,
-    ) -> Ctx<'a> {
+    pub(crate) fn new(p: CtxParts<'a>) -> Ctx<'a> {
         Ctx {
-            shard,
-            now,
-            conns,
-            mesh,
-            metrics,
+            shard: p.shard,
+            now: p.now,
+            epoch: p.epoch,
+            conns: p.conns,
+            links: p.links,
+            mesh: p.mesh,
+            metrics: p.metrics,
         }
     }
 
@@ -215,6 +254,73 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// Make an outbound connection from this shard, kept up across failures: the URLs in
+    /// order, then backoff with jitter, behind a circuit breaker ([`ConnectOptions`]). Each
+    /// connection it makes reaches this service like an accepted one (`on_connect`,
+    /// `on_frame`, `on_close`); where the link stands comes to [`Service::on_link`]. The
+    /// attempt starts once this call into the service returns.
+    pub fn connect(&mut self, opts: ConnectOptions) -> LinkId {
+        self.links.add(self.shard, opts)
+    }
+
+    /// Stop a link of this shard: its connection is closed (CLOSE after what is queued) or
+    /// its attempt cancelled, and it makes no more.
+    pub fn disconnect(&mut self, link: LinkId) -> Result<(), RouteError> {
+        if link.shard as usize != self.shard {
+            return Err(RouteError::NotLocal(link.shard as usize));
+        }
+        if self.links.stop(link) {
+            Ok(())
+        } else {
+            Err(RouteError::Gone)
+        }
+    }
+
+    /// Where a link of this shard stands (`None` once it has stopped and been let go).
+    pub fn link_state(&self, link: LinkId) -> Option<LinkState> {
+        if link.shard as usize != self.shard {
+            return None;
+        }
+        self.links.state(link)
+    }
+
+    /// The connection a link of this shard has up now.
+    pub fn link_conn(&self, link: LinkId) -> Option<ConnRef> {
+        match self.link_state(link)? {
+            LinkState::Up { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Send a request on a connection of this shard (inbound or outbound) and have its
+    /// outcome handed to [`Service::on_reply`] once: the answer (a frame with RESPONSE and
+    /// its correlation id, which is returned here), an ERROR answering it, the deadline
+    /// passing, or the connection's end. Any number may be in flight up to
+    /// [`MAX_REQUESTS_IN_FLIGHT`]; the connection's queues bound them further
+    /// ([`SendError::QueueFull`]: back-pressure, retry later).
+    pub fn request(
+        &mut self,
+        conn: ConnRef,
+        stream_id: u32,
+        msg_type: MessageType,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<u32, RouteError> {
+        let epoch = self.epoch;
+        let c = self.local(conn)?;
+        let in_flight = c.extra.as_ref().map_or(0, |e| e.requests.len());
+        if in_flight >= MAX_REQUESTS_IN_FLIGHT {
+            return Err(RouteError::TooManyRequests(in_flight));
+        }
+        let corr = c
+            .proto
+            .request(stream_id, msg_type, payload, SendOptions::default())?;
+        c.extra().requests.add(corr, Tick::since(epoch, deadline));
+        ShardMetrics::add(&self.metrics.requests_sent, 1);
+        self.mark(conn.slot);
+        Ok(corr)
+    }
+
     /// Hand `msg` to the service instance on `shard` ([`Service::on_message`]).
     pub fn send_to_shard(
         &mut self,
@@ -244,6 +350,18 @@ impl<'a> Ctx<'a> {
 /// PING/PONG, heartbeats, HELLO, flow control and errors are handled by the protocol layer;
 /// a service sees application frames and connection life-cycle events.
 pub trait Service: 'static {
+    /// The shard starts (called once, on the shard's thread, before any connection): where
+    /// a service makes its outbound links ([`Ctx::connect`]).
+    fn on_start(&mut self, _ctx: &mut Ctx<'_>) {}
+
+    /// A link of this shard changed state ([`Ctx::connect`]): connecting, up (with its
+    /// connection), waiting before another attempt, or stopped.
+    fn on_link(&mut self, _ctx: &mut Ctx<'_>, _link: LinkId, _state: &LinkState) {}
+
+    /// The outcome of a request made with [`Ctx::request`] on `conn`: `request` is the
+    /// correlation id it returned. Called exactly once per request.
+    fn on_reply(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef, _request: u32, _reply: Reply) {}
+
     /// A connection finished its HELLO (and security handshake).
     fn on_connect(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef, _peer: &PeerInfo) {}
 

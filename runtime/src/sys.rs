@@ -162,10 +162,9 @@ pub(crate) fn tcp_listener(
     Ok(fd)
 }
 
-/// A listening Unix stream socket at `path`.
-pub(crate) fn unix_listener(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+/// The address of a Unix stream socket at `path`, and its length.
+fn encode_unix(path: &Path) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
     use std::os::unix::ffi::OsStrExt;
-    let fd = stream_socket(libc::AF_UNIX)?;
     // SAFETY: sockaddr_un is plain old data; all-zero is valid.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -180,8 +179,61 @@ pub(crate) fn unix_listener(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
         *d = *s as libc::c_char;
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    bind_listen(&fd, (&sa as *const libc::sockaddr_un).cast(), len, backlog)?;
+    let mut storage = sockaddr_storage();
+    // SAFETY: sockaddr_un (110 bytes) fits in sockaddr_storage (128).
+    unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sa) };
+    Ok((storage, len))
+}
+
+/// A listening Unix stream socket at `path`.
+pub(crate) fn unix_listener(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+    let fd = stream_socket(libc::AF_UNIX)?;
+    let (sa, len) = encode_unix(path)?;
+    bind_listen(
+        &fd,
+        (&sa as *const libc::sockaddr_storage).cast(),
+        len,
+        backlog,
+    )?;
     Ok(fd)
+}
+
+/// Where an outbound socket connects to: the kernel reads it while the connect is in flight,
+/// so it lives in a box that stays put until the connect's completion.
+pub(crate) struct ConnectAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
+}
+
+/// A non-blocking socket for a connection to `endpoint` (TCP with `TCP_NODELAY`, or Unix),
+/// not yet connected, and the address to connect it to.
+pub(crate) fn outbound_socket(
+    endpoint: &crate::url::Endpoint,
+) -> io::Result<(OwnedFd, Box<ConnectAddr>)> {
+    use crate::url::Endpoint;
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let fd = stream_socket(if addr.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            })?;
+            setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+            let (storage, len) = encode_sockaddr(addr);
+            Ok((fd, Box::new(ConnectAddr { storage, len })))
+        }
+        Endpoint::Unix(path) => {
+            let (storage, len) = encode_unix(path)?;
+            Ok((
+                stream_socket(libc::AF_UNIX)?,
+                Box::new(ConnectAddr { storage, len }),
+            ))
+        }
+        Endpoint::Shm(_) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a shard does not connect to shared memory yet (the blocking Client does)",
+        )),
+    }
 }
 
 /// The bound address of a listening socket (to learn the port after binding port 0).

@@ -68,6 +68,27 @@ pub enum CloseReason {
     TransportClosed,
 }
 
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Local { code, reason } => write!(f, "closed here ({code}: {reason})"),
+            CloseReason::Peer { code, reason } => {
+                write!(f, "closed by the peer ({code}: {reason})")
+            }
+            CloseReason::ProtocolError { code, message } => {
+                write!(f, "protocol error {}: {message}", code.0)
+            }
+            CloseReason::PeerError { code, message } => {
+                write!(f, "the peer's error {}: {message}", code.0)
+            }
+            CloseReason::HandshakeTimeout => f.write_str("the handshake did not finish in time"),
+            CloseReason::HeartbeatTimeout => f.write_str("too many heartbeats missed"),
+            CloseReason::CloseTimeout => f.write_str("the CLOSE was not answered in time"),
+            CloseReason::TransportClosed => f.write_str("the transport ended"),
+        }
+    }
+}
+
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -9,6 +9,7 @@
 //! holds nothing of it ([`Conn::is_released`]).
 
 pub(crate) mod recv;
+pub(crate) mod requests;
 pub(crate) mod send;
 pub(crate) mod table;
 
@@ -19,6 +20,7 @@ use valkyrie_protocol::{Connection, Tick, Transmit};
 use valkyrie_shm::ShmStream;
 
 use recv::Recv;
+use requests::Requests;
 use send::SendState;
 
 /// Where a connection is in its life.
@@ -112,9 +114,19 @@ pub(crate) struct Conn {
     pub(crate) dirty: bool,
     /// The deadline of its entry in the shard's timer heap.
     pub(crate) timer: Option<Tick>,
-    /// The peer's address (TCP, when intrusion detection is on; boxed, as most nodes run
-    /// without it and each connection then pays 8 bytes, not 24).
-    pub(crate) ip: Option<Box<IpAddr>>,
+    /// What few connections carry (boxed: the others pay 8 bytes for it).
+    pub(crate) extra: Option<Box<Extra>>,
+}
+
+/// The parts of a connection that most connections do without.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    /// The peer's address (TCP, when intrusion detection is on).
+    pub(crate) ip: Option<IpAddr>,
+    /// The link that made this connection (index and generation in the shard's links).
+    pub(crate) link: Option<(u32, u32)>,
+    /// Requests in flight through `Ctx::request`.
+    pub(crate) requests: Requests,
 }
 
 impl Conn {
@@ -129,7 +141,17 @@ impl Conn {
 
     /// The peer's address, when known.
     pub(crate) fn peer_ip(&self) -> Option<IpAddr> {
-        self.ip.as_deref().copied()
+        self.extra.as_ref().and_then(|e| e.ip)
+    }
+
+    /// The link that made this connection, if it is outbound.
+    pub(crate) fn link(&self) -> Option<(u32, u32)> {
+        self.extra.as_ref().and_then(|e| e.link)
+    }
+
+    /// The connection's rarely used parts, allocated on first use.
+    pub(crate) fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     /// The socket I/O, for socket connections.

@@ -138,7 +138,7 @@ mod tests {
             fresh: false,
             dirty: false,
             timer: None,
-            ip: None,
+            extra: None,
         }
     }
 

@@ -18,7 +18,7 @@ use super::Shard;
 use crate::audit::AuditEvent;
 use crate::conn::recv::Recv;
 use crate::conn::send::SendState;
-use crate::conn::{Conn, Io, Life, ShmIo, Socket};
+use crate::conn::{Conn, Extra, Io, Life, ShmIo, Socket};
 use crate::metrics::ShardMetrics;
 use crate::uring::{Op, ud};
 
@@ -70,6 +70,13 @@ impl Listeners {
     pub(super) fn slot_freed(&mut self) {
         debug_assert!(self.table_used > 0, "more descriptors freed than taken");
         self.table_used = self.table_used.saturating_sub(1);
+    }
+
+    /// A direct descriptor was taken (an outbound connection): whether the table is now so
+    /// full that accepting must pause.
+    pub(super) fn slot_taken(&mut self) -> bool {
+        self.table_used += 1;
+        self.table_used + 1 >= self.table_size
     }
 
     /// Paused, and a tenth of the table is free again.
@@ -180,14 +187,14 @@ impl Shard {
         }
         let fixed = res as u32;
         let transport = self.listeners.list.get(li).map_or(TCP, |l| l.transport);
-        self.listeners.table_used += 1;
+        let full = self.listeners.slot_taken();
         let ip = match (&self.guard, self.listeners.list.get(li)) {
             (Some(_), Some(l)) if transport == TCP => crate::sys::peer_ip(&l.addr.0),
             _ => None,
         };
         let banned = ip.and_then(|ip| self.admission_verdict(ip));
         self.add_conn(fixed, transport, None, ip, banned);
-        if self.listeners.table_used + 1 >= self.listeners.table_size {
+        if full {
             self.pause_accepts();
         }
         self.rearm_accept(li, more);
@@ -298,7 +305,12 @@ impl Shard {
             fresh: false,
             dirty: false,
             timer: None,
-            ip: ip.map(Box::new),
+            extra: ip.map(|ip| {
+                Box::new(Extra {
+                    ip: Some(ip),
+                    ..Extra::default()
+                })
+            }),
         });
         if refused {
             self.refuse(slot, banned.as_deref());

@@ -105,6 +105,9 @@ impl Shard {
             "shutting down: closing listeners, draining connections"
         );
         self.pause_accepts();
+        // Outbound links close with the rest and make no new connection.
+        self.links.stop_all();
+        self.run_links();
         for slot in self.conns.slots() {
             if let Some(c) = self.conns.get_mut(slot)
                 && c.life != Life::Refused

@@ -12,6 +12,7 @@
 mod accept;
 mod close;
 mod inbox;
+pub(crate) mod links;
 mod process;
 mod shm;
 mod socket;
@@ -33,9 +34,10 @@ use crate::conn::send::SendPool;
 use crate::conn::table::ConnTable;
 use crate::mesh::{MeshMsg, MeshTx, Waker};
 use crate::metrics::ShardMetrics;
-use crate::service::{Ctx, Service};
+use crate::service::{Ctx, CtxParts, Service};
 use crate::uring::{BufRing, Op, Ring, RingFeatures, build_ring, ud, ud_parts};
 use accept::Listeners;
+use links::Links;
 use timers::Timers;
 
 /// What a shard needs to start.
@@ -95,6 +97,8 @@ pub(crate) struct Shard {
     recv_budget: u32,
     /// Intrusion detection (when configured).
     guard: Option<crate::guard::Guard>,
+    /// Outbound connections the service keeps up.
+    links: Links,
 }
 
 impl Shard {
@@ -164,6 +168,9 @@ impl Shard {
             shm_more: Vec::new(),
             recv_budget: init.cfg.recv_budget,
             guard: init.cfg.guard.clone().map(crate::guard::Guard::new),
+            links: Links::new(
+                unix ^ (init.id as u64) << 32 ^ u64::from(now.elapsed().subsec_nanos()),
+            ),
             cfg: init.cfg,
         })
     }
@@ -176,11 +183,17 @@ impl Shard {
     pub(crate) fn run(mut self) {
         self.arm_accepts();
         self.arm_wake();
+        {
+            let (service, mut ctx) = self.ctx();
+            service.on_start(&mut ctx);
+        }
         let mut last_work = Instant::now();
         loop {
             self.now = Instant::now();
             let mut work = self.drain_mesh();
             work |= self.run_timers();
+            work |= self.run_link_timers(self.now);
+            work |= self.run_links();
             work |= self.drain_shm_more();
             work |= self.ring.push_backlog();
             if self.shutdown.load(Ordering::Relaxed) && self.shutdown_deadline.is_none() {
@@ -221,6 +234,8 @@ impl Shard {
                 std::hint::spin_loop();
             }
             self.process_dirty();
+            // Links the service made or let go while it was called this turn.
+            self.run_links();
         }
         self.finish_shutdown();
     }
@@ -252,10 +267,12 @@ impl Shard {
                 tracing::warn!(shard = self.id, error = %e, "submit");
             }
         } else {
-            let wait = self
-                .timers
-                .next()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let links = self.links.next_timer().map(|t| self.timers.at(t));
+            let next = match (self.timers.next(), links) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.ring.submit_and_wait(wait)
                 && e.raw_os_error() != Some(libc::ETIME)
                 && e.raw_os_error() != Some(libc::EINTR)
@@ -307,6 +324,8 @@ impl Shard {
                     self.arm_wake();
                 }
             }
+            Ok(Op::Connect) => self.on_link_connect(slot, generation, res),
+            Ok(Op::Install) => self.on_link_install(slot, generation, res),
             Ok(Op::Cancel) => {}
             Err(unknown) => {
                 debug_assert!(false, "a completion for unknown op {unknown}");
@@ -331,13 +350,15 @@ impl Shard {
     fn ctx(&mut self) -> (&mut dyn Service, Ctx<'_>) {
         (
             &mut *self.service,
-            Ctx::new(
-                self.id,
-                self.now,
-                &mut self.conns,
-                &mut self.mesh,
-                &self.metrics,
-            ),
+            Ctx::new(CtxParts {
+                shard: self.id,
+                now: self.now,
+                epoch: self.timers.epoch(),
+                conns: &mut self.conns,
+                links: &mut self.links,
+                mesh: &mut self.mesh,
+                metrics: &self.metrics,
+            }),
         )
     }
 }

@@ -4,12 +4,14 @@
 
 use std::net::IpAddr;
 
-use valkyrie_protocol::{CloseReason, ErrorCode, Event};
+use valkyrie_protocol::{CloseReason, ErrorCode, Event, Flags};
 
 use super::Shard;
 use crate::ConnRef;
+use crate::Reply;
 use crate::audit::AuditEvent;
 use crate::conn::Io;
+use crate::conn::requests::Matched;
 use crate::guard::Escalation;
 use crate::mesh::MeshMsg;
 use crate::metrics::ShardMetrics;
@@ -72,7 +74,7 @@ impl Shard {
         self.arm_timer(slot);
     }
 
-    fn dispatch(&mut self, slot: u32, ev: Event) {
+    pub(super) fn dispatch(&mut self, slot: u32, ev: Event) {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
@@ -82,6 +84,7 @@ impl Shard {
             generation: c.generation,
         };
         let ip = c.peer_ip();
+        let link = c.link();
         match &ev {
             Event::Connected(peer) => {
                 c.connected = true;
@@ -136,12 +139,93 @@ impl Shard {
             }
             _ => {}
         }
+        let ev = match self.take_reply(slot, conn, ev) {
+            Some(ev) => ev,
+            None => return,
+        };
         let (service, mut ctx) = self.ctx();
         match ev {
-            Event::Connected(peer) => service.on_connect(&mut ctx, conn, &peer),
+            Event::Connected(peer) => {
+                service.on_connect(&mut ctx, conn, &peer);
+                if let Some(link) = link {
+                    self.link_up(link, conn);
+                }
+            }
             Event::Frame(f) => service.on_frame(&mut ctx, conn, f),
-            Event::Closed(reason) => service.on_close(&mut ctx, conn, &reason),
+            Event::Closed(reason) => {
+                service.on_close(&mut ctx, conn, &reason);
+                if let Some(link) = link {
+                    self.link_down(link, &reason);
+                }
+            }
             other => service.on_event(&mut ctx, conn, &other),
+        }
+    }
+
+    /// Hand the service the reply an event is to one of its requests (and `None` back), or
+    /// the event itself when it is not one. A connection's end settles every request still
+    /// in flight on it, before the service hears of the end.
+    fn take_reply(&mut self, slot: u32, conn: ConnRef, ev: Event) -> Option<Event> {
+        let Some(requests) = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.extra.as_mut())
+            .map(|e| &mut e.requests)
+        else {
+            return Some(ev);
+        };
+        let (corr, stream_id, reply) = match ev {
+            Event::Frame(f)
+                if f.header.flags.contains(Flags::RESPONSE) && f.header.correlation_id != 0 =>
+            {
+                (
+                    f.header.correlation_id,
+                    f.header.stream_id,
+                    Reply::Answer(f),
+                )
+            }
+            Event::PeerError {
+                code,
+                message,
+                correlation_id,
+                stream_id,
+            } if correlation_id != 0 => (correlation_id, stream_id, Reply::Error { code, message }),
+            Event::Closed(reason) => {
+                let lost = requests.drain();
+                ShardMetrics::add(&self.metrics.requests_lost, lost.len() as u64);
+                for corr in lost {
+                    let (service, mut ctx) = self.ctx();
+                    service.on_reply(&mut ctx, conn, corr, Reply::Lost(reason.clone()));
+                }
+                return Some(Event::Closed(reason));
+            }
+            other => return Some(other),
+        };
+        match requests.answer(corr) {
+            Matched::Pending => {
+                let counter = match reply {
+                    Reply::Answer(_) => &self.metrics.requests_answered,
+                    _ => &self.metrics.requests_errored,
+                };
+                ShardMetrics::add(counter, 1);
+                let (service, mut ctx) = self.ctx();
+                service.on_reply(&mut ctx, conn, corr, reply);
+                None
+            }
+            Matched::Late => {
+                ShardMetrics::add(&self.metrics.requests_late, 1);
+                None
+            }
+            Matched::Unknown => Some(match reply {
+                Reply::Answer(f) => Event::Frame(f),
+                Reply::Error { code, message } => Event::PeerError {
+                    code,
+                    message,
+                    stream_id,
+                    correlation_id: corr,
+                },
+                _ => unreachable!("only answers and errors are matched"),
+            }),
         }
     }
 

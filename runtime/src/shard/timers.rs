@@ -14,6 +14,15 @@ use super::Shard;
 use crate::ConnRef;
 use crate::metrics::ShardMetrics;
 
+/// A reference to connection `slot` of shard `shard`.
+fn conn_ref(shard: usize, slot: u32, generation: u32) -> ConnRef {
+    ConnRef {
+        shard: shard as u16,
+        slot,
+        generation,
+    }
+}
+
 /// The heap and the instant its ticks count from.
 pub(super) struct Timers {
     heap: BinaryHeap<Reverse<(Tick, u32, u32)>>,
@@ -29,11 +38,16 @@ impl Timers {
         }
     }
 
+    /// The instant the ticks count from.
+    pub(super) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     pub(super) fn tick(&self, t: Instant) -> Tick {
         Tick::since(self.epoch, t)
     }
 
-    pub(super) fn at(&self, t: Tick) -> Instant {
+    pub(crate) fn at(&self, t: Tick) -> Instant {
         t.at(self.epoch)
     }
 
@@ -70,6 +84,9 @@ impl Shard {
             let t = since + slow;
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
+        if let Some(t) = c.extra.as_mut().and_then(|e| e.requests.next_deadline()) {
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        }
         if let Some(t) = deadline
             && c.timer.is_none_or(|cur| t < cur)
         {
@@ -100,27 +117,40 @@ impl Shard {
             if stalled {
                 // The peer has not taken a single byte for the whole timeout: a reader that
                 // stays too slow is closed.
-                ShardMetrics::add(&self.metrics.slow_consumers, 1);
                 tracing::debug!(shard = self.id, slot, "closing a slow consumer");
-                let conn = ConnRef {
-                    shard: self.id as u16,
-                    slot,
-                    generation,
-                };
                 let reason = CloseReason::ProtocolError {
                     code: ErrorCode::SLOW_CONSUMER,
                     message: "peer did not read for the slow-consumer timeout".into(),
                 };
-                let (service, mut ctx) = self.ctx();
-                service.on_close(&mut ctx, conn, &reason);
+                // Its requests are lost, its service told, its link (if any) reconnects.
+                self.dispatch(slot, valkyrie_protocol::Event::Closed(reason));
                 self.start_close(slot);
                 continue;
             }
             // A connection whose timer fires has been quiet: release its idle buffers first.
             c.proto.shrink_buffers();
             c.proto.handle_timeout(now);
+            self.expire_requests(slot, conn_ref(self.id, slot, generation));
             self.mark(slot);
         }
         any
+    }
+
+    /// Report the requests of `slot` whose deadline has passed, each once.
+    fn expire_requests(&mut self, slot: u32, conn: ConnRef) {
+        let now = self.timers.tick(self.now);
+        let Some(due) = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.extra.as_mut())
+            .map(|e| e.requests.expire(now))
+        else {
+            return;
+        };
+        ShardMetrics::add(&self.metrics.requests_timed_out, due.len() as u64);
+        for corr in due {
+            let (service, mut ctx) = self.ctx();
+            service.on_reply(&mut ctx, conn, corr, crate::Reply::TimedOut);
+        }
     }
 }

@@ -96,6 +96,10 @@ pub(crate) enum Op {
     ShmTx = 10,
     /// Hang-up of a shared-memory connection's rendezvous socket (the peer's process is gone).
     ShmHup = 11,
+    /// An outbound connection's connect (the slot is the link's index).
+    Connect = 12,
+    /// An outbound socket moved into the direct-descriptor table (the slot is the link's).
+    Install = 13,
 }
 
 impl TryFrom<u8> for Op {
@@ -114,6 +118,8 @@ impl TryFrom<u8> for Op {
             9 => Op::ShmRx,
             10 => Op::ShmTx,
             11 => Op::ShmHup,
+            12 => Op::Connect,
+            13 => Op::Install,
             other => return Err(other),
         })
     }
