@@ -98,6 +98,13 @@ pub enum ClientError {
     /// Too many unread events: call [`Client::next_event`].
     #[error("{0} events are waiting to be read")]
     Backlog(usize),
+    /// The [`ClientHandle`](crate::ClientHandle)'s link is not up (its state says why).
+    #[error("not connected: {0:?}")]
+    NotConnected(crate::LinkState),
+    /// The [`ClientHandle`](crate::ClientHandle)'s queue to its runtime is full: its
+    /// runtime is behind (back-pressure; retry when replies have come).
+    #[error("the client's queue of {0} commands is full")]
+    QueueFull(usize),
 }
 
 /// A connection to a node.
@@ -120,6 +127,13 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// The non-blocking, pipelining client: a [`ClientBuilder`](crate::ClientBuilder) whose
+    /// `connect` returns a [`ClientHandle`](crate::ClientHandle) (requests from any thread,
+    /// any number in flight, answered through futures or callbacks).
+    pub fn builder() -> crate::ClientBuilder {
+        crate::ClientBuilder::default()
+    }
+
     /// Connect to `url` with default settings and complete the handshake.
     pub fn connect(url: &str) -> Result<Client, ClientError> {
         Self::connect_with(url, ClientConfig::default())

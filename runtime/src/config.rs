@@ -68,6 +68,8 @@ impl std::str::FromStr for RecvMode {
 pub struct NodeConfig {
     /// Endpoints to listen on.
     pub listen: Vec<Endpoint>,
+    /// Listen nowhere, not even on the default endpoint (a node that only connects out).
+    pub no_listeners: bool,
     /// Shards (threads, rings); defaults to the number of cores.
     pub shards: usize,
     /// Pin shard `i` to core `i % cores`.
@@ -144,6 +146,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             listen: Vec::new(),
+            no_listeners: false,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: true,
             protocol: Arc::new(Config::new("valkyrie-node")),

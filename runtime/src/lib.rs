@@ -51,6 +51,7 @@ pub mod client;
 mod config;
 mod conn;
 pub mod guard;
+mod handle;
 pub mod keys;
 pub mod link;
 mod mesh;
@@ -67,6 +68,7 @@ pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use config::{BusyPoll, NodeConfig, RecvMode};
+pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;

@@ -6,7 +6,7 @@
 //! link through [`Service::on_link`](crate::Service::on_link) and
 //! [`Ctx::link_state`](crate::Ctx::link_state).
 //!
-//! [`Link`] is the pure state machine (times passed in, randomness from the caller); the shard
+//! `Link` is the pure state machine (times passed in, randomness from the caller); the shard
 //! does the I/O (`shard/links.rs`).
 
 use std::sync::Arc;

@@ -52,6 +52,9 @@ pub(crate) enum MeshMsg {
 pub(crate) struct Waker {
     pub(crate) eventfd: OwnedFd,
     pub(crate) sleeping: AtomicBool,
+    /// Something outside the node asked the shard's service to look at its own queues
+    /// (`Node::nudge`).
+    pub(crate) nudged: AtomicBool,
 }
 
 impl Waker {
@@ -59,7 +62,19 @@ impl Waker {
         Ok(Waker {
             eventfd: crate::sys::eventfd()?,
             sleeping: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
         })
+    }
+
+    /// Raise the nudge and wake the shard if it sleeps.
+    pub(crate) fn nudge(&self) {
+        self.nudged.store(true, Ordering::SeqCst);
+        self.wake(false);
+    }
+
+    /// Take the nudge (whether one was raised since the last take).
+    pub(crate) fn take_nudge(&self) -> bool {
+        self.nudged.load(Ordering::Relaxed) && self.nudged.swap(false, Ordering::SeqCst)
     }
 
     /// Wake the shard if it sleeps (or unconditionally with `force`).

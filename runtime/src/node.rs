@@ -51,6 +51,15 @@ impl NodeBuilder {
         Ok(self)
     }
 
+    /// Listen nowhere (a node that only connects out, such as the embedded runtime of
+    /// [`ClientHandle`](crate::ClientHandle)); without it and without [`listen`](Self::listen),
+    /// a node listens on `tcp://127.0.0.1:7420`.
+    pub fn without_listeners(mut self) -> Self {
+        self.cfg.no_listeners = true;
+        self.cfg.listen.clear();
+        self
+    }
+
     /// Number of shards (default: one per core; more than the cores is allowed).
     pub fn shards(mut self, n: usize) -> Self {
         self.cfg.shards = n.max(1);
@@ -182,7 +191,7 @@ impl Node {
         cfg.protocol
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if cfg.listen.is_empty() {
+        if cfg.listen.is_empty() && !cfg.no_listeners {
             cfg.listen
                 .push("tcp://127.0.0.1:7420".parse().expect("default endpoint"));
         }
@@ -337,6 +346,16 @@ impl Node {
     /// Connections open across all shards.
     pub fn connections(&self) -> i64 {
         self.metrics.iter().map(|m| m.connections()).sum()
+    }
+
+    /// Call the service's [`Service::on_nudge`](crate::Service::on_nudge) on `shard` soon,
+    /// waking it if it sleeps: how a program hands work to a service through a queue of its
+    /// own (a channel the service drains in `on_nudge`). Cheap when the shard is busy: an
+    /// atomic flag, and a wake-up only when it sleeps.
+    pub fn nudge(&self, shard: usize) {
+        if let Some(w) = self.wakers.get(shard) {
+            w.nudge();
+        }
     }
 
     /// Begin a graceful shutdown: stop accepting, CLOSE every connection, drain up to the

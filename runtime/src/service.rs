@@ -223,6 +223,19 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// Stop (`true`) or resume (`false`) reading a connection of this shard: the service's
+    /// own back-pressure (its consumer is behind). Bytes stay in the kernel and the peer is
+    /// slowed, as when the connection's queues are full; frames already received are still
+    /// delivered.
+    pub fn hold_input(&mut self, conn: ConnRef, hold: bool) -> Result<(), RouteError> {
+        let c = self.local(conn)?;
+        if c.held != hold {
+            c.held = hold;
+            self.mark(conn.slot);
+        }
+        Ok(())
+    }
+
     /// Open a stream on a connection of this shard.
     pub fn open_stream(
         &mut self,
@@ -374,6 +387,11 @@ pub trait Service: 'static {
 
     /// A connection ended.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef, _reason: &CloseReason) {}
+
+    /// Something outside the node called [`Node::nudge`](crate::Node::nudge) for this shard
+    /// (once per nudge at most; nudges that come while one waits are one): the way a program
+    /// hands its service work through a queue of its own.
+    fn on_nudge(&mut self, _ctx: &mut Ctx<'_>) {}
 
     /// A message from the service instance on another shard ([`Ctx::send_to_shard`]).
     fn on_message(&mut self, _ctx: &mut Ctx<'_>, _from_shard: usize, _msg: Box<dyn Any + Send>) {}

@@ -147,6 +147,7 @@ impl Service for Caller {
 fn node_a(url: String, total: u64, depth: usize) -> (Node, mpsc::Receiver<Report>) {
     let (tx, rx) = mpsc::channel();
     let node = Node::builder()
+        .without_listeners()
         .shards(1)
         .service(move |_| Caller {
             url: url.clone(),
@@ -235,6 +236,7 @@ fn a_link_fails_over_to_the_next_url_and_reports_where_it_stands() {
     let (tx, rx) = mpsc::channel();
     let urls = [dead_url.clone(), b.url()];
     let a = Node::builder()
+        .without_listeners()
         .shards(1)
         .service(move |_| Failover {
             urls: urls.clone(),

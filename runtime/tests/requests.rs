@@ -100,6 +100,7 @@ fn a_deadline_is_reported_once_and_the_late_answer_is_dropped_and_counted() {
     let (tx, rx) = mpsc::channel();
     let url = b.url();
     let a = Node::builder()
+        .without_listeners()
         .shards(1)
         .service(move |_| Asker {
             url: url.clone(),

@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     pub(crate) fresh: bool,
     /// Queued for processing at the end of this round (see [`table::ConnTable::mark`]).
     pub(crate) dirty: bool,
+    /// The service holds its input back (`Ctx::hold_input`).
+    pub(crate) held: bool,
     /// The deadline of its entry in the shard's timer heap.
     pub(crate) timer: Option<Tick>,
     /// What few connections carry (boxed: the others pay 8 bytes for it).

@@ -137,6 +137,7 @@ mod tests {
             connected: false,
             fresh: false,
             dirty: false,
+            held: false,
             timer: None,
             extra: None,
         }

@@ -304,6 +304,7 @@ impl Shard {
             connected: false,
             fresh: false,
             dirty: false,
+            held: false,
             timer: None,
             extra: ip.map(|ip| {
                 Box::new(Extra {

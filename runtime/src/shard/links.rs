@@ -412,6 +412,7 @@ impl Shard {
             connected: false,
             fresh: false,
             dirty: false,
+            held: false,
             timer: None,
             extra: Some(Box::new(Extra {
                 link: Some(link),

@@ -191,6 +191,7 @@ impl Shard {
         loop {
             self.now = Instant::now();
             let mut work = self.drain_mesh();
+            work |= self.take_nudge();
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
             work |= self.run_links();
@@ -259,6 +260,7 @@ impl Shard {
         // Look once more after announcing sleep: a producer that pushed before seeing the flag
         // must not be missed.
         let pending = self.mesh_rx.iter().any(|c| !c.is_empty())
+            || waker.nudged.load(Ordering::SeqCst)
             || (self.shutdown.load(Ordering::SeqCst) && self.shutdown_deadline.is_none());
         if pending {
             // Still enter the kernel (without waiting): with DEFER_TASKRUN, completions are
@@ -331,6 +333,16 @@ impl Shard {
                 debug_assert!(false, "a completion for unknown op {unknown}");
             }
         }
+    }
+
+    /// Call the service's `on_nudge` if something outside the node nudged this shard.
+    fn take_nudge(&mut self) -> bool {
+        if !self.mesh.waker(self.id).take_nudge() {
+            return false;
+        }
+        let (service, mut ctx) = self.ctx();
+        service.on_nudge(&mut ctx);
+        true
     }
 
     /// The header timestamp clock: Unix seconds at this turn.

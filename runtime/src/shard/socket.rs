@@ -137,7 +137,7 @@ impl Shard {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        let wants = c.proto.wants_input();
+        let wants = c.proto.wants_input() && !c.held;
         let generation = c.generation;
         match &mut c.io {
             Io::Socket(s) => match s.recv.want(wants, backed_up) {
