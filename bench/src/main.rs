@@ -5,6 +5,7 @@
 //! in an hdrhistogram; pinning and modes are printed with the results.
 #![allow(missing_docs, unreachable_pub)]
 
+mod clients;
 mod connections;
 mod cpu;
 mod handshake;
@@ -35,7 +36,7 @@ use report::{Report, host};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, transfer, shm, connections);
+    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, clients, transfer, shm, connections);
     /// repeatable. Default: all but connections.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
@@ -213,6 +214,9 @@ fn main() {
             if cli.full { 5.0 } else { 1.5 },
             &cli.systems,
         );
+    }
+    if wants("clients") {
+        clients::scenario(&mut report, rounds, if cli.full { 3.0 } else { 1.0 });
     }
     if wants("transfer") {
         transfer::scenario(&mut report, rounds, if cli.full { 100 } else { 20 });
