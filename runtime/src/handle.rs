@@ -34,14 +34,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use valkyrie_protocol::{CloseReason, Config, Event, Frame, MessageType, SendOptions};
+use valkyrie_protocol::{CloseReason, Config, Event, Frame, MessageType, SendError, SendOptions};
 
 use crate::ConnRef;
 use crate::client::ClientError;
@@ -152,6 +152,7 @@ impl ClientBuilder {
             }),
             up: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            retried: AtomicU64::new(0),
         });
         let bridge = Mutex::new(Some(Bridge {
             opts,
@@ -164,6 +165,7 @@ impl ClientBuilder {
             pending: HashMap::new(),
             backlog: VecDeque::new(),
             capacity: self.queue,
+            watching: false,
         }));
         let node = Node::builder()
             .without_listeners()
@@ -199,6 +201,8 @@ struct Shared {
     up: AtomicBool,
     /// The runtime holds the connection's input: events wait for the handle.
     held: AtomicBool,
+    /// Requests sent again after a node went away before answering them.
+    retried: AtomicU64,
 }
 
 /// How a request's outcome is handed back.
@@ -247,13 +251,24 @@ struct Bridge {
     shared: Arc<Shared>,
     link: Option<LinkId>,
     conn: Option<ConnRef>,
-    pending: HashMap<(ConnRef, u32), Completion>,
+    /// Requests in flight, kept whole so that one lost to a node going away can be sent
+    /// again on the next connection.
+    pending: HashMap<(ConnRef, u32), Command>,
     /// Commands taken from the channel that the connection's queues had no room for yet,
     /// in order; at most the channel's capacity (past it, commands stay in the channel and
     /// the handle sees [`ClientError::QueueFull`]).
     backlog: VecDeque<Command>,
     capacity: usize,
+    /// A timer is set to look at the backlog's deadlines.
+    watching: bool,
 }
+
+/// How often the deadlines of requests waiting for a connection are looked at.
+const DEADLINE_WATCH: Duration = Duration::from_millis(5);
+
+/// The CLOSE code of a node that is draining ("going away"): reconnect at once, and send
+/// again what it did not answer.
+const GOING_AWAY: u16 = valkyrie_protocol::ErrorCode::SHUTTING_DOWN.0;
 
 /// Whether a refused send is back-pressure: full queues or no stream credit (retry once
 /// answers come, or credit).
@@ -276,28 +291,38 @@ impl Bridge {
                 deadline,
                 done,
             } => {
-                let Some(conn) = self.conn else {
-                    done.complete(Reply::Lost(CloseReason::TransportClosed));
-                    return None;
+                let cmd = Command::Request {
+                    stream_id,
+                    msg_type,
+                    payload: payload.clone(),
+                    deadline,
+                    done,
                 };
-                match ctx.request(conn, stream_id, msg_type, payload.clone(), deadline) {
+                let Some(conn) = self.conn else {
+                    // Not connected now: it waits for the next connection (or its deadline).
+                    return Some(cmd);
+                };
+                if deadline <= ctx.now() {
+                    if let Command::Request { done, .. } = cmd {
+                        done.complete(Reply::TimedOut);
+                    }
+                    return None;
+                }
+                match ctx.request(conn, stream_id, msg_type, payload, deadline) {
                     Ok(corr) => {
-                        self.pending.insert((conn, corr), done);
+                        self.pending.insert((conn, corr), cmd);
                         None
                     }
-                    Err(e) if is_backpressure(&e) => Some(Command::Request {
-                        stream_id,
-                        msg_type,
-                        payload,
-                        deadline,
-                        done,
-                    }),
-                    // The connection is ending: the request never left.
+                    Err(e) if is_backpressure(&e) => Some(cmd),
+                    // The connection is ending: it waits for the next one.
+                    Err(RouteError::Send(SendError::Closing) | RouteError::Gone) => Some(cmd),
                     Err(e) => {
-                        done.complete(Reply::Error {
-                            code: valkyrie_protocol::ErrorCode::OVERLOADED,
-                            message: format!("not sent: {e}"),
-                        });
+                        if let Command::Request { done, .. } = cmd {
+                            done.complete(Reply::Error {
+                                code: valkyrie_protocol::ErrorCode::OVERLOADED,
+                                message: format!("not sent: {e}"),
+                            });
+                        }
                         None
                     }
                 }
@@ -308,7 +333,15 @@ impl Bridge {
                 payload,
                 opts,
             } => {
-                let conn = self.conn?;
+                let Some(conn) = self.conn else {
+                    // It waits for the next connection.
+                    return Some(Command::Send {
+                        stream_id,
+                        msg_type,
+                        payload,
+                        opts,
+                    });
+                };
                 match ctx.send(conn, stream_id, msg_type, payload.clone(), opts) {
                     Ok(()) => None,
                     Err(e) if is_backpressure(&e) => Some(Command::Send {
@@ -374,6 +407,17 @@ impl Bridge {
         }
     }
 
+    /// While requests wait for a connection, look at their deadlines every few
+    /// milliseconds (one timer at a time).
+    fn watch_deadlines(&mut self, ctx: &mut Ctx<'_>) {
+        if self.watching || self.backlog.is_empty() {
+            return;
+        }
+        if ctx.set_timer(ctx.now() + DEADLINE_WATCH, 0).is_ok() {
+            self.watching = true;
+        }
+    }
+
     /// Move waiting events to the handle as it makes room; read again once it has.
     fn release(&mut self, ctx: &mut Ctx<'_>) {
         // Each turn moves one event or stops: bounded by the overflow's length.
@@ -404,15 +448,18 @@ impl Service for Bridge {
             LinkState::Up { conn, .. } => Some(*conn),
             _ => None,
         };
-        if self.conn.is_none() {
-            // What waited for room on the lost connection never left.
-            for cmd in self.backlog.drain(..) {
-                if let Command::Request { done, .. } = cmd {
-                    done.complete(Reply::Lost(CloseReason::TransportClosed));
+        match state {
+            LinkState::Up { .. } => self.pump(ctx),
+            LinkState::Stopped { .. } => {
+                // No connection will come: what waits is lost.
+                for cmd in self.backlog.drain(..) {
+                    if let Command::Request { done, .. } = cmd {
+                        done.complete(Reply::Lost(CloseReason::TransportClosed));
+                    }
                 }
             }
-        } else {
-            self.pump(ctx);
+            // Requests wait for the next connection; their deadlines are watched meanwhile.
+            _ => self.watch_deadlines(ctx),
         }
         self.shared.up.store(self.conn.is_some(), Ordering::SeqCst);
         *self.shared.state.lock().unwrap_or_else(|e| e.into_inner()) = state.clone();
@@ -424,12 +471,42 @@ impl Service for Bridge {
     }
 
     fn on_reply(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, request: u32, reply: Reply) {
-        if let Some(done) = self.pending.remove(&(conn, request)) {
-            done.complete(reply);
+        if let Some(cmd) = self.pending.remove(&(conn, request)) {
+            match (reply, cmd) {
+                // The node went away (draining) before it answered: send it again on the next
+                // connection, within its deadline.
+                (Reply::Lost(CloseReason::Peer { code, .. }), cmd) if code == GOING_AWAY => {
+                    self.shared.retried.fetch_add(1, Ordering::Relaxed);
+                    self.backlog.push_back(cmd);
+                    self.watch_deadlines(ctx);
+                }
+                (reply, Command::Request { done, .. }) => done.complete(reply),
+                _ => {}
+            }
         }
         // An answer means the queues have moved: what waited may go now.
         if !self.backlog.is_empty() {
             self.pump(ctx);
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _token: u64) {
+        self.watching = false;
+        let now = ctx.now();
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for cmd in self.backlog.drain(..) {
+            match cmd {
+                Command::Request { deadline, done, .. } if deadline <= now => {
+                    done.complete(Reply::TimedOut)
+                }
+                other => kept.push_back(other),
+            }
+        }
+        self.backlog = kept;
+        if self.conn.is_some() {
+            self.pump(ctx);
+        } else {
+            self.watch_deadlines(ctx);
         }
     }
 
@@ -488,16 +565,22 @@ impl ClientHandle {
         }
     }
 
+    /// Refuse at once only when the link has stopped: while it reconnects, requests wait
+    /// for the next connection (within their deadlines).
     fn check_up(&self) -> Result<(), ClientError> {
         if self.shared.up.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(ClientError::NotConnected(self.state()))
+            return Ok(());
+        }
+        match self.state() {
+            s @ LinkState::Stopped { .. } => Err(ClientError::NotConnected(s)),
+            _ => Ok(()),
         }
     }
 
     /// Send a request; its outcome comes through the returned future (also usable without
-    /// an executor: [`ReplyFuture::wait`]). Fails at once when the link is not up or the
+    /// an executor: [`ReplyFuture::wait`]). While the link reconnects the request waits for
+    /// the next connection, within `timeout`; one that a draining node went away from
+    /// without answering is sent again. Fails at once when the link has stopped or the
     /// queue to the runtime is full.
     pub fn request(
         &self,
@@ -576,6 +659,12 @@ impl ClientHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Requests sent again on a new connection after their node went away (CLOSE 502,
+    /// draining) without answering them.
+    pub fn retried(&self) -> u64 {
+        self.shared.retried.load(Ordering::Relaxed)
     }
 
     /// Whether the link is up now.

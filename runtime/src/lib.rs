@@ -73,7 +73,9 @@ pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
 pub use node::{Node, NodeBuilder};
-pub use service::{Ctx, MAX_REQUESTS_IN_FLIGHT, NoService, Reply, RouteError, Service};
+pub use service::{
+    Ctx, MAX_REQUESTS_IN_FLIGHT, MAX_SERVICE_TIMERS, NoService, Reply, RouteError, Service,
+};
 pub use sys::raise_nofile;
 pub use uring::RingFeatures;
 pub use url::Endpoint;

@@ -46,7 +46,7 @@ pub struct ConnectOptions {
     /// 5 s with full jitter, without end.
     pub backoff: ExponentialBackoff,
     /// Opens after consecutive failed attempts and holds attempts back for its recovery
-    /// time: by default 5 failures, 10 s, one probe.
+    /// time: by default 10 failures, 2 s, one probe.
     pub breaker: CircuitBreaker,
     /// Connect again when an established connection ends (default true).
     pub reconnect: bool,
@@ -88,7 +88,7 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             backoff: ExponentialBackoff::new(Duration::from_millis(50), Duration::from_secs(5))
                 .with_jitter(Jitter::Full),
-            breaker: CircuitBreaker::new(5, Duration::from_secs(10), 1),
+            breaker: CircuitBreaker::new(10, Duration::from_secs(2), 1),
             reconnect: true,
         })
     }

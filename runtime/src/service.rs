@@ -49,6 +49,9 @@ pub enum RouteError {
     /// The connection already has [`MAX_REQUESTS_IN_FLIGHT`] requests waiting for answers.
     #[error("{0} requests already in flight on this connection")]
     TooManyRequests(usize),
+    /// The service already has [`MAX_SERVICE_TIMERS`] timers pending on this shard.
+    #[error("{0} timers already pending")]
+    TooManyTimers(usize),
 }
 
 /// What became of a request made with [`Ctx::request`], handed to [`Service::on_reply`]
@@ -82,6 +85,7 @@ pub struct Ctx<'a> {
     epoch: Instant,
     conns: &'a mut ConnTable,
     links: &'a mut Links,
+    timers: &'a mut ServiceTimers,
     mesh: &'a mut MeshTx,
     metrics: &'a ShardMetrics,
 }
@@ -93,8 +97,40 @@ pub(crate) struct CtxParts<'a> {
     pub(crate) epoch: Instant,
     pub(crate) conns: &'a mut ConnTable,
     pub(crate) links: &'a mut Links,
+    pub(crate) timers: &'a mut ServiceTimers,
     pub(crate) mesh: &'a mut MeshTx,
     pub(crate) metrics: &'a ShardMetrics,
+}
+
+/// Most timers a service may have pending on one shard ([`Ctx::set_timer`]).
+pub const MAX_SERVICE_TIMERS: usize = 65_536;
+
+/// The timers a shard's service set: (when, token), earliest first.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceTimers {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Tick, u64)>>,
+}
+
+impl ServiceTimers {
+    /// Timers pending.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// The earliest timer.
+    pub(crate) fn next(&self) -> Option<Tick> {
+        self.heap.peek().map(|std::cmp::Reverse((t, _))| *t)
+    }
+
+    /// The token of the earliest timer due at `now`, taken.
+    pub(crate) fn pop_due(&mut self, now: Tick) -> Option<u64> {
+        let std::cmp::Reverse((t, token)) = *self.heap.peek()?;
+        if t > now {
+            return None;
+        }
+        self.heap.pop();
+        Some(token)
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -105,6 +141,7 @@ impl<'a> Ctx<'a> {
             epoch: p.epoch,
             conns: p.conns,
             links: p.links,
+            timers: p.timers,
             mesh: p.mesh,
             metrics: p.metrics,
         }
@@ -334,6 +371,19 @@ impl<'a> Ctx<'a> {
         Ok(corr)
     }
 
+    /// Have [`Service::on_timer`] called with `token` at `at` (or at once, when it has
+    /// passed). Timers are not cancelled: a service ignores a token it no longer wants.
+    /// At most [`MAX_SERVICE_TIMERS`] wait at a time.
+    pub fn set_timer(&mut self, at: Instant, token: u64) -> Result<(), RouteError> {
+        if self.timers.heap.len() >= MAX_SERVICE_TIMERS {
+            return Err(RouteError::TooManyTimers(MAX_SERVICE_TIMERS));
+        }
+        self.timers
+            .heap
+            .push(std::cmp::Reverse((Tick::since(self.epoch, at), token)));
+        Ok(())
+    }
+
     /// Hand `msg` to the service instance on `shard` ([`Service::on_message`]).
     pub fn send_to_shard(
         &mut self,
@@ -387,6 +437,9 @@ pub trait Service: 'static {
 
     /// A connection ended.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef, _reason: &CloseReason) {}
+
+    /// A timer set with [`Ctx::set_timer`] is due.
+    fn on_timer(&mut self, _ctx: &mut Ctx<'_>, _token: u64) {}
 
     /// Something outside the node called [`Node::nudge`](crate::Node::nudge) for this shard
     /// (once per nudge at most; nudges that come while one waits are one): the way a program

@@ -190,7 +190,7 @@ fn pushed_events_arrive_in_order_when_the_handle_reads_slowly() {
 }
 
 #[test]
-fn a_handle_reports_a_node_that_went_away_and_reconnects_when_it_returns() {
+fn requests_wait_for_a_node_that_went_away_and_are_answered_when_it_returns() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -198,9 +198,15 @@ fn a_handle_reports_a_node_that_went_away_and_reconnects_when_it_returns() {
     let node = accept_node(port);
     let client = Client::builder()
         .link_options(|o| {
+            // Retry every 50 ms at most, and never let the breaker hold attempts back.
             o.backoff(valkyrie_protocol::retry::ExponentialBackoff::new(
                 Duration::from_millis(10),
                 Duration::from_millis(50),
+            ))
+            .breaker(valkyrie_protocol::retry::CircuitBreaker::new(
+                u32::MAX,
+                Duration::from_secs(1),
+                1,
             ))
         })
         .connect([format!("tcp://127.0.0.1:{port}")])
@@ -222,27 +228,29 @@ fn a_handle_reports_a_node_that_went_away_and_reconnects_when_it_returns() {
         assert!(Instant::now() < deadline, "the loss was never seen");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(matches!(
-        client.request(
+    // While the link reconnects, a request waits for the next connection within its
+    // deadline: one with a short deadline times out, one with a long one is answered once
+    // the node is back.
+    let short = client
+        .request(
             101,
             MessageType::JobRequest,
             Bytes::new(),
-            Duration::from_secs(1)
-        ),
-        Err(ClientError::NotConnected(_))
-    ));
-    let node = accept_node(port);
-    client.wait_connected(Duration::from_secs(5)).unwrap();
-    let again = client
+            Duration::from_millis(50),
+        )
+        .unwrap();
+    let long = client
         .request(
             101,
             MessageType::JobRequest,
             Bytes::from_static(b"2"),
-            Duration::from_secs(5),
+            Duration::from_secs(10),
         )
-        .unwrap()
-        .wait();
-    assert!(matches!(again, Reply::Answer(_)));
+        .unwrap();
+    assert_eq!(short.wait(), Reply::TimedOut);
+    let node = accept_node(port);
+    assert!(matches!(long.wait(), Reply::Answer(f) if &f.payload[..] == b"2"));
+    client.wait_connected(Duration::from_secs(5)).unwrap();
     client.close();
     node.shutdown();
     node.join();

@@ -34,7 +34,7 @@ use crate::conn::send::SendPool;
 use crate::conn::table::ConnTable;
 use crate::mesh::{MeshMsg, MeshTx, Waker};
 use crate::metrics::ShardMetrics;
-use crate::service::{Ctx, CtxParts, Service};
+use crate::service::{Ctx, CtxParts, Service, ServiceTimers};
 use crate::uring::{BufRing, Op, Ring, RingFeatures, build_ring, ud, ud_parts};
 use accept::Listeners;
 use links::Links;
@@ -99,6 +99,8 @@ pub(crate) struct Shard {
     guard: Option<crate::guard::Guard>,
     /// Outbound connections the service keeps up.
     links: Links,
+    /// Timers the service set.
+    service_timers: ServiceTimers,
 }
 
 impl Shard {
@@ -168,6 +170,7 @@ impl Shard {
             shm_more: Vec::new(),
             recv_budget: init.cfg.recv_budget,
             guard: init.cfg.guard.clone().map(crate::guard::Guard::new),
+            service_timers: ServiceTimers::default(),
             links: Links::new(
                 unix ^ (init.id as u64) << 32 ^ u64::from(now.elapsed().subsec_nanos()),
             ),
@@ -194,6 +197,7 @@ impl Shard {
             work |= self.take_nudge();
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
+            work |= self.run_service_timers();
             work |= self.run_links();
             work |= self.drain_shm_more();
             work |= self.ring.push_backlog();
@@ -269,11 +273,14 @@ impl Shard {
                 tracing::warn!(shard = self.id, error = %e, "submit");
             }
         } else {
-            let links = self.links.next_timer().map(|t| self.timers.at(t));
-            let next = match (self.timers.next(), links) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [
+                self.timers.next(),
+                self.links.next_timer().map(|t| self.timers.at(t)),
+                self.service_timers.next().map(|t| self.timers.at(t)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.ring.submit_and_wait(wait)
                 && e.raw_os_error() != Some(libc::ETIME)
@@ -335,6 +342,23 @@ impl Shard {
         }
     }
 
+    /// Call the service's `on_timer` for each of its timers due now.
+    fn run_service_timers(&mut self) -> bool {
+        let now = self.timers.tick(self.now);
+        let mut any = false;
+        // At most the timers pending when the turn began: one that a timer sets for now
+        // runs at the next turn, so a service cannot keep the shard here.
+        for _ in 0..self.service_timers.len() {
+            let Some(token) = self.service_timers.pop_due(now) else {
+                break;
+            };
+            any = true;
+            let (service, mut ctx) = self.ctx();
+            service.on_timer(&mut ctx, token);
+        }
+        any
+    }
+
     /// Call the service's `on_nudge` if something outside the node nudged this shard.
     fn take_nudge(&mut self) -> bool {
         if !self.mesh.waker(self.id).take_nudge() {
@@ -368,6 +392,7 @@ impl Shard {
                 epoch: self.timers.epoch(),
                 conns: &mut self.conns,
                 links: &mut self.links,
+                timers: &mut self.service_timers,
                 mesh: &mut self.mesh,
                 metrics: &self.metrics,
             }),
