@@ -1425,3 +1425,35 @@ fn pings_answered_in_place_keep_their_order_with_queued_control_frames() {
     );
     assert!(p.server.poll_transmit().is_none());
 }
+
+#[test]
+fn a_server_that_closes_during_the_handshake_ends_the_attempt_with_its_code() {
+    // A draining node closes a connection whose HELLO it has not read yet: the HELLO gets no
+    // answer but the CLOSE, and the client's attempt ends with the server's code (502
+    // "going away": connect again, elsewhere), not a negotiation failure.
+    let mut p = Pair::new(Config::new("c"), Config::new("s"));
+    let hello = drain(&mut p.client);
+    p.server.close(502, "going away");
+    p.server.handle_input(&hello, p.now);
+    p.server_events
+        .extend(std::iter::from_fn(|| p.server.poll_event()));
+    let out = drain(&mut p.server);
+    let frames = frames_of(&out);
+    assert_eq!(
+        frames.iter().map(|f| f.msg_type()).collect::<Vec<_>>(),
+        [MessageType::Close],
+        "only the CLOSE"
+    );
+    p.client.handle_input(&out, p.now);
+    p.client_events
+        .extend(std::iter::from_fn(|| p.client.poll_event()));
+    assert!(p.client.is_closed());
+    assert!(
+        p.client_events.iter().any(|e| matches!(
+            e,
+            Event::Closed(CloseReason::Peer { code: 502, reason }) if reason == "going away"
+        )),
+        "{:?}",
+        p.client_events
+    );
+}

@@ -163,6 +163,8 @@ impl NodeBuilder {
 pub struct Node {
     threads: Vec<JoinHandle<()>>,
     shutdown: Arc<AtomicBool>,
+    /// Takes new connections (false once draining).
+    ready: AtomicBool,
     wakers: Arc<Vec<Waker>>,
     metrics: Vec<Arc<ShardMetrics>>,
     endpoints: Vec<Endpoint>,
@@ -296,6 +298,7 @@ impl Node {
         let mut node = Node {
             threads,
             shutdown,
+            ready: AtomicBool::new(false),
             wakers,
             metrics,
             endpoints,
@@ -309,6 +312,7 @@ impl Node {
                 Err(_) => return Err(io::Error::other("a shard thread died during start-up")),
             }
         }
+        node.ready.store(true, Ordering::SeqCst);
         Ok(node)
     }
 
@@ -358,9 +362,31 @@ impl Node {
         }
     }
 
-    /// Begin a graceful shutdown: stop accepting, CLOSE every connection, drain up to the
-    /// shutdown timeout.
+    /// Whether the node takes new connections: true once started, false from the moment it
+    /// drains (what `/readyz` reports, so that a load balancer stops sending it traffic).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Drain, for a rolling restart (what SIGTERM does): readiness turns false first, then
+    /// each shard closes its listening sockets (new connections go to the other sockets of
+    /// the `SO_REUSEPORT` group, such as a node started on the same port to replace this
+    /// one; with `net.ipv4.tcp_migrate_req = 1` so do those already queued), stops its
+    /// outbound links, and sends every connection CLOSE 502 "going away" after what is
+    /// already queued for it (clients reconnect elsewhere at once and send again what was
+    /// not answered); the node serves until its connections have closed or the shutdown
+    /// timeout passes, then its shards stop ([`Node::join`]).
+    pub fn drain(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.shutdown.store(true, Ordering::SeqCst);
+        for w in self.wakers.iter() {
+            w.wake(true);
+        }
+    }
+
+    /// Begin a graceful shutdown: the same as [`Node::drain`].
     pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
         self.shutdown.store(true, Ordering::SeqCst);
         for w in self.wakers.iter() {
             w.wake(true);
@@ -383,16 +409,17 @@ impl Node {
         }
     }
 
-    /// Run until SIGINT or SIGTERM, then shut down gracefully and return.
+    /// Run until SIGINT or SIGTERM, then drain ([`Node::drain`]) and return once the shards
+    /// have stopped.
     pub fn run_until_signal(self) -> io::Result<()> {
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
         ])?;
         if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "signal received: shutting down");
+            tracing::info!(signal = sig, "signal received: draining");
         }
-        self.shutdown();
+        self.drain();
         self.join();
         Ok(())
     }

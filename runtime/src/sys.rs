@@ -236,6 +236,12 @@ pub(crate) fn outbound_socket(
     }
 }
 
+/// Whether the kernel moves the connections queued on a closing listener to the other
+/// listeners of its `SO_REUSEPORT` group (`net.ipv4.tcp_migrate_req`).
+pub(crate) fn tcp_migrate_req() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
 /// The bound address of a listening socket (to learn the port after binding port 0).
 pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     let mut storage = sockaddr_storage();

@@ -166,6 +166,12 @@ impl Connection {
         let h = frame.header;
         match h.msg_type {
             MessageType::HelloAck if h.stream_id == 0 => {}
+            MessageType::Close => {
+                // The server closed before answering (a node that drains says "going away",
+                // 502): the attempt ends with the server's code and reason.
+                self.on_peer_close(&frame);
+                return;
+            }
             MessageType::Error => {
                 self.on_peer_error(&frame);
                 if !self.is_closed() {

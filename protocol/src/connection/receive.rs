@@ -54,6 +54,11 @@ impl Connection {
                 let step = o.step;
                 self.on_opening_frame(step, frame);
             }
+            // Closed before it was established: only the peer's CLOSE or ERROR still matter
+            // (its HELLO or handshake frames get no answer after our CLOSE).
+            Phase::Closing(_)
+                if self.peer.is_none()
+                    && !matches!(h.msg_type, MessageType::Close | MessageType::Error) => {}
             Phase::Established | Phase::Closing(_) => self.on_established_frame(frame),
             Phase::Closed(_) => {}
         }

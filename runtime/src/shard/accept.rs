@@ -22,6 +22,22 @@ use crate::conn::{Conn, Extra, Io, Life, ShmIo, Socket};
 use crate::metrics::ShardMetrics;
 use crate::uring::{Op, ud};
 
+/// The CLOSE a draining node sends every connection: reconnect elsewhere at once, and send
+/// again what it did not answer.
+pub(super) const GOING_AWAY: ErrorCode = ErrorCode::SHUTTING_DOWN;
+/// Its reason.
+pub(super) const GOING_AWAY_REASON: &str = "going away";
+
+/// Why a new connection gets an ERROR and a close instead of service.
+enum Refusal<'a> {
+    /// The shard holds its connection limit (501).
+    Limit,
+    /// Intrusion detection bans its address (702, with the reason).
+    Banned(&'a str),
+    /// The node drains (502 "going away": connect again, elsewhere).
+    GoingAway,
+}
+
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
 pub(super) const SHM: u8 = 2;
 /// The transport index of TCP.
@@ -31,7 +47,9 @@ const SHM_ACCEPT_BATCH: usize = 64;
 
 /// One listening socket.
 struct Listener {
-    fd: OwnedFd,
+    /// `None` once closed (the node drains: new connections go to the other listeners of
+    /// its `SO_REUSEPORT` group, such as a node started to replace this one).
+    fd: Option<OwnedFd>,
     transport: u8,
     armed: bool,
     /// Peer address of the single-shot accept used when intrusion detection is on (the
@@ -54,7 +72,7 @@ impl Listeners {
             list: fds
                 .into_iter()
                 .map(|(fd, transport)| Listener {
-                    fd,
+                    fd: Some(fd),
                     transport,
                     armed: false,
                     addr: Box::new((crate::sys::sockaddr_storage(), 0)),
@@ -93,7 +111,9 @@ impl Shard {
             if l.armed {
                 continue;
             }
-            let fd = l.fd.as_raw_fd();
+            let Some(fd) = l.fd.as_ref().map(|f| f.as_raw_fd()) else {
+                continue;
+            };
             let e = if l.transport == SHM {
                 // A shared-memory connection needs its segment sent over the accepted
                 // socket: wait for readiness and accept in the loop.
@@ -145,6 +165,23 @@ impl Shard {
                     .user_data(ud(Op::Cancel, 0, 0));
                 self.ring.push(e);
             }
+        }
+    }
+
+    /// Close every listening socket (the node drains): the kernel sends new connections to
+    /// the other sockets of each `SO_REUSEPORT` group, and, with
+    /// `net.ipv4.tcp_migrate_req = 1`, moves those already queued here to them too (without
+    /// it, the kernel resets them). A socket closes once its cancelled accept has ended.
+    pub(super) fn close_listeners(&mut self) {
+        self.pause_accepts();
+        for l in &mut self.listeners.list {
+            l.fd = None;
+        }
+        if !crate::sys::tcp_migrate_req() {
+            tracing::warn!(
+                shard = self.id,
+                "net.ipv4.tcp_migrate_req is 0: connections queued on this node's listeners when it drains are reset, not moved to the node that replaces it"
+            );
         }
     }
 
@@ -236,7 +273,8 @@ impl Shard {
                     .listeners
                     .list
                     .get(li)
-                    .and_then(|l| crate::sys::accept_unix(&l.fd))
+                    .and_then(|l| l.fd.as_ref())
+                    .and_then(crate::sys::accept_unix)
                 else {
                     break;
                 };
@@ -260,9 +298,13 @@ impl Shard {
         banned: Option<String>,
     ) {
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
+        // Accepted while the node drains (it was queued before the listeners closed): told to
+        // go away (ERROR 502) before its handshake, so that its client connects again, to the
+        // node that replaces this one.
+        let going_away = self.shutdown_deadline.is_some();
         let mut refused = self.conns.len() >= self.cfg.max_connections_per_shard
-            || self.shutdown_deadline.is_some()
-            || banned.is_some();
+            || banned.is_some()
+            || going_away;
         let proto = Connection::new(
             Side::Server,
             self.cfg.protocol.clone(),
@@ -314,7 +356,12 @@ impl Shard {
             }),
         });
         if refused {
-            self.refuse(slot, banned.as_deref());
+            let refusal = match (&banned, going_away) {
+                (Some(reason), _) => Refusal::Banned(reason),
+                (None, true) => Refusal::GoingAway,
+                (None, false) => Refusal::Limit,
+            };
+            self.refuse(slot, refusal);
             return;
         }
         self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
@@ -327,29 +374,37 @@ impl Shard {
         self.mark(slot);
     }
 
-    /// Send a refused connection its ERROR (702 with the reason when banned, else 501), then
-    /// close it.
-    fn refuse(&mut self, slot: u32, banned: Option<&str>) {
-        ShardMetrics::add(&self.metrics.connections_refused, 1);
-        let frame = match banned {
-            Some(reason) => {
+    /// Send a refused connection its ERROR (702 with the reason when banned, 502 when the
+    /// node drains, else 501), then close it.
+    fn refuse(&mut self, slot: u32, refusal: Refusal<'_>) {
+        let error = |code: ErrorCode, message: &str| {
+            let mut v = Vec::new();
+            Frame::new(
+                MessageType::Error,
+                0,
+                ErrorPayload {
+                    code: code.0,
+                    message: message.to_owned(),
+                }
+                .to_bytes(),
+            )
+            .encode(&mut v);
+            Bytes::from(v)
+        };
+        let frame = match refusal {
+            Refusal::Banned(reason) => {
+                ShardMetrics::add(&self.metrics.connections_refused, 1);
                 self.metrics.error_sent(ErrorCode::BANNED.0, 1);
-                let mut v = Vec::new();
-                Frame::new(
-                    MessageType::Error,
-                    0,
-                    ErrorPayload {
-                        code: ErrorCode::BANNED.0,
-                        message: reason.to_owned(),
-                    }
-                    .to_bytes(),
-                )
-                .encode(&mut v);
-                Bytes::from(v)
+                error(ErrorCode::BANNED, reason)
             }
-            None => {
+            Refusal::Limit => {
+                ShardMetrics::add(&self.metrics.connections_refused, 1);
                 self.metrics.error_sent(ErrorCode::OVERLOADED.0, 1);
                 self.refused_frame.clone()
+            }
+            Refusal::GoingAway => {
+                self.metrics.error_sent(GOING_AWAY.0, 1);
+                error(GOING_AWAY, GOING_AWAY_REASON)
             }
         };
         let Some(c) = self.conns.get_mut(slot) else {

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
-use valkyrie_protocol::ErrorCode;
 
 use super::Shard;
+use super::accept::{GOING_AWAY, GOING_AWAY_REASON};
 use crate::config::RecvMode;
 use crate::conn::{Io, Life};
 use crate::uring::{Op, ud};
@@ -96,7 +96,9 @@ impl Shard {
         self.maybe_resume_accepts();
     }
 
-    /// Stop accepting, CLOSE every connection, and drain until the shutdown deadline.
+    /// Drain: close the listeners (new connections go to the node that replaces this one),
+    /// stop the links, CLOSE every connection with 502 "going away", and serve until they
+    /// have closed or the shutdown deadline passes.
     pub(super) fn begin_shutdown(&mut self) {
         self.shutdown_deadline = Some(self.now + self.cfg.shutdown_timeout);
         tracing::info!(
@@ -104,7 +106,7 @@ impl Shard {
             connections = self.conns.len(),
             "shutting down: closing listeners, draining connections"
         );
-        self.pause_accepts();
+        self.close_listeners();
         // Outbound links close with the rest and make no new connection.
         self.links.stop_all();
         self.run_links();
@@ -112,8 +114,7 @@ impl Shard {
             if let Some(c) = self.conns.get_mut(slot)
                 && c.life != Life::Refused
             {
-                c.proto
-                    .close(ErrorCode::SHUTTING_DOWN.0, "node shutting down");
+                c.proto.close(GOING_AWAY.0, GOING_AWAY_REASON);
                 self.mark(slot);
             }
         }
