@@ -347,6 +347,27 @@ impl SecurityArgs {
     }
 }
 
+/// The `--trusted` list: loopback when empty, nothing for `none`.
+fn parse_trusted(
+    trusted: &[String],
+) -> Result<Vec<valkyrie_runtime::guard::IpNet>, Box<dyn std::error::Error>> {
+    if trusted.is_empty() {
+        return Ok(valkyrie_runtime::guard::default_trusted());
+    }
+    Ok(trusted
+        .iter()
+        .filter(|t| t.as_str() != "none")
+        .map(|t| {
+            t.parse::<valkyrie_runtime::guard::IpNet>()
+                .or_else(|_| {
+                    t.parse::<std::net::IpAddr>()
+                        .map(valkyrie_runtime::guard::IpNet::from)
+                })
+                .map_err(|e| format!("--trusted {t}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 #[derive(Subcommand)]
 enum TuneCmd {
     /// Read the limits and estimate capacity, for one process and for a spread-out layout.
@@ -396,37 +417,39 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 b = b.audit(valkyrie_runtime::audit::AuditLog::to_file(path)?);
             }
             if ban_after > 0 {
-                let trusted = if trusted.is_empty() {
-                    valkyrie_runtime::guard::default_trusted()
-                } else {
-                    trusted
-                        .iter()
-                        .filter(|t| t.as_str() != "none")
-                        .map(|t| {
-                            t.parse::<valkyrie_runtime::guard::IpNet>()
-                                .or_else(|_| {
-                                    t.parse::<std::net::IpAddr>()
-                                        .map(valkyrie_runtime::guard::IpNet::from)
-                                })
-                                .map_err(|e| format!("--trusted {t}: {e}"))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?
-                };
                 b = b.guard(valkyrie_runtime::guard::GuardConfig {
                     ban_after,
                     throttle_after: (ban_after / 2).max(1),
                     ban_for: Duration::from_secs(ban_secs),
-                    trusted,
+                    trusted: parse_trusted(&trusted)?,
                     ..Default::default()
                 });
             }
-            if let Some(tls) = security.tls_server()? {
+            let tls = security.tls_server()?;
+            let has_tls = tls.is_some();
+            if let Some(tls) = tls {
                 b = b.tls(tls);
             }
+            // SIGHUP reads the same files again: keys, certificates, token secrets, policy.
+            let (again, id) = (security.clone(), node_id.clone());
             let mut b = b
                 .busy_poll(busy_poll)
                 .protocol(security.apply(valkyrie_protocol::Config::new(node_id), true)?)
-                .heartbeat(Duration::from_millis(heartbeat_ms));
+                .heartbeat(Duration::from_millis(heartbeat_ms))
+                .reload_with(move || {
+                    let fail = |e: Box<dyn std::error::Error>| e.to_string();
+                    let mut r = valkyrie_runtime::Reload::new()
+                        .protocol(
+                            again
+                                .apply(valkyrie_protocol::Config::new(id.clone()), true)
+                                .map_err(fail)?,
+                        )
+                        .trusted(parse_trusted(&trusted).map_err(fail)?);
+                    if has_tls && let Some(tls) = again.tls_server().map_err(fail)? {
+                        r = r.tls(tls);
+                    }
+                    Ok(r)
+                });
             for url in &listen {
                 b = b.listen(url)?;
             }

@@ -68,3 +68,200 @@ fn the_cli_node_serves_pings_and_exits_cleanly_on_sigterm() {
     }
     assert!(saw_close, "the node sent CLOSE before exiting");
 }
+
+/// `valkyrie keygen ...` in `dir`.
+fn keygen(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .arg("keygen")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A blocking mtls client with `agent` (its .crt and .key in `dir`) trusting the CA `ca`.
+fn mtls_client(
+    url: &str,
+    dir: &std::path::Path,
+    agent: &str,
+    ca: &str,
+) -> Result<valkyrie_runtime::Client, valkyrie_runtime::ClientError> {
+    use std::sync::Arc;
+    use valkyrie_protocol::security::mtls::{self, Mtls};
+    let read = |f: String| std::fs::read(dir.join(f)).unwrap();
+    let base = valkyrie_runtime::ClientConfig::default();
+    let cfg = valkyrie_runtime::ClientConfig {
+        protocol: valkyrie_protocol::Config {
+            security: vec![valkyrie_protocol::SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..base.protocol.clone()
+        },
+        tls: Some(
+            mtls::client_config(
+                &read(format!("{agent}.crt")),
+                &read(format!("{agent}.key")),
+                &read(format!("{ca}.crt")),
+            )
+            .unwrap(),
+        ),
+        ..base
+    };
+    Client::connect_with(url, cfg)
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_ones() {
+    let dir = std::env::temp_dir().join(format!("valkyrie-sighup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    keygen(&dir, &["ca", "ca1"]);
+    keygen(
+        &dir,
+        &[
+            "cert",
+            "node1",
+            "--ca",
+            "ca1",
+            "--subject",
+            "127.0.0.1",
+            "--role",
+            "server",
+        ],
+    );
+    keygen(
+        &dir,
+        &[
+            "cert",
+            "agent1",
+            "--ca",
+            "ca1",
+            "--subject",
+            "agent",
+            "--role",
+            "client",
+        ],
+    );
+    keygen(&dir, &["ca", "ca2"]);
+    keygen(
+        &dir,
+        &[
+            "cert",
+            "node2",
+            "--ca",
+            "ca2",
+            "--subject",
+            "127.0.0.1",
+            "--role",
+            "server",
+        ],
+    );
+    keygen(
+        &dir,
+        &[
+            "cert",
+            "agent2",
+            "--ca",
+            "ca2",
+            "--subject",
+            "agent",
+            "--role",
+            "client",
+        ],
+    );
+    // The files the node is started with.
+    for (from, to) in [
+        ("node1.crt", "node.crt"),
+        ("node1.key", "node.key"),
+        ("ca1.crt", "clients.crt"),
+    ] {
+        std::fs::copy(dir.join(from), dir.join(to)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args([
+            "node",
+            "--listen",
+            &url,
+            "--shards",
+            "1",
+            "--security",
+            "mtls",
+        ])
+        .args([
+            "--tls-cert",
+            "node.crt",
+            "--tls-key",
+            "node.key",
+            "--tls-ca",
+            "clients.crt",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the node to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut before = mtls_client(&url, &dir, "agent1", "ca1").unwrap();
+    before.ping(b"1").unwrap();
+    let hup = |node: &std::process::Child| {
+        let s = Command::new("kill")
+            .args(["-HUP", &node.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+
+    // New files, then SIGHUP: new connections get the new certificate.
+    for (from, to) in [
+        ("node2.crt", "node.crt"),
+        ("node2.key", "node.key"),
+        ("ca2.crt", "clients.crt"),
+    ] {
+        std::fs::copy(dir.join(from), dir.join(to)).unwrap();
+    }
+    hup(&node);
+    wait_until("the new certificate", || {
+        mtls_client(&url, &dir, "agent2", "ca2").is_ok()
+    });
+    assert!(
+        mtls_client(&url, &dir, "agent1", "ca1").is_err(),
+        "the old certificate is gone"
+    );
+    before
+        .ping(b"2")
+        .expect("the connection made before the reload stays up");
+
+    // A broken file is refused: the node keeps the material it has.
+    std::fs::write(dir.join("node.crt"), b"not a certificate").unwrap();
+    hup(&node);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut after = mtls_client(&url, &dir, "agent2", "ca2").unwrap();
+    after.ping(b"3").unwrap();
+    before.ping(b"4").unwrap();
+    assert!(
+        node.try_wait().unwrap().is_none(),
+        "the node is still running"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    let out = node.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("reloaded"), "{log}");
+    assert!(log.contains("reload refused"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -108,6 +108,11 @@ impl Guard {
         }
     }
 
+    /// Replace the trusted list (a reload); counts and bans stay.
+    pub(crate) fn set_trusted(&mut self, trusted: Vec<IpNet>) {
+        self.cfg.trusted = trusted;
+    }
+
     /// Whether `ip` is on the trusted list.
     pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();

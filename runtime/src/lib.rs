@@ -72,7 +72,7 @@ pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
-pub use node::{Node, NodeBuilder};
+pub use node::{Node, NodeBuilder, Reload, ReloadError};
 pub use service::{
     Ctx, MAX_REQUESTS_IN_FLIGHT, MAX_SERVICE_TIMERS, NoService, Reply, RouteError, Service,
 };

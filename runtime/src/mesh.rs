@@ -55,6 +55,10 @@ pub(crate) struct Waker {
     /// Something outside the node asked the shard's service to look at its own queues
     /// (`Node::nudge`).
     pub(crate) nudged: AtomicBool,
+    /// New material for the shard's new connections (`Node::reload`), taken at its next
+    /// turn; `reloaded` says one waits.
+    reload: std::sync::Mutex<Option<Arc<crate::config::NodeConfig>>>,
+    reloaded: AtomicBool,
 }
 
 impl Waker {
@@ -63,7 +67,24 @@ impl Waker {
             eventfd: crate::sys::eventfd()?,
             sleeping: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
+            reload: std::sync::Mutex::new(None),
+            reloaded: AtomicBool::new(false),
         })
+    }
+
+    /// Hand the shard a reloaded configuration and wake it.
+    pub(crate) fn reload(&self, cfg: Arc<crate::config::NodeConfig>) {
+        *self.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg);
+        self.reloaded.store(true, Ordering::SeqCst);
+        self.wake(true);
+    }
+
+    /// The reloaded configuration waiting for the shard, if any (a relaxed load when none).
+    pub(crate) fn take_reload(&self) -> Option<Arc<crate::config::NodeConfig>> {
+        if !self.reloaded.load(Ordering::Relaxed) || !self.reloaded.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.reload.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Raise the nudge and wake the shard if it sleeps.

@@ -20,11 +20,74 @@ use crate::url::{Endpoint, EndpointError};
 use valkyrie_shm::ShmConfig;
 
 type Factory = Arc<dyn Fn(usize) -> Box<dyn Service> + Send + Sync>;
+type Reloader = Arc<dyn Fn() -> Result<Reload, String> + Send + Sync>;
+
+/// What a reload replaces ([`NodeBuilder::reload_with`]): the material new connections use.
+/// A part left `None` stays as it is.
+#[derive(Default)]
+#[non_exhaustive]
+pub struct Reload {
+    /// The protocol configuration: handshake providers with their keys, token secrets, the
+    /// zero_trust policy, limits.
+    pub protocol: Option<Config>,
+    /// TLS on the TCP listeners (certificate, key, client CA); only where the node already
+    /// has TLS (a listener does not switch between TLS and the clear).
+    pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
+    /// The addresses intrusion detection never counts (when it is on).
+    pub trusted: Option<Vec<crate::guard::IpNet>>,
+}
+
+impl Reload {
+    /// Nothing replaced yet.
+    pub fn new() -> Reload {
+        Reload::default()
+    }
+
+    /// Builder-style: the protocol configuration.
+    pub fn protocol(mut self, config: Config) -> Self {
+        self.protocol = Some(config);
+        self
+    }
+
+    /// Builder-style: TLS.
+    pub fn tls(
+        mut self,
+        config: Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+    ) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Builder-style: the trusted list.
+    pub fn trusted(mut self, trusted: Vec<crate::guard::IpNet>) -> Self {
+        self.trusted = Some(trusted);
+        self
+    }
+}
+
+/// Why [`Node::reload`] changed nothing (the old material stays).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The node was built without [`NodeBuilder::reload_with`].
+    #[error("no reload source configured")]
+    NotConfigured,
+    /// The reload source failed (a file missing or unreadable, a bad key or certificate).
+    #[error("{0}")]
+    Source(String),
+    /// The new protocol configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] valkyrie_protocol::connection::ConfigError),
+    /// TLS offered to a node without TLS (or the reverse).
+    #[error("TLS cannot be added to a node started without it")]
+    TlsSwitch,
+}
 
 /// Builds a [`Node`].
 pub struct NodeBuilder {
     cfg: NodeConfig,
     factory: Factory,
+    reloader: Option<Reloader>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -40,6 +103,7 @@ impl Default for NodeBuilder {
         NodeBuilder {
             cfg: NodeConfig::default(),
             factory: Arc::new(|_| Box::new(NoService)),
+            reloader: None,
         }
     }
 }
@@ -155,7 +219,20 @@ impl NodeBuilder {
     /// disagree ([`Config::validate`]) is refused with `InvalidInput`, the
     /// [`ConfigError`](valkyrie_protocol::connection::ConfigError) inside.
     pub fn start(self) -> io::Result<Node> {
-        Node::start(self.cfg, self.factory)
+        let mut node = Node::start(self.cfg, self.factory)?;
+        node.reloader = self.reloader;
+        Ok(node)
+    }
+
+    /// Where [`Node::reload`] (and SIGHUP in [`Node::run_until_signal`]) reads new material
+    /// from: typically the same files the node was started with, read again. An `Err` is
+    /// refused with a log line, and the old material stays.
+    pub fn reload_with<F>(mut self, source: F) -> Self
+    where
+        F: Fn() -> Result<Reload, String> + Send + Sync + 'static,
+    {
+        self.reloader = Some(Arc::new(source));
+        self
     }
 }
 
@@ -170,6 +247,9 @@ pub struct Node {
     endpoints: Vec<Endpoint>,
     security: String,
     features: Vec<crate::RingFeatures>,
+    /// The configuration new connections use (replaced by a reload).
+    cfg: std::sync::Mutex<Arc<NodeConfig>>,
+    reloader: Option<Reloader>,
 }
 
 impl std::fmt::Debug for Node {
@@ -304,6 +384,8 @@ impl Node {
             endpoints,
             security,
             features: vec![crate::RingFeatures::default(); n],
+            cfg: std::sync::Mutex::new(cfg),
+            reloader: None,
         };
         for _ in 0..n {
             match ready_rx.recv() {
@@ -384,6 +466,46 @@ impl Node {
         }
     }
 
+    /// Read new material from the reload source ([`NodeBuilder::reload_with`]) and hand it
+    /// to every shard for its new connections: certificates and keys, token secrets, the
+    /// zero_trust policy, the trusted list. Established connections keep the identity they
+    /// authenticated with. What the source refuses, or a configuration that does not hold
+    /// together, changes nothing (logged at WARN, returned).
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => tracing::info!("reloaded: new connections use the new material"),
+            Err(e) => tracing::warn!(error = %e, "reload refused; the old material stays"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let source = self.reloader.as_ref().ok_or(ReloadError::NotConfigured)?;
+        let new = source().map_err(ReloadError::Source)?;
+        let mut current = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cfg = (**current).clone();
+        if let Some(p) = new.protocol {
+            p.validate()?;
+            cfg.protocol = Arc::new(p);
+        }
+        if let Some(tls) = new.tls {
+            if cfg.tls.is_none() {
+                return Err(ReloadError::TlsSwitch);
+            }
+            cfg.tls = Some(tls);
+        }
+        if let (Some(trusted), Some(guard)) = (new.trusted, cfg.guard.as_mut()) {
+            guard.trusted = trusted;
+        }
+        let cfg = Arc::new(cfg);
+        *current = cfg.clone();
+        for w in self.wakers.iter() {
+            w.reload(cfg.clone());
+        }
+        Ok(())
+    }
+
     /// Begin a graceful shutdown: the same as [`Node::drain`].
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
@@ -410,14 +532,21 @@ impl Node {
     }
 
     /// Run until SIGINT or SIGTERM, then drain ([`Node::drain`]) and return once the shards
-    /// have stopped.
+    /// have stopped; SIGHUP meanwhile reloads ([`Node::reload`]).
     pub fn run_until_signal(self) -> io::Result<()> {
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
         ])?;
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                tracing::info!("SIGHUP: reloading");
+                let _ = self.reload();
+                continue;
+            }
             tracing::info!(signal = sig, "signal received: draining");
+            break;
         }
         self.drain();
         self.join();

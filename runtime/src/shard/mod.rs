@@ -194,6 +194,7 @@ impl Shard {
         loop {
             self.now = Instant::now();
             let mut work = self.drain_mesh();
+            work |= self.take_reload();
             work |= self.take_nudge();
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
@@ -340,6 +341,21 @@ impl Shard {
                 debug_assert!(false, "a completion for unknown op {unknown}");
             }
         }
+    }
+
+    /// Take new material for new connections (`Node::reload`): the protocol configuration
+    /// (keys, token secrets, policy), TLS (certificates) and the trusted list. Established
+    /// connections keep what they authenticated with (each holds its own configuration).
+    fn take_reload(&mut self) -> bool {
+        let Some(cfg) = self.mesh.waker(self.id).take_reload() else {
+            return false;
+        };
+        if let (Some(g), Some(gc)) = (self.guard.as_mut(), cfg.guard.as_ref()) {
+            g.set_trusted(gc.trusted.clone());
+        }
+        self.cfg = cfg;
+        tracing::debug!(shard = self.id, "new connections use the reloaded material");
+        true
     }
 
     /// Call the service's `on_timer` for each of its timers due now.

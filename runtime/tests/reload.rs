@@ -1,0 +1,171 @@
+//! Reload without restart (`Node::reload`, SIGHUP): new connections see the new certificate
+//! or token secret, established ones keep the identity they authenticated with, and a source
+//! that fails changes nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::token::{TokenClient, TokenServer};
+use valkyrie_protocol::{Config, Frame, MessageType, SecurityMode};
+use valkyrie_runtime::{Client, ClientConfig, ConnRef, Ctx, Node, Reload, ReloadError, Service};
+
+/// Answers a JOB_REQUEST with a JOB_ACCEPT.
+struct Accept;
+impl Service for Accept {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
+        }
+    }
+}
+
+fn answers(c: &mut Client) -> bool {
+    c.request(
+        101,
+        MessageType::JobRequest,
+        Bytes::from_static(b"?"),
+        Duration::from_secs(5),
+    )
+    .is_ok()
+}
+
+fn mtls_client(pki: &DevPki) -> ClientConfig {
+    let base = ClientConfig::default();
+    ClientConfig {
+        protocol: Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..base.protocol.clone()
+        },
+        tls: Some(
+            mtls::client_config(
+                &pki.client_chain_pem(0),
+                &pki.client_key_pem(0),
+                &pki.ca_pem,
+            )
+            .unwrap(),
+        ),
+        ..base
+    }
+}
+
+#[test]
+fn a_new_certificate_reaches_new_connections_and_the_old_ones_stay_up() {
+    let old = DevPki::generate(&["127.0.0.1"], &["agent"]).unwrap();
+    let new = DevPki::generate(&["127.0.0.1"], &["agent"]).unwrap();
+    // What the node reads on a reload: the old PKI until the "files" change, then the new
+    // one, then a broken file.
+    let files: Arc<Mutex<Result<Arc<DevPki>, String>>> =
+        Arc::new(Mutex::new(Ok(Arc::new(old.clone()))));
+    let source = files.clone();
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..Config::new("control")
+        })
+        .tls(old.server_config(0).unwrap())
+        .shards(2)
+        .service(|_| Accept)
+        .reload_with(move || {
+            let pki = source.lock().unwrap().clone()?;
+            Ok(Reload::new().tls(pki.server_config(0).map_err(|e| e.to_string())?))
+        })
+        .start()
+        .unwrap();
+    let mut before = Client::connect_with(&node.url(), mtls_client(&old)).unwrap();
+    assert!(answers(&mut before));
+
+    *files.lock().unwrap() = Ok(Arc::new(new.clone()));
+    node.reload().unwrap();
+    // A new connection is shown the new certificate: a client that trusts only the old CA
+    // refuses it, one that trusts the new CA is served.
+    let mut after = Client::connect_with(&node.url(), mtls_client(&new)).unwrap();
+    assert!(answers(&mut after));
+    assert!(
+        Client::connect_with(&node.url(), mtls_client(&old)).is_err(),
+        "the old certificate is no longer presented"
+    );
+    // The connection made before the reload stays up, with the identity it had.
+    assert!(answers(&mut before));
+
+    // A reload whose source fails changes nothing.
+    *files.lock().unwrap() = Err("agent.crt: no such file".into());
+    assert!(matches!(node.reload(), Err(ReloadError::Source(m)) if m.contains("no such file")));
+    let mut still = Client::connect_with(&node.url(), mtls_client(&new)).unwrap();
+    assert!(answers(&mut still));
+    assert!(answers(&mut before) && answers(&mut after));
+    node.shutdown();
+    node.join();
+}
+
+fn token_client(secret: &[u8]) -> ClientConfig {
+    let base = ClientConfig::default();
+    ClientConfig {
+        protocol: Config {
+            security: vec![SecurityMode::Token],
+            handshakes: vec![Arc::new(TokenClient::new("agents", secret.to_vec()))],
+            ..base.protocol.clone()
+        },
+        ..base
+    }
+}
+
+fn token_node_config(secret: &[u8]) -> Config {
+    Config {
+        security: vec![SecurityMode::Token],
+        handshakes: vec![Arc::new(TokenServer::new([(
+            "agents".to_owned(),
+            secret.to_vec(),
+        )]))],
+        ..Config::new("control")
+    }
+}
+
+#[test]
+fn a_rotated_token_secret_is_required_of_new_connections_only() {
+    // The secret the node reads on a reload (`None`: a configuration missing its provider).
+    let secret: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(Some(b"first".to_vec())));
+    let source = secret.clone();
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(token_node_config(b"first"))
+        .shards(1)
+        .service(|_| Accept)
+        .reload_with(move || {
+            Ok(
+                Reload::new().protocol(match source.lock().unwrap().as_deref() {
+                    Some(s) => token_node_config(s),
+                    None => Config {
+                        security: vec![SecurityMode::Token],
+                        handshakes: vec![],
+                        ..Config::new("control")
+                    },
+                }),
+            )
+        })
+        .start()
+        .unwrap();
+    let mut old = Client::connect_with(&node.url(), token_client(b"first")).unwrap();
+    *secret.lock().unwrap() = Some(b"second".to_vec());
+    node.reload().unwrap();
+    assert!(Client::connect_with(&node.url(), token_client(b"first")).is_err());
+    let mut new = Client::connect_with(&node.url(), token_client(b"second")).unwrap();
+    assert!(answers(&mut new));
+    assert!(
+        answers(&mut old),
+        "authenticated before the rotation: still served"
+    );
+    // A configuration that does not hold together is refused, and the rotation stays.
+    *secret.lock().unwrap() = None;
+    assert!(matches!(node.reload(), Err(ReloadError::Config(_))));
+    let mut again = Client::connect_with(&node.url(), token_client(b"second")).unwrap();
+    assert!(answers(&mut again));
+    node.shutdown();
+    node.join();
+}
