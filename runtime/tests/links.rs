@@ -359,3 +359,84 @@ fn a_killed_peer_is_reconnected_and_no_request_is_lost() {
     a.shutdown();
     a.join();
 }
+
+#[test]
+fn a_link_speaks_mtls_to_a_node_that_requires_it() {
+    use std::sync::Arc;
+    use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+    use valkyrie_protocol::{Config, SecurityMode};
+    let pki = DevPki::generate(&["127.0.0.1"], &["agent-9"]).unwrap();
+    let b = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..Config::new("control")
+        })
+        .tls(pki.server_config(0).unwrap())
+        .shards(1)
+        .service(|_| Accept)
+        .start()
+        .unwrap();
+    struct Secure {
+        opts: ConnectOptions,
+        tx: mpsc::Sender<(LinkState, Option<String>)>,
+    }
+    impl Service for Secure {
+        fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+            ctx.connect(self.opts.clone());
+        }
+        fn on_link(&mut self, ctx: &mut Ctx<'_>, _: LinkId, state: &LinkState) {
+            let mode = match state {
+                LinkState::Up { conn, .. } => ctx.peer(*conn).map(|p| p.security.to_string()),
+                _ => None,
+            };
+            let _ = self.tx.send((state.clone(), mode));
+        }
+        fn on_frame(&mut self, _: &mut Ctx<'_>, _: ConnRef, _: Frame) {}
+    }
+    let opts = ConnectOptions::new([b.url()])
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..Config::new("agent")
+        })
+        .tls(
+            mtls::client_config(
+                &pki.client_chain_pem(0),
+                &pki.client_key_pem(0),
+                &pki.ca_pem,
+            )
+            .unwrap(),
+            None,
+        );
+    let (tx, rx) = mpsc::channel();
+    let a = Node::builder()
+        .without_listeners()
+        .shards(1)
+        .service(move |_| Secure {
+            opts: opts.clone(),
+            tx: tx.clone(),
+        })
+        .start()
+        .unwrap();
+    let up = loop {
+        let (s, mode) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("link states");
+        if matches!(s, LinkState::Up { .. }) {
+            break mode;
+        }
+        assert!(
+            !matches!(s, LinkState::Waiting { .. }),
+            "the mtls attempt failed: {s:?}"
+        );
+    };
+    assert_eq!(up.as_deref(), Some("mtls"));
+    a.shutdown();
+    a.join();
+    b.shutdown();
+    b.join();
+}
