@@ -79,6 +79,7 @@
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod features;
 pub mod frame;
 pub mod message;
 pub mod retry;

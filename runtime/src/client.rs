@@ -207,6 +207,8 @@ impl Client {
             }
         }
         c.events.retain(|e| !matches!(e, Event::Connected(_)));
+        // What establishment queued (the capability offer, NEGOTIATE) leaves now.
+        c.flush()?;
         Ok(c)
     }
 

@@ -195,6 +195,12 @@ impl<'a> Ctx<'a> {
         self.conns.mark(slot);
     }
 
+    /// The capabilities both sides of a connection of this shard have, once NEGOTIATE was
+    /// exchanged (`None` before, and with a peer that does not negotiate).
+    pub fn negotiated(&mut self, conn: ConnRef) -> Option<valkyrie_protocol::features::FeatureSet> {
+        self.local(conn).ok().and_then(|c| c.proto.negotiated())
+    }
+
     /// The agreed parameters of a connection of this shard.
     pub fn peer(&mut self, conn: ConnRef) -> Option<PeerInfo> {
         self.local(conn).ok().and_then(|c| c.proto.peer().cloned())

@@ -48,6 +48,9 @@ pub struct Config {
     /// Server side of `zero_trust`: who may send which message types. A zero_trust connection
     /// without a policy allows nothing (deny by default).
     pub policy: Option<Arc<crate::security::zero_trust::Policy>>,
+    /// The capabilities offered in NEGOTIATE ([`crate::features`]; default: every one this
+    /// build has). Empty: the connecting side does not negotiate.
+    pub features: Vec<String>,
 }
 
 impl Default for Config {
@@ -71,6 +74,10 @@ impl Default for Config {
             scheduler: SchedulerLimits::default(),
             max_pings_in_flight: 16,
             policy: None,
+            features: crate::features::FEATURES
+                .iter()
+                .map(|f| f.name.to_owned())
+                .collect(),
         }
     }
 }

@@ -174,6 +174,12 @@ pub enum Event {
         /// The peer's reason.
         reason: String,
     },
+    /// NEGOTIATE was exchanged: the capabilities both sides have
+    /// ([`Connection::negotiated`](super::Connection::negotiated)).
+    Negotiated {
+        /// What both sides named.
+        features: crate::features::FeatureSet,
+    },
     /// The connection ended.
     Closed(CloseReason),
 }

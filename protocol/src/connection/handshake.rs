@@ -257,7 +257,6 @@ impl Connection {
         stream_window: Option<u32>,
         max_streams: Option<u32>,
     ) {
-        self.peer_max_frame = max_frame.min(MAX_FRAME_LIMIT);
         self.streams.set_peer_limits(
             stream_window.unwrap_or(self.config.window.initial()),
             max_streams.unwrap_or(self.config.max_streams),
@@ -267,7 +266,7 @@ impl Connection {
             version: VERSION,
             security,
             identity: None,
-            max_frame: self.peer_max_frame,
+            max_frame: max_frame.min(MAX_FRAME_LIMIT),
             heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms))),
         });
     }
@@ -391,5 +390,6 @@ impl Connection {
         self.last_ping = self.now;
         self.missed = 0;
         self.push_event(connected);
+        self.start_negotiation();
     }
 }

@@ -22,6 +22,7 @@ mod config;
 mod event;
 mod handshake;
 mod heartbeat;
+mod negotiate;
 mod pong;
 mod receive;
 mod send;
@@ -165,7 +166,6 @@ pub struct Connection {
     /// The latest time passed in.
     now: Tick,
     peer: Option<PeerInfo>,
-    peer_max_frame: u32,
     last_rx: Tick,
     last_tx: Tick,
     last_ping: Tick,
@@ -175,6 +175,8 @@ pub struct Connection {
     next_correlation: u32,
     protector: Option<Box<dyn RecordProtector>>,
     stats: Counters,
+    /// The capabilities agreed in NEGOTIATE, and whether it happened (`negotiate.rs`).
+    features: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -215,7 +217,6 @@ impl Connection {
             now: Tick::ZERO,
             base_unix: unix_secs.min(u64::from(u32::MAX)) as u32,
             peer: None,
-            peer_max_frame: MIN_MAX_FRAME,
             last_rx: Tick::ZERO,
             last_tx: Tick::ZERO,
             last_ping: Tick::ZERO,
@@ -224,6 +225,7 @@ impl Connection {
             next_correlation: 1,
             protector: None,
             stats: Counters::default(),
+            features: 0,
             config,
         };
         if side == Side::Client {
@@ -281,6 +283,12 @@ impl Connection {
     /// transport now.
     pub fn is_drained(&self) -> bool {
         matches!(&self.phase, Phase::Closed(c) if c.final_frame.is_none()) && self.sched_len() == 0
+    }
+
+    /// The largest payload the peer accepts: what it said in HELLO / HELLO_ACK, the
+    /// smallest any peer may say until then.
+    fn peer_max_frame(&self) -> u32 {
+        self.peer.as_ref().map_or(MIN_MAX_FRAME, |p| p.max_frame)
     }
 
     /// What was agreed with the peer, once connected.

@@ -229,10 +229,10 @@ impl Connection {
 
     fn check_size(&self, len: usize) -> Result<(), SendError> {
         let overhead = self.protector.as_ref().map_or(0, |p| p.overhead());
-        if len + overhead > self.peer_max_frame as usize {
+        if len + overhead > self.peer_max_frame() as usize {
             return Err(SendError::TooLarge {
                 len,
-                max: self.peer_max_frame,
+                max: self.peer_max_frame(),
             });
         }
         Ok(())
