@@ -15,9 +15,11 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use valkyrie_protocol::{Event, Flags, Frame, MessageType, SendOptions};
 use valkyrie_runtime::{
-    Client, ClientError, ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Node, Reply, Service,
+    BusyPoll, Client, ClientError, ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Node, Reply,
+    Service,
 };
 
+use crate::peers::pin;
 use crate::report::{Report, median, progress};
 
 /// Requests kept in flight by the pipelining clients.
@@ -57,19 +59,22 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, secs: f64) {
     let payload = Bytes::from(vec![0x5Au8; 64]);
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
     let bar = progress((rounds * (WAYS.len() + 1)) as u64, "clients");
-    let mut rtts: [Vec<f64>; 2] = Default::default();
+    // Node to node, sleeping shards and busy-polling ones: [mode][p50, p99] over rounds.
+    let mut rtts: [[Vec<f64>; 2]; 2] = Default::default();
     for _ in 0..rounds {
         let node = accept_node();
         for (i, runs) in per.iter_mut().enumerate() {
             runs.push(drive(i, &node.url(), &payload, secs));
             bar.inc(1);
         }
-        let h = node_to_node(&node.url(), 20_000);
-        rtts[0].push(h.value_at_quantile(0.5) as f64 / 1000.0);
-        rtts[1].push(h.value_at_quantile(0.99) as f64 / 1000.0);
-        bar.inc(1);
         node.shutdown();
         node.join();
+        for (m, busy) in [BusyPoll::Off, BusyPoll::Always].into_iter().enumerate() {
+            let h = node_to_node(busy, 20_000);
+            rtts[m][0].push(h.value_at_quantile(0.5) as f64 / 1000.0);
+            rtts[m][1].push(h.value_at_quantile(0.99) as f64 / 1000.0);
+        }
+        bar.inc(1);
     }
     bar.finish_and_clear();
     let one = median(per[0].clone());
@@ -88,17 +93,21 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, secs: f64) {
             json!({"client": way, "depth": if i == 0 { 1 } else { DEPTH }, "size": 64, "shards": 2}),
         );
     }
-    let (p50, p99) = (median(rtts[0].clone()), median(rtts[1].clone()));
-    println!("  node to node (Ctx::request, one in flight): p50 {p50:.1} us, p99 {p99:.1} us");
-    for (metric, v) in [("request_rtt_p50", p50), ("request_rtt_p99", p99)] {
-        report.add(
-            "clients",
-            "valkyrie",
-            metric,
-            "us",
-            v,
-            json!({"path": "node to node", "size": 64}),
+    for (m, mode) in ["blocking", "busy-poll"].into_iter().enumerate() {
+        let (p50, p99) = (median(rtts[m][0].clone()), median(rtts[m][1].clone()));
+        println!(
+            "  node to node, Ctx::request one in flight, {mode:<9} (A's shard on core 0, B's on core 1): p50 {p50:.1} us, p99 {p99:.1} us"
         );
+        for (metric, v) in [("request_rtt_p50", p50), ("request_rtt_p99", p99)] {
+            report.add(
+                "clients",
+                "valkyrie",
+                metric,
+                "us",
+                v,
+                json!({"path": "node to node", "mode": mode, "size": 64}),
+            );
+        }
     }
 }
 
@@ -297,27 +306,59 @@ impl Service for Prober {
     fn on_frame(&mut self, _: &mut Ctx<'_>, _: ConnRef, _: Frame) {}
 }
 
-/// Round trips of `samples` requests from a one-shard node's service to the node at `url`.
-fn node_to_node(url: &str, samples: usize) -> Histogram<u64> {
-    let (tx, rx) = mpsc::channel();
-    let url = url.to_owned();
-    let a = Node::builder()
-        .without_listeners()
-        .shards(1)
-        .service(move |_| Prober {
-            url: url.clone(),
-            samples,
-            sent_at: Instant::now(),
-            seen: 0,
-            hist: Some(Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("histogram")),
-            tx: tx.clone(),
+/// Round trips of `samples` requests from node A's service (one shard on core 0) to node B
+/// (one shard on core 1), both shards sleeping or both busy-polling.
+fn node_to_node(busy: BusyPoll, samples: usize) -> Histogram<u64> {
+    // A one-shard node started without pinning inherits the core of the thread that starts
+    // it: start each from a thread pinned where it belongs.
+    let b = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(1);
+            Node::builder()
+                .listen("tcp://127.0.0.1:0")
+                .expect("endpoint")
+                .shards(1)
+                .pin(false)
+                .busy_poll(busy)
+                .service(|_| Accept)
+                .start()
+                .expect("node B")
         })
-        .start()
-        .expect("node A");
+        .join()
+        .expect("node B starts")
+    });
+    let (tx, rx) = mpsc::channel();
+    let url = b.url();
+    let a = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(0);
+            Node::builder()
+                .without_listeners()
+                .shards(1)
+                .pin(false)
+                .busy_poll(busy)
+                .service(move |_| Prober {
+                    url: url.clone(),
+                    samples,
+                    sent_at: Instant::now(),
+                    seen: 0,
+                    hist: Some(
+                        Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("histogram"),
+                    ),
+                    tx: tx.clone(),
+                })
+                .start()
+                .expect("node A")
+        })
+        .join()
+        .expect("node A starts")
+    });
     let h = rx
         .recv_timeout(Duration::from_secs(120))
         .expect("node A's round trips");
     a.shutdown();
     a.join();
+    b.shutdown();
+    b.join();
     h
 }
