@@ -128,9 +128,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Start the runtime, connect to `urls` (tried in order, reconnected on failure), and
-    /// wait until the first connection is up.
-    pub fn connect<I, S>(self, urls: I) -> Result<ClientHandle, ClientError>
+    /// The link's options for `urls`: this builder's protocol and TLS, then its shaping.
+    fn options<I, S>(&self, urls: I) -> Result<ConnectOptions, ClientError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -143,6 +142,35 @@ impl ClientBuilder {
         if let Some(shape) = self.shape {
             opts = shape(opts);
         }
+        Ok(opts)
+    }
+
+    /// The blocking [`Client`](crate::Client) on the same link: the same URLs in order,
+    /// backoff, circuit breaker, reconnect and handling of a node going away, one request at
+    /// a time in the caller's thread (no runtime is started). Waits up to the connect
+    /// timeout for the first connection; busy-poll other than `Off` makes it spin.
+    pub fn blocking<I, S>(self, urls: I) -> Result<crate::Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let opts = self.options(urls)?;
+        let cfg = crate::ClientConfig {
+            busy_poll: self.busy_poll != BusyPoll::Off,
+            max_pending_events: self.max_pending_events,
+            ..crate::ClientConfig::default()
+        };
+        crate::Client::connect_options(opts, cfg, self.connect_timeout)
+    }
+
+    /// Start the runtime, connect to `urls` (tried in order, reconnected on failure), and
+    /// wait until the first connection is up.
+    pub fn connect<I, S>(self, urls: I) -> Result<ClientHandle, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let opts = self.options(urls)?;
         let (commands, inbox) = crossbeam_channel::bounded(self.queue);
         let (events_tx, events) = crossbeam_channel::bounded(self.max_pending_events);
         let shared = Arc::new(Shared {

@@ -274,13 +274,19 @@ impl Link {
 
     /// The attempt ended in an established connection.
     pub(crate) fn up(&mut self, now: Instant, conn: ConnRef) {
-        self.opts.breaker.on_success(now);
-        self.opts.backoff.reset();
-        self.failures = 0;
+        self.succeeded(now);
         self.state = LinkState::Up {
             conn,
             url: self.opts.urls[self.url].clone(),
         };
+    }
+
+    /// The attempt succeeded: the breaker closes, the backoff and the failures start over
+    /// (the state is the caller's: a blocking client has no `ConnRef`).
+    pub(crate) fn succeeded(&mut self, now: Instant) {
+        self.opts.breaker.on_success(now);
+        self.opts.backoff.reset();
+        self.failures = 0;
     }
 
     /// The established connection ended: connect again from the first URL, at once.
@@ -289,6 +295,11 @@ impl Link {
             self.stop(format!("connection ended ({reason}); reconnect is off"));
             return Next::Stop;
         }
+        self.restart(now)
+    }
+
+    /// Connect again from the first URL, at once (whatever `reconnect` says: asked for).
+    pub(crate) fn restart(&mut self, now: Instant) -> Next {
         self.url = 0;
         self.begin(now)
     }

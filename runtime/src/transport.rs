@@ -11,6 +11,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use valkyrie_protocol::ErrorCode;
 use valkyrie_protocol::message::{ErrorPayload, Payload};
@@ -29,8 +30,9 @@ pub trait Transport: Send + Sync {
     /// bind the same address and the kernel spreads connections across them.
     fn listen(&self, endpoint: &Endpoint, reuse_port: bool, backlog: i32) -> io::Result<OwnedFd>;
 
-    /// A connected, blocking client socket.
-    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket>;
+    /// A connected, blocking client socket; a connect that takes longer than `timeout`
+    /// fails with `TimedOut` (TCP; a local socket connects or fails at once).
+    fn connect(&self, endpoint: &Endpoint, timeout: Duration) -> io::Result<ClientSocket>;
 }
 
 /// A client's connected socket.
@@ -196,14 +198,14 @@ impl Transport for TcpTransport {
         crate::sys::tcp_listener(addr, reuse_port, backlog)
     }
 
-    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+    fn connect(&self, endpoint: &Endpoint, timeout: Duration) -> io::Result<ClientSocket> {
         let Endpoint::Tcp(addr) = endpoint else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a tcp endpoint",
             ));
         };
-        let s = TcpStream::connect(addr)?;
+        let s = TcpStream::connect_timeout(addr, timeout.max(Duration::from_millis(1)))?;
         s.set_nodelay(true)?;
         Ok(ClientSocket::Tcp(s))
     }
@@ -229,7 +231,7 @@ impl Transport for UnixTransport {
         crate::sys::unix_listener(path, backlog)
     }
 
-    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+    fn connect(&self, endpoint: &Endpoint, _timeout: Duration) -> io::Result<ClientSocket> {
         let Endpoint::Unix(path) = endpoint else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -263,7 +265,7 @@ impl Transport for ShmTransport {
         Ok(OwnedFd::from(l))
     }
 
-    fn connect(&self, endpoint: &Endpoint) -> io::Result<ClientSocket> {
+    fn connect(&self, endpoint: &Endpoint, _timeout: Duration) -> io::Result<ClientSocket> {
         let Endpoint::Shm(name) = endpoint else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use valkyrie_protocol::{CloseReason, ErrorCode, Frame, MessageType};
-use valkyrie_runtime::{Client, ClientError, ConnRef, Ctx, Node, Reply, Service};
+use valkyrie_protocol::{Frame, MessageType};
+use valkyrie_runtime::{Client, ConnRef, Ctx, Node, Reply, Service};
 
 /// Answers a JOB_REQUEST with a JOB_ACCEPT carrying its payload.
 struct Accept;
@@ -64,16 +64,6 @@ impl Drop for MigrateReq {
     }
 }
 
-fn going_away(e: &ClientError) -> bool {
-    let code = ErrorCode::SHUTTING_DOWN;
-    match e {
-        ClientError::Peer { code: c, .. } => *c == code,
-        ClientError::Closed(CloseReason::Peer { code: c, .. }) => *c == code.0,
-        ClientError::Closed(CloseReason::PeerError { code: c, .. }) => *c == code,
-        _ => false,
-    }
-}
-
 #[test]
 fn no_connection_is_refused_across_a_rolling_restart() {
     let _migrate = MigrateReq::on();
@@ -110,7 +100,7 @@ fn no_connection_is_refused_across_a_rolling_restart() {
                     match outcome {
                         Ok(()) => served.fetch_add(1, Ordering::Relaxed),
                         // A cue to connect again, not a failure.
-                        Err(e) if going_away(&e) => told_to_go.fetch_add(1, Ordering::Relaxed),
+                        Err(e) if e.is_going_away() => told_to_go.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             refused.lock().unwrap().push(e.to_string());
                             0
@@ -226,6 +216,58 @@ fn a_client_pinging_at_ten_thousand_a_second_loses_nothing_across_a_rolling_rest
         client.retried()
     );
     Arc::try_unwrap(client).unwrap().close();
+    new.shutdown();
+    new.join();
+}
+
+#[test]
+fn a_blocking_client_on_the_link_loses_nothing_across_a_rolling_restart() {
+    let _migrate = MigrateReq::on();
+    let port = free_port();
+    let old = node(port);
+    let mut client = Client::builder()
+        .blocking([format!("tcp://127.0.0.1:{port}")])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One request at a time, as fast as they are answered, throughout the restart.
+    let requester = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut answered, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.request(
+                    101,
+                    MessageType::JobRequest,
+                    Bytes::from_static(b"ping"),
+                    Duration::from_secs(5),
+                ) {
+                    Ok(f) if f.payload.as_ref() == b"ping" => answered += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (answered, failed, client)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let new = node(port);
+    std::thread::sleep(Duration::from_millis(100));
+    old.drain();
+    old.join();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed, client) = requester.join().unwrap();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(answered > 100, "only {answered} answered");
+    assert_eq!(
+        client.reconnects(),
+        1,
+        "the client moved to the new node once, when the old one went away"
+    );
+    eprintln!(
+        "{answered} requests answered one at a time, {} sent again after the old node went away",
+        client.retried()
+    );
+    let _ = client.close();
     new.shutdown();
     new.join();
 }

@@ -3,6 +3,12 @@
 //! The client drives the same sans-IO [`Connection`] as the node, over an ordinary blocking
 //! (or, with busy-poll, non-blocking and spinning) socket in the caller's thread. Protocol
 //! timers (heartbeats) run whenever the client is waiting on the socket.
+//!
+//! Made from a link's [`ConnectOptions`](crate::ConnectOptions)
+//! ([`Client::connect_options`], [`ClientBuilder::blocking`](crate::ClientBuilder::blocking)),
+//! it walks the same failover, backoff and circuit breaker as a shard's link and as the
+//! [`ClientHandle`](crate::ClientHandle), and treats a node going away the same way
+//! (`failover.rs`).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -19,7 +25,10 @@ use valkyrie_protocol::{
 
 use crate::transport::{self, ClientSocket, TlsConnectError, TlsSocket};
 use crate::url::{Endpoint, EndpointError};
+use failover::Failover;
 use valkyrie_protocol::security::mtls::TlsSession;
+
+mod failover;
 
 /// Bytes taken from the connection's queues into one write.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -116,6 +125,8 @@ pub struct Client {
     events: VecDeque<Event>,
     cfg: ClientConfig,
     closed: Option<CloseReason>,
+    /// The link's options and policy, when made from them: reconnects and resends.
+    failover: Option<Box<Failover>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -144,9 +155,14 @@ impl Client {
     /// is refused with [`ClientError::Config`] before anything is sent.
     pub fn connect_with(url: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         cfg.protocol.validate()?;
-        let endpoint: Endpoint = url.parse()?;
+        Self::connect_to(&url.parse()?, cfg)
+    }
+
+    /// Connect to `endpoint` (the TCP connect bounded by `cfg.connect_timeout`) and complete
+    /// the handshake.
+    fn connect_to(endpoint: &Endpoint, cfg: ClientConfig) -> Result<Client, ClientError> {
         let sock = match (
-            transport::for_endpoint(&endpoint).connect(&endpoint)?,
+            transport::for_endpoint(endpoint).connect(endpoint, cfg.connect_timeout)?,
             &cfg.tls,
         ) {
             (ClientSocket::Tcp(tcp), Some(tls)) => {
@@ -192,6 +208,7 @@ impl Client {
             events: VecDeque::new(),
             cfg,
             closed: None,
+            failover: None,
         };
         let deadline = now + c.cfg.connect_timeout;
         while !c.conn.is_established() {
@@ -249,7 +266,7 @@ impl Client {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.broken(e)),
             }
             if self.read_now()? {
                 deadline = None;
@@ -284,13 +301,21 @@ impl Client {
             {
                 return Ok(false);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.broken(e)),
         };
         self.take_input(n);
         match &self.closed {
             Some(r) => Err(ClientError::Closed(r.clone())),
             None => Ok(true),
         }
+    }
+
+    /// The socket failed: the connection is over (its Closed event is queued, as for an end
+    /// of stream), and the error goes to the caller.
+    fn broken(&mut self, e: io::Error) -> ClientError {
+        self.conn.handle_eof(Instant::now());
+        self.collect();
+        e.into()
     }
 
     /// Feed the `n` bytes just read into `rbuf` (`0`: end of stream) and collect events.
@@ -346,7 +371,7 @@ impl Client {
                         std::hint::spin_loop();
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(self.broken(e)),
                 }
             }
         } else {
@@ -366,7 +391,7 @@ impl Client {
                 {
                     return Ok(());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.broken(e)),
             }
         };
         self.take_input(n);
@@ -376,9 +401,16 @@ impl Client {
     fn wait_for<T>(
         &mut self,
         timeout: Duration,
+        pick: impl FnMut(&Event) -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        self.wait_until(Instant::now() + timeout, pick)
+    }
+
+    fn wait_until<T>(
+        &mut self,
+        deadline: Instant,
         mut pick: impl FnMut(&Event) -> Option<Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
-        let deadline = Instant::now() + timeout;
         loop {
             if let Some(i) = self.events.iter().position(|e| pick(e).is_some()) {
                 let e = self.events.remove(i).expect("index from position");
@@ -396,6 +428,7 @@ impl Client {
 
     /// PING with `payload` (at most 1024 bytes); returns the round-trip time.
     pub fn ping(&mut self, payload: &[u8]) -> Result<Duration, ClientError> {
+        self.revive(Instant::now() + self.cfg.connect_timeout)?;
         let id = self.conn.ping(Bytes::copy_from_slice(payload))?;
         self.wait_for(Duration::from_secs(30), |e| match e {
             Event::Pong {
@@ -407,19 +440,18 @@ impl Client {
         })
     }
 
-    /// Send a request and wait up to `timeout` for its response frame. An ERROR answering it
-    /// is returned as [`ClientError::Peer`].
-    pub fn request(
+    /// One request on this connection, its answer awaited until `deadline`.
+    fn request_once(
         &mut self,
         stream_id: u32,
         msg_type: MessageType,
         payload: Bytes,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Frame, ClientError> {
         let id = self
             .conn
             .request(stream_id, msg_type, payload, SendOptions::default())?;
-        self.wait_for(timeout, |e| match e {
+        self.wait_until(deadline, |e| match e {
             Event::Frame(f)
                 if f.header.correlation_id == id && f.header.flags.contains(Flags::RESPONSE) =>
             {
@@ -446,6 +478,7 @@ impl Client {
         payload: Bytes,
         opts: SendOptions,
     ) -> Result<(), ClientError> {
+        self.revive(Instant::now() + self.cfg.connect_timeout)?;
         self.conn.send(stream_id, msg_type, payload, opts)?;
         self.flush()?;
         Ok(())
@@ -457,6 +490,7 @@ impl Client {
         class: StreamClass,
         open: Option<StreamOpen>,
     ) -> Result<u32, ClientError> {
+        self.revive(Instant::now() + self.cfg.connect_timeout)?;
         let explicit = open.is_some();
         let id = self.conn.open_stream(class, open)?;
         if explicit {
