@@ -242,7 +242,13 @@ fn a_blocking_client_on_the_link_loses_nothing_across_a_rolling_restart() {
                     Duration::from_secs(5),
                 ) {
                     Ok(f) if f.payload.as_ref() == b"ping" => answered += 1,
-                    other => failed.push(format!("{other:?}")),
+                    other => {
+                        failed.push(format!("{other:?}"));
+                        // A few show what went wrong; a client stuck failing stops here.
+                        if failed.len() >= 100 {
+                            break;
+                        }
+                    }
                 }
             }
             (answered, failed, client)
@@ -256,7 +262,12 @@ fn a_blocking_client_on_the_link_loses_nothing_across_a_rolling_restart() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let (answered, failed, client) = requester.join().unwrap();
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, the first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(answered > 100, "only {answered} answered");
     assert_eq!(
         client.reconnects(),

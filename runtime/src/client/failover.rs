@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use valkyrie_protocol::connection::State as ConnState;
 use valkyrie_protocol::{CloseReason, ErrorCode, Frame, MessageType};
 
 use super::{Client, ClientConfig, ClientError};
@@ -171,14 +172,18 @@ impl Client {
         self.failover.as_ref().map_or(0, |f| f.retried)
     }
 
-    /// Before a call: a client made from options whose connection has ended connects
+    /// Before a call: a client made from options whose connection has ended (or is ending) connects
     /// again (when the options want it), within `until`.
     pub(super) fn revive(&mut self, until: Instant) -> Result<(), ClientError> {
         let wanted = self
             .failover
             .as_ref()
             .is_some_and(|f| f.link.opts.reconnect);
-        if self.closed.is_some() && wanted {
+        // A connection that is closing (the node's CLOSE came; ours answers it as the old
+        // connection is let go in `reconnect`) is as good as ended.
+        let ending = self.closed.is_some()
+            || matches!(self.conn.state(), ConnState::Closing | ConnState::Closed);
+        if ending && wanted {
             self.reconnect(until.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
