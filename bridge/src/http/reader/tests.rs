@@ -1,3 +1,5 @@
+//! The request reader against pipelined, split, chunked, oversized and malformed input.
+
 use proptest::prelude::*;
 
 use super::*;
