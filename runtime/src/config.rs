@@ -140,6 +140,38 @@ pub struct NodeConfig {
     /// the `mtls` mode, optional under `token`. Unix and shared-memory endpoints stay local
     /// and unencrypted.
     pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
+    /// HTTP/1.1 on the node's TCP and Unix listeners, told apart from Valkyrie frames by the
+    /// first byte.
+    pub http: HttpSettings,
+}
+
+/// HTTP/1.1 served on the node's own port (see `valkyrie_bridge::http`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Serve HTTP at all (default true); off, an HTTP request is answered as bad frame magic.
+    pub enabled: bool,
+    /// What one request may make the node hold (header fields and bytes, body size).
+    pub limits: valkyrie_bridge::http::Limits,
+    /// Time for a request to arrive whole once it has begun (past it: 408 and close).
+    pub request_timeout: Duration,
+    /// Time a kept-alive connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// On a node whose security modes all authenticate, answer `/healthz`, `/readyz` and
+    /// `/metrics` without credentials (default false: they need them like every other path;
+    /// turn it on for probes and scrapers that carry none). A plaintext node asks nothing.
+    pub open_probes: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            enabled: true,
+            limits: valkyrie_bridge::http::Limits::default(),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            open_probes: false,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -170,6 +202,7 @@ impl Default for NodeConfig {
             guard: None,
             audit: None,
             tls: None,
+            http: HttpSettings::default(),
         }
     }
 }

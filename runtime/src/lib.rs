@@ -52,6 +52,7 @@ mod config;
 mod conn;
 pub mod guard;
 mod handle;
+mod health;
 pub mod keys;
 pub mod link;
 mod mesh;
@@ -67,18 +68,21 @@ mod uring;
 pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use config::{BusyPoll, NodeConfig, RecvMode};
+pub use config::{BusyPoll, HttpSettings, NodeConfig, RecvMode};
 pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
 pub use node::{Node, NodeBuilder, Reload, ReloadError};
 pub use service::{
-    Ctx, MAX_REQUESTS_IN_FLIGHT, MAX_SERVICE_TIMERS, NoService, Reply, RouteError, Service,
+    Ctx, HttpAnswer, MAX_REQUESTS_IN_FLIGHT, MAX_ROUTES, MAX_SERVICE_TIMERS, NoService, Reply,
+    Route, RouteError, Service,
 };
 pub use sys::raise_nofile;
 pub use uring::RingFeatures;
 pub use url::Endpoint;
+/// The bridge's HTTP types a service answers with ([`Service::on_http`]).
+pub use valkyrie_bridge::http;
 
 /// A connection anywhere in the node: its shard, and its slot on that shard. A stale reference
 /// (the connection closed and the slot was reused) is detected by its generation.

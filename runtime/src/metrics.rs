@@ -70,6 +70,11 @@ pub struct ShardMetrics {
     pub(crate) guard_bans: AtomicU64,
     pub(crate) guard_refused_throttled: AtomicU64,
     pub(crate) guard_refused_banned: AtomicU64,
+    /// HTTP answers sent, by the status's hundreds digit (index 1 to 5).
+    pub(crate) http_responses: [AtomicU64; 6],
+    /// When the shard's loop last turned, in milliseconds since the node started
+    /// (`/healthz`: a shard stuck in one turn stops moving it).
+    pub(crate) last_turn_ms: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -107,6 +112,8 @@ impl ShardMetrics {
             guard_bans: AtomicU64::new(0),
             guard_refused_throttled: AtomicU64::new(0),
             guard_refused_banned: AtomicU64::new(0),
+            http_responses: Default::default(),
+            last_turn_ms: AtomicU64::new(0),
         }
     }
 
@@ -441,8 +448,20 @@ pub fn gather(
     shortages
         .with_label_values::<&str>(&[])
         .inc_by(sum(&|s| s.recv_buffer_shortages.load(Relaxed)));
+    let http = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_http_responses_total",
+            "HTTP answers sent on the node's port, by status class",
+        ),
+        &["class"],
+    )?;
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
+        http.with_label_values(&[class])
+            .inc_by(sum(&|s| s.http_responses[i + 1].load(Relaxed)));
+    }
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
+        Box::new(http),
         Box::new(accepted),
         Box::new(disconnects),
         Box::new(sent),

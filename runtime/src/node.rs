@@ -5,11 +5,12 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use valkyrie_protocol::Config;
 
 use crate::config::{BusyPoll, NodeConfig};
+use crate::health::NodeState;
 
 use crate::mesh::{self, Waker};
 use crate::metrics::{self, ShardMetrics};
@@ -240,12 +241,10 @@ impl NodeBuilder {
 pub struct Node {
     threads: Vec<JoinHandle<()>>,
     shutdown: Arc<AtomicBool>,
-    /// Takes new connections (false once draining).
-    ready: AtomicBool,
+    /// Readiness (false once draining), every shard's counters: what the probes report.
+    state: Arc<NodeState>,
     wakers: Arc<Vec<Waker>>,
-    metrics: Vec<Arc<ShardMetrics>>,
     endpoints: Vec<Endpoint>,
-    security: String,
     features: Vec<crate::RingFeatures>,
     /// The configuration new connections use (replaced by a reload).
     cfg: std::sync::Mutex<Arc<NodeConfig>>,
@@ -256,7 +255,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("endpoints", &self.endpoints)
-            .field("shards", &self.metrics.len())
+            .field("shards", &self.state.shards.len())
             .finish()
     }
 }
@@ -328,6 +327,18 @@ impl Node {
         let shutdown = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<ShardMetrics>> =
             (0..n).map(|_| Arc::new(ShardMetrics::new())).collect();
+        let security = cfg
+            .protocol
+            .security
+            .first()
+            .map_or("plaintext".into(), |m| m.to_string());
+        let state = Arc::new(NodeState {
+            ready: AtomicBool::new(false),
+            shards: metrics.clone(),
+            security,
+            epoch: Instant::now(),
+            max_connections: (cfg.max_connections_per_shard as i64).saturating_mul(n as i64),
+        });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let cfg = Arc::new(cfg);
         let mut threads = Vec::new();
@@ -343,6 +354,7 @@ impl Node {
                 mesh_tx,
                 wakers: wakers.clone(),
                 metrics: metrics[id].clone(),
+                node: state.clone(),
                 shutdown: shutdown.clone(),
                 table_size,
             };
@@ -370,19 +382,12 @@ impl Node {
             );
         }
         drop(ready_tx);
-        let security = cfg
-            .protocol
-            .security
-            .first()
-            .map_or("plaintext".into(), |m| m.to_string());
         let mut node = Node {
             threads,
             shutdown,
-            ready: AtomicBool::new(false),
+            state,
             wakers,
-            metrics,
             endpoints,
-            security,
             features: vec![crate::RingFeatures::default(); n],
             cfg: std::sync::Mutex::new(cfg),
             reloader: None,
@@ -394,7 +399,7 @@ impl Node {
                 Err(_) => return Err(io::Error::other("a shard thread died during start-up")),
             }
         }
-        node.ready.store(true, Ordering::SeqCst);
+        node.state.ready.store(true, Ordering::SeqCst);
         Ok(node)
     }
 
@@ -415,12 +420,12 @@ impl Node {
 
     /// Per-shard counters.
     pub fn shard_metrics(&self) -> &[Arc<ShardMetrics>] {
-        &self.metrics
+        &self.state.shards
     }
 
     /// All counters, gathered into a Prometheus registry.
     pub fn registry(&self) -> prometheus::Registry {
-        metrics::gather(&self.metrics, &self.security)
+        metrics::gather(&self.state.shards, &self.state.security)
             .expect("metric names and labels are static and valid")
     }
 
@@ -431,7 +436,7 @@ impl Node {
 
     /// Connections open across all shards.
     pub fn connections(&self) -> i64 {
-        self.metrics.iter().map(|m| m.connections()).sum()
+        self.state.connections()
     }
 
     /// Call the service's [`Service::on_nudge`](crate::Service::on_nudge) on `shard` soon,
@@ -447,7 +452,7 @@ impl Node {
     /// Whether the node takes new connections: true once started, false from the moment it
     /// drains (what `/readyz` reports, so that a load balancer stops sending it traffic).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.state.ready.load(Ordering::SeqCst)
     }
 
     /// Drain, for a rolling restart (what SIGTERM does): readiness turns false first, then
@@ -459,7 +464,7 @@ impl Node {
     /// not answered); the node serves until its connections have closed or the shutdown
     /// timeout passes, then its shards stop ([`Node::join`]).
     pub fn drain(&self) {
-        self.ready.store(false, Ordering::SeqCst);
+        self.state.ready.store(false, Ordering::SeqCst);
         self.shutdown.store(true, Ordering::SeqCst);
         for w in self.wakers.iter() {
             w.wake(true);
@@ -508,7 +513,7 @@ impl Node {
 
     /// Begin a graceful shutdown: the same as [`Node::drain`].
     pub fn shutdown(&self) {
-        self.ready.store(false, Ordering::SeqCst);
+        self.state.ready.store(false, Ordering::SeqCst);
         self.shutdown.store(true, Ordering::SeqCst);
         for w in self.wakers.iter() {
             w.wake(true);

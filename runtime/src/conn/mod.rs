@@ -8,6 +8,7 @@
 //! (its operations cancelled, its descriptor closed) → removed from the table once the kernel
 //! holds nothing of it ([`Conn::is_released`]).
 
+pub(crate) mod http;
 pub(crate) mod recv;
 pub(crate) mod requests;
 pub(crate) mod send;
@@ -110,6 +111,9 @@ pub(crate) struct Conn {
     pub(crate) connected: bool,
     /// Just finished its handshake: release the handshake's buffers once flushed.
     pub(crate) fresh: bool,
+    /// Accepted on a listener that serves HTTP too and nothing received yet: its first
+    /// byte decides what it speaks.
+    pub(crate) sniffing: bool,
     /// Queued for processing at the end of this round (see [`table::ConnTable::mark`]).
     pub(crate) dirty: bool,
     /// The service holds its input back (`Ctx::hold_input`).
@@ -129,6 +133,8 @@ pub(crate) struct Extra {
     pub(crate) link: Option<(u32, u32)>,
     /// Requests in flight through `Ctx::request`.
     pub(crate) requests: Requests,
+    /// The connection speaks HTTP/1.1.
+    pub(crate) http: Option<Box<http::HttpConn>>,
 }
 
 impl Conn {
@@ -154,6 +160,25 @@ impl Conn {
     /// The connection's rarely used parts, allocated on first use.
     pub(crate) fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The HTTP state, when the connection speaks HTTP.
+    pub(crate) fn http(&mut self) -> Option<&mut http::HttpConn> {
+        self.extra.as_mut().and_then(|e| e.http.as_deref_mut())
+    }
+
+    /// Whether the connection speaks HTTP.
+    pub(crate) fn is_http(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.http.is_some())
+    }
+
+    /// Whether the connection takes input now (its protocol's, or its HTTP reader's, wish;
+    /// the service's hold aside).
+    pub(crate) fn wants_input(&self) -> bool {
+        match self.extra.as_ref().and_then(|e| e.http.as_deref()) {
+            Some(h) => h.wants_input(),
+            None => self.proto.wants_input(),
+        }
     }
 
     /// The socket I/O, for socket connections.

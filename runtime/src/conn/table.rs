@@ -136,6 +136,7 @@ mod tests {
             }),
             connected: false,
             fresh: false,
+            sniffing: false,
             dirty: false,
             held: false,
             timer: None,

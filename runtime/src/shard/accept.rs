@@ -337,6 +337,12 @@ impl Shard {
             }
         };
         let life = if refused { Life::Refused } else { Life::Open };
+        // A stream socket of a node that serves HTTP learns what it speaks from its first
+        // byte (TCP without TLS, and Unix; under TLS the tunnel's ALPN would decide).
+        let sniffing = !refused
+            && self.cfg.http.enabled
+            && transport != SHM
+            && matches!(&io, Io::Socket(s) if s.tls.is_none());
         let slot = self.conns.insert(|generation| Conn {
             generation,
             transport,
@@ -345,6 +351,7 @@ impl Shard {
             io,
             connected: false,
             fresh: false,
+            sniffing,
             dirty: false,
             held: false,
             timer: None,

@@ -114,7 +114,12 @@ impl Shard {
             if let Some(c) = self.conns.get_mut(slot)
                 && c.life != Life::Refused
             {
-                c.proto.close(GOING_AWAY.0, GOING_AWAY_REASON);
+                match c.http() {
+                    // HTTP: a request under way is answered (with `connection: close`), an
+                    // idle kept-alive connection closes now.
+                    Some(h) => h.close_when_idle(),
+                    None => c.proto.close(GOING_AWAY.0, GOING_AWAY_REASON),
+                }
                 self.mark(slot);
             }
         }

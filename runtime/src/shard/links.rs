@@ -411,6 +411,7 @@ impl Shard {
             }),
             connected: false,
             fresh: false,
+            sniffing: false,
             dirty: false,
             held: false,
             timer: None,

@@ -11,6 +11,7 @@
 
 mod accept;
 mod close;
+mod http;
 mod inbox;
 pub(crate) mod links;
 mod process;
@@ -49,6 +50,9 @@ pub(crate) struct ShardInit {
     pub(crate) mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
     pub(crate) wakers: Arc<Vec<Waker>>,
     pub(crate) metrics: Arc<ShardMetrics>,
+    /// The node's readiness and every shard's counters (for `/healthz`, `/readyz`,
+    /// `/metrics`).
+    pub(crate) node: Arc<crate::health::NodeState>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) table_size: u32,
 }
@@ -101,6 +105,12 @@ pub(crate) struct Shard {
     links: Links,
     /// Timers the service set.
     service_timers: ServiceTimers,
+    /// The node's readiness and every shard's counters (the probes and `/metrics`).
+    node: Arc<crate::health::NodeState>,
+    /// The HTTP routes the service took.
+    routes: Vec<crate::service::Route>,
+    /// The last loop turn stamped into the metrics (ms since the node started).
+    last_turn_ms: u64,
 }
 
 impl Shard {
@@ -171,6 +181,9 @@ impl Shard {
             recv_budget: init.cfg.recv_budget,
             guard: init.cfg.guard.clone().map(crate::guard::Guard::new),
             service_timers: ServiceTimers::default(),
+            node: init.node,
+            routes: Vec::new(),
+            last_turn_ms: 0,
             links: Links::new(
                 unix ^ (init.id as u64) << 32 ^ u64::from(now.elapsed().subsec_nanos()),
             ),
@@ -193,6 +206,7 @@ impl Shard {
         let mut last_work = Instant::now();
         loop {
             self.now = Instant::now();
+            self.stamp_turn();
             let mut work = self.drain_mesh();
             work |= self.take_reload();
             work |= self.take_nudge();
@@ -282,8 +296,13 @@ impl Shard {
             .into_iter()
             .flatten()
             .min();
-            let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.ring.submit_and_wait(wait)
+            // An idle shard still turns now and then: `/healthz` tells it from a stuck one.
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .map_or(crate::health::IDLE_TURN, |w| {
+                    w.min(crate::health::IDLE_TURN)
+                });
+            if let Err(e) = self.ring.submit_and_wait(Some(wait))
                 && e.raw_os_error() != Some(libc::ETIME)
                 && e.raw_os_error() != Some(libc::EINTR)
             {
@@ -411,7 +430,19 @@ impl Shard {
                 timers: &mut self.service_timers,
                 mesh: &mut self.mesh,
                 metrics: &self.metrics,
+                routes: &mut self.routes,
             }),
         )
+    }
+
+    /// Stamp this loop turn for `/healthz` (one relaxed store a millisecond at most).
+    fn stamp_turn(&mut self) {
+        let ms = self.node.ms(self.now);
+        if ms != self.last_turn_ms {
+            self.last_turn_ms = ms;
+            self.metrics
+                .last_turn_ms
+                .store(ms, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }

@@ -28,6 +28,10 @@ impl Shard {
     /// Drain a connection's events into the service, send what it queued, re-arm its timer,
     /// and close it once it is drained.
     fn process(&mut self, slot: u32) {
+        if self.conns.get(slot).is_some_and(|c| c.is_http()) {
+            self.serve_http(slot);
+            return;
+        }
         // Each turn consumes events decoded from input already received (the protocol answers
         // what it decodes without growing its queues past their bounds), so this ends when
         // the input does.

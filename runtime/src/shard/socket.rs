@@ -137,7 +137,7 @@ impl Shard {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        let wants = c.proto.wants_input() && !c.held;
+        let wants = c.wants_input() && !c.held;
         let generation = c.generation;
         match &mut c.io {
             Io::Socket(s) => match s.recv.want(wants, backed_up) {
@@ -243,6 +243,16 @@ impl Shard {
     /// Hand `len` bytes of receive buffer `bid` to the connection (through TLS when it has it).
     fn receive(&mut self, slot: u32, bid: u16, len: usize) {
         ShardMetrics::add(&self.metrics.bytes_in, len as u64);
+        if self
+            .conns
+            .get(slot)
+            .is_some_and(|c| c.sniffing || c.is_http())
+        {
+            let data = self.bufs.data(bid, len).to_vec();
+            if self.take_http(slot, &data) {
+                return;
+            }
+        }
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
@@ -281,6 +291,15 @@ impl Shard {
             return;
         }
         let mut out = self.send_pool.take();
+        if let Some(h) = c.extra.as_mut().and_then(|e| e.http.as_deref_mut()) {
+            h.take_output(&mut out.buf, batch);
+            if out.buf.is_empty() {
+                self.recycle_send_buf(out);
+            } else {
+                self.submit_send(slot, out);
+            }
+            return;
+        }
         let before = out.buf.len();
         let pongs = c.proto.write_answers(&mut out.buf);
         if pongs > 0 {

@@ -79,7 +79,17 @@ impl Shard {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut deadline = c.proto.poll_timeout().map(|d| self.timers.tick(d));
+        let mut deadline = match c.extra.as_ref().and_then(|e| e.http.as_deref()) {
+            // An HTTP connection's own limits: the request arriving, or the idle wait.
+            Some(h) => match (h.since, h.answering) {
+                (Some(s), _) => Some(s + self.cfg.http.request_timeout),
+                (None, crate::conn::http::Answering::Idle) => {
+                    Some(h.idle_since + self.cfg.http.idle_timeout)
+                }
+                (None, _) => None,
+            },
+            None => c.proto.poll_timeout().map(|d| self.timers.tick(d)),
+        };
         if let Some(since) = c.stalled_since() {
             let t = since + slow;
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
@@ -125,6 +135,10 @@ impl Shard {
                 // Its requests are lost, its service told, its link (if any) reconnects.
                 self.dispatch(slot, valkyrie_protocol::Event::Closed(reason));
                 self.start_close(slot);
+                continue;
+            }
+            if c.is_http() {
+                self.http_timeout(slot);
                 continue;
             }
             // A connection whose timer fires has been quiet: release its idle buffers first.

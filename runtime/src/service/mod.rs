@@ -20,6 +20,10 @@ use valkyrie_protocol::{
 };
 
 pub use crate::ConnRef;
+pub(crate) use http::count;
+pub use http::{HttpAnswer, MAX_ROUTES, Route};
+
+mod http;
 use crate::conn::Conn;
 use crate::conn::table::ConnTable;
 use crate::link::{ConnectOptions, LinkId, LinkState};
@@ -52,6 +56,17 @@ pub enum RouteError {
     /// The service already has [`MAX_SERVICE_TIMERS`] timers pending on this shard.
     #[error("{0} timers already pending")]
     TooManyTimers(usize),
+    /// The connection does not speak HTTP, or no answer of the kind asked for is due on it
+    /// (an answer with none awaited, a chunk outside a streamed answer).
+    #[error("no HTTP answer of that kind is due on this connection")]
+    NotAnswering,
+    /// The connection's answer bytes waiting for the client reached their bound: wait for
+    /// [`Service::on_http_writable`] (back-pressure).
+    #[error("{0} answer bytes already wait for the client")]
+    HttpBackpressure(usize),
+    /// The shard already has [`MAX_ROUTES`] routes.
+    #[error("{0} routes already registered")]
+    TooManyRoutes(usize),
 }
 
 /// What became of a request made with [`Ctx::request`], handed to [`Service::on_reply`]
@@ -88,6 +103,7 @@ pub struct Ctx<'a> {
     timers: &'a mut ServiceTimers,
     mesh: &'a mut MeshTx,
     metrics: &'a ShardMetrics,
+    routes: &'a mut Vec<Route>,
 }
 
 /// The shard's parts a [`Ctx`] borrows for one call into the service.
@@ -100,6 +116,7 @@ pub(crate) struct CtxParts<'a> {
     pub(crate) timers: &'a mut ServiceTimers,
     pub(crate) mesh: &'a mut MeshTx,
     pub(crate) metrics: &'a ShardMetrics,
+    pub(crate) routes: &'a mut Vec<Route>,
 }
 
 /// Most timers a service may have pending on one shard ([`Ctx::set_timer`]).
@@ -144,6 +161,7 @@ impl<'a> Ctx<'a> {
             timers: p.timers,
             mesh: p.mesh,
             metrics: p.metrics,
+            routes: p.routes,
         }
     }
 
@@ -216,7 +234,7 @@ impl<'a> Ctx<'a> {
         opts: SendOptions,
     ) -> Result<(), RouteError> {
         if conn.shard as usize != self.shard {
-            return self.route(
+            return self.via_mesh(
                 conn.shard as usize,
                 MeshMsg::Send {
                     to: conn,
@@ -295,7 +313,7 @@ impl<'a> Ctx<'a> {
     /// Close `conn` gracefully (CLOSE after what is queued), wherever it lives.
     pub fn close(&mut self, conn: ConnRef, code: u16, reason: &str) -> Result<(), RouteError> {
         if conn.shard as usize != self.shard {
-            return self.route(
+            return self.via_mesh(
                 conn.shard as usize,
                 MeshMsg::Close {
                     to: conn,
@@ -400,10 +418,10 @@ impl<'a> Ctx<'a> {
             return Err(RouteError::NotLocal(shard));
         }
         let from = self.shard;
-        self.route(shard, MeshMsg::User { from, msg })
+        self.via_mesh(shard, MeshMsg::User { from, msg })
     }
 
-    fn route(&mut self, shard: usize, msg: MeshMsg) -> Result<(), RouteError> {
+    fn via_mesh(&mut self, shard: usize, msg: MeshMsg) -> Result<(), RouteError> {
         if !self.mesh.reaches(shard) {
             return Err(RouteError::NotLocal(shard));
         }
@@ -454,6 +472,26 @@ pub trait Service: 'static {
 
     /// A message from the service instance on another shard ([`Ctx::send_to_shard`]).
     fn on_message(&mut self, _ctx: &mut Ctx<'_>, _from_shard: usize, _msg: Box<dyn Any + Send>) {}
+
+    /// An HTTP request on a path this shard's service routed ([`Ctx::route`]): answer it
+    /// now, start a chunked answer, or answer later. Requests on one connection come one at
+    /// a time: the next waits until this one is answered. The default answers 404.
+    fn on_http(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnRef,
+        _request: &valkyrie_bridge::http::Request,
+    ) -> HttpAnswer {
+        HttpAnswer::Respond(valkyrie_bridge::http::Response::error(404, "no such route"))
+    }
+
+    /// A streamed HTTP answer that met back-pressure ([`RouteError::HttpBackpressure`]) may
+    /// take chunks again: its client has read half of what waited.
+    fn on_http_writable(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef) {}
+
+    /// An HTTP connection whose answer was due (later or streamed) went away before it was
+    /// finished.
+    fn on_http_gone(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnRef) {}
 }
 
 /// The service a node runs when none is configured: requests are answered with ERROR 504

@@ -1,0 +1,81 @@
+//! What the node's probes report, shared by the node and its shards: readiness (set by the
+//! node: false until every shard runs, and from the start of a drain), liveness (each
+//! shard's loop stamps the time of its last turn; an idle shard still turns at least every
+//! [`IDLE_TURN`]), and the counters `/metrics` sums at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::metrics::{self, ShardMetrics};
+
+/// The longest an idle shard sleeps without turning its loop.
+pub(crate) const IDLE_TURN: Duration = Duration::from_millis(250);
+
+/// A shard whose loop has not turned for this long is reported stuck by `/healthz`.
+pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// The node's state as its probes see it.
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    /// Serving and not draining.
+    pub(crate) ready: AtomicBool,
+    /// Every shard's counters.
+    pub(crate) shards: Vec<Arc<ShardMetrics>>,
+    /// The security mode named in `valkyrie_connections_active{security}`.
+    pub(crate) security: String,
+    /// What `last_turn_ms` counts from.
+    pub(crate) epoch: Instant,
+    /// Connections the node takes in all (every shard's limit).
+    pub(crate) max_connections: i64,
+}
+
+impl NodeState {
+    /// Milliseconds from the node's start to `t`.
+    pub(crate) fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Open connections across all shards.
+    pub(crate) fn connections(&self) -> i64 {
+        self.shards.iter().map(|m| m.connections()).sum()
+    }
+
+    /// Whether every shard's loop turned within [`STUCK_AFTER`] of `now`, and the JSON body
+    /// that says so shard by shard.
+    pub(crate) fn health(&self, now: Instant) -> (bool, String) {
+        let now_ms = self.ms(now);
+        let ages: Vec<u64> = self
+            .shards
+            .iter()
+            .map(|m| now_ms.saturating_sub(m.last_turn_ms.load(Ordering::Relaxed)))
+            .collect();
+        let healthy = ages.iter().all(|&a| a < STUCK_AFTER.as_millis() as u64);
+        let shards: Vec<_> = ages
+            .iter()
+            .enumerate()
+            .map(|(i, a)| serde_json::json!({"shard": i, "last_turn_ms_ago": a}))
+            .collect();
+        let body = serde_json::json!({"healthy": healthy, "shards": shards});
+        (healthy, body.to_string())
+    }
+
+    /// Whether the node takes new connections (started, not draining, under its connection
+    /// limit), and the JSON body that says so.
+    pub(crate) fn readiness(&self) -> (bool, String) {
+        let serving = self.ready.load(Ordering::SeqCst);
+        let connections = self.connections();
+        let ready = serving && connections < self.max_connections;
+        let body = serde_json::json!({"ready": ready, "draining": !serving,
+            "connections": connections, "max_connections": self.max_connections});
+        (ready, body.to_string())
+    }
+
+    /// Every shard's counters, summed, in the Prometheus text format.
+    pub(crate) fn metrics_text(&self) -> String {
+        match metrics::gather(&self.shards, &self.security) {
+            Ok(r) => metrics::encode(&r),
+            Err(e) => format!("# metrics could not be gathered: {e}\n"),
+        }
+    }
+}

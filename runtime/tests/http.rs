@@ -1,0 +1,380 @@
+//! HTTP/1.1 on the node's own port: the node's endpoints, a service's routes (whole, later
+//! and streamed answers), bad input refused with its status and nothing else disturbed,
+//! binary and HTTP clients side by side, credentials on a node that requires them. Driven
+//! with raw sockets (exact bytes) and with curl (a real client).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use valkyrie_bridge::http::{Method, Request, Response};
+use valkyrie_protocol::{Frame, MessageType};
+use valkyrie_runtime::{Client, ConnRef, Ctx, HttpAnswer, Node, Service};
+
+/// Routes `/hello` (now), `/later` (answered from a timer), `/stream` (NDJSON, 5 lines) and
+/// answers JOB_REQUEST frames.
+#[derive(Default)]
+struct Web {
+    waiting: Vec<ConnRef>,
+}
+
+impl Service for Web {
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.route(Some(Method::Get), "/hello").unwrap();
+        ctx.route(Some(Method::Get), "/later").unwrap();
+        ctx.route(Some(Method::Get), "/stream").unwrap();
+        ctx.route(Some(Method::Post), "/echo").unwrap();
+    }
+
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
+        }
+    }
+
+    fn on_http(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, req: &Request) -> HttpAnswer {
+        match req.path() {
+            "/hello" => HttpAnswer::Respond(Response::with_body(200, "text/plain", "hello\n")),
+            "/echo" => HttpAnswer::Respond(Response::with_body(
+                200,
+                "application/octet-stream",
+                req.body.clone(),
+            )),
+            "/later" => {
+                self.waiting.push(conn);
+                ctx.set_timer(ctx.now() + Duration::from_millis(50), 1)
+                    .unwrap();
+                HttpAnswer::Later
+            }
+            _ => {
+                // The head now; the lines from the timer.
+                self.waiting.push(conn);
+                ctx.set_timer(ctx.now() + Duration::from_millis(20), 2)
+                    .unwrap();
+                HttpAnswer::Stream(Response::streamed(200, "application/x-ndjson"))
+            }
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, token: u64) {
+        for conn in self.waiting.drain(..) {
+            if token == 1 {
+                let _ = ctx.http_respond(conn, Response::json(200, "{\"later\":true}"));
+            } else {
+                for i in 0..5 {
+                    ctx.http_chunk(conn, format!("{{\"line\":{i}}}\n").as_bytes())
+                        .unwrap();
+                }
+                ctx.http_finish(conn).unwrap();
+            }
+        }
+    }
+}
+
+fn node() -> Node {
+    Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(2)
+        .configure(|c| c.http.request_timeout = Duration::from_millis(300))
+        .service(|_| Web::default())
+        .start()
+        .unwrap()
+}
+
+fn addr(node: &Node) -> String {
+    node.url().trim_start_matches("tcp://").to_owned()
+}
+
+/// Send `raw` and read until the node closes the connection (or 5 s pass).
+fn exchange(node: &Node, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr(node)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs (apt-get install -y curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_nodes_own_endpoints_answer_curl() {
+    let n = node();
+    let base = format!("http://{}", addr(&n));
+    let (code, body) = curl(&[&format!("{base}/healthz")]);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+    let (code, body) = curl(&[&format!("{base}/readyz")]);
+    assert_eq!(
+        (code, body.contains("\"ready\":true")),
+        (200, true),
+        "{body}"
+    );
+    let (code, body) = curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(body.contains("valkyrie_connections_active"), "{body}");
+    assert!(body.contains("valkyrie_http_responses_total{class=\"2xx\"}"));
+    let (code, _) = curl(&["-X", "POST", &format!("{base}/healthz")]);
+    assert_eq!(code, 405);
+    let (code, _) = curl(&[&format!("{base}/no/such/path")]);
+    assert_eq!(code, 404);
+    let (code, body) = curl(&["-I", &format!("{base}/healthz")]);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("content-length:"),
+        "HEAD gives the length: {body}"
+    );
+    assert!(!body.contains("healthy"), "HEAD has no body");
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn a_services_routes_answer_now_later_and_streamed() {
+    let n = node();
+    let base = format!("http://{}", addr(&n));
+    assert_eq!(curl(&[&format!("{base}/hello")]), (200, "hello\n".into()));
+    assert_eq!(
+        curl(&[&format!("{base}/later")]),
+        (200, "{\"later\":true}".into())
+    );
+    let (code, body) = curl(&[&format!("{base}/stream")]);
+    assert_eq!(code, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 5, "{body}");
+    assert_eq!(lines[4], "{\"line\":4}");
+    // A body posted with 100-continue (curl asks for it past 1 KiB) comes back whole.
+    let big = "x".repeat(200_000);
+    let file = std::env::temp_dir().join(format!("valkyrie-http-body-{}", std::process::id()));
+    std::fs::write(&file, &big).unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        "content-type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/echo"),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!((code, body.len()), (200, big.len()));
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let n = node();
+    let mut raw = Vec::new();
+    for path in ["/hello", "/later", "/healthz", "/stream", "/hello"] {
+        raw.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: n\r\n\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let answer = exchange(&n, &raw);
+    let statuses: Vec<_> = answer.match_indices("HTTP/1.1 ").collect();
+    assert_eq!(statuses.len(), 6, "{answer}");
+    let later = answer.find("{\"later\":true}").unwrap();
+    let healthy = answer.find("\"healthy\"").unwrap();
+    let streamed = answer.find("{\"line\":4}").unwrap();
+    assert!(later < healthy && healthy < streamed, "in order: {answer}");
+    assert!(answer.ends_with("hello\n"));
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn bad_requests_get_their_status_and_nothing_else_is_disturbed() {
+    let n = node();
+    // A binary client stays connected and answered throughout.
+    let mut binary = Client::connect(&n.url()).unwrap();
+    let mut flood = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..200 {
+        flood.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (flood, 431),
+        (
+            format!("GET /x HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+            431,
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\n".to_vec(),
+            413,
+        ),
+        (b"GET / HTTP/2.0\r\n\r\n".to_vec(), 505),
+        (b"GET /hello HTTP/1.1\r\nBad\r\n\r\n".to_vec(), 400),
+        (
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            501,
+        ),
+        // Headers that stop coming: 408 after the request timeout (300 ms here).
+        (b"GET /hello HTTP/1.1\r\nHost: n\r\n".to_vec(), 408),
+    ];
+    for (raw, status) in cases {
+        let t0 = Instant::now();
+        let answer = exchange(&n, &raw);
+        assert_eq!(status_of(&answer), status, "{answer}");
+        assert!(
+            answer.contains("connection: close"),
+            "refusals close: {answer}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        let reply = binary
+            .request(
+                101,
+                MessageType::JobRequest,
+                Bytes::from_static(b"still here"),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(&reply.payload[..], b"still here");
+    }
+    let _ = binary.close();
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn binary_and_http_clients_share_the_port_at_once() {
+    let n = node();
+    let base = format!("http://{}", addr(&n));
+    let url = n.url();
+    let binaries: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&url).unwrap();
+                for i in 0..200u32 {
+                    let reply = c
+                        .request(
+                            101,
+                            MessageType::JobRequest,
+                            Bytes::from(i.to_be_bytes().to_vec()),
+                            Duration::from_secs(5),
+                        )
+                        .unwrap();
+                    assert_eq!(&reply.payload[..], &i.to_be_bytes());
+                }
+                let _ = c.close();
+            })
+        })
+        .collect();
+    let webs: Vec<_> = (0..4)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(curl(&[&format!("{base}/hello")]).0, 200);
+                }
+            })
+        })
+        .collect();
+    for t in binaries.into_iter().chain(webs) {
+        t.join().unwrap();
+    }
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn a_node_that_requires_credentials_asks_http_clients_for_them() {
+    use valkyrie_protocol::security::token::TokenServer;
+    use valkyrie_protocol::{Config, SecurityMode};
+    let cfg = Config {
+        security: vec![SecurityMode::Token],
+        handshakes: vec![std::sync::Arc::new(TokenServer::new([(
+            "agents".to_owned(),
+            b"right".to_vec(),
+        )]))],
+        ..Config::new("secure")
+    };
+    let closed = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(1)
+        .protocol(cfg.clone())
+        .service(|_| Web::default())
+        .start()
+        .unwrap();
+    let base = format!("http://{}", addr(&closed));
+    assert_eq!(curl(&[&format!("{base}/healthz")]).0, 401);
+    assert_eq!(curl(&[&format!("{base}/hello")]).0, 401);
+    closed.shutdown();
+    closed.join();
+    let open = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(1)
+        .protocol(cfg)
+        .configure(|c| c.http.open_probes = true)
+        .service(|_| Web::default())
+        .start()
+        .unwrap();
+    let base = format!("http://{}", addr(&open));
+    assert_eq!(curl(&[&format!("{base}/healthz")]).0, 200);
+    assert_eq!(curl(&[&format!("{base}/metrics")]).0, 200);
+    assert_eq!(curl(&[&format!("{base}/hello")]).0, 401, "only the probes");
+    open.shutdown();
+    open.join();
+}
+
+#[test]
+fn readyz_turns_false_when_the_node_drains() {
+    let n = node();
+    let mut s = TcpStream::connect(addr(&n)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let k = s.read(&mut buf).unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..k])), 200);
+    // A request under way when the node drains is answered: not ready, and told to close.
+    s.write_all(b"GET /readyz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    n.drain();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let answer = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("\"draining\":true"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    n.join();
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed_when_the_node_drains() {
+    let n = node();
+    let mut s = TcpStream::connect(addr(&n)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).unwrap();
+    let t0 = Instant::now();
+    n.drain();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty() && t0.elapsed() < Duration::from_secs(2));
+    n.join();
+}
