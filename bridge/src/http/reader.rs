@@ -178,9 +178,12 @@ impl RequestReader {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let allowed = self.limits.max_headers.clamp(1, MAX_HEADERS);
         let mut parsed = httparse::Request::new(&mut fields[..allowed]);
-        let n = match parsed.parse(&self.buf) {
+        // Only the first `max_head_bytes` are looked at: what is refused, and why, does not
+        // depend on how the bytes were split.
+        let window = &self.buf[..self.buf.len().min(self.limits.max_head_bytes)];
+        let n = match parsed.parse(window) {
             Ok(httparse::Status::Partial) => {
-                if self.buf.len() > self.limits.max_head_bytes {
+                if self.buf.len() >= self.limits.max_head_bytes {
                     return Err(HttpError::HeadersTooLarge);
                 }
                 return Ok(None);
@@ -190,9 +193,6 @@ impl RequestReader {
             Err(httparse::Error::Version) => return Err(HttpError::Version),
             Err(_) => return Err(HttpError::BadRequest("malformed request line or header")),
         };
-        if n > self.limits.max_head_bytes {
-            return Err(HttpError::HeadersTooLarge);
-        }
         let version = parsed.version.unwrap_or(1);
         let method = Method::parse(parsed.method.unwrap_or(""));
         let target = parsed.path.unwrap_or("").to_owned();
