@@ -56,6 +56,18 @@ enum Cmd {
         /// loopback (127.0.0.0/8 and ::1); giving any replaces it, and `none` empties it.
         #[arg(long = "trusted", value_name = "CIDR")]
         trusted: Vec<String>,
+        /// Answer every request with its own type and payload, RESPONSE set (smoke tests,
+        /// examples, benchmarks). Without it requests get ERROR 504 (no service).
+        #[arg(long)]
+        echo: bool,
+        /// Serve only Valkyrie frames on the listeners (no HTTP: no /healthz, /readyz,
+        /// /metrics).
+        #[arg(long)]
+        no_http: bool,
+        /// On a node whose security modes all authenticate, answer /healthz, /readyz and
+        /// /metrics without credentials (for probes and scrapers).
+        #[arg(long)]
+        open_probes: bool,
     },
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
@@ -411,8 +423,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             ban_after,
             ban_secs,
             trusted,
+            echo,
+            no_http,
+            open_probes,
         } => {
-            let mut b = Node::builder();
+            let mut b = Node::builder().configure(|c| {
+                c.http.enabled = !no_http;
+                c.http.open_probes = open_probes;
+            });
+            if echo {
+                b = b.service(|_| valkyrie_runtime::Echo);
+            }
             if let Some(path) = &audit {
                 b = b.audit(valkyrie_runtime::audit::AuditLog::to_file(path)?);
             }

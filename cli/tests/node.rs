@@ -265,3 +265,47 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_ones() {
     assert!(log.contains("reload refused"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_echo_node_answers_frames_and_http_on_one_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["node", "--listen", &url, "--shards", "1", "--echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the node to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut c = Client::connect(&url).unwrap();
+    let answer = c
+        .request(
+            7,
+            valkyrie_protocol::MessageType::LogEntry,
+            bytes::Bytes::from_static(b"echo me"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(answer.msg_type(), valkyrie_protocol::MessageType::LogEntry);
+    assert_eq!(&answer.payload[..], b"echo me");
+    let health = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
+        .output()
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&health.stdout);
+    assert!(body.contains("\"healthy\":true"), "{body}");
+    let _ = c.close();
+    let _ = node.kill();
+    let _ = node.wait();
+}

@@ -75,8 +75,8 @@ pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
 pub use node::{Node, NodeBuilder, Reload, ReloadError};
 pub use service::{
-    Ctx, HttpAnswer, MAX_REQUESTS_IN_FLIGHT, MAX_ROUTES, MAX_SERVICE_TIMERS, NoService, Reply,
-    Route, RouteError, Service,
+    Ctx, Echo, HttpAnswer, MAX_REQUESTS_IN_FLIGHT, MAX_ROUTES, MAX_SERVICE_TIMERS, NoService,
+    Reply, Route, RouteError, Service,
 };
 pub use sys::raise_nofile;
 pub use uring::RingFeatures;

@@ -20,9 +20,11 @@ use valkyrie_protocol::{
 };
 
 pub use crate::ConnRef;
+pub use echo::Echo;
 pub(crate) use http::count;
 pub use http::{HttpAnswer, MAX_ROUTES, Route};
 
+mod echo;
 mod http;
 use crate::conn::Conn;
 use crate::conn::table::ConnTable;
