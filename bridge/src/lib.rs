@@ -7,6 +7,7 @@
 //! - [`http`]: HTTP/1.1 requests read within [`http::Limits`] (keep-alive, pipelining,
 //!   `Content-Length` and chunked bodies; 400, 408, 413, 431, 501 and 505 for what is
 //!   refused), and answers written whole or as chunked streams.
+//! - [`rest`]: the REST gateway's mapping between JSON over HTTP and message frames.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod http;
+pub mod rest;
 mod sniff;
 
 pub use sniff::{ALPN_HTTP1, ALPN_VALKYRIE, Sniffed, sniff};

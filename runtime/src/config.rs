@@ -156,6 +156,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Time a kept-alive connection may stay idle between requests.
     pub idle_timeout: Duration,
+    /// Time the REST gateway waits for the service's answer (past it: 504).
+    pub gateway_timeout: Duration,
     /// On a node whose security modes all authenticate, answer `/healthz`, `/readyz` and
     /// `/metrics` without credentials (default false: they need them like every other path;
     /// turn it on for probes and scrapers that carry none). A plaintext node asks nothing.
@@ -169,6 +171,7 @@ impl Default for HttpSettings {
             limits: valkyrie_bridge::http::Limits::default(),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            gateway_timeout: Duration::from_secs(30),
             open_probes: false,
         }
     }

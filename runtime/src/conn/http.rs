@@ -3,9 +3,11 @@
 //! Requests are answered one at a time in order (a pipelined request waits in the reader
 //! until the one before it is answered), so answers never need reordering.
 
+use bytes::Bytes;
 use bytes::{Buf, BytesMut};
 use valkyrie_bridge::http::{Limits, RequestReader, Response, write_chunk, write_last_chunk};
-use valkyrie_protocol::Tick;
+use valkyrie_bridge::rest;
+use valkyrie_protocol::{ErrorCode, Flags, MessageType, SendOptions, Tick};
 
 /// Answer bytes a connection may hold before it stops taking requests (and, with its reader
 /// full, input): the answers' back-pressure.
@@ -51,6 +53,19 @@ pub(crate) struct HttpConn {
     pub(crate) idle_since: Tick,
     /// A chunk was refused for back-pressure: tell the service when it may go on.
     pub(crate) stalled: bool,
+    /// The REST gateway's request waiting for the service's answer.
+    pub(crate) gateway: Option<GatewayRequest>,
+    /// The correlation id of the gateway's last request on this connection.
+    pub(crate) last_corr: u32,
+}
+
+/// A request the REST gateway handed to the service as a frame, waiting for its answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GatewayRequest {
+    /// The correlation id the gateway gave it.
+    pub(crate) corr: u32,
+    /// No answer by then: 504.
+    pub(crate) deadline: Tick,
 }
 
 impl HttpConn {
@@ -64,6 +79,8 @@ impl HttpConn {
             since: None,
             idle_since: now,
             stalled: false,
+            gateway: None,
+            last_corr: 0,
         }
     }
 
@@ -124,6 +141,60 @@ impl HttpConn {
         let n = self.out.len().min(batch);
         buf.extend_from_slice(&self.out[..n]);
         self.out.advance(n);
+    }
+
+    /// A frame the service sends on this connection: the answer to the gateway's request
+    /// (RESPONSE set, its correlation id) becomes the HTTP answer, and its status is
+    /// returned; anything else has nowhere to go on an HTTP connection.
+    pub(crate) fn gateway_answer(
+        &mut self,
+        msg_type: MessageType,
+        payload: &Bytes,
+        opts: &SendOptions,
+        now: Tick,
+    ) -> Option<u16> {
+        let pending = self.gateway?;
+        if !opts.flags.contains(Flags::RESPONSE) || opts.correlation_id != pending.corr {
+            return None;
+        }
+        let resp = rest::answer(msg_type, pending.corr, payload);
+        self.settle(&resp, now);
+        Some(resp.status)
+    }
+
+    /// An ERROR the service sends on this connection: the gateway's request it answers gets
+    /// the status of its class.
+    pub(crate) fn gateway_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        correlation_id: u32,
+        now: Tick,
+    ) -> Option<u16> {
+        let pending = self.gateway?;
+        if correlation_id != pending.corr {
+            return None;
+        }
+        let resp = rest::error_answer(code, message);
+        self.settle(&resp, now);
+        Some(resp.status)
+    }
+
+    /// The gateway's request has had no answer by its deadline: 504.
+    pub(crate) fn gateway_expired(&mut self, now: Tick) -> Option<u16> {
+        if self.gateway?.deadline > now {
+            return None;
+        }
+        let resp = rest::timeout_answer();
+        self.settle(&resp, now);
+        Some(resp.status)
+    }
+
+    fn settle(&mut self, resp: &Response, now: Tick) {
+        self.gateway = None;
+        if let Answering::Later { keep_alive, head } = self.answering {
+            self.answer(resp, keep_alive, head, now);
+        }
     }
 
     /// The node drains: close now if nothing is under way (otherwise the answer under way

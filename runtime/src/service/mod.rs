@@ -247,7 +247,17 @@ impl<'a> Ctx<'a> {
                 },
             );
         }
+        let now = Tick::since(self.epoch, self.now);
         let c = self.local(conn)?;
+        if let Some(h) = c.http() {
+            // An HTTP connection takes only the answer to its gateway request.
+            let status = h
+                .gateway_answer(msg_type, &payload, &opts, now)
+                .ok_or(RouteError::NotAnswering)?;
+            count(self.metrics, status);
+            self.mark(conn.slot);
+            return Ok(());
+        }
         c.proto.send(stream_id, msg_type, payload, opts)?;
         self.mark(conn.slot);
         Ok(())
@@ -279,7 +289,16 @@ impl<'a> Ctx<'a> {
         stream_id: u32,
         correlation_id: u32,
     ) -> Result<(), RouteError> {
+        let now = Tick::since(self.epoch, self.now);
         let c = self.local(conn)?;
+        if let Some(h) = c.http() {
+            let status = h
+                .gateway_error(code, message, correlation_id, now)
+                .ok_or(RouteError::NotAnswering)?;
+            count(self.metrics, status);
+            self.mark(conn.slot);
+            return Ok(());
+        }
         c.proto
             .send_error(code, message, stream_id, correlation_id)?;
         self.mark(conn.slot);

@@ -6,7 +6,7 @@
 //! answered and the connection closed with nothing else disturbed.
 
 use valkyrie_bridge::http::{Method, Request, Response};
-use valkyrie_bridge::{Sniffed, sniff};
+use valkyrie_bridge::{Sniffed, rest, sniff};
 use valkyrie_protocol::SecurityMode;
 
 use super::Shard;
@@ -154,6 +154,9 @@ impl Shard {
                 Response::error(401, "this node requires credentials")
                     .header("www-authenticate", "Bearer realm=\"valkyrie\""),
             ),
+            None if req.method == Method::Post && req.path().starts_with(rest::MESSAGES_PREFIX) => {
+                self.gateway(slot, &req, keep_alive, head)
+            }
             None if self.routes.iter().any(|r| r.matches(&req)) => {
                 let Some(c) = self.conns.get_mut(slot) else {
                     return;
@@ -233,7 +236,11 @@ impl Shard {
         let Some(h) = self.conns.get_mut(slot).and_then(|c| c.http()) else {
             return;
         };
-        if h.since.is_some_and(|s| now >= s + request_timeout) && h.answering == Answering::Idle {
+        if let Some(status) = h.gateway_expired(now) {
+            count(&self.metrics, status);
+        } else if h.since.is_some_and(|s| now >= s + request_timeout)
+            && h.answering == Answering::Idle
+        {
             h.since = None;
             h.answer(
                 &Response::error(408, "the request did not arrive in time"),

@@ -36,7 +36,16 @@ impl Shard {
                 if let Some(c) = self.conns.live(to.slot, to.generation)
                     && c.life != Life::Refused
                 {
-                    if let Err(e) = c.proto.send(stream_id, msg_type, payload, opts) {
+                    let now = self.timers.tick(self.now);
+                    if let Some(h) = c.http() {
+                        match h.gateway_answer(msg_type, &payload, &opts, now) {
+                            Some(status) => crate::service::count(&self.metrics, status),
+                            None => tracing::debug!(
+                                shard = self.id,
+                                "routed frame for an HTTP connection dropped"
+                            ),
+                        }
+                    } else if let Err(e) = c.proto.send(stream_id, msg_type, payload, opts) {
                         tracing::debug!(shard = self.id, error = %e, "routed frame refused");
                     }
                     self.mark(to.slot);

@@ -11,6 +11,7 @@
 
 mod accept;
 mod close;
+mod gateway;
 mod http;
 mod inbox;
 pub(crate) mod links;

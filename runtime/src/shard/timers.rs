@@ -81,12 +81,13 @@ impl Shard {
         };
         let mut deadline = match c.extra.as_ref().and_then(|e| e.http.as_deref()) {
             // An HTTP connection's own limits: the request arriving, or the idle wait.
-            Some(h) => match (h.since, h.answering) {
-                (Some(s), _) => Some(s + self.cfg.http.request_timeout),
-                (None, crate::conn::http::Answering::Idle) => {
+            Some(h) => match (h.since, h.answering, h.gateway) {
+                (_, _, Some(g)) => Some(g.deadline),
+                (Some(s), _, _) => Some(s + self.cfg.http.request_timeout),
+                (None, crate::conn::http::Answering::Idle, _) => {
                     Some(h.idle_since + self.cfg.http.idle_timeout)
                 }
-                (None, _) => None,
+                (None, _, _) => None,
             },
             None => c.proto.poll_timeout().map(|d| self.timers.tick(d)),
         };

@@ -1,0 +1,68 @@
+//! The REST gateway on the shard: `POST /api/v1/messages/{type}` becomes a request frame
+//! handed to the service exactly as a binary client's would be (the gateway gives it a
+//! correlation id; the frame is counted like any received one), and the service's answer
+//! (`Ctx::respond`, or `Ctx::send_error`) becomes the HTTP answer (`conn::http`). No answer
+//! within the gateway's time is 504.
+
+use valkyrie_bridge::http::{Request, Response};
+use valkyrie_bridge::rest;
+use valkyrie_protocol::{Frame, MessageType};
+
+use super::Shard;
+use crate::ConnRef;
+use crate::conn::http::{Answering, GatewayRequest};
+use crate::metrics::ShardMetrics;
+
+/// The stream a gateway request travels on unless the query names one (`?stream=N`).
+const DEFAULT_STREAM: u32 = 1;
+
+impl Shard {
+    /// Hand a gateway request to the service. Returns the answer when there is one at once
+    /// (a refusal, or a PING's PONG); `None` while the service answers.
+    pub(super) fn gateway(
+        &mut self,
+        slot: u32,
+        req: &Request,
+        keep_alive: bool,
+        head: bool,
+    ) -> Option<Response> {
+        let (msg_type, payload) = match rest::request(req.path(), &req.body) {
+            Ok(r) => r,
+            Err(refusal) => return Some(refusal.response()),
+        };
+        if msg_type == MessageType::Ping {
+            // Answered by the protocol layer, as on a binary connection.
+            return Some(rest::answer(MessageType::Pong, 0, &payload));
+        }
+        let stream = req
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("stream=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_STREAM);
+        let now = self.timers.tick(self.now);
+        let deadline = now + self.cfg.http.gateway_timeout;
+        let c = self.conns.get_mut(slot)?;
+        let generation = c.generation;
+        let h = c.http()?;
+        h.last_corr = h.last_corr.wrapping_add(1).max(1);
+        let corr = h.last_corr;
+        h.gateway = Some(GatewayRequest { corr, deadline });
+        h.answering = Answering::Later { keep_alive, head };
+        let mut frame = Frame::new(msg_type, stream, payload);
+        frame.header.correlation_id = corr;
+        let t = msg_type.to_u8() as usize;
+        ShardMetrics::add(&self.metrics.frames_in[t], 1);
+        ShardMetrics::add(
+            &self.metrics.bytes_in_by_type[t],
+            24 + frame.payload.len() as u64,
+        );
+        let conn = ConnRef {
+            shard: self.id as u16,
+            slot,
+            generation,
+        };
+        let (service, mut ctx) = self.ctx();
+        service.on_frame(&mut ctx, conn, frame);
+        None
+    }
+}
