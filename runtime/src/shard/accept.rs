@@ -29,13 +29,15 @@ pub(super) const GOING_AWAY: ErrorCode = ErrorCode::SHUTTING_DOWN;
 pub(super) const GOING_AWAY_REASON: &str = "going away";
 
 /// Why a new connection gets an ERROR and a close instead of service.
-enum Refusal<'a> {
+pub(super) enum Refusal<'a> {
     /// The shard holds its connection limit (501).
     Limit,
     /// Intrusion detection bans its address (702, with the reason).
     Banned(&'a str),
     /// The node drains (502 "going away": connect again, elsewhere).
     GoingAway,
+    /// A Valkyrie frame in the clear on a listener that requires TLS (200).
+    SecurityRequired,
 }
 
 /// The transport index of shared-memory listeners and connections (see `metrics::TRANSPORTS`).
@@ -338,11 +340,11 @@ impl Shard {
         };
         let life = if refused { Life::Refused } else { Life::Open };
         // A stream socket of a node that serves HTTP learns what it speaks from its first
-        // byte (TCP without TLS, and Unix; under TLS the tunnel's ALPN would decide).
+        // byte (TCP without TLS, and Unix).
+        // Under TLS the first byte tells a handshake from a frame sent in the clear.
         let sniffing = !refused
-            && self.cfg.http.enabled
             && transport != SHM
-            && matches!(&io, Io::Socket(s) if s.tls.is_none());
+            && matches!(&io, Io::Socket(s) if s.tls.is_some() || self.cfg.http.enabled);
         let slot = self.conns.insert(|generation| Conn {
             generation,
             transport,
@@ -383,7 +385,7 @@ impl Shard {
 
     /// Send a refused connection its ERROR (702 with the reason when banned, 502 when the
     /// node drains, else 501), then close it.
-    fn refuse(&mut self, slot: u32, refusal: Refusal<'_>) {
+    pub(super) fn refuse(&mut self, slot: u32, refusal: Refusal<'_>) {
         let error = |code: ErrorCode, message: &str| {
             let mut v = Vec::new();
             Frame::new(
@@ -412,6 +414,13 @@ impl Shard {
             Refusal::GoingAway => {
                 self.metrics.error_sent(GOING_AWAY.0, 1);
                 error(GOING_AWAY, GOING_AWAY_REASON)
+            }
+            Refusal::SecurityRequired => {
+                self.metrics.error_sent(ErrorCode::AUTH_REQUIRED.0, 1);
+                error(
+                    ErrorCode::AUTH_REQUIRED,
+                    "security required: this listener speaks TLS",
+                )
             }
         };
         let Some(c) = self.conns.get_mut(slot) else {

@@ -27,15 +27,23 @@ impl Shard {
     /// start a request. Returns whether it speaks HTTP (and took `data`).
     pub(super) fn take_http(&mut self, slot: u32, data: &[u8]) -> bool {
         let now = self.timers.tick(self.now);
-        let limits = self.cfg.http.limits;
+        let (limits, http) = (self.cfg.http.limits, self.cfg.http.enabled);
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
         if c.sniffing {
             c.sniffing = false;
-            if data.first().is_some_and(|&b| sniff(b) == Sniffed::Http) {
-                c.extra.get_or_insert_with(Box::default).http =
-                    Some(Box::new(HttpConn::new(limits, now)));
+            let tls = matches!(&c.io, Io::Socket(s) if s.tls.is_some());
+            match data.first() {
+                Some(&b'R') if tls => {
+                    self.plaintext_on_tls(slot);
+                    return true;
+                }
+                Some(&b) if !tls && http && sniff(b) == Sniffed::Http => {
+                    c.extra.get_or_insert_with(Box::default).http =
+                        Some(Box::new(HttpConn::new(limits, now)));
+                }
+                _ => {}
             }
         }
         match c.http() {

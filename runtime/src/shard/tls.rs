@@ -7,10 +7,15 @@ use std::net::IpAddr;
 
 use valkyrie_protocol::security::SecurityError;
 
+use std::sync::atomic::Ordering;
+
+use valkyrie_protocol::ErrorCode;
+
 use super::Shard;
+use super::accept::Refusal;
 use crate::audit::AuditEvent;
-use crate::conn::Io;
 use crate::conn::send::Outgoing;
+use crate::conn::{Io, Life};
 
 impl Shard {
     /// The TLS records for the frames in `plain` (and whatever else TLS has to send).
@@ -33,6 +38,27 @@ impl Shard {
         }
         self.recycle_send_buf(plain);
         sealed
+    }
+
+    /// A Valkyrie frame in the clear on a listener that requires TLS: the client is told
+    /// security is required (ERROR 200, in the clear, where it can read it), the attempt is
+    /// audited and counted against its address, and the connection closes.
+    pub(super) fn plaintext_on_tls(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let ip = c.peer_ip();
+        if let Io::Socket(s) = &mut c.io {
+            s.tls = None;
+        }
+        // From served to refused: no longer counted as active, closed once the ERROR is out.
+        c.life = Life::Refused;
+        self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
+        let mut record = serde_json::json!({"event": AuditEvent::AuthFailure.as_str(),
+            "mode": "tls", "code": ErrorCode::AUTH_REQUIRED.0,
+            "reason": "a frame in the clear on a listener that requires TLS"});
+        self.security_failure(&mut record, ip);
+        self.refuse(slot, Refusal::SecurityRequired);
     }
 
     /// A TLS session failed on received bytes: audit it and count it against `ip`. Its alert
