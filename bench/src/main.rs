@@ -9,6 +9,7 @@ mod clients;
 mod connections;
 mod cpu;
 mod handshake;
+mod http;
 mod idle_memory;
 mod latency;
 mod memory;
@@ -217,6 +218,9 @@ fn main() {
     }
     if wants("clients") {
         clients::scenario(&mut report, rounds, if cli.full { 3.0 } else { 1.0 });
+    }
+    if wants("http") {
+        http::scenario(&mut report, rounds, if cli.full { 5.0 } else { 1.5 });
     }
     if wants("transfer") {
         transfer::scenario(&mut report, rounds, if cli.full { 100 } else { 20 });

@@ -11,7 +11,7 @@
 //!   `504` with the network-timeout code (601).
 
 use bytes::Bytes;
-use valkyrie_protocol::message;
+use valkyrie_protocol::message::{self, Message};
 use valkyrie_protocol::{ErrorCode, MessageType};
 
 use crate::http::Response;
@@ -146,15 +146,9 @@ pub fn request(path: &str, body: &[u8]) -> Result<(MessageType, Bytes), Refusal>
         }
         return Ok((t, Bytes::copy_from_slice(body)));
     }
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        Refusal::new(
-            400,
-            ErrorCode::MALFORMED_PAYLOAD,
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
-    let payload = message::from_json(t, json)
-        .map_err(|e| Refusal::new(400, ErrorCode::MALFORMED_PAYLOAD, e.to_string()))?;
+    let payload = Message::from_json_slice(t, body)
+        .map_err(|e| Refusal::new(400, ErrorCode::MALFORMED_PAYLOAD, e.to_string()))?
+        .to_payload();
     Ok((t, payload))
 }
 
@@ -165,13 +159,20 @@ pub fn answer(t: MessageType, correlation_id: u32, payload: &Bytes) -> Response 
             .header("valkyrie-type", type_name(t))
             .header("valkyrie-correlation-id", correlation_id.to_string());
     }
-    match message::to_json(t, payload) {
-        Ok(p) => Response::json(
-            200,
-            serde_json::json!({"type": type_name(t), "correlation_id": correlation_id,
-                "payload": p})
-            .to_string(),
-        ),
+    match Message::decode(t, payload) {
+        Ok(m) => {
+            // {"type":"...","correlation_id":N,"payload":{...}}, written straight from the
+            // typed payload.
+            let mut out = Vec::with_capacity(64 + 2 * payload.len());
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(type_name(t).as_bytes());
+            out.extend_from_slice(b"\",\"correlation_id\":");
+            out.extend_from_slice(correlation_id.to_string().as_bytes());
+            out.extend_from_slice(b",\"payload\":");
+            m.write_json(&mut out);
+            out.push(b'}');
+            Response::json(200, out)
+        }
         // The service answered with a payload its type cannot carry.
         Err(e) => error_body(502, ErrorCode::MALFORMED_PAYLOAD, &e.to_string()),
     }

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod floor_batch;
 pub mod glommio_echo;
 pub mod grpc;
+pub mod hyper_json;
 pub mod tokio_echo;
 
 use valkyrie_protocol::{Flags, HEADER_LEN, Header, MAX_FRAME_LIMIT, MessageType};
@@ -55,7 +56,7 @@ pub struct TokioServer {
 impl TokioServer {
     /// Bind an ephemeral loopback port and run `serve(listener, stop)` on a runtime:
     /// `workers == 1` is a current-thread runtime pinned to `core`, more a multi-thread one
-    /// with that many workers. `serve` should return once `stop` fires.
+    /// with that many workers, unpinned. `serve` should return once `stop` fires.
     pub fn start<F, Fut>(core: usize, workers: usize, serve: F) -> std::io::Result<TokioServer>
     where
         F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut
@@ -68,7 +69,14 @@ impl TokioServer {
         let addr = std_listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            pin(core);
+            // A multi-thread runtime's workers inherit the affinity of the thread that builds
+            // it: pinned here they would all share `core`. Its workers run where the kernel
+            // puts them, as tokio is deployed.
+            if workers <= 1 {
+                pin(core);
+            } else {
+                unpin();
+            }
             let rt = if workers <= 1 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()

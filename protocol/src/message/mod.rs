@@ -154,6 +154,42 @@ macro_rules! messages {
                 v.expect("payload types always convert to JSON")
             }
 
+            /// Write the message as JSON text into `out` ([`Message::to_json`] without the
+            /// `serde_json::Value` in between).
+            pub fn write_json(&self, out: &mut Vec<u8>) {
+                let r = match self {
+                    $( Message::$variant(p) => serde_json::to_writer(&mut *out, p), )*
+                    Message::Ping(b) | Message::Pong(b) | Message::StreamData(b) => {
+                        serde_json::to_writer(&mut *out, &RawData { data: b.to_vec() })
+                    }
+                    Message::FileTransferChunk(c) => serde_json::to_writer(&mut *out, c),
+                };
+                r.expect("payload types always convert to JSON")
+            }
+
+            /// Build a message of `msg_type` from JSON text ([`Message::from_json`] without
+            /// the `serde_json::Value` in between). Text that is not JSON and JSON of the
+            /// wrong shape are both [`MessageError::Json`].
+            pub fn from_json_slice(msg_type: MessageType, json: &[u8]) -> Result<Message, MessageError> {
+                fn conv<T: DeserializeOwned>(msg_type: MessageType, json: &[u8]) -> Result<T, MessageError> {
+                    serde_json::from_slice(json).map_err(|e| {
+                        let detail = match e.classify() {
+                            serde_json::error::Category::Data => e.to_string(),
+                            _ => format!("not JSON: {e}"),
+                        };
+                        MessageError::Json { msg_type, detail }
+                    })
+                }
+                Ok(match msg_type {
+                    $( MessageType::$variant => Message::$variant(conv(msg_type, json)?), )*
+                    MessageType::Ping => Message::Ping(conv::<RawData>(msg_type, json)?.data.into()),
+                    MessageType::Pong => Message::Pong(conv::<RawData>(msg_type, json)?.data.into()),
+                    MessageType::StreamData => Message::StreamData(conv::<RawData>(msg_type, json)?.data.into()),
+                    MessageType::FileTransferChunk => Message::FileTransferChunk(conv(msg_type, json)?),
+                    MessageType::Unknown(_) => return Err(MessageError::UnknownType(msg_type)),
+                })
+            }
+
             /// Build a message of `msg_type` from JSON (the inverse of [`Message::to_json`]).
             pub fn from_json(msg_type: MessageType, json: serde_json::Value) -> Result<Message, MessageError> {
                 fn conv<T: DeserializeOwned>(msg_type: MessageType, json: serde_json::Value) -> Result<T, MessageError> {

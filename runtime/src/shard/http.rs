@@ -22,39 +22,47 @@ const REQUESTS_PER_TURN: usize = 64;
 /// The media type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-impl Shard {
-    /// A sniffing connection's first received bytes: it becomes an HTTP connection when they
-    /// start a request. Returns whether it speaks HTTP (and took `data`).
-    pub(super) fn take_http(&mut self, slot: u32, data: &[u8]) -> bool {
-        let now = self.timers.tick(self.now);
-        let (limits, http) = (self.cfg.http.limits, self.cfg.http.enabled);
-        let Some(c) = self.conns.get_mut(slot) else {
-            return false;
-        };
-        if c.sniffing {
-            c.sniffing = false;
-            let tls = matches!(&c.io, Io::Socket(s) if s.tls.is_some());
-            match data.first() {
-                Some(&b'R') if tls => {
-                    self.plaintext_on_tls(slot);
-                    return true;
-                }
-                Some(&b) if !tls && http && sniff(b) == Sniffed::Http => {
-                    c.extra.get_or_insert_with(Box::default).http =
-                        Some(Box::new(HttpConn::new(limits, now)));
-                }
-                _ => {}
+/// What a connection's received bytes are, for [`take_input`].
+pub(super) enum Taken {
+    /// HTTP: the request reader has them.
+    Http,
+    /// A Valkyrie frame in the clear on a TLS listener: refuse it.
+    PlaintextOnTls,
+    /// Frames (or TLS records): the protocol's.
+    Frames,
+}
+
+/// Received `data` on a connection that is sniffing or speaks HTTP: a first byte that starts a
+/// request makes it an HTTP connection (when `settings` has HTTP on and no TLS is under it),
+/// and an HTTP connection's reader takes the bytes.
+pub(super) fn take_input(
+    c: &mut crate::conn::Conn,
+    data: &[u8],
+    settings: &crate::config::HttpSettings,
+    now: valkyrie_protocol::Tick,
+) -> Taken {
+    if c.sniffing {
+        c.sniffing = false;
+        let tls = matches!(&c.io, Io::Socket(s) if s.tls.is_some());
+        match data.first() {
+            Some(&b'R') if tls => return Taken::PlaintextOnTls,
+            Some(&b) if !tls && settings.enabled && sniff(b) == Sniffed::Http => {
+                c.extra.get_or_insert_with(Box::default).http =
+                    Some(Box::new(HttpConn::new(settings.limits, now)));
             }
-        }
-        match c.http() {
-            Some(h) => {
-                h.reader.push(data);
-                true
-            }
-            None => false,
+            _ => {}
         }
     }
+    match c.http() {
+        Some(h) => {
+            h.reader.push(data);
+            Taken::Http
+        }
+        None => Taken::Frames,
+    }
+}
 
+impl Shard {
     /// Answer what an HTTP connection has received, send it, and close the connection once
     /// it is done (instead of the protocol's processing).
     pub(super) fn serve_http(&mut self, slot: u32) {

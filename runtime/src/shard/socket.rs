@@ -243,14 +243,17 @@ impl Shard {
     /// Hand `len` bytes of receive buffer `bid` to the connection (through TLS when it has it).
     fn receive(&mut self, slot: u32, bid: u16, len: usize) {
         ShardMetrics::add(&self.metrics.bytes_in, len as u64);
-        if self
-            .conns
-            .get(slot)
-            .is_some_and(|c| c.sniffing || c.is_http())
+        if let Some(c) = self.conns.get_mut(slot)
+            && (c.sniffing || c.is_http())
         {
-            let data = self.bufs.data(bid, len).to_vec();
-            if self.take_http(slot, &data) {
-                return;
+            let now = self.timers.tick(self.now);
+            match super::http::take_input(c, self.bufs.data(bid, len), &self.cfg.http, now) {
+                super::http::Taken::Http => return,
+                super::http::Taken::PlaintextOnTls => {
+                    self.plaintext_on_tls(slot);
+                    return;
+                }
+                super::http::Taken::Frames => {}
             }
         }
         let Some(c) = self.conns.get_mut(slot) else {
