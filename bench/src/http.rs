@@ -19,7 +19,8 @@ const CONNS: usize = 32;
 /// Client threads (each a current-thread tokio runtime driving its share of connections).
 const CLIENT_THREADS: usize = 2;
 
-const JOB: &str = r#"{"job_id":"build-42","spec":{"command":["make","-j8"]},"priority":5,"timeout_ms":60000}"#;
+const JOB: &str =
+    r#"{"job_id":"build-42","spec":{"command":["make","-j8"]},"priority":5,"timeout_ms":60000}"#;
 
 /// One run: requests per second, p50 and p99 in microseconds.
 struct Run {
@@ -66,8 +67,16 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, secs: f64) {
             rate / hyper_rate,
             p99 / hyper_p99
         );
-        let params = json!({"path": "/api/v1/messages/job_request", "connections": CONNS, "shards": 2});
-        report.add("http", system, "requests_per_sec", "req/s", rate, params.clone());
+        let params =
+            json!({"path": "/api/v1/messages/job_request", "connections": CONNS, "shards": 2});
+        report.add(
+            "http",
+            system,
+            "requests_per_sec",
+            "req/s",
+            rate,
+            params.clone(),
+        );
         report.add("http", system, "latency_p50", "us", p50, params.clone());
         report.add("http", system, "latency_p99", "us", p99, params);
     }
@@ -190,7 +199,12 @@ async fn client(
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut resp = httparse::Response::new(&mut headers);
             if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf[..have]) {
-                assert_eq!(resp.code, Some(200), "{}", String::from_utf8_lossy(&buf[..have]));
+                assert_eq!(
+                    resp.code,
+                    Some(200),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..have])
+                );
                 let len = resp
                     .headers
                     .iter()

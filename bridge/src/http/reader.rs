@@ -3,10 +3,10 @@
 //! received once they are all there (`Content-Length`), or decoded as its chunks arrive,
 //! and both are refused at once when the claim or the sum passes [`Limits::max_body`].
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 use super::error::HttpError;
-use super::request::{Method, Request};
+use super::request::{Method, Request, Span};
 use super::{Limits, MAX_HEADERS};
 
 /// A chunk-size line (with its extensions) longer than this is refused.
@@ -52,7 +52,7 @@ enum Chunk {
 /// r.push(b"ngth: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n");
 /// let first = r.poll().unwrap().unwrap();
 /// assert_eq!((first.method, &first.body[..]), (Method::Post, &b"hi"[..]));
-/// assert_eq!(r.poll().unwrap().unwrap().target, "/");
+/// assert_eq!(r.poll().unwrap().unwrap().target(), "/");
 /// ```
 #[derive(Debug)]
 pub struct RequestReader {
@@ -195,25 +195,24 @@ impl RequestReader {
         };
         let version = parsed.version.unwrap_or(1);
         let method = Method::parse(parsed.method.unwrap_or(""));
-        let target = parsed.path.unwrap_or("").to_owned();
-        if !target.starts_with('/') && target != "*" && method != Method::Options {
+        let path = parsed.path.unwrap_or("");
+        if !path.starts_with('/') && path != "*" && method != Method::Options {
             return Err(HttpError::BadRequest("the target is not a path"));
         }
-        let headers: Vec<(String, Bytes)> = parsed
+        let target = Span::of(window, path.as_bytes());
+        let fields: Vec<(Span, Span)> = parsed
             .headers
             .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), Bytes::copy_from_slice(h.value)))
+            .map(|h| {
+                (
+                    Span::of(window, h.name.as_bytes()),
+                    Span::of(window, h.value),
+                )
+            })
             .collect();
-        self.buf.advance(n);
-        let mut req = Request {
-            method,
-            target,
-            version,
-            headers,
-            body: Bytes::new(),
-            keep_alive: true,
-        };
-        req.keep_alive = keep_alive(&req);
+        let head = self.buf.split_to(n).freeze();
+        let req = Request::parsed(method, version, head, target, fields)
+            .ok_or(HttpError::BadRequest("the target is not UTF-8"))?;
         let chunked = match req.header("transfer-encoding") {
             None => false,
             Some(_) if req.version == 0 => {
@@ -338,27 +337,13 @@ impl RequestReader {
     }
 }
 
-/// Whether the connection stays open after this request's answer.
-fn keep_alive(req: &Request) -> bool {
-    let has = |token: &str| {
-        req.headers
-            .iter()
-            .filter(|(n, _)| n == "connection")
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if req.version == 0 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    }
-}
-
 /// The body length a request declares: every `Content-Length` must be the same digits.
 fn content_length(req: &Request) -> Result<Option<u64>, HttpError> {
     let mut found: Option<u64> = None;
-    for (_, v) in req.headers.iter().filter(|(n, _)| n == "content-length") {
+    for (_, v) in req
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
         for part in v.split(|&b| b == b',') {
             let digits = part.trim_ascii();
             if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {

@@ -1,6 +1,8 @@
 //! Writing answers: a whole [`Response`], or a head followed by chunks for a body that is
 //! produced as it goes (long polls, NDJSON follows, downloads).
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// An answer with a whole body (or, with [`Response::streamed`], the head of a chunked one).
@@ -84,8 +86,7 @@ impl Response {
     pub fn write(&self, keep_alive: bool, head_only: bool, out: &mut BytesMut) {
         out.reserve(128 + self.body.len());
         out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(self.status.to_string().as_bytes());
-        out.put_u8(b' ');
+        let _ = write!(out, "{} ", self.status);
         out.put_slice(reason(self.status).as_bytes());
         out.put_slice(b"\r\n");
         for (name, value) in &self.headers {
@@ -102,9 +103,7 @@ impl Response {
         if self.chunked {
             out.put_slice(b"transfer-encoding: chunked\r\n");
         } else if self.status >= 200 && self.status != 204 && self.status != 304 {
-            out.put_slice(b"content-length: ");
-            out.put_slice(self.body.len().to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            let _ = write!(out, "content-length: {}\r\n", self.body.len());
         }
         if !keep_alive {
             out.put_slice(b"connection: close\r\n");

@@ -126,14 +126,7 @@ mod tests {
     use super::*;
 
     fn req(method: Method, target: &str) -> Request {
-        Request {
-            method,
-            target: target.into(),
-            version: 1,
-            headers: Vec::new(),
-            body: bytes::Bytes::new(),
-            keep_alive: true,
-        }
+        Request::new(method, target, &[], bytes::Bytes::new())
     }
 
     #[test]
