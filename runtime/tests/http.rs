@@ -13,7 +13,10 @@ use valkyrie_bridge::http::{Method, Request, Response};
 use valkyrie_protocol::{Frame, MessageType};
 use valkyrie_runtime::{Client, ConnRef, Ctx, HttpAnswer, Node, Service};
 
-/// Routes `/hello` (now), `/later` (answered from a timer), `/stream` (NDJSON, 5 lines) and
+/// Connections whose owed answer the service was told it need not give.
+static GONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Routes `/hello` (now), `/never` (an answer never given), `/later` (answered from a timer), `/stream` (NDJSON, 5 lines) and
 /// answers JOB_REQUEST frames.
 #[derive(Default)]
 struct Web {
@@ -26,6 +29,12 @@ impl Service for Web {
         ctx.route(Some(Method::Get), "/later").unwrap();
         ctx.route(Some(Method::Get), "/stream").unwrap();
         ctx.route(Some(Method::Post), "/echo").unwrap();
+        ctx.route(Some(Method::Get), "/never").unwrap();
+    }
+
+    fn on_http_gone(&mut self, _ctx: &mut Ctx<'_>, conn: ConnRef) {
+        self.waiting.retain(|c| *c != conn);
+        GONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
@@ -42,6 +51,7 @@ impl Service for Web {
                 "application/octet-stream",
                 req.body.clone(),
             )),
+            "/never" => HttpAnswer::Later,
             "/later" => {
                 self.waiting.push(conn);
                 ctx.set_timer(ctx.now() + Duration::from_millis(50), 1)
@@ -376,5 +386,34 @@ fn an_idle_kept_alive_connection_is_closed_when_the_node_drains() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty() && t0.elapsed() < Duration::from_secs(2));
+    n.join();
+}
+
+#[test]
+fn a_client_that_leaves_before_its_answer_is_let_go_and_the_service_told() {
+    let n = node();
+    let before = GONE.load(std::sync::atomic::Ordering::SeqCst);
+    {
+        let mut s = TcpStream::connect(addr(&n)).unwrap();
+        s.write_all(b"GET /never HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    while GONE.load(std::sync::atomic::Ordering::SeqCst) == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the service was not told"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    while n.connections() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the connection stayed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    n.shutdown();
     n.join();
 }

@@ -27,6 +27,23 @@ impl Shard {
         if c.is_closing() {
             return;
         }
+        // An HTTP connection whose answer the service still owes: the service is told, so
+        // that it stops preparing it.
+        let owed = c
+            .http()
+            .is_some_and(|h| h.answering != crate::conn::http::Answering::Idle);
+        if owed {
+            let conn = crate::ConnRef {
+                shard: self.id as u16,
+                slot,
+                generation: c.generation,
+            };
+            let (service, mut ctx) = self.ctx();
+            service.on_http_gone(&mut ctx, conn);
+        }
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         c.life = Life::Closing {
             fd_closed: false,
             refused: c.life == Life::Refused,

@@ -81,6 +81,12 @@ impl Shard {
                 return;
             };
             h.eof |= ended;
+            if h.eof && h.answering != Answering::Idle {
+                // The client went away while the service prepares its answer (a client that
+                // only half-closes gets none): the service is told, the connection closes.
+                self.start_close(slot);
+                return;
+            }
             if h.answering != Answering::Idle || h.close_after || h.out.len() >= OUT_HIGH {
                 break;
             }
