@@ -2,6 +2,29 @@
 //! a request ([`HttpAnswer`] from [`Service::on_http`](super::Service::on_http)), and how it
 //! answers later or streams ([`Ctx::http_respond`], [`Ctx::http_chunk`],
 //! [`Ctx::http_finish`]) with back-pressure like any connection.
+//!
+//! ```no_run
+//! use valkyrie_runtime::http::{Method, Request, Response};
+//! use valkyrie_runtime::{ConnRef, Ctx, HttpAnswer, Node, Service};
+//! use valkyrie_protocol::Frame;
+//!
+//! struct Status;
+//! impl Service for Status {
+//!     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+//!         ctx.route(Some(Method::Get), "/api/v1/hello").expect("a free route");
+//!     }
+//!     fn on_frame(&mut self, _: &mut Ctx<'_>, _: ConnRef, _: Frame) {}
+//!     fn on_http(&mut self, _: &mut Ctx<'_>, _: ConnRef, req: &Request) -> HttpAnswer {
+//!         let body = format!("{{\"hello\":\"{}\"}}", req.query().unwrap_or("world"));
+//!         HttpAnswer::Respond(Response::json(200, body))
+//!     }
+//! }
+//! let node = Node::builder().listen("tcp://127.0.0.1:7420")?.service(|_| Status).start()?;
+//! // curl http://127.0.0.1:7420/api/v1/hello?you   -> {"hello":"you"}
+//! // curl http://127.0.0.1:7420/healthz            -> {"healthy":true,...}
+//! node.run_until_signal()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use valkyrie_bridge::http::{Method, Request, Response};
 use valkyrie_protocol::Tick;
