@@ -1,4 +1,4 @@
-//! The http scenario: `POST /api/v1/messages/job_request` (a 120-byte JSON job) through the
+//! The http scenario: `POST /api/v1/messages/job_request` (an 87-byte JSON job) through the
 //! REST gateway of a 2-shard node running the echo service, against hyper on 2 tokio workers
 //! doing the same JSON ⇄ MessagePack conversions, from the harness's own keep-alive load
 //! client (32 connections, one request in flight on each, 2 client threads).
