@@ -267,28 +267,37 @@ impl RequestReader {
         // Each turn consumes bytes or returns.
         loop {
             match phase {
-                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        self.buf.advance(n);
-                        if size == 0 {
-                            phase = Chunk::Trailers(0);
-                            continue;
-                        }
-                        if body.len() as u64 + size > self.limits.max_body as u64 {
-                            return Err(HttpError::BodyTooLarge {
-                                limit: self.limits.max_body,
-                            });
-                        }
-                        phase = Chunk::Data(size as usize);
-                    }
-                    Ok(httparse::Status::Partial) => {
+                Chunk::Size => {
+                    // The size line is parsed once it is whole, and alone: what is refused,
+                    // and why, does not depend on how the bytes were split.
+                    let Some(eol) = self
+                        .buf
+                        .iter()
+                        .take(MAX_CHUNK_LINE + 1)
+                        .position(|&b| b == b'\n')
+                    else {
                         if self.buf.len() > MAX_CHUNK_LINE {
                             return Err(HttpError::BadRequest("chunk size line too long"));
                         }
                         return Ok(Some(phase));
+                    };
+                    let Ok(httparse::Status::Complete((n, size))) =
+                        httparse::parse_chunk_size(&self.buf[..=eol])
+                    else {
+                        return Err(HttpError::BadRequest("malformed chunk size"));
+                    };
+                    self.buf.advance(n);
+                    if size == 0 {
+                        phase = Chunk::Trailers(0);
+                        continue;
                     }
-                    Err(_) => return Err(HttpError::BadRequest("malformed chunk size")),
-                },
+                    if body.len() as u64 + size > self.limits.max_body as u64 {
+                        return Err(HttpError::BodyTooLarge {
+                            limit: self.limits.max_body,
+                        });
+                    }
+                    phase = Chunk::Data(size as usize);
+                }
                 Chunk::Data(left) => {
                     if self.buf.is_empty() {
                         return Ok(Some(phase));

@@ -164,3 +164,25 @@ proptest! {
         }
     }
 }
+
+/// Found by the fuzzer: a chunk-size line that httparse accepted as a prefix (too large: 413)
+/// and refused whole (a bare LF: 400). The line is now parsed only once it is whole.
+#[test]
+fn a_chunk_size_line_is_judged_whole_whatever_the_split() {
+    let input: &[u8] =
+        b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nBaaaaa\t   \t\t;x=/ +\t\n";
+    let mut whole = reader();
+    whole.push(input);
+    let expected = all(&mut whole).unwrap_err().status();
+    for cut in 1..input.len() {
+        let mut r = reader();
+        r.push(&input[..cut]);
+        let first = all(&mut r);
+        r.push(&input[cut..]);
+        let status = match first {
+            Err(e) => e.status(),
+            Ok(_) => all(&mut r).unwrap_err().status(),
+        };
+        assert_eq!(status, expected, "cut at {cut}");
+    }
+}
