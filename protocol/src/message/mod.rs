@@ -171,38 +171,41 @@ macro_rules! messages {
             /// the `serde_json::Value` in between). Text that is not JSON and JSON of the
             /// wrong shape are both [`MessageError::Json`].
             pub fn from_json_slice(msg_type: MessageType, json: &[u8]) -> Result<Message, MessageError> {
-                fn conv<T: DeserializeOwned>(msg_type: MessageType, json: &[u8]) -> Result<T, MessageError> {
-                    serde_json::from_slice(json).map_err(|e| {
-                        let detail = match e.classify() {
-                            serde_json::error::Category::Data => e.to_string(),
-                            _ => format!("not JSON: {e}"),
-                        };
-                        MessageError::Json { msg_type, detail }
-                    })
-                }
-                Ok(match msg_type {
-                    $( MessageType::$variant => Message::$variant(conv(msg_type, json)?), )*
-                    MessageType::Ping => Message::Ping(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::Pong => Message::Pong(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::StreamData => Message::StreamData(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::FileTransferChunk => Message::FileTransferChunk(conv(msg_type, json)?),
-                    MessageType::Unknown(_) => return Err(MessageError::UnknownType(msg_type)),
-                })
+                let fail = |e: serde_json::Error| {
+                    let detail = match e.classify() {
+                        serde_json::error::Category::Data => e.to_string(),
+                        _ => format!("not JSON: {e}"),
+                    };
+                    MessageError::Json { msg_type, detail }
+                };
+                let mut de = serde_json::Deserializer::from_slice(json);
+                let m = Self::deserialize_as(msg_type, &mut de).map_err(fail)?;
+                de.end().map_err(fail)?;
+                m.ok_or(MessageError::UnknownType(msg_type))
             }
 
             /// Build a message of `msg_type` from JSON (the inverse of [`Message::to_json`]).
             pub fn from_json(msg_type: MessageType, json: serde_json::Value) -> Result<Message, MessageError> {
-                fn conv<T: DeserializeOwned>(msg_type: MessageType, json: serde_json::Value) -> Result<T, MessageError> {
-                    serde_json::from_value(json).map_err(|e| MessageError::Json { msg_type, detail: e.to_string() })
-                }
-                Ok(match msg_type {
-                    $( MessageType::$variant => Message::$variant(conv(msg_type, json)?), )*
-                    MessageType::Ping => Message::Ping(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::Pong => Message::Pong(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::StreamData => Message::StreamData(conv::<RawData>(msg_type, json)?.data.into()),
-                    MessageType::FileTransferChunk => Message::FileTransferChunk(conv(msg_type, json)?),
-                    MessageType::Unknown(_) => return Err(MessageError::UnknownType(msg_type)),
-                })
+                Self::deserialize_as(msg_type, json)
+                    .map_err(|e| MessageError::Json { msg_type, detail: e.to_string() })?
+                    .ok_or(MessageError::UnknownType(msg_type))
+            }
+
+            /// The message of `msg_type` from any self-describing deserializer (`None` for
+            /// a type without a payload schema).
+            fn deserialize_as<'de, D: serde::Deserializer<'de>>(
+                msg_type: MessageType,
+                d: D,
+            ) -> Result<Option<Message>, D::Error> {
+                use serde::Deserialize;
+                Ok(Some(match msg_type {
+                    $( MessageType::$variant => Message::$variant(<$ty>::deserialize(d)?), )*
+                    MessageType::Ping => Message::Ping(RawData::deserialize(d)?.data.into()),
+                    MessageType::Pong => Message::Pong(RawData::deserialize(d)?.data.into()),
+                    MessageType::StreamData => Message::StreamData(RawData::deserialize(d)?.data.into()),
+                    MessageType::FileTransferChunk => Message::FileTransferChunk(FileChunk::deserialize(d)?),
+                    MessageType::Unknown(_) => return Ok(None),
+                }))
             }
         }
     };
