@@ -1,16 +1,14 @@
 //! What the node's probes report, shared by the node and its shards: readiness (set by the
 //! node: false until every shard runs, and from the start of a drain), liveness (each
-//! shard's loop stamps the time of its last turn; an idle shard still turns at least every
-//! [`IDLE_TURN`]), and the counters `/metrics` sums at scrape time.
+//! shard's loop stamps the time of its last turn; a shard asleep in the kernel waiting for
+//! work is alive, one awake that has not turned for a second is stuck), and the counters
+//! `/metrics` sums at scrape time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::metrics::{self, ShardMetrics};
-
-/// The longest an idle shard sleeps without turning its loop.
-pub(crate) const IDLE_TURN: Duration = Duration::from_millis(250);
 
 /// A shard whose loop has not turned for this long is reported stuck by `/healthz`.
 pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(1);
@@ -28,6 +26,8 @@ pub(crate) struct NodeState {
     pub(crate) epoch: Instant,
     /// Connections the node takes in all (every shard's limit).
     pub(crate) max_connections: i64,
+    /// Each shard's waker: its `sleeping` flag says it waits in the kernel.
+    pub(crate) wakers: Arc<Vec<crate::mesh::Waker>>,
 }
 
 impl NodeState {
@@ -41,20 +41,26 @@ impl NodeState {
         self.shards.iter().map(|m| m.connections()).sum()
     }
 
-    /// Whether every shard's loop turned within [`STUCK_AFTER`] of `now`, and the JSON body
-    /// that says so shard by shard.
+    /// Whether every shard is alive — asleep waiting for work, or its loop turned within
+    /// [`STUCK_AFTER`] of `now` — and the JSON body that says so shard by shard.
     pub(crate) fn health(&self, now: Instant) -> (bool, String) {
         let now_ms = self.ms(now);
-        let ages: Vec<u64> = self
+        let mut healthy = true;
+        let shards: Vec<_> = self
             .shards
             .iter()
-            .map(|m| now_ms.saturating_sub(m.last_turn_ms.load(Ordering::Relaxed)))
-            .collect();
-        let healthy = ages.iter().all(|&a| a < STUCK_AFTER.as_millis() as u64);
-        let shards: Vec<_> = ages
-            .iter()
             .enumerate()
-            .map(|(i, a)| serde_json::json!({"shard": i, "last_turn_ms_ago": a}))
+            .map(|(i, m)| {
+                let age = now_ms.saturating_sub(m.last_turn_ms.load(Ordering::Relaxed));
+                let asleep = self
+                    .wakers
+                    .get(i)
+                    .is_some_and(|w| w.sleeping.load(Ordering::SeqCst));
+                let alive = asleep || age < STUCK_AFTER.as_millis() as u64;
+                healthy &= alive;
+                serde_json::json!({"shard": i, "alive": alive, "asleep": asleep,
+                    "last_turn_ms_ago": age})
+            })
             .collect();
         let body = serde_json::json!({"healthy": healthy, "shards": shards});
         (healthy, body.to_string())

@@ -338,6 +338,7 @@ impl Node {
             security,
             epoch: Instant::now(),
             max_connections: (cfg.max_connections_per_shard as i64).saturating_mul(n as i64),
+            wakers: wakers.clone(),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let cfg = Arc::new(cfg);

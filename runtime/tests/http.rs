@@ -40,6 +40,9 @@ impl Service for Web {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
         if frame.msg_type() == MessageType::JobRequest {
             let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
+        } else if frame.msg_type() == MessageType::AlertNotification {
+            // A service that blocks its shard: what /healthz is for.
+            std::thread::sleep(Duration::from_millis(2500));
         }
     }
 
@@ -414,6 +417,51 @@ fn a_client_that_leaves_before_its_answer_is_let_go_and_the_service_told() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    n.shutdown();
+    n.join();
+}
+
+#[test]
+fn healthz_tells_a_stuck_shard_from_a_sleeping_one() {
+    let n = node();
+    let base = format!("http://{}", addr(&n));
+    // Idle for longer than a second: both shards asleep, both alive.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, body) = curl(&[&format!("{base}/healthz")]);
+    assert_eq!(code, 200, "{body}");
+    // One shard's service blocks it for 2.5 s.
+    let mut c = Client::connect(&n.url()).unwrap();
+    c.send(
+        3,
+        MessageType::AlertNotification,
+        Bytes::from_static(b"\x80"),
+        Default::default(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    // Asked of the other shard (a connection that lands on the stuck one waits: try again).
+    let t0 = Instant::now();
+    let body = loop {
+        let (code, body) = curl(&["--max-time", "0.3", &format!("{base}/healthz")]);
+        if code != 0 {
+            assert_eq!(code, 503, "{body}");
+            break body;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "every connection met the stuck shard"
+        );
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["healthy"], false);
+    let stuck: Vec<_> = v["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["alive"] == false)
+        .collect();
+    assert_eq!(stuck.len(), 1, "{body}");
+    let _ = c.close();
     n.shutdown();
     n.join();
 }
