@@ -17,16 +17,18 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn the_cli_node_serves_pings_and_exits_cleanly_on_sigterm() {
+/// `valkyrie node --listen tcp://127.0.0.1:PORT EXTRA...` on a free port, once it listens:
+/// the process, the port and the URL.
+fn spawn_node(extra: &[&str]) -> (std::process::Child, u16, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
-        .args(["node", "--listen", &url, "--shards", "2"])
+    let node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["node", "--listen", &url])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -34,6 +36,12 @@ fn the_cli_node_serves_pings_and_exits_cleanly_on_sigterm() {
     wait_until("the node to listen", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
+    (node, port, url)
+}
+
+#[test]
+fn the_cli_node_serves_pings_and_exits_cleanly_on_sigterm() {
+    let (mut node, _port, url) = spawn_node(&["--shards", "2"]);
     let ping = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
         .args(["ping", &url, "--count", "200"])
         .output()
@@ -268,21 +276,7 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_ones() {
 
 #[test]
 fn the_echo_node_answers_frames_and_http_on_one_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
-        .args(["node", "--listen", &url, "--shards", "1", "--echo"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the node to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let (mut node, port, url) = spawn_node(&["--shards", "1", "--echo"]);
     let mut c = Client::connect(&url).unwrap();
     let answer = c
         .request(

@@ -6,32 +6,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use valkyrie_protocol::retry::{CircuitBreaker, ExponentialBackoff, Jitter};
 use valkyrie_protocol::{Frame, MessageType};
-use valkyrie_runtime::{
-    Client, ClientConfig, ClientError, ConnRef, ConnectOptions, Ctx, Node, Service,
-};
+use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnectOptions, Node};
 
-struct Accept;
-impl Service for Accept {
-    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
-        if frame.msg_type() == MessageType::JobRequest {
-            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
-        }
-    }
-}
+mod common;
+
+use common::free_port;
 
 fn node(port: u16) -> Node {
-    Node::builder()
-        .listen(&format!("tcp://127.0.0.1:{port}"))
-        .unwrap()
-        .shards(1)
-        .service(|_| Accept)
-        .start()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    common::accept_node(port, 1)
 }
 
 fn ask(c: &mut Client, what: &'static [u8]) -> Result<Frame, ClientError> {

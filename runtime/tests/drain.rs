@@ -11,32 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use valkyrie_protocol::{Frame, MessageType};
-use valkyrie_runtime::{Client, ConnRef, Ctx, Node, Reply, Service};
+use valkyrie_protocol::MessageType;
+use valkyrie_runtime::{Client, Node, Reply};
 
-/// Answers a JOB_REQUEST with a JOB_ACCEPT carrying its payload.
-struct Accept;
-impl Service for Accept {
-    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
-        if frame.msg_type() == MessageType::JobRequest {
-            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
-        }
-    }
-}
+mod common;
+
+use common::free_port;
 
 fn node(port: u16) -> Node {
-    Node::builder()
-        .listen(&format!("tcp://127.0.0.1:{port}"))
-        .unwrap()
-        .shards(2)
-        .service(|_| Accept)
-        .start()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    common::accept_node(port, 2)
 }
 
 const MIGRATE: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
