@@ -8,6 +8,7 @@
 //!   `Content-Length` and chunked bodies; 400, 408, 413, 431, 501 and 505 for what is
 //!   refused), and answers written whole or as chunked streams.
 //! - [`rest`]: the REST gateway's mapping between JSON over HTTP and message frames.
+//! - [`openapi`]: the OpenAPI 3.1 document of all of it (`GET /openapi.json`).
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -27,6 +28,7 @@
 //! ```
 
 pub mod http;
+pub mod openapi;
 pub mod rest;
 mod sniff;
 

@@ -465,3 +465,29 @@ fn healthz_tells_a_stuck_shard_from_a_sleeping_one() {
     n.shutdown();
     n.join();
 }
+
+#[test]
+fn openapi_json_is_served_and_valid() {
+    let n = node();
+    let (code, body) = curl(&[&format!("http://{}/openapi.json", addr(&n))]);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["openapi"], "3.1.0");
+    assert!(v["paths"]["/api/v1/messages/{type}"]["post"].is_object());
+    let file = std::env::temp_dir().join(format!("valkyrie-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, &body).unwrap();
+    match Command::new("openapi-spec-validator").arg(&file).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!(
+            "SKIPPED: openapi-spec-validator is not installed (pip install openapi-spec-validator)"
+        ),
+    }
+    let _ = std::fs::remove_file(&file);
+    n.shutdown();
+    n.join();
+}

@@ -216,7 +216,7 @@ impl Shard {
     /// The node's own endpoints: `/healthz`, `/readyz`, `/metrics`.
     fn own_endpoint(&self, req: &Request) -> Option<Response> {
         let path = req.path();
-        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") {
             return None;
         }
         if !matches!(req.method, Method::Get | Method::Head) {
@@ -231,6 +231,7 @@ impl Shard {
         let (ok, body) = match path {
             "/healthz" => self.node.health(self.now),
             "/readyz" => self.node.readiness(),
+            "/openapi.json" => (true, valkyrie_bridge::openapi::document()),
             _ => {
                 let text = self.node.metrics_text();
                 return Some(Response::with_body(200, PROMETHEUS_TEXT, text));
