@@ -78,6 +78,9 @@ pub fn document() -> String {
                 "parameters": [
                     {"name": "type", "in": "path", "required": true,
                      "schema": {"type": "string", "enum": types}},
+                    {"name": "traceparent", "in": "header", "required": false,
+                     "description": "W3C trace context: carried as the request frame's TRACE context; the answer's comes back in this header.",
+                     "schema": {"type": "string"}},
                     {"name": "stream", "in": "query", "required": false,
                      "description": "The stream the request travels on (default 1).",
                      "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}}

@@ -11,6 +11,7 @@
 //!   `504` with the network-timeout code (601).
 
 use bytes::Bytes;
+use valkyrie_protocol::frame::{TRACE_CONTEXT_LEN, TraceContext};
 use valkyrie_protocol::message::{self, Message};
 use valkyrie_protocol::{ErrorCode, MessageType};
 
@@ -175,6 +176,73 @@ pub fn answer(t: MessageType, correlation_id: u32, payload: &Bytes) -> Response 
         }
         // The service answered with a payload its type cannot carry.
         Err(e) => error_body(502, ErrorCode::MALFORMED_PAYLOAD, &e.to_string()),
+    }
+}
+
+/// The trace context of a W3C `traceparent` value (`00-<32 hex trace id>-<16 hex parent
+/// id>-<2 hex flags>`); `None` when it is not one (or names the all-zero ids).
+///
+/// ```
+/// use valkyrie_bridge::rest;
+/// let t = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// let ctx = rest::parse_traceparent(t).unwrap();
+/// assert_eq!(rest::traceparent(&ctx), t);
+/// assert!(rest::parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+/// ```
+pub fn parse_traceparent(value: &str) -> Option<TraceContext> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version.eq_ignore_ascii_case("ff") || !hex(flags, 2) {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if !hex(trace, 32) || !hex(parent, 16) {
+        return None;
+    }
+    let mut ctx = TraceContext::default();
+    for (i, b) in ctx.trace_id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).ok()?;
+    }
+    for (i, b) in ctx.span_id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&parent[2 * i..2 * i + 2], 16).ok()?;
+    }
+    if ctx.trace_id == [0; 16] || ctx.span_id == [0; 8] {
+        return None;
+    }
+    Some(ctx)
+}
+
+/// The `traceparent` value for a trace context (version 00, sampled).
+pub fn traceparent(ctx: &TraceContext) -> String {
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    for b in ctx.trace_id {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('-');
+    for b in ctx.span_id {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push_str("-01");
+    s
+}
+
+/// The HTTP answer for the frame that answered a gateway request, its TRACE context (when
+/// the frame carried one) given back as `traceparent`.
+pub fn traced_answer(
+    t: MessageType,
+    correlation_id: u32,
+    payload: &Bytes,
+    traced: bool,
+) -> Response {
+    match traced.then(|| TraceContext::from_prefix(payload)).flatten() {
+        Some(ctx) => answer(t, correlation_id, &payload.slice(TRACE_CONTEXT_LEN..))
+            .header("traceparent", traceparent(&ctx)),
+        None => answer(t, correlation_id, payload),
     }
 }
 

@@ -137,3 +137,36 @@ fn an_error_maps_to_its_class_and_silence_to_504() {
     jobs.shutdown();
     jobs.join();
 }
+
+#[test]
+fn traceparent_travels_as_the_frames_trace_context_and_back() {
+    let node = start(|| Echo);
+    let url = format!(
+        "http://{}/api/v1/messages/job_request",
+        node.url().trim_start_matches("tcp://")
+    );
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-D", "-", "-H"])
+        .arg(format!("traceparent: {tp}"))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            JOB,
+            &url,
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("traceparent: {tp}"))),
+        "the echoed trace context comes back: {head}"
+    );
+    assert_eq!(json(body)["payload"]["job_id"], "build-42", "{body}");
+    node.shutdown();
+    node.join();
+}

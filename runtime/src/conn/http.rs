@@ -157,7 +157,8 @@ impl HttpConn {
         if !opts.flags.contains(Flags::RESPONSE) || opts.correlation_id != pending.corr {
             return None;
         }
-        let resp = rest::answer(msg_type, pending.corr, payload);
+        let traced = opts.flags.contains(Flags::TRACE);
+        let resp = rest::traced_answer(msg_type, pending.corr, payload, traced);
         self.settle(&resp, now);
         Some(resp.status)
     }

@@ -6,7 +6,8 @@
 
 use valkyrie_bridge::http::{Request, Response};
 use valkyrie_bridge::rest;
-use valkyrie_protocol::{Frame, MessageType};
+use valkyrie_protocol::frame::TRACE_CONTEXT_LEN;
+use valkyrie_protocol::{Flags, Frame, MessageType};
 
 use super::Shard;
 use crate::ConnRef;
@@ -48,7 +49,16 @@ impl Shard {
         let corr = h.last_corr;
         h.gateway = Some(GatewayRequest { corr, deadline });
         h.answering = Answering::Later { keep_alive, head };
-        let mut frame = Frame::new(msg_type, stream, payload);
+        // A W3C traceparent becomes the frame's TRACE context (the payload's first 24 bytes).
+        let mut frame = match req.header("traceparent").and_then(rest::parse_traceparent) {
+            Some(ctx) => {
+                let mut traced = Vec::with_capacity(TRACE_CONTEXT_LEN + payload.len());
+                traced.extend_from_slice(&ctx.to_bytes());
+                traced.extend_from_slice(&payload);
+                Frame::new(msg_type, stream, traced).with_flags(Flags::TRACE)
+            }
+            None => Frame::new(msg_type, stream, payload),
+        };
         frame.header.correlation_id = corr;
         let t = msg_type.to_u8() as usize;
         ShardMetrics::add(&self.metrics.frames_in[t], 1);
