@@ -102,7 +102,13 @@ fn roots(ca_pem: &[u8]) -> Result<Arc<RootCertStore>, SecurityError> {
     Ok(Arc::new(roots))
 }
 
-/// A TLS 1.3 server configuration that requires a client certificate issued by `ca_pem`.
+/// The ALPN name of Valkyrie frames inside TLS.
+pub const ALPN_VALKYRIE: &[u8] = b"valkyrie/2";
+/// The ALPN name of HTTP/1.1 inside TLS (a node serves its HTTP side there too).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A TLS 1.3 server configuration that requires a client certificate issued by `ca_pem`;
+/// it offers ALPN [`ALPN_VALKYRIE`] and [`ALPN_HTTP1`].
 /// `chain_pem` is the server's certificate chain (leaf first), `key_pem` its private key
 /// (PKCS#8, SEC1 or PKCS#1), all PEM.
 pub fn server_config(
@@ -115,12 +121,14 @@ pub fn server_config(
         .build()
         .map_err(|e| config_error("client verifier", e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| config_error("key", e))?;
-    let cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| config_error("protocol versions", e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(chain_pem, "certificate")?, key)
         .map_err(|e| config_error("certificate and key", e))?;
+    // ALPN picks what the tunnel carries; a client that offers none speaks Valkyrie.
+    cfg.alpn_protocols = vec![ALPN_VALKYRIE.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -270,6 +278,12 @@ impl TlsSession {
         }
         let leaf = self.conn.peer_certificates()?.first()?;
         certificate_identity(leaf)
+    }
+
+    /// The application protocol ALPN agreed, once the handshake is done (`None`: the client
+    /// offered none, and speaks Valkyrie).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
     }
 
     /// The negotiated key exchange group, once known (e.g. `X25519MLKEM768`).

@@ -55,6 +55,8 @@ pub(crate) struct HttpConn {
     pub(crate) stalled: bool,
     /// The REST gateway's request waiting for the service's answer.
     pub(crate) gateway: Option<GatewayRequest>,
+    /// Who the client is: its certificate's identity when it came through TLS with one.
+    pub(crate) identity: Option<String>,
     /// The correlation id of the gateway's last request on this connection.
     pub(crate) last_corr: u32,
 }
@@ -80,6 +82,7 @@ impl HttpConn {
             idle_since: now,
             stalled: false,
             gateway: None,
+            identity: None,
             last_corr: 0,
         }
     }

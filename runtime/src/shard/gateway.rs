@@ -7,7 +7,7 @@
 use valkyrie_bridge::http::{Request, Response};
 use valkyrie_bridge::rest;
 use valkyrie_protocol::frame::TRACE_CONTEXT_LEN;
-use valkyrie_protocol::{Flags, Frame, MessageType};
+use valkyrie_protocol::{ErrorCode, Flags, Frame, MessageType};
 
 use super::Shard;
 use crate::ConnRef;
@@ -34,6 +34,29 @@ impl Shard {
         if msg_type == MessageType::Ping {
             // Answered by the protocol layer, as on a binary connection.
             return Some(rest::answer(MessageType::Pong, 0, &payload));
+        }
+        // The zero_trust policy decides for the client's identity as for a binary client's.
+        if let Some(policy) = &self.cfg.protocol.policy {
+            let identity = self
+                .conns
+                .get_mut(slot)
+                .and_then(|c| c.http())
+                .and_then(|h| h.identity.clone());
+            if !policy.allows(identity.as_deref(), msg_type) {
+                self.audit(
+                    serde_json::json!({"event": crate::audit::AuditEvent::Denied.as_str(),
+                    "identity": identity, "type": msg_type.name(), "via": "http",
+                    "code": ErrorCode::UNAUTHORISED.0}),
+                );
+                return Some(rest::error_answer(
+                    ErrorCode::UNAUTHORISED,
+                    &format!(
+                        "{} is not allowed to send {}",
+                        identity.as_deref().unwrap_or("this client"),
+                        rest::type_name(msg_type)
+                    ),
+                ));
+            }
         }
         let stream = req
             .query()

@@ -53,6 +53,10 @@ pub(super) fn take_input(
             _ => {}
         }
     }
+    if matches!(&c.io, Io::Socket(s) if s.tls.is_some()) {
+        // TLS first: the receive path decrypts, then hands HTTP's bytes to the reader.
+        return Taken::Frames;
+    }
     match c.http() {
         Some(h) => {
             h.reader.push(data);
@@ -170,9 +174,10 @@ impl Shard {
         let draining = self.shutdown_deadline.is_some();
         let keep_alive = req.keep_alive && !draining;
         let head = req.method == Method::Head;
-        let answer = match self.own_endpoint(&req) {
+        let identified = self.http_identified(slot);
+        let answer = match self.own_endpoint(&req, identified) {
             Some(resp) => Some(resp),
-            None if self.requires_auth() => Some(
+            None if self.requires_auth() && !identified => Some(
                 Response::error(401, "this node requires credentials")
                     .header("www-authenticate", "Bearer realm=\"valkyrie\""),
             ),
@@ -214,7 +219,7 @@ impl Shard {
     }
 
     /// The node's own endpoints: `/healthz`, `/readyz`, `/metrics`.
-    fn own_endpoint(&self, req: &Request) -> Option<Response> {
+    fn own_endpoint(&self, req: &Request, identified: bool) -> Option<Response> {
         let path = req.path();
         if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") {
             return None;
@@ -222,7 +227,7 @@ impl Shard {
         if !matches!(req.method, Method::Get | Method::Head) {
             return Some(Response::error(405, "GET or HEAD only").header("allow", "GET, HEAD"));
         }
-        if self.requires_auth() && !self.cfg.http.open_probes {
+        if self.requires_auth() && !self.cfg.http.open_probes && !identified {
             return Some(
                 Response::error(401, "this node requires credentials")
                     .header("www-authenticate", "Bearer realm=\"valkyrie\""),
@@ -238,6 +243,15 @@ impl Shard {
             }
         };
         Some(Response::json(if ok { 200 } else { 503 }, body).header("cache-control", "no-store"))
+    }
+
+    /// Whether the HTTP client on `slot` presented credentials the node verified (a client
+    /// certificate under TLS).
+    fn http_identified(&mut self, slot: u32) -> bool {
+        self.conns
+            .get_mut(slot)
+            .and_then(|c| c.http())
+            .is_some_and(|h| h.identity.is_some())
     }
 
     /// Whether every security mode the node offers authenticates its peer (then HTTP needs

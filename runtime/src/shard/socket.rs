@@ -3,11 +3,13 @@
 //! into one send, and send completions driving [`SendState`](crate::conn::send::SendState).
 
 use io_uring::{cqueue, opcode, squeue, types};
+use valkyrie_bridge::ALPN_HTTP1;
 use valkyrie_protocol::MessageType;
 use valkyrie_protocol::message::{ErrorPayload, Payload};
 
 use super::Shard;
 use crate::config::RecvMode;
+use crate::conn::http::HttpConn;
 use crate::conn::recv::{Recv, RecvAction};
 use crate::conn::send::{Completion, Outgoing};
 use crate::conn::{Io, Life};
@@ -266,14 +268,38 @@ impl Shard {
         match s.tls.as_mut() {
             None => c.proto.handle_input(data, self.now),
             Some(tls) => {
-                let failure = c
-                    .proto
-                    .handle_tls_input(tls, data, self.now, &mut self.tls_plain)
-                    .err();
-                if let Some(e) = failure {
-                    c.proto.handle_eof(self.now);
-                    let ip = c.peer_ip();
-                    self.tls_failure(e, ip);
+                self.tls_plain.clear();
+                match tls.receive(data, &mut self.tls_plain) {
+                    Err(e) => {
+                        c.proto.handle_eof(self.now);
+                        let ip = c.peer_ip();
+                        self.tls_failure(e, ip);
+                    }
+                    Ok(got) => {
+                        if got.handshake_complete {
+                            let identity = tls.peer_identity();
+                            if let Some(id) = &identity {
+                                c.proto.set_transport_identity(id.clone());
+                            }
+                            // ALPN http/1.1: the tunnel carries the node's HTTP side.
+                            if self.cfg.http.enabled && tls.alpn_protocol() == Some(ALPN_HTTP1) {
+                                let now = self.timers.tick(self.now);
+                                let mut h = HttpConn::new(self.cfg.http.limits, now);
+                                h.identity = identity;
+                                c.extra.get_or_insert_with(Box::default).http = Some(Box::new(h));
+                            }
+                        }
+                        match c.extra.as_mut().and_then(|e| e.http.as_deref_mut()) {
+                            Some(h) => h.reader.push(&self.tls_plain),
+                            None if !self.tls_plain.is_empty() => {
+                                c.proto.handle_input(&self.tls_plain, self.now)
+                            }
+                            None => {}
+                        }
+                        if got.peer_closed {
+                            c.proto.handle_eof(self.now);
+                        }
+                    }
                 }
             }
         }
@@ -296,29 +322,24 @@ impl Shard {
         let mut out = self.send_pool.take();
         if let Some(h) = c.extra.as_mut().and_then(|e| e.http.as_deref_mut()) {
             h.take_output(&mut out.buf, batch);
-            if out.buf.is_empty() {
-                self.recycle_send_buf(out);
-            } else {
-                self.submit_send(slot, out);
+        } else {
+            let before = out.buf.len();
+            let pongs = c.proto.write_answers(&mut out.buf);
+            if pongs > 0 {
+                self.metrics
+                    .pongs_out(u64::from(pongs), (out.buf.len() - before) as u64);
             }
-            return;
-        }
-        let before = out.buf.len();
-        let pongs = c.proto.write_answers(&mut out.buf);
-        if pongs > 0 {
-            self.metrics
-                .pongs_out(u64::from(pongs), (out.buf.len() - before) as u64);
-        }
-        while out.buf.len() < batch
-            && let Some(t) = c.proto.poll_transmit()
-        {
-            self.metrics.frame_out(&t.header);
-            if t.header[3] == MessageType::Error.to_u8()
-                && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+            while out.buf.len() < batch
+                && let Some(t) = c.proto.poll_transmit()
             {
-                self.metrics.error_sent(e.code, 1);
+                self.metrics.frame_out(&t.header);
+                if t.header[3] == MessageType::Error.to_u8()
+                    && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+                {
+                    self.metrics.error_sent(e.code, 1);
+                }
+                t.write_to(&mut out.buf);
             }
-            t.write_to(&mut out.buf);
         }
         if s.tls.is_some() {
             out = self.seal(slot, out);
