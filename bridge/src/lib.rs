@@ -9,6 +9,7 @@
 //!   refused), and answers written whole or as chunked streams.
 //! - [`rest`]: the REST gateway's mapping between JSON over HTTP and message frames.
 //! - [`openapi`]: the OpenAPI 3.1 document of all of it (`GET /openapi.json`).
+//! - [`bearer`]: `Authorization: Bearer` credentials for a node in `token` mode.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -27,6 +28,7 @@
 //! # Ok::<(), valkyrie_bridge::http::HttpError>(())
 //! ```
 
+pub mod bearer;
 pub mod http;
 pub mod openapi;
 pub mod rest;

@@ -81,6 +81,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TuneCmd,
     },
+    /// Bearer tokens for HTTP clients of a `token` node: `valkyrie token mint --token-file F`.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Ping a node and print the round-trip distribution.
     Ping {
         /// The node's URL.
@@ -148,6 +153,22 @@ enum KeygenCmd {
         /// The key id the secret is known by.
         #[arg(long)]
         key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print `KEY_ID.EXPIRES.MAC` for `Authorization: Bearer` (docs/SECURITY.md).
+    Mint {
+        /// The secrets file (`KEY_ID HEX_SECRET` lines, from `valkyrie keygen token`).
+        #[arg(long)]
+        token_file: std::path::PathBuf,
+        /// The key to sign with (default: the file's first).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Seconds from now until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
     },
 }
 
@@ -427,9 +448,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             no_http,
             open_probes,
         } => {
+            // A token node checks HTTP clients' bearer tokens with its own secrets.
+            let bearer = match &security.token_file {
+                Some(f) => valkyrie_runtime::keys::read_tokens(f)?,
+                None => Vec::new(),
+            };
             let mut b = Node::builder().configure(|c| {
                 c.http.enabled = !no_http;
                 c.http.open_probes = open_probes;
+                c.http.bearer_keys = valkyrie_runtime::BearerKeys(std::sync::Arc::new(bearer));
             });
             if echo {
                 b = b.service(|_| valkyrie_runtime::Echo);
@@ -485,6 +512,31 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::info!(%ep, "listening");
             }
             node.run_until_signal()?;
+            Ok(())
+        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Mint {
+                    token_file,
+                    key_id,
+                    ttl_secs,
+                },
+        } => {
+            let keys = valkyrie_runtime::keys::read_tokens(&token_file)?;
+            let (id, secret) = match &key_id {
+                Some(want) => keys
+                    .iter()
+                    .find(|(id, _)| id == want)
+                    .ok_or_else(|| format!("no key {want} in {}", token_file.display()))?,
+                None => keys.first().ok_or("the token file has no key")?,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            println!(
+                "{}",
+                valkyrie_runtime::bearer::mint(id, secret, now.saturating_add(ttl_secs))
+            );
             Ok(())
         }
         Cmd::Keygen { what } => {

@@ -303,3 +303,72 @@ fn the_echo_node_answers_frames_and_http_on_one_port() {
     let _ = node.kill();
     let _ = node.wait();
 }
+
+#[test]
+fn a_token_node_serves_http_clients_with_a_minted_bearer_token() {
+    let dir = std::env::temp_dir().join(format!("valkyrie-bearer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    keygen(&dir, &["token", "tokens", "--key-id", "agents"]);
+    let file = dir.join("tokens");
+    let file = file.to_str().unwrap();
+    let (mut node, port, _url) = spawn_node(&[
+        "--shards",
+        "1",
+        "--echo",
+        "--security",
+        "token",
+        "--token-file",
+        file,
+    ]);
+    let mint = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["token", "mint", "--token-file", file, "--ttl-secs", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        mint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mint.stderr)
+    );
+    let token = String::from_utf8(mint.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("agents."), "{token}");
+    let status = |auth: Option<&str>, path: &str, body: Option<&str>| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
+        if let Some(a) = auth {
+            cmd.arg("-H").arg(format!("authorization: Bearer {a}"));
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(None, "/healthz", None), "401");
+    assert_eq!(status(Some(&token), "/healthz", None), "200");
+    let job = r#"{"job_id": "j1", "spec": {"command": ["true"]}}"#;
+    assert_eq!(
+        status(Some(&token), "/api/v1/messages/job_request", Some(job)),
+        "200"
+    );
+    // One changed digit of the MAC, and the token is refused.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(status(Some(&forged), "/healthz", None), "401");
+    let _ = node.kill();
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

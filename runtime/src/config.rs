@@ -162,6 +162,20 @@ pub struct HttpSettings {
     /// `/metrics` without credentials (default false: they need them like every other path;
     /// turn it on for probes and scrapers that carry none). A plaintext node asks nothing.
     pub open_probes: bool,
+    /// The secrets `Authorization: Bearer` tokens are checked with (`valkyrie_bridge::bearer`;
+    /// the CLI gives a `token` node's own secrets file). Empty: no bearer credentials.
+    pub bearer_keys: BearerKeys,
+}
+
+/// Key ids and their secrets for bearer tokens (shown redacted).
+#[derive(Clone, Default)]
+pub struct BearerKeys(pub Arc<Vec<(String, Vec<u8>)>>);
+
+impl std::fmt::Debug for BearerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.0.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("BearerKeys").field("key_ids", &ids).finish()
+    }
 }
 
 impl Default for HttpSettings {
@@ -173,6 +187,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(60),
             gateway_timeout: Duration::from_secs(30),
             open_probes: false,
+            bearer_keys: BearerKeys::default(),
         }
     }
 }

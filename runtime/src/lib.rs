@@ -68,7 +68,7 @@ mod uring;
 pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use config::{BusyPoll, HttpSettings, NodeConfig, RecvMode};
+pub use config::{BearerKeys, BusyPoll, HttpSettings, NodeConfig, RecvMode};
 pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
@@ -81,6 +81,8 @@ pub use service::{
 pub use sys::raise_nofile;
 pub use uring::RingFeatures;
 pub use url::Endpoint;
+/// Bearer tokens for HTTP clients of a `token` node (mint one, verify one).
+pub use valkyrie_bridge::bearer;
 /// The bridge's HTTP types a service answers with ([`Service::on_http`]).
 pub use valkyrie_bridge::http;
 

@@ -26,6 +26,7 @@ impl Shard {
         req: &Request,
         keep_alive: bool,
         head: bool,
+        identity: Option<String>,
     ) -> Option<Response> {
         let (msg_type, payload) = match rest::request(req.path(), &req.body) {
             Ok(r) => r,
@@ -37,11 +38,6 @@ impl Shard {
         }
         // The zero_trust policy decides for the client's identity as for a binary client's.
         if let Some(policy) = &self.cfg.protocol.policy {
-            let identity = self
-                .conns
-                .get_mut(slot)
-                .and_then(|c| c.http())
-                .and_then(|h| h.identity.clone());
             if !policy.allows(identity.as_deref(), msg_type) {
                 self.audit(
                     serde_json::json!({"event": crate::audit::AuditEvent::Denied.as_str(),

@@ -7,7 +7,7 @@
 
 use valkyrie_bridge::http::{Method, Request, Response};
 use valkyrie_bridge::{Sniffed, rest, sniff};
-use valkyrie_protocol::SecurityMode;
+use valkyrie_protocol::{ErrorCode, SecurityMode};
 
 use super::Shard;
 use crate::ConnRef;
@@ -174,7 +174,17 @@ impl Shard {
         let draining = self.shutdown_deadline.is_some();
         let keep_alive = req.keep_alive && !draining;
         let head = req.method == Method::Head;
-        let identified = self.http_identified(slot);
+        let identity = match self.http_identity(slot, &req) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                if let Some(h) = self.conns.get_mut(slot).and_then(|c| c.http()) {
+                    h.answer(&refusal, keep_alive, head, now);
+                    count(&self.metrics, refusal.status);
+                }
+                return;
+            }
+        };
+        let identified = identity.is_some();
         let answer = match self.own_endpoint(&req, identified) {
             Some(resp) => Some(resp),
             None if self.requires_auth() && !identified => Some(
@@ -182,7 +192,7 @@ impl Shard {
                     .header("www-authenticate", "Bearer realm=\"valkyrie\""),
             ),
             None if req.method == Method::Post && req.path().starts_with(rest::MESSAGES_PREFIX) => {
-                self.gateway(slot, &req, keep_alive, head)
+                self.gateway(slot, &req, keep_alive, head, identity)
             }
             None if self.routes.iter().any(|r| r.matches(&req)) => {
                 let Some(c) = self.conns.get_mut(slot) else {
@@ -245,13 +255,36 @@ impl Shard {
         Some(Response::json(if ok { 200 } else { 503 }, body).header("cache-control", "no-store"))
     }
 
-    /// Whether the HTTP client on `slot` presented credentials the node verified (a client
-    /// certificate under TLS).
-    fn http_identified(&mut self, slot: u32) -> bool {
-        self.conns
-            .get_mut(slot)
-            .and_then(|c| c.http())
-            .is_some_and(|h| h.identity.is_some())
+    /// Who sends `req` on `slot`: the identity of its client certificate (under TLS), or of
+    /// its bearer token (`Authorization: Bearer`, checked against the node's bearer keys);
+    /// `None` without credentials. A bearer token that does not verify is answered 401,
+    /// audited and counted against the address.
+    fn http_identity(&mut self, slot: u32, req: &Request) -> Result<Option<String>, Response> {
+        let unix = self.unix_now();
+        let keys = self.cfg.http.bearer_keys.0.clone();
+        let Some(c) = self.conns.get_mut(slot) else {
+            return Ok(None);
+        };
+        let ip = c.peer_ip();
+        let cert = c.http().and_then(|h| h.identity.clone());
+        let token = req
+            .header("authorization")
+            .and_then(valkyrie_bridge::bearer::from_authorization);
+        let (Some(token), false) = (token, keys.is_empty()) else {
+            return Ok(cert);
+        };
+        match valkyrie_bridge::bearer::verify(token, &keys, unix) {
+            Ok(identity) => Ok(Some(identity)),
+            Err(e) => {
+                let mut record = serde_json::json!({"event": crate::audit::AuditEvent::AuthFailure.as_str(),
+                    "mode": "bearer", "code": ErrorCode::AUTH_FAILED.0, "reason": e.to_string(), "via": "http"});
+                self.security_failure(&mut record, ip);
+                Err(Response::error(401, &e.to_string()).header(
+                    "www-authenticate",
+                    "Bearer realm=\"valkyrie\", error=\"invalid_token\"",
+                ))
+            }
+        }
     }
 
     /// Whether every security mode the node offers authenticates its peer (then HTTP needs
