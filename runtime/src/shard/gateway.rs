@@ -37,8 +37,10 @@ impl Shard {
             return Some(rest::answer(MessageType::Pong, 0, &payload));
         }
         // The zero_trust policy decides for the client's identity as for a binary client's.
-        if let Some(policy) = &self.cfg.protocol.policy {
-            if !policy.allows(identity.as_deref(), msg_type) {
+        if let Some(policy) = &self.cfg.protocol.policy
+            && !policy.allows(identity.as_deref(), msg_type)
+        {
+            {
                 self.audit(
                     serde_json::json!({"event": crate::audit::AuditEvent::Denied.as_str(),
                     "identity": identity, "type": msg_type.name(), "via": "http",
