@@ -40,21 +40,19 @@ impl Shard {
         if let Some(policy) = &self.cfg.protocol.policy
             && !policy.allows(identity.as_deref(), msg_type)
         {
-            {
-                self.audit(
-                    serde_json::json!({"event": crate::audit::AuditEvent::Denied.as_str(),
-                    "identity": identity, "type": msg_type.name(), "via": "http",
-                    "code": ErrorCode::UNAUTHORISED.0}),
-                );
-                return Some(rest::error_answer(
-                    ErrorCode::UNAUTHORISED,
-                    &format!(
-                        "{} is not allowed to send {}",
-                        identity.as_deref().unwrap_or("this client"),
-                        rest::type_name(msg_type)
-                    ),
-                ));
-            }
+            self.audit(
+                serde_json::json!({"event": crate::audit::AuditEvent::Denied.as_str(),
+                "identity": identity, "type": msg_type.name(), "via": "http",
+                "code": ErrorCode::UNAUTHORISED.0}),
+            );
+            return Some(rest::error_answer(
+                ErrorCode::UNAUTHORISED,
+                &format!(
+                    "{} is not allowed to send {}",
+                    identity.as_deref().unwrap_or("this client"),
+                    rest::type_name(msg_type)
+                ),
+            ));
         }
         let stream = req
             .query()
