@@ -496,6 +496,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     if has_tls && let Some(tls) = again.tls_server().map_err(fail)? {
                         r = r.tls(tls);
                     }
+                    if let Some(f) = &again.token_file {
+                        let keys = valkyrie_runtime::keys::read_tokens(f)
+                            .map_err(|e| format!("{}: {e}", f.display()))?;
+                        r = r.bearer_keys(valkyrie_runtime::BearerKeys(std::sync::Arc::new(keys)));
+                    }
                     Ok(r)
                 });
             for url in &listen {

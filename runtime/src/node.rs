@@ -36,6 +36,8 @@ pub struct Reload {
     pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
     /// The addresses intrusion detection never counts (when it is on).
     pub trusted: Option<Vec<crate::guard::IpNet>>,
+    /// The secrets HTTP clients' bearer tokens are checked with (a rotated token file).
+    pub bearer_keys: Option<crate::config::BearerKeys>,
 }
 
 impl Reload {
@@ -62,6 +64,12 @@ impl Reload {
     /// Builder-style: the trusted list.
     pub fn trusted(mut self, trusted: Vec<crate::guard::IpNet>) -> Self {
         self.trusted = Some(trusted);
+        self
+    }
+
+    /// Builder-style: the bearer-token secrets.
+    pub fn bearer_keys(mut self, keys: crate::config::BearerKeys) -> Self {
+        self.bearer_keys = Some(keys);
         self
     }
 }
@@ -500,6 +508,9 @@ impl Node {
                 return Err(ReloadError::TlsSwitch);
             }
             cfg.tls = Some(tls);
+        }
+        if let Some(keys) = new.bearer_keys {
+            cfg.http.bearer_keys = keys;
         }
         if let (Some(trusted), Some(guard)) = (new.trusted, cfg.guard.as_mut()) {
             guard.trusted = trusted;

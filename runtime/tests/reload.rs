@@ -169,3 +169,58 @@ fn a_rotated_token_secret_is_required_of_new_connections_only() {
     node.shutdown();
     node.join();
 }
+
+#[test]
+fn a_reload_rotates_the_bearer_keys_of_http_clients() {
+    use valkyrie_runtime::{BearerKeys, bearer};
+    let keys = |s: &[u8]| BearerKeys(Arc::new(vec![("agents".to_owned(), s.to_vec())]));
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(token_node_config(b"first"))
+        .configure(|c| c.http.bearer_keys = keys(b"first"))
+        .shards(1)
+        .service(|_| Accept)
+        .reload_with(move || {
+            Ok(Reload::new()
+                .protocol(token_node_config(b"second"))
+                .bearer_keys(keys(b"second")))
+        })
+        .start()
+        .unwrap();
+    let port = node.url().rsplit(':').next().unwrap().to_owned();
+    let status = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg("-H")
+            .arg(format!("authorization: Bearer {token}"))
+            .arg(format!("http://127.0.0.1:{port}/healthz"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let far = 4_000_000_000;
+    let (first, second) = (
+        bearer::mint("agents", b"first", far),
+        bearer::mint("agents", b"second", far),
+    );
+    assert_eq!(
+        (status(&first), status(&second)),
+        ("200".into(), "401".into())
+    );
+    node.reload().unwrap();
+    assert_eq!(
+        (status(&first), status(&second)),
+        ("401".into(), "200".into())
+    );
+    node.shutdown();
+    node.join();
+}
