@@ -77,6 +77,79 @@ impl NodeState {
         (ready, body.to_string())
     }
 
+    /// The status feed (`GET /api/v1/status`, read by the status page): totals a reader
+    /// turns into rates between two reads, each shard's liveness, recent events.
+    pub(crate) fn status(&self, now: Instant) -> String {
+        let sum = |f: &dyn Fn(&ShardMetrics) -> u64| self.shards.iter().map(|m| f(m)).sum::<u64>();
+        let received = sum(&|m| m.frames_in.iter().map(|c| c.load(Ordering::Relaxed)).sum());
+        let sent = sum(&|m| {
+            m.frames_out
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum()
+        });
+        let pongs = sum(&|m| {
+            m.frames_out[valkyrie_protocol::MessageType::Pong.to_u8() as usize]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum()
+        });
+        let classes = [
+            "protocol",
+            "authentication",
+            "stream",
+            "job",
+            "system",
+            "network",
+            "security",
+        ];
+        let mut errors = serde_json::Map::new();
+        for (i, class) in classes.iter().enumerate() {
+            let lo = (i + 1) * 100;
+            let n = sum(&|m| {
+                m.errors_sent[lo..lo + 100]
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .sum()
+            });
+            errors.insert((*class).into(), n.into());
+        }
+        let mut events: Vec<(u64, String)> = self
+            .shards
+            .iter()
+            .flat_map(|m| {
+                m.recent
+                    .lock()
+                    .map(|r| r.iter().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        events.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
+        events.truncate(20);
+        let (healthy, _) = self.health(now);
+        let (ready, _) = self.readiness();
+        serde_json::json!({
+            "at_ms": self.ms(now),
+            "healthy": healthy,
+            "ready": ready,
+            "shards": self.shards.len(),
+            "connections": {
+                "active": self.connections(),
+                "accepted": sum(&|m| m.connections_accepted.load(Ordering::Relaxed)),
+                "refused": sum(&|m| m.connections_refused.load(Ordering::Relaxed)),
+            },
+            "messages": {"received": received, "sent": sent, "pongs": pongs},
+            "bytes": {
+                "received": sum(&|m| m.bytes_in.load(Ordering::Relaxed)),
+                "sent": sum(&|m| m.bytes_out.load(Ordering::Relaxed)),
+            },
+            "errors": errors,
+            "events": events.iter().map(|(ms, what)| serde_json::json!({"at_ms": ms, "what": what})).collect::<Vec<_>>(),
+        })
+        .to_string()
+    }
+
     /// Every shard's counters, summed, in the Prometheus text format.
     pub(crate) fn metrics_text(&self) -> String {
         match metrics::gather(&self.shards, &self.security) {

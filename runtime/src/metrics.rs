@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use valkyrie_protocol::MessageType;
 
+/// Events each shard keeps for the status page.
+pub(crate) const RECENT_EVENTS: usize = 32;
+
 /// Transports counted separately.
 pub(crate) const TRANSPORTS: [&str; 3] = ["tcp", "unix", "shm"];
 /// Priority bands of `valkyrie_messages_sent_total{priority}`.
@@ -75,6 +78,9 @@ pub struct ShardMetrics {
     /// When the shard's loop last turned, in milliseconds since the node started
     /// (`/healthz`: a shard stuck in one turn stops moving it).
     pub(crate) last_turn_ms: AtomicU64,
+    /// The shard's last few notable events (connections closed with a fault, refusals) for
+    /// the status page: written only when the lock is free at once (never waited for).
+    pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
 }
 
 impl ShardMetrics {
@@ -114,6 +120,18 @@ impl ShardMetrics {
             guard_refused_banned: AtomicU64::new(0),
             http_responses: Default::default(),
             last_turn_ms: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Note an event for the status page (at `ms` since the node started); dropped when a
+    /// reader holds the list at that moment. At most [`RECENT_EVENTS`] are kept.
+    pub(crate) fn note(&self, ms: u64, what: String) {
+        if let Ok(mut r) = self.recent.try_lock() {
+            if r.len() >= RECENT_EVENTS {
+                r.pop_front();
+            }
+            r.push_back((ms, what));
         }
     }
 

@@ -400,6 +400,15 @@ impl Shard {
             .encode(&mut v);
             Bytes::from(v)
         };
+        let ms = self.node.ms(self.now);
+        let why = match &refusal {
+            Refusal::Banned(r) => format!("banned: {r}"),
+            Refusal::Limit => "at the connection limit".to_owned(),
+            Refusal::GoingAway => "going away (draining)".to_owned(),
+            Refusal::SecurityRequired => "a frame in the clear on a TLS listener".to_owned(),
+        };
+        self.metrics
+            .note(ms, format!("shard {}: connection refused: {why}", self.id));
         let frame = match refusal {
             Refusal::Banned(reason) => {
                 ShardMetrics::add(&self.metrics.connections_refused, 1);

@@ -19,6 +19,10 @@ use crate::service::{HttpAnswer, count};
 /// cannot hold the shard; the rest wait for the next turn).
 const REQUESTS_PER_TURN: usize = 64;
 
+/// The live status page (`GET /`): one HTML file with its script, nothing from outside; it
+/// reads `/api/v1/status` twice a second.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 /// The media type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -231,7 +235,10 @@ impl Shard {
     /// The node's own endpoints: `/healthz`, `/readyz`, `/metrics`.
     fn own_endpoint(&self, req: &Request, identified: bool) -> Option<Response> {
         let path = req.path();
-        if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") {
+        if !matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/" | "/api/v1/status"
+        ) {
             return None;
         }
         if !matches!(req.method, Method::Get | Method::Head) {
@@ -247,6 +254,13 @@ impl Shard {
             "/healthz" => self.node.health(self.now),
             "/readyz" => self.node.readiness(),
             "/openapi.json" => (true, valkyrie_bridge::openapi::document()),
+            "/api/v1/status" => (true, self.node.status(self.now)),
+            "/" => {
+                return Some(
+                    Response::with_body(200, "text/html; charset=utf-8", STATUS_PAGE)
+                        .header("cache-control", "no-store"),
+                );
+            }
             _ => {
                 let text = self.node.metrics_text();
                 return Some(Response::with_body(200, PROMETHEUS_TEXT, text));

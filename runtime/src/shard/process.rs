@@ -135,6 +135,19 @@ impl Shard {
                     _ => {}
                 }
                 ShardMetrics::add(&self.metrics.shed_frames, c.proto.shed_frames());
+                // The status page's recent events: connections that ended by a fault.
+                if !matches!(
+                    reason,
+                    CloseReason::Local { .. }
+                        | CloseReason::Peer { .. }
+                        | CloseReason::TransportClosed
+                ) {
+                    let ms = self.node.ms(self.now);
+                    self.metrics.note(
+                        ms,
+                        format!("shard {}: connection closed: {reason}", self.id),
+                    );
+                }
                 if let Some((kind, code, message)) = AuditEvent::of_close(reason, c.connected) {
                     let mut record = serde_json::json!({"event": kind.as_str(),
                         "code": code.0, "reason": message});
