@@ -168,6 +168,17 @@ fn prometheus_scrapes_a_running_node() {
     assert!((1.0..=2.0).contains(&open), "{answer}");
     let up = get(&format!("http://127.0.0.1:{port}/api/v1/query?query=up"));
     assert!(up.contains("\"1\""), "the target is up: {up}");
+    // A histogram quantile: the median size of the frames the service got (25-byte
+    // LOG_ENTRY requests: in the 32-byte bucket, so between 0 and 32).
+    let q = "histogram_quantile(0.5,%20sum%20by%20(le)%20(valkyrie_message_size_bytes_bucket))";
+    let body = get(&format!("http://127.0.0.1:{port}/api/v1/query?query={q}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let median: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or("NaN")
+        .parse()
+        .unwrap();
+    assert!(median > 0.0 && median <= 32.0, "{body}");
     drop(server);
     let _ = c.close();
     node.shutdown();

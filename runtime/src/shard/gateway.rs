@@ -85,6 +85,9 @@ impl Shard {
             &self.metrics.bytes_in_by_type[t],
             24 + frame.payload.len() as u64,
         );
+        self.metrics
+            .sizes
+            .observe(t as u8, 24 + frame.payload.len() as u64);
         let conn = ConnRef {
             shard: self.id as u16,
             slot,

@@ -118,6 +118,9 @@ impl Shard {
                     &self.metrics.bytes_in_by_type[t],
                     24 + f.payload.len() as u64,
                 );
+                self.metrics
+                    .sizes
+                    .observe(t as u8, 24 + f.payload.len() as u64);
             }
             Event::Closed(reason) => {
                 match reason {

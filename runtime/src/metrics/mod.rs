@@ -7,6 +7,10 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+mod histogram;
+
+pub(crate) use histogram::SizeHistogram;
 use valkyrie_protocol::MessageType;
 
 /// Events each shard keeps for the status page.
@@ -81,6 +85,8 @@ pub struct ShardMetrics {
     /// The shard's last few notable events (connections closed with a fault, refusals) for
     /// the status page: written only when the lock is free at once (never waited for).
     pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// Sizes of frames delivered to the service, by type.
+    pub(crate) sizes: SizeHistogram,
 }
 
 impl ShardMetrics {
@@ -121,6 +127,7 @@ impl ShardMetrics {
             http_responses: Default::default(),
             last_turn_ms: AtomicU64::new(0),
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            sizes: SizeHistogram::new(),
         }
     }
 
@@ -477,8 +484,12 @@ pub fn gather(
         http.with_label_values(&[class])
             .inc_by(sum(&|s| s.http_responses[i + 1].load(Relaxed)));
     }
+    let sizes = histogram::size_family(shards.iter().map(|s| &s.sizes), |t| {
+        MessageType::from_u8(t).name().to_ascii_lowercase()
+    })?;
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
+        Box::new(sizes),
         Box::new(http),
         Box::new(accepted),
         Box::new(disconnects),
