@@ -142,6 +142,16 @@ impl ShardMetrics {
         }
     }
 
+    /// A frame delivered to the service: counted by type, its bytes, its size.
+    #[inline]
+    pub(crate) fn frame_in(&self, header: &valkyrie_protocol::Header, payload: usize) {
+        let t = header.msg_type.to_u8();
+        let bytes = 24 + payload as u64;
+        Self::add(&self.frames_in[t as usize], 1);
+        Self::add(&self.bytes_in_by_type[t as usize], bytes);
+        self.sizes.observe(t, bytes);
+    }
+
     #[inline]
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);

@@ -12,7 +12,6 @@ use valkyrie_protocol::{ErrorCode, Flags, Frame, MessageType};
 use super::Shard;
 use crate::ConnRef;
 use crate::conn::http::{Answering, GatewayRequest};
-use crate::metrics::ShardMetrics;
 
 /// The stream a gateway request travels on unless the query names one (`?stream=N`).
 const DEFAULT_STREAM: u32 = 1;
@@ -79,15 +78,7 @@ impl Shard {
             None => Frame::new(msg_type, stream, payload),
         };
         frame.header.correlation_id = corr;
-        let t = msg_type.to_u8() as usize;
-        ShardMetrics::add(&self.metrics.frames_in[t], 1);
-        ShardMetrics::add(
-            &self.metrics.bytes_in_by_type[t],
-            24 + frame.payload.len() as u64,
-        );
-        self.metrics
-            .sizes
-            .observe(t as u8, 24 + frame.payload.len() as u64);
+        self.metrics.frame_in(&frame.header, frame.payload.len());
         let conn = ConnRef {
             shard: self.id as u16,
             slot,

@@ -112,15 +112,7 @@ impl Shard {
                     "code": ErrorCode::UNAUTHORISED.0}));
             }
             Event::Frame(f) => {
-                let t = f.header.msg_type.to_u8() as usize;
-                ShardMetrics::add(&self.metrics.frames_in[t], 1);
-                ShardMetrics::add(
-                    &self.metrics.bytes_in_by_type[t],
-                    24 + f.payload.len() as u64,
-                );
-                self.metrics
-                    .sizes
-                    .observe(t as u8, 24 + f.payload.len() as u64);
+                self.metrics.frame_in(&f.header, f.payload.len());
             }
             Event::Closed(reason) => {
                 match reason {
