@@ -179,6 +179,16 @@ fn prometheus_scrapes_a_running_node() {
         .parse()
         .unwrap();
     assert!(median > 0.0 && median <= 32.0, "{body}");
+    // Durations in seconds that resolve microseconds: the plaintext handshakes of this test.
+    let q = "histogram_quantile(0.99,%20sum%20by%20(le)%20(valkyrie_handshake_duration_seconds_bucket))";
+    let body = get(&format!("http://127.0.0.1:{port}/api/v1/query?query={q}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p99: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or("NaN")
+        .parse()
+        .unwrap();
+    assert!(p99 > 0.0 && p99 < 1.0, "a handshake p99 in seconds: {body}");
     drop(server);
     let _ = c.close();
     node.shutdown();

@@ -120,6 +120,11 @@ pub(crate) struct Conn {
     pub(crate) held: bool,
     /// The deadline of its entry in the shard's timer heap.
     pub(crate) timer: Option<Tick>,
+    /// When it was accepted (or its outbound attempt began): microseconds from the shard's
+    /// start, wrapping every 71 minutes — the handshake's duration is measured from it
+    /// (a handshake never lasts that long: its deadline is seconds). Fits in the struct's
+    /// padding (the connection stays 392 bytes).
+    pub(crate) opened_us: u32,
     /// What few connections carry (boxed: the others pay 8 bytes for it).
     pub(crate) extra: Option<Box<Extra>>,
 }

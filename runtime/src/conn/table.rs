@@ -137,6 +137,7 @@ mod tests {
             connected: false,
             fresh: false,
             sniffing: false,
+            opened_us: 0,
             dirty: false,
             held: false,
             timer: None,

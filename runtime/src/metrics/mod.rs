@@ -10,7 +10,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 mod histogram;
 
-pub(crate) use histogram::SizeHistogram;
+pub(crate) use histogram::{HandshakeHistogram, SECURITY_LABELS, SizeHistogram};
 use valkyrie_protocol::MessageType;
 
 /// Events each shard keeps for the status page.
@@ -87,6 +87,8 @@ pub struct ShardMetrics {
     pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
     /// Sizes of frames delivered to the service, by type.
     pub(crate) sizes: SizeHistogram,
+    /// Handshake durations (accept to established), by security mode, in microseconds.
+    pub(crate) handshakes: HandshakeHistogram,
 }
 
 impl ShardMetrics {
@@ -127,7 +129,8 @@ impl ShardMetrics {
             http_responses: Default::default(),
             last_turn_ms: AtomicU64::new(0),
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            sizes: SizeHistogram::new(),
+            sizes: SizeHistogram::new(&histogram::SIZE_BOUNDS),
+            handshakes: HandshakeHistogram::new(&histogram::DURATION_BOUNDS_US),
         }
     }
 
@@ -149,7 +152,7 @@ impl ShardMetrics {
         let bytes = 24 + payload as u64;
         Self::add(&self.frames_in[t as usize], 1);
         Self::add(&self.bytes_in_by_type[t as usize], bytes);
-        self.sizes.observe(t, bytes);
+        self.sizes.observe(t as usize, bytes);
     }
 
     #[inline]
@@ -494,12 +497,30 @@ pub fn gather(
         http.with_label_values(&[class])
             .inc_by(sum(&|s| s.http_responses[i + 1].load(Relaxed)));
     }
-    let sizes = histogram::size_family(shards.iter().map(|s| &s.sizes), |t| {
-        MessageType::from_u8(t).name().to_ascii_lowercase()
-    })?;
+    let sizes = histogram::family(
+        shards.iter().map(|s| &s.sizes),
+        histogram::Shape {
+            name: "valkyrie_message_size_bytes",
+            help: "Size of frames delivered to services, header included, by type",
+            label: "type",
+            per_unit: 1.0,
+        },
+        |t| MessageType::from_u8(t as u8).name().to_ascii_lowercase(),
+    )?;
+    let handshakes = histogram::family(
+        shards.iter().map(|s| &s.handshakes),
+        histogram::Shape {
+            name: "valkyrie_handshake_duration_seconds",
+            help: "Time from accepting a connection (or starting an outbound one) to its handshake's end, by security mode",
+            label: "security",
+            per_unit: 1e6,
+        },
+        |i| SECURITY_LABELS[i].to_owned(),
+    )?;
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
         Box::new(sizes),
+        Box::new(handshakes),
         Box::new(http),
         Box::new(accepted),
         Box::new(disconnects),

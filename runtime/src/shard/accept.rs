@@ -345,6 +345,7 @@ impl Shard {
         let sniffing = !refused
             && transport != SHM
             && matches!(&io, Io::Socket(s) if s.tls.is_some() || self.cfg.http.enabled);
+        let opened_us = self.now_us();
         let slot = self.conns.insert(|generation| Conn {
             generation,
             transport,
@@ -354,6 +355,7 @@ impl Shard {
             connected: false,
             fresh: false,
             sniffing,
+            opened_us,
             dirty: false,
             held: false,
             timer: None,

@@ -398,6 +398,7 @@ impl Shard {
             }
             _ => None,
         };
+        let opened_us = self.now_us();
         let slot = self.conns.insert(|generation| Conn {
             generation,
             transport,
@@ -412,6 +413,7 @@ impl Shard {
             connected: false,
             fresh: false,
             sniffing: false,
+            opened_us,
             dirty: false,
             held: false,
             timer: None,

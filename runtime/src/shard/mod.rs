@@ -434,6 +434,14 @@ impl Shard {
         )
     }
 
+    /// Microseconds from the shard's start to now, wrapping (what a connection's
+    /// `opened_us` holds; differences of two are right up to 71 minutes).
+    pub(super) fn now_us(&self) -> u32 {
+        self.now
+            .saturating_duration_since(self.timers.epoch())
+            .as_micros() as u32
+    }
+
     /// Stamp this loop turn for `/healthz`: one comparison a turn, one relaxed store every
     /// 100 ms at most (`/healthz` asks for a turn within the last second).
     #[inline]

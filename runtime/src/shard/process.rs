@@ -93,6 +93,18 @@ impl Shard {
             Event::Connected(peer) => {
                 c.connected = true;
                 c.fresh = true;
+                // `now_us` spelled out: the fields, not `&self` (the connection is borrowed).
+                let now_us = self
+                    .now
+                    .saturating_duration_since(self.timers.epoch())
+                    .as_micros() as u32;
+                let took = now_us.wrapping_sub(c.opened_us);
+                let mode = peer.security.as_str();
+                let i = crate::metrics::SECURITY_LABELS
+                    .iter()
+                    .position(|m| *m == mode)
+                    .unwrap_or(crate::metrics::SECURITY_LABELS.len() - 1);
+                self.metrics.handshakes.observe(i, u64::from(took));
                 if self.cfg.audit.is_some() {
                     self.audit(
                         serde_json::json!({"event": AuditEvent::HandshakeOk.as_str(),
