@@ -491,3 +491,33 @@ fn openapi_json_is_served_and_valid() {
     n.shutdown();
     n.join();
 }
+
+#[test]
+fn the_status_feed_streams_a_line_a_second_while_the_client_reads() {
+    let n = node();
+    let out = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "2.5"])
+        .arg(format!("http://{}/api/v1/status?follow=1", addr(&n)))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!((2..=4).contains(&lines.len()), "{text}");
+    assert!(lines.iter().all(|l| l["connections"]["active"].is_number()));
+    let at: Vec<u64> = lines.iter().map(|l| l["at_ms"].as_u64().unwrap()).collect();
+    assert!(
+        at.windows(2).all(|w| w[1] >= w[0] + 900),
+        "a line a second: {at:?}"
+    );
+    // curl gave up; the follower is let go.
+    let t0 = Instant::now();
+    while n.connections() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the follower stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    n.shutdown();
+    n.join();
+}

@@ -189,7 +189,7 @@ impl Shard {
             }
         };
         let identified = identity.is_some();
-        let answer = match self.own_endpoint(&req, identified) {
+        let answer = match self.own_endpoint(slot, &req, identified) {
             Some(resp) => Some(resp),
             None if self.requires_auth() && !identified => Some(
                 Response::error(401, "this node requires credentials")
@@ -233,7 +233,7 @@ impl Shard {
     }
 
     /// The node's own endpoints: `/healthz`, `/readyz`, `/metrics`.
-    fn own_endpoint(&self, req: &Request, identified: bool) -> Option<Response> {
+    fn own_endpoint(&mut self, slot: u32, req: &Request, identified: bool) -> Option<Response> {
         let path = req.path();
         if !matches!(
             path,
@@ -254,6 +254,15 @@ impl Shard {
             "/healthz" => self.node.health(self.now),
             "/readyz" => self.node.readiness(),
             "/openapi.json" => (true, valkyrie_bridge::openapi::document()),
+            "/api/v1/status"
+                if req
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "follow=1")) =>
+            {
+                return Some(self.follow_status(slot).unwrap_or_else(|| {
+                    Response::error(503, "this shard serves as many status followers as it may")
+                }));
+            }
             "/api/v1/status" => (true, self.node.status(self.now)),
             "/" => {
                 return Some(

@@ -18,6 +18,7 @@ pub(crate) mod links;
 mod process;
 mod shm;
 mod socket;
+mod status_feed;
 mod timers;
 mod tls;
 
@@ -110,6 +111,8 @@ pub(crate) struct Shard {
     node: Arc<crate::health::NodeState>,
     /// The HTTP routes the service took.
     routes: Vec<crate::service::Route>,
+    /// Connections following the status feed.
+    followers: status_feed::Followers,
     /// When the loop turn is next stamped into the metrics for `/healthz`.
     next_stamp: Instant,
 }
@@ -184,6 +187,7 @@ impl Shard {
             service_timers: ServiceTimers::default(),
             node: init.node,
             routes: Vec::new(),
+            followers: status_feed::Followers::default(),
             next_stamp: now,
             links: Links::new(
                 unix ^ (init.id as u64) << 32 ^ u64::from(now.elapsed().subsec_nanos()),
@@ -214,6 +218,7 @@ impl Shard {
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
             work |= self.run_service_timers();
+            work |= self.feed_followers();
             work |= self.run_links();
             work |= self.drain_shm_more();
             work |= self.ring.push_backlog();
@@ -293,6 +298,7 @@ impl Shard {
                 self.timers.next(),
                 self.links.next_timer().map(|t| self.timers.at(t)),
                 self.service_timers.next().map(|t| self.timers.at(t)),
+                self.followers.next(),
             ]
             .into_iter()
             .flatten()
