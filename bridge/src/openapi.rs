@@ -65,6 +65,24 @@ pub fn document() -> String {
                     "401": error("The node requires credentials and its probes are not open.")
                 }
             }},
+            "/api/v1/status": {"get": {
+                "summary": "Status feed",
+                "description": "Connections, message and byte totals, errors sent by class, shard liveness and recent events (what the status page shows). With follow=1: NDJSON, one such document a second, for as long as the client reads.",
+                "parameters": [{"name": "follow", "in": "query", "required": false,
+                    "schema": {"type": "integer", "enum": [1]}}],
+                "responses": {
+                    "200": {"description": "The status.", "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "application/x-ndjson": {"schema": {"type": "string"}}
+                    }},
+                    "401": error("The node requires credentials and its probes are not open."),
+                    "503": error("The shard serves as many followers as it may.")
+                }
+            }},
+            "/": {"get": {
+                "summary": "The live status page",
+                "responses": {"200": {"description": "One HTML page with its script; it reads /api/v1/status.", "content": {"text/html": {"schema": {"type": "string"}}}}}
+            }},
             "/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}
