@@ -348,7 +348,9 @@ impl Node {
             max_connections: (cfg.max_connections_per_shard as i64).saturating_mul(n as i64),
             wakers: wakers.clone(),
         });
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // All online cores: `core_affinity::get_core_ids` would give only those the calling
+        // thread may run on (a caller pinned to one core would stack every shard there).
+        let cores = crate::sys::online_cores();
         let cfg = Arc::new(cfg);
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) =

@@ -356,6 +356,16 @@ pub(crate) fn eventfd_signal(fd: &OwnedFd) {
     };
 }
 
+/// The machine's online cores, whatever the calling thread's own affinity (a node started
+/// from a thread pinned to one core still spreads its shards over all of them).
+pub(crate) fn online_cores() -> Vec<core_affinity::CoreId> {
+    // SAFETY: sysconf reads a system value; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (0..n.max(1) as usize)
+        .map(|id| core_affinity::CoreId { id })
+        .collect()
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     // SAFETY: getrlimit/setrlimit with a live rlimit struct.

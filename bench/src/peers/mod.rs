@@ -123,11 +123,13 @@ pub struct Pinning {
 
 /// Pin the calling thread to `core` (ignored when the core does not exist).
 pub fn pin(core: usize) {
-    if let Some(ids) = core_affinity::get_core_ids()
-        && let Some(id) = ids.get(core % ids.len().max(1))
-    {
-        core_affinity::set_for_current(*id);
-    }
+    // Among the machine's online cores, not the calling thread's mask (`get_core_ids`
+    // lists only the cores the thread may already run on: a thread pinned to core 0 would
+    // "pin" to core 0 whatever it asked for).
+    // SAFETY: sysconf reads a system value; no memory is passed.
+    #[allow(unsafe_code)]
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    core_affinity::set_for_current(core_affinity::CoreId { id: core % online });
 }
 
 /// Let the calling thread run on every online core again (undo an inherited pinning).
