@@ -174,9 +174,13 @@ fn main() {
     if wants("idle-memory") {
         idle_memory::idle_memory(&mut report, cli.connections);
     }
+    // A scenario may leave the main thread pinned (one-shard servers pin their starter):
+    // each starts from a clean mask, so that threads it spawns are not stacked on one core.
+    peers::unpin();
     if wants("handshake") {
         handshake::handshake(&mut report, rounds, if cli.full { 10_000 } else { 2_000 });
     }
+    peers::unpin();
     if wants("latency") {
         let dists = latency::latency(
             &mut report,
@@ -200,6 +204,7 @@ fn main() {
             }
         }
     }
+    peers::unpin();
     if wants("throughput") {
         throughput::throughput(
             &mut report,
@@ -208,6 +213,7 @@ fn main() {
             &cli.systems,
         );
     }
+    peers::unpin();
     if wants("pipeline") {
         pipeline::pipeline(
             &mut report,
@@ -216,15 +222,19 @@ fn main() {
             &cli.systems,
         );
     }
+    peers::unpin();
     if wants("clients") {
         clients::scenario(&mut report, rounds, if cli.full { 3.0 } else { 1.0 });
     }
+    peers::unpin();
     if wants("http") {
         http::scenario(&mut report, rounds, if cli.full { 5.0 } else { 1.5 });
     }
+    peers::unpin();
     if wants("transfer") {
         transfer::scenario(&mut report, rounds, if cli.full { 100 } else { 20 });
     }
+    peers::unpin();
     if wants("shm") {
         shm::scenario(
             &mut report,
