@@ -166,6 +166,31 @@ fn prometheus_scrapes_a_running_node() {
     // The client is connected, and so (kept alive) is the scraper itself.
     let open: f64 = answer["value"][1].as_str().unwrap().parse().unwrap();
     assert!((1.0..=2.0).contains(&open), "{answer}");
+    // The scrapes were OpenMetrics (Prometheus asks for it first), and what the node serves
+    // in that format ends as it must.
+    let targets = get(&format!("http://127.0.0.1:{port}/api/v1/targets"));
+    assert!(targets.contains("\"lastError\":\"\""), "{targets}");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-H",
+            "accept: application/openmetrics-text;version=1.0.0",
+        ])
+        .arg(format!("http://{target}/metrics"))
+        .output()
+        .expect("curl runs");
+    let om = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        om.contains("content-type: application/openmetrics-text"),
+        "{om}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("# TYPE valkyrie_connections_accepted counter"),
+        "{om}"
+    );
     let up = get(&format!("http://127.0.0.1:{port}/api/v1/query?query=up"));
     assert!(up.contains("\"1\""), "the target is up: {up}");
     // A histogram quantile: the median size of the frames the service got (25-byte

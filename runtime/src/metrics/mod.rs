@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 mod histogram;
+pub mod openmetrics;
 
 pub(crate) use histogram::{HandshakeHistogram, SECURITY_LABELS, SizeHistogram};
 use valkyrie_protocol::MessageType;

@@ -271,8 +271,15 @@ impl Shard {
                 );
             }
             _ => {
+                use crate::metrics::openmetrics;
                 let text = self.node.metrics_text();
-                return Some(Response::with_body(200, PROMETHEUS_TEXT, text));
+                // A scraper that asks for OpenMetrics (Prometheus does, first) gets it.
+                return Some(if req.accepts("application/openmetrics-text") {
+                    let om = openmetrics::from_prometheus_text(&text);
+                    Response::with_body(200, openmetrics::OPENMETRICS_TYPE, om)
+                } else {
+                    Response::with_body(200, PROMETHEUS_TEXT, text)
+                });
             }
         };
         Some(Response::json(if ok { 200 } else { 503 }, body).header("cache-control", "no-store"))
