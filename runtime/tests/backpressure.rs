@@ -3,6 +3,8 @@
 //! in both receive modes; the blocking `Client` pipelines without deadlock; a peer that reads
 //! nothing is closed after the slow-consumer timeout with its memory released.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use valkyrie_protocol::codec::Decoder;
 use valkyrie_protocol::message::{Hello, Payload};
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::streams::{SchedulerLimits, WindowStrategy};
 use valkyrie_protocol::{
     Config, Event, Flags, Frame, MessageType, SecurityMode, SendError, SendOptions,
@@ -335,23 +337,7 @@ fn the_blocking_client_pipelines_over_tls_without_deadlock() {
         .service(|_| Echo)
         .start()
         .unwrap();
-    let base = wide_client();
-    let cfg = ClientConfig {
-        protocol: Config {
-            security: vec![SecurityMode::Mtls],
-            handshakes: vec![Arc::new(Mtls)],
-            ..base.protocol.clone()
-        },
-        tls: Some(
-            mtls::client_config(
-                &pki.client_chain_pem(0),
-                &pki.client_key_pem(0),
-                &pki.ca_pem,
-            )
-            .unwrap(),
-        ),
-        ..base
-    };
+    let cfg = common::mtls_client(wide_client(), &pki, &pki.ca_pem, false);
     let mut c = Client::connect_with(&node.url(), cfg).unwrap();
     client_pipelines(&mut c, 100_000);
     c.ping(b"still open").unwrap();

@@ -3,12 +3,14 @@
 //! gateway under the zero_trust policy for the certificate's identity — while a binary mtls
 //! client works on the same port; without a certificate TLS refuses the client.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
 use valkyrie_protocol::{Config, MessageType, SecurityMode};
 use valkyrie_runtime::{Client, ClientConfig, Echo, Node};
@@ -119,25 +121,9 @@ fn https_with_a_client_certificate_is_served_and_the_policy_applies() {
     let (code, _) = curl(&files, false, port, ("GET", "/healthz"), "");
     assert_eq!(code, 0);
     // A binary client with the same certificate, no ALPN, speaks Valkyrie on the same port.
-    let base = ClientConfig::default();
     let mut c = Client::connect_with(
         &node.url(),
-        ClientConfig {
-            protocol: Config {
-                security: vec![SecurityMode::ZeroTrust],
-                handshakes: vec![Arc::new(ZeroTrust::over(Mtls))],
-                ..base.protocol.clone()
-            },
-            tls: Some(
-                mtls::client_config(
-                    &pki.client_chain_pem(0),
-                    &pki.client_key_pem(0),
-                    &pki.ca_pem,
-                )
-                .unwrap(),
-            ),
-            ..base
-        },
+        common::mtls_client(ClientConfig::default(), &pki, &pki.ca_pem, true),
     )
     .unwrap();
     let r = c

@@ -2,11 +2,13 @@
 //! verified both ways, the identity reaching services and the zero_trust policy, refusals
 //! audited and counted by intrusion detection (a ban after repeated bad certificates).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
 use valkyrie_protocol::{Config, ErrorCode, Frame, MessageType, SecurityMode};
 use valkyrie_runtime::audit::AuditLog;
@@ -45,27 +47,12 @@ fn server_protocol(zero_trust: Option<Policy>) -> Config {
 }
 
 fn client_cfg(pki: &DevPki, trust: &DevPki, mode: SecurityMode) -> ClientConfig {
-    let base = ClientConfig::default();
-    let handshakes: Vec<Arc<dyn valkyrie_protocol::security::HandshakeProvider>> = match mode {
-        SecurityMode::ZeroTrust => vec![Arc::new(ZeroTrust::over(Mtls))],
-        _ => vec![Arc::new(Mtls)],
-    };
-    ClientConfig {
-        protocol: Config {
-            security: vec![mode],
-            handshakes,
-            ..base.protocol.clone()
-        },
-        tls: Some(
-            mtls::client_config(
-                &pki.client_chain_pem(0),
-                &pki.client_key_pem(0),
-                &trust.ca_pem,
-            )
-            .unwrap(),
-        ),
-        ..base
-    }
+    common::mtls_client(
+        ClientConfig::default(),
+        pki,
+        &trust.ca_pem,
+        mode == SecurityMode::ZeroTrust,
+    )
 }
 
 fn node(pki: &DevPki, protocol: Config, guard: Option<GuardConfig>, audit: Arc<AuditLog>) -> Node {

@@ -2,11 +2,13 @@
 //! or token secret, established ones keep the identity they authenticated with, and a source
 //! that fails changes nothing.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
+use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::security::token::{TokenClient, TokenServer};
 use valkyrie_protocol::{Config, Frame, MessageType, SecurityMode};
 use valkyrie_runtime::{Client, ClientConfig, ConnRef, Ctx, Node, Reload, ReloadError, Service};
@@ -32,23 +34,7 @@ fn answers(c: &mut Client) -> bool {
 }
 
 fn mtls_client(pki: &DevPki) -> ClientConfig {
-    let base = ClientConfig::default();
-    ClientConfig {
-        protocol: Config {
-            security: vec![SecurityMode::Mtls],
-            handshakes: vec![Arc::new(Mtls)],
-            ..base.protocol.clone()
-        },
-        tls: Some(
-            mtls::client_config(
-                &pki.client_chain_pem(0),
-                &pki.client_key_pem(0),
-                &pki.ca_pem,
-            )
-            .unwrap(),
-        ),
-        ..base
-    }
+    common::mtls_client(ClientConfig::default(), pki, &pki.ca_pem, false)
 }
 
 #[test]

@@ -32,3 +32,35 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// `base` made an mtls client: certificate 0 of `pki`, trusting the CA `ca_pem`; with
+/// `zero_trust`, the zero_trust mode over mtls.
+pub fn mtls_client(
+    base: valkyrie_runtime::ClientConfig,
+    pki: &valkyrie_protocol::security::mtls::DevPki,
+    ca_pem: &[u8],
+    zero_trust: bool,
+) -> valkyrie_runtime::ClientConfig {
+    use std::sync::Arc;
+    use valkyrie_protocol::security::HandshakeProvider;
+    use valkyrie_protocol::security::mtls::{self, Mtls};
+    use valkyrie_protocol::security::zero_trust::ZeroTrust;
+    use valkyrie_protocol::{Config, SecurityMode};
+    let (mode, handshake): (SecurityMode, Arc<dyn HandshakeProvider>) = if zero_trust {
+        (SecurityMode::ZeroTrust, Arc::new(ZeroTrust::over(Mtls)))
+    } else {
+        (SecurityMode::Mtls, Arc::new(Mtls))
+    };
+    valkyrie_runtime::ClientConfig {
+        protocol: Config {
+            security: vec![mode],
+            handshakes: vec![handshake],
+            ..base.protocol.clone()
+        },
+        tls: Some(
+            mtls::client_config(&pki.client_chain_pem(0), &pki.client_key_pem(0), ca_pem)
+                .expect("a client configuration from the test PKI"),
+        ),
+        ..base
+    }
+}
