@@ -19,7 +19,7 @@ use valkyrie_runtime::{
     Service,
 };
 
-use crate::peers::{pin, unpin};
+use crate::peers::pin;
 use crate::report::{Report, median, progress};
 
 /// Requests kept in flight by the pipelining clients.
@@ -313,9 +313,6 @@ fn node_to_node(busy: BusyPoll, samples: usize) -> Histogram<u64> {
     // it: start each from a thread pinned where it belongs.
     let b = std::thread::scope(|s| {
         s.spawn(|| {
-            // Widen the mask first: a thread started from one pinned elsewhere (the pipeline
-            // scenario pins the main thread) would otherwise find only that core to pick.
-            unpin();
             pin(1);
             Node::builder()
                 .listen("tcp://127.0.0.1:0")
@@ -334,7 +331,6 @@ fn node_to_node(busy: BusyPoll, samples: usize) -> Histogram<u64> {
     let url = b.url();
     let a = std::thread::scope(|s| {
         s.spawn(|| {
-            unpin();
             pin(0);
             Node::builder()
                 .without_listeners()

@@ -15,7 +15,7 @@ use serde_json::json;
 use valkyrie_protocol::{Frame, HEADER_LEN, MessageType};
 use valkyrie_runtime::BusyPoll;
 
-use crate::peers::{pin, unpin};
+use crate::peers::pin;
 use crate::raw_client::RawClient;
 use crate::report::{Report, median, progress};
 use crate::server::start;
@@ -107,8 +107,7 @@ fn drive(addr: std::net::SocketAddr, valkyrie: bool, secs: f64) -> Run {
     let (s2, c2) = (stop.clone(), count.clone());
     let client = std::thread::spawn(move || {
         // The thread that started a one-shard node is pinned to core 0 (the shard inherits
-        // it): widen the mask first, or core 1 is not among the cores to choose from.
-        unpin();
+        // it); `pin` picks among all online cores, whatever the inherited mask.
         pin(1);
         let c = RawClient::connect(addr, valkyrie, false).expect("connect");
         let cpu0 = crate::cpu::thread();

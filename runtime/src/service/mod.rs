@@ -247,12 +247,12 @@ impl<'a> Ctx<'a> {
                 },
             );
         }
-        let now = Tick::since(self.epoch, self.now);
+        let (epoch, now) = (self.epoch, self.now);
         let c = self.local(conn)?;
         if let Some(h) = c.http() {
             // An HTTP connection takes only the answer to its gateway request.
             let status = h
-                .gateway_answer(msg_type, &payload, &opts, now)
+                .gateway_answer(msg_type, &payload, &opts, Tick::since(epoch, now))
                 .ok_or(RouteError::NotAnswering)?;
             count(self.metrics, status);
             self.mark(conn.slot);
@@ -289,11 +289,11 @@ impl<'a> Ctx<'a> {
         stream_id: u32,
         correlation_id: u32,
     ) -> Result<(), RouteError> {
-        let now = Tick::since(self.epoch, self.now);
+        let (epoch, now) = (self.epoch, self.now);
         let c = self.local(conn)?;
         if let Some(h) = c.http() {
             let status = h
-                .gateway_error(code, message, correlation_id, now)
+                .gateway_error(code, message, correlation_id, Tick::since(epoch, now))
                 .ok_or(RouteError::NotAnswering)?;
             count(self.metrics, status);
             self.mark(conn.slot);

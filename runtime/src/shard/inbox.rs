@@ -36,8 +36,8 @@ impl Shard {
                 if let Some(c) = self.conns.live(to.slot, to.generation)
                     && c.life != Life::Refused
                 {
-                    let now = self.timers.tick(self.now);
                     if let Some(h) = c.http() {
+                        let now = self.timers.tick(self.now);
                         match h.gateway_answer(msg_type, &payload, &opts, now) {
                             Some(status) => crate::service::count(&self.metrics, status),
                             None => tracing::debug!(
