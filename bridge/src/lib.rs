@@ -9,6 +9,7 @@
 //!   refused), and answers written whole or as chunked streams.
 //! - [`rest`]: the REST gateway's mapping between JSON over HTTP and message frames.
 //! - [`openapi`]: the OpenAPI 3.1 document of all of it (`GET /openapi.json`).
+//! - [`ws`]: WebSocket (RFC 6455): the opening handshake and a streaming frame codec.
 //! - [`bearer`]: `Authorization: Bearer` credentials for a node in `token` mode.
 //!
 //! ```
@@ -33,5 +34,6 @@ pub mod http;
 pub mod openapi;
 pub mod rest;
 mod sniff;
+pub mod ws;
 
 pub use sniff::{ALPN_HTTP1, ALPN_VALKYRIE, Sniffed, sniff};

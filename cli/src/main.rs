@@ -68,6 +68,10 @@ enum Cmd {
         /// /metrics without credentials (for probes and scrapers).
         #[arg(long)]
         open_probes: bool,
+        /// A browser origin allowed to open a WebSocket at /ws (repeatable; default: any
+        /// origin; clients that send no Origin are not asked).
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origin: Vec<String>,
     },
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
@@ -447,6 +451,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             echo,
             no_http,
             open_probes,
+            allow_origin,
         } => {
             // A token node checks HTTP clients' bearer tokens with its own secrets.
             let bearer = match &security.token_file {
@@ -456,6 +461,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let mut b = Node::builder().configure(|c| {
                 c.http.enabled = !no_http;
                 c.http.open_probes = open_probes;
+                c.http.allow_origins = allow_origin;
                 c.http.bearer_keys = valkyrie_runtime::BearerKeys(std::sync::Arc::new(bearer));
             });
             if echo {

@@ -165,6 +165,9 @@ pub struct HttpSettings {
     /// The secrets `Authorization: Bearer` tokens are checked with (`valkyrie_bridge::bearer`;
     /// the CLI gives a `token` node's own secrets file). Empty: no bearer credentials.
     pub bearer_keys: BearerKeys,
+    /// The `Origin`s a browser's WebSocket may come from (`GET /ws`); empty: any. A client
+    /// that sends no `Origin` (not a browser) is not asked.
+    pub allow_origins: Vec<String>,
 }
 
 /// Key ids and their secrets for bearer tokens (shown redacted).
@@ -188,6 +191,7 @@ impl Default for HttpSettings {
             gateway_timeout: Duration::from_secs(30),
             open_probes: false,
             bearer_keys: BearerKeys::default(),
+            allow_origins: Vec::new(),
         }
     }
 }

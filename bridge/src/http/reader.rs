@@ -97,6 +97,15 @@ impl RequestReader {
             }
     }
 
+    /// Take the bytes received after the last request handed out (a connection that leaves
+    /// HTTP — a WebSocket upgrade — hands them to what it speaks next). The reader is left
+    /// empty, waiting for a request line.
+    pub fn take_buffered(&mut self) -> BytesMut {
+        self.state = State::Head;
+        self.continue_due = false;
+        std::mem::take(&mut self.buf)
+    }
+
     /// Whether a request has begun and not ended (its time is running).
     pub fn in_request(&self) -> bool {
         match self.state {

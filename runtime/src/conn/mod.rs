@@ -13,6 +13,7 @@ pub(crate) mod recv;
 pub(crate) mod requests;
 pub(crate) mod send;
 pub(crate) mod table;
+pub(crate) mod ws;
 
 use std::net::IpAddr;
 
@@ -140,6 +141,8 @@ pub(crate) struct Extra {
     pub(crate) requests: Requests,
     /// The connection speaks HTTP/1.1.
     pub(crate) http: Option<Box<http::HttpConn>>,
+    /// The connection became a WebSocket: its framing.
+    pub(crate) ws: Option<Box<ws::WsConn>>,
 }
 
 impl Conn {
@@ -180,9 +183,10 @@ impl Conn {
     /// Whether the connection takes input now (its protocol's, or its HTTP reader's, wish;
     /// the service's hold aside).
     pub(crate) fn wants_input(&self) -> bool {
-        match self.extra.as_ref().and_then(|e| e.http.as_deref()) {
-            Some(h) => h.wants_input(),
-            None => self.proto.wants_input(),
+        match self.extra.as_deref() {
+            Some(Extra { http: Some(h), .. }) => h.wants_input(),
+            Some(Extra { ws: Some(w), .. }) => w.wants_input() && self.proto.wants_input(),
+            _ => self.proto.wants_input(),
         }
     }
 

@@ -18,7 +18,10 @@ use valkyrie_protocol::MessageType;
 pub(crate) const RECENT_EVENTS: usize = 32;
 
 /// Transports counted separately.
-pub(crate) const TRANSPORTS: [&str; 3] = ["tcp", "unix", "shm"];
+pub(crate) const TRANSPORTS: [&str; 4] = ["tcp", "unix", "shm", "ws"];
+/// The transport index of a WebSocket connection (one that was TCP or Unix until its
+/// upgrade).
+pub(crate) const WS: u8 = 3;
 /// Priority bands of `valkyrie_messages_sent_total{priority}`.
 const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
 
@@ -34,7 +37,7 @@ fn priority_band(p: u8) -> usize {
 /// Counters of one shard.
 #[derive(Debug)]
 pub struct ShardMetrics {
-    pub(crate) connections_active: [AtomicI64; 3],
+    pub(crate) connections_active: [AtomicI64; 4],
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,

@@ -6,7 +6,7 @@
 //! answered and the connection closed with nothing else disturbed.
 
 use valkyrie_bridge::http::{Method, Request, Response};
-use valkyrie_bridge::{Sniffed, rest, sniff};
+use valkyrie_bridge::{Sniffed, rest, sniff, ws};
 use valkyrie_protocol::{ErrorCode, SecurityMode};
 
 use super::Shard;
@@ -178,6 +178,17 @@ impl Shard {
         let draining = self.shutdown_deadline.is_some();
         let keep_alive = req.keep_alive && !draining;
         let head = req.method == Method::Head;
+        if req.path() == ws::PATH {
+            // A Valkyrie connection over WebSocket: its own HELLO authenticates it.
+            let Some(refusal) = self.upgrade_ws(slot, &req) else {
+                return;
+            };
+            if let Some(h) = self.conns.get_mut(slot).and_then(|c| c.http()) {
+                h.answer(&refusal, keep_alive, head, now);
+                count(&self.metrics, refusal.status);
+            }
+            return;
+        }
         let identity = match self.http_identity(slot, &req) {
             Ok(identity) => identity,
             Err(refusal) => {

@@ -21,6 +21,7 @@ mod socket;
 mod status_feed;
 mod timers;
 mod tls;
+mod websocket;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -95,6 +96,9 @@ pub(crate) struct Shard {
     refused_frame: Bytes,
     /// Reused buffer for plaintext decrypted by TLS sessions.
     tls_plain: Vec<u8>,
+    /// Scratch space: a WebSocket's received bytes unframed, and its frames before framing.
+    ws_plain: Vec<u8>,
+    ws_frames: bytes::BytesMut,
     now: Instant,
     /// Shared-memory connections that stopped at their input budget with more waiting.
     shm_more: Vec<(u32, u32)>,
@@ -180,6 +184,8 @@ impl Shard {
             unix_base: (now, unix),
             refused_frame: Bytes::from(refused),
             tls_plain: Vec::new(),
+            ws_plain: Vec::new(),
+            ws_frames: bytes::BytesMut::new(),
             now,
             shm_more: Vec::new(),
             recv_budget: init.cfg.recv_budget,

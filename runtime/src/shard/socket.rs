@@ -2,17 +2,18 @@
 //! poll and one-shot receives), input into the protocol, the flush that gathers queued frames
 //! into one send, and send completions driving [`SendState`](crate::conn::send::SendState).
 
+use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types};
 use valkyrie_bridge::ALPN_HTTP1;
-use valkyrie_protocol::MessageType;
 use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::{Connection, MessageType};
 
 use super::Shard;
 use crate::config::RecvMode;
 use crate::conn::http::HttpConn;
 use crate::conn::recv::{Recv, RecvAction};
 use crate::conn::send::{Completion, Outgoing};
-use crate::conn::{Io, Life};
+use crate::conn::{Extra, Io, Life};
 use crate::metrics::ShardMetrics;
 use crate::uring::{Op, ud};
 
@@ -266,7 +267,7 @@ impl Shard {
             return;
         };
         match s.tls.as_mut() {
-            None => c.proto.handle_input(data, self.now),
+            None => super::websocket::deliver(c, data, &mut self.ws_plain, self.now),
             Some(tls) => {
                 self.tls_plain.clear();
                 match tls.receive(data, &mut self.tls_plain) {
@@ -291,9 +292,12 @@ impl Shard {
                         }
                         match c.extra.as_mut().and_then(|e| e.http.as_deref_mut()) {
                             Some(h) => h.reader.push(&self.tls_plain),
-                            None if !self.tls_plain.is_empty() => {
-                                c.proto.handle_input(&self.tls_plain, self.now)
-                            }
+                            None if !self.tls_plain.is_empty() => super::websocket::deliver(
+                                c,
+                                &self.tls_plain,
+                                &mut self.ws_plain,
+                                self.now,
+                            ),
                             None => {}
                         }
                         if got.peer_closed {
@@ -319,29 +323,20 @@ impl Shard {
         if s.send.in_kernel() || closing {
             return;
         }
+        let tls = s.tls.is_some();
         let mut out = self.send_pool.take();
-        if let Some(h) = c.extra.as_mut().and_then(|e| e.http.as_deref_mut()) {
-            h.take_output(&mut out.buf, batch);
-        } else {
-            let before = out.buf.len();
-            let pongs = c.proto.write_answers(&mut out.buf);
-            if pongs > 0 {
-                self.metrics
-                    .pongs_out(u64::from(pongs), (out.buf.len() - before) as u64);
-            }
-            while out.buf.len() < batch
-                && let Some(t) = c.proto.poll_transmit()
-            {
-                self.metrics.frame_out(&t.header);
-                if t.header[3] == MessageType::Error.to_u8()
-                    && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
-                {
-                    self.metrics.error_sent(e.code, 1);
-                }
-                t.write_to(&mut out.buf);
-            }
+        match c.extra.as_deref_mut() {
+            Some(Extra { http: Some(h), .. }) => h.take_output(&mut out.buf, batch),
+            Some(Extra { ws: Some(_), .. }) => super::websocket::flush_ws(
+                c,
+                &self.metrics,
+                &mut self.ws_frames,
+                &mut out.buf,
+                batch,
+            ),
+            _ => protocol_output(&mut c.proto, &self.metrics, &mut out.buf, batch),
         }
-        if s.tls.is_some() {
+        if tls {
             out = self.seal(slot, out);
         }
         if out.buf.is_empty() {
@@ -432,5 +427,31 @@ impl Shard {
 
     pub(super) fn recycle_send_buf(&mut self, b: Box<Outgoing>) {
         self.send_pool.give(b, 4 * self.cfg.send_batch);
+    }
+}
+
+/// Move what `proto` has to send into `buf`: the PONGs it answers in place, then queued
+/// frames until `buf` holds `batch` bytes; each is counted.
+pub(super) fn protocol_output(
+    proto: &mut Connection,
+    metrics: &ShardMetrics,
+    buf: &mut BytesMut,
+    batch: usize,
+) {
+    let before = buf.len();
+    let pongs = proto.write_answers(buf);
+    if pongs > 0 {
+        metrics.pongs_out(u64::from(pongs), (buf.len() - before) as u64);
+    }
+    while buf.len() < batch
+        && let Some(t) = proto.poll_transmit()
+    {
+        metrics.frame_out(&t.header);
+        if t.header[3] == MessageType::Error.to_u8()
+            && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
+        {
+            metrics.error_sent(e.code, 1);
+        }
+        t.write_to(buf);
     }
 }
