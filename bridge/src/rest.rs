@@ -190,6 +190,12 @@ pub fn answer(t: MessageType, correlation_id: u32, payload: &Bytes) -> Response 
 /// assert!(rest::parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
 /// ```
 pub fn parse_traceparent(value: &str) -> Option<TraceContext> {
+    parse_traceparent_with_flags(value).map(|(ctx, _)| ctx)
+}
+
+/// [`parse_traceparent`] with the header's trace-flags byte (bit 0: sampled), which the
+/// frame carries in its header's trace-flags field.
+pub fn parse_traceparent_with_flags(value: &str) -> Option<(TraceContext, u8)> {
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -213,7 +219,7 @@ pub fn parse_traceparent(value: &str) -> Option<TraceContext> {
     if ctx.trace_id == [0; 16] || ctx.span_id == [0; 8] {
         return None;
     }
-    Some(ctx)
+    Some((ctx, u8::from_str_radix(flags, 16).ok()?))
 }
 
 /// The `traceparent` value for a trace context (version 00, sampled).

@@ -1,5 +1,7 @@
 //! `valkyrie`: run a node, ping one, make keys and certificates, check what a host can hold.
 
+mod otlp;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -72,6 +74,10 @@ enum Cmd {
         /// origin; clients that send no Origin are not asked).
         #[arg(long = "allow-origin", value_name = "ORIGIN")]
         allow_origin: Vec<String>,
+        /// Export a span for each request that carries a trace context (TRACE flag, or an
+        /// HTTP traceparent) to this OTLP/HTTP collector (JSON to URL/v1/traces).
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
@@ -418,14 +424,28 @@ enum TuneCmd {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+/// The log lines on stderr, filtered by `RUST_LOG` (default `info`).
+fn log_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A node exporting spans installs its own subscriber (the log lines and the exporter).
+    if !matches!(&cli.cmd, Cmd::Node { otlp: Some(_), .. }) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry().with(log_layer()).init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("valkyrie: {e}");
@@ -452,7 +472,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             no_http,
             open_probes,
             allow_origin,
+            otlp,
         } => {
+            let exporter = match &otlp {
+                Some(url) => Some(otlp::install(url, &node_id)?),
+                None => None,
+            };
+            let hook = exporter.as_ref().map(|(_, hook)| hook.clone());
             // A token node checks HTTP clients' bearer tokens with its own secrets.
             let bearer = match &security.token_file {
                 Some(f) => valkyrie_runtime::keys::read_tokens(f)?,
@@ -462,6 +488,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 c.http.enabled = !no_http;
                 c.http.open_probes = open_probes;
                 c.http.allow_origins = allow_origin;
+                c.trace_hook = valkyrie_runtime::TraceHookSlot(hook);
                 c.http.bearer_keys = valkyrie_runtime::BearerKeys(std::sync::Arc::new(bearer));
             });
             if echo {

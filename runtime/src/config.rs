@@ -143,6 +143,23 @@ pub struct NodeConfig {
     /// HTTP/1.1 on the node's TCP and Unix listeners, told apart from Valkyrie frames by the
     /// first byte.
     pub http: HttpSettings,
+    /// Called with the span of each request that carries a trace context (see
+    /// `valkyrie_runtime::request_span`): an exporter sets the span's remote parent there.
+    pub trace_hook: TraceHookSlot,
+}
+
+/// An optional [`TraceHook`](crate::request_span::TraceHook) (shown as set or not).
+#[derive(Clone, Default)]
+pub struct TraceHookSlot(pub Option<crate::request_span::TraceHook>);
+
+impl std::fmt::Debug for TraceHookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TraceHook(set)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// HTTP/1.1 served on the node's own port (see `valkyrie_bridge::http`).
@@ -225,6 +242,7 @@ impl Default for NodeConfig {
             audit: None,
             tls: None,
             http: HttpSettings::default(),
+            trace_hook: TraceHookSlot::default(),
         }
     }
 }

@@ -58,6 +58,7 @@ pub mod link;
 mod mesh;
 pub mod metrics;
 mod node;
+pub mod request_span;
 pub mod service;
 mod shard;
 #[allow(unsafe_code)] // socket and eventfd syscalls: every unsafe block carries a SAFETY comment.
@@ -68,7 +69,7 @@ mod uring;
 pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use config::{BearerKeys, BusyPoll, HttpSettings, NodeConfig, RecvMode};
+pub use config::{BearerKeys, BusyPoll, HttpSettings, NodeConfig, RecvMode, TraceHookSlot};
 pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;

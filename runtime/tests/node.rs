@@ -532,7 +532,7 @@ fn requests_without_a_service_get_504_and_metrics_are_exported() {
     let text = node.metrics_text();
     for name in [
         "valkyrie_connections_active{security=\"plaintext\",transport=\"tcp\"} 1",
-        "valkyrie_messages_received_total{type=\"job_request\"} 1",
+        "valkyrie_messages_received_total{status=\"ok\",type=\"job_request\"} 1",
         "valkyrie_messages_sent_total{priority=\"critical\",type=\"pong\"} 1",
         "valkyrie_errors_total{code=\"504\",type=\"system\"} 1",
         "valkyrie_message_bytes_total{direction=\"in\",type=\"job_request\"} 25",

@@ -269,6 +269,11 @@ impl Connection {
         }
     }
 
+    /// When the connection was created (the `now` given to [`Connection::new`]).
+    pub fn created_at(&self) -> Instant {
+        self.base_instant
+    }
+
     /// True once application frames may flow.
     pub fn is_established(&self) -> bool {
         matches!(self.phase, Phase::Established)

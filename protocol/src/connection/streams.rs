@@ -17,6 +17,24 @@ impl Connection {
         self.streams.len()
     }
 
+    /// What changed in this connection's streams since the last call, for a runtime's
+    /// metrics (see [`Streams::take_report`](crate::streams::Streams::take_report)): the change
+    /// in open streams per class is added to `open_delta`, each receive window granted since
+    /// goes to `window`. Costs one branch on a connection without streams.
+    pub fn take_stream_report(
+        &mut self,
+        open_delta: &mut [i64; 5],
+        window: impl FnMut(StreamClass, u32),
+    ) {
+        self.streams.take_report(open_delta, window);
+    }
+
+    /// The connection is gone: take what earlier reports counted as open back out of
+    /// `open_delta`.
+    pub fn forget_stream_report(&mut self, open_delta: &mut [i64; 5]) {
+        self.streams.forget_reported(open_delta);
+    }
+
     /// The state of stream `id`.
     pub fn stream_info(&self, id: u32) -> Option<StreamInfo> {
         self.streams.info(id)

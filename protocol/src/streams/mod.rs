@@ -62,6 +62,18 @@ impl StreamClass {
         StreamClass::Log,
     ];
 
+    /// The class's position in [`StreamClass::ALL`].
+    #[inline]
+    pub const fn index(self) -> usize {
+        match self {
+            StreamClass::Control => 0,
+            StreamClass::System => 1,
+            StreamClass::Job => 2,
+            StreamClass::Data => 3,
+            StreamClass::Log => 4,
+        }
+    }
+
     /// The class of stream `id`.
     #[inline]
     pub const fn of(id: u32) -> StreamClass {

@@ -84,7 +84,19 @@ struct Tables {
     open_remote: u32,
     /// Where the next id search starts, per class.
     next_id: [u32; 5],
+    /// Open streams per class (index: `StreamClass::index`), and what the last report told.
+    open_by_class: [u32; 5],
+    reported: [u32; 5],
+    /// Receive windows granted since the last report (class index, bytes); past
+    /// [`WINDOW_SAMPLES`] the rest are not kept.
+    windows: [(u8, u32); WINDOW_SAMPLES],
+    windows_len: u8,
+    /// Something changed since the last report.
+    report_due: bool,
 }
+
+/// Receive-window samples a connection keeps between two reports.
+const WINDOW_SAMPLES: usize = 16;
 
 /// The streams of one connection.
 ///
@@ -147,13 +159,11 @@ impl Streams {
         self.tables.as_mut().and_then(|t| t.map.get_mut(&id))
     }
 
-    /// Release the tables when nothing is in them.
+    /// Release the tables when nothing is in them (and nothing is left to report).
     pub fn shrink(&mut self) {
-        if self
-            .tables
-            .as_ref()
-            .is_some_and(|t| t.map.is_empty() && t.reset_pending.is_empty())
-        {
+        if self.tables.as_ref().is_some_and(|t| {
+            t.map.is_empty() && t.reset_pending.is_empty() && !t.report_due && t.reported == [0; 5]
+        }) {
             self.tables = None;
         }
     }
@@ -201,7 +211,8 @@ impl Streams {
 
     fn insert(&mut self, id: u32, local: bool, send_credit: u32) {
         let class = StreamClass::of(id);
-        let recv = RecvWindow::new(self.strategy, self.strategy.initial());
+        let recv_window = self.strategy.initial();
+        let recv = RecvWindow::new(self.strategy, recv_window);
         let t = self.tables();
         t.map.insert(
             id,
@@ -218,6 +229,47 @@ impl Streams {
             t.open_local += 1;
         } else {
             t.open_remote += 1;
+        }
+        t.open_by_class[class.index()] += 1;
+        t.report_due = true;
+        if class.is_windowed() {
+            t.window_sample(class, recv_window);
+        }
+    }
+
+    /// What changed since the last report, for a runtime's metrics: the change in open
+    /// streams per class is added to `open_delta` (index: [`StreamClass::index`]), and each
+    /// receive window granted since (at stream open and at each credit update; at most 16
+    /// kept between two reports) is handed to `window`. One branch when nothing changed.
+    pub fn take_report(
+        &mut self,
+        open_delta: &mut [i64; 5],
+        mut window: impl FnMut(StreamClass, u32),
+    ) {
+        let Some(t) = self.tables.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut t.report_due) {
+            return;
+        }
+        for (i, d) in open_delta.iter_mut().enumerate() {
+            *d += i64::from(t.open_by_class[i]) - i64::from(t.reported[i]);
+        }
+        t.reported = t.open_by_class;
+        for &(class, w) in &t.windows[..t.windows_len as usize] {
+            window(StreamClass::ALL[class as usize], w);
+        }
+        t.windows_len = 0;
+    }
+
+    /// The connection is gone: what the reports counted as open is taken back out of
+    /// `open_delta`.
+    pub fn forget_reported(&mut self, open_delta: &mut [i64; 5]) {
+        if let Some(t) = self.tables.as_mut() {
+            for (d, r) in open_delta.iter_mut().zip(t.reported) {
+                *d -= i64::from(r);
+            }
+            t.reported = [0; 5];
         }
     }
 
@@ -332,7 +384,14 @@ impl Streams {
         if !s.class.is_windowed() || !s.recv_open {
             return None;
         }
-        s.recv.on_consume(n, now, rtt)
+        let (class, update) = (s.class, s.recv.on_consume(n, now, rtt));
+        let window = s.recv.window();
+        if update.is_some()
+            && let Some(t) = self.tables.as_mut()
+        {
+            t.window_sample(class, window);
+        }
+        update
     }
 
     /// Bytes received so far on `id`.
@@ -363,6 +422,8 @@ impl Streams {
         };
         match t.map.remove(&id) {
             Some(s) => {
+                t.open_by_class[s.class.index()] -= 1;
+                t.report_due = true;
                 if s.local {
                     t.open_local -= 1;
                 } else {
@@ -421,9 +482,56 @@ pub enum ReceiveError {
     FlowControl,
 }
 
+impl Tables {
+    /// Keep a receive-window sample for the next report (dropped when full).
+    fn window_sample(&mut self, class: StreamClass, window: u32) {
+        if let Some(slot) = self.windows.get_mut(self.windows_len as usize) {
+            *slot = (class.index() as u8, window);
+            self.windows_len += 1;
+        }
+        self.report_due = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_tell_the_change_in_open_streams_and_the_windows_granted() {
+        let mut c = Streams::new(Side::Client, 8, WindowStrategy::Fixed(1000));
+        let mut delta = [0i64; 5];
+        let mut windows = Vec::new();
+        c.take_report(&mut delta, |cl, w| windows.push((cl, w)));
+        assert_eq!(delta, [0; 5], "no tables, nothing to say");
+        let job = c.open(StreamClass::Job).unwrap();
+        c.open(StreamClass::Log).unwrap();
+        c.open(StreamClass::Data).unwrap();
+        c.take_report(&mut delta, |cl, w| windows.push((cl, w)));
+        assert_eq!(delta, [0, 0, 1, 1, 1]);
+        // Logs are not windowed: no sample for them.
+        assert_eq!(
+            windows,
+            [(StreamClass::Job, 1000), (StreamClass::Data, 1000)]
+        );
+        // Nothing changed: the same totals.
+        c.take_report(&mut delta, |_, _| panic!("no new window"));
+        assert_eq!(delta, [0, 0, 1, 1, 1]);
+        // A credit update is a sample.
+        c.on_receive(job, 900).unwrap();
+        assert!(
+            c.release(job, 900, Instant::now(), Duration::from_millis(1))
+                .is_some()
+        );
+        assert!(c.remove(job));
+        windows.clear();
+        c.take_report(&mut delta, |cl, w| windows.push((cl, w)));
+        assert_eq!(delta, [0, 0, 0, 1, 1]);
+        assert_eq!(windows, [(StreamClass::Job, 1000)]);
+        // The connection goes: what was reported open is taken back.
+        c.forget_reported(&mut delta);
+        assert_eq!(delta, [0; 5]);
+    }
 
     #[test]
     fn ids_follow_parity_and_are_reused_after_close() {

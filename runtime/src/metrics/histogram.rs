@@ -77,6 +77,12 @@ pub(crate) struct Hist<const L: usize, const B: usize> {
 pub(crate) type SizeHistogram = Hist<256, 14>;
 /// Handshake durations by security mode.
 pub(crate) type HandshakeHistogram = Hist<7, 22>;
+/// Connection lifetimes by transport.
+pub(crate) type DurationHistogram = Hist<4, 22>;
+/// Request-to-answer latency by the request's message type.
+pub(crate) type LatencyHistogram = Hist<256, 22>;
+/// Receive windows by stream class.
+pub(crate) type WindowHistogram = Hist<5, 14>;
 
 impl<const L: usize, const B: usize> Hist<L, B> {
     pub(crate) fn new(bounds: &'static [u64; B]) -> Self {

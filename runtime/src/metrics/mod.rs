@@ -9,10 +9,16 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 mod histogram;
+mod latency;
 pub mod openmetrics;
 
-pub(crate) use histogram::{HandshakeHistogram, SECURITY_LABELS, SizeHistogram};
-use valkyrie_protocol::MessageType;
+pub(crate) use histogram::{
+    DurationHistogram, HandshakeHistogram, LatencyHistogram, SECURITY_LABELS, SizeHistogram,
+    WindowHistogram,
+};
+pub(crate) use latency::LatencyTable;
+use valkyrie_protocol::message::{ErrorPayload, Payload};
+use valkyrie_protocol::{Flags, MessageType, Transmit};
 
 /// Events each shard keeps for the status page.
 pub(crate) const RECENT_EVENTS: usize = 32;
@@ -93,6 +99,31 @@ pub struct ShardMetrics {
     pub(crate) sizes: SizeHistogram,
     /// Handshake durations (accept to established), by security mode, in microseconds.
     pub(crate) handshakes: HandshakeHistogram,
+    /// Connection lifetimes, by transport, in microseconds.
+    pub(crate) durations: DurationHistogram,
+    /// Frames received that the node refused (a zero_trust denial), by type.
+    pub(crate) frames_refused: [AtomicU64; 256],
+    /// Request in → answer out through the node, by the request's type, in microseconds.
+    pub(crate) latency: LatencyHistogram,
+    /// Open streams, by class.
+    pub(crate) streams_active: [AtomicI64; 5],
+    /// Receive windows granted (at a stream's open and at each credit update), by class.
+    pub(crate) windows: WindowHistogram,
+    /// Retries of outbound links: a connect after a failed attempt, a reconnect after an
+    /// established connection was lost.
+    pub(crate) retries: [AtomicU64; 2],
+}
+
+/// Where an answer's latency is looked up while a connection's frames are written: the
+/// shard's table of arrivals, which connection, and the clock (read once, at the first answer).
+pub(crate) struct Answers<'a> {
+    pub(crate) table: &'a mut LatencyTable,
+    /// Spans of traced requests, closed as their answers leave.
+    pub(crate) spans: &'a mut crate::request_span::RequestSpans,
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+    pub(crate) epoch: std::time::Instant,
+    pub(crate) now_us: Option<u32>,
 }
 
 impl ShardMetrics {
@@ -135,6 +166,12 @@ impl ShardMetrics {
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
             sizes: SizeHistogram::new(&histogram::SIZE_BOUNDS),
             handshakes: HandshakeHistogram::new(&histogram::DURATION_BOUNDS_US),
+            durations: DurationHistogram::new(&histogram::DURATION_BOUNDS_US),
+            frames_refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: LatencyHistogram::new(&histogram::DURATION_BOUNDS_US),
+            streams_active: Default::default(),
+            windows: WindowHistogram::new(&histogram::SIZE_BOUNDS),
+            retries: Default::default(),
         }
     }
 
@@ -175,6 +212,37 @@ impl ShardMetrics {
             &self.bytes_out_by_type[header[3] as usize],
             24 + u64::from(len),
         );
+    }
+
+    /// A frame taken from a connection's queue to be sent: counted by type and priority
+    /// (and by code for an ERROR); an answer (RESPONSE set, or an ERROR, with a correlation
+    /// id) is timed against its request's arrival.
+    #[inline]
+    pub(crate) fn transmitted(&self, t: &Transmit, answers: &mut Answers<'_>) {
+        self.frame_out(&t.header);
+        let is_error = t.header[3] == MessageType::Error.to_u8();
+        if is_error && let Ok(e) = ErrorPayload::from_bytes(&t.payload) {
+            self.error_sent(e.code, 1);
+        }
+        if t.header[4] & Flags::RESPONSE.bits() == 0 && !is_error {
+            return;
+        }
+        let corr = u32::from_be_bytes([t.header[16], t.header[17], t.header[18], t.header[19]]);
+        if corr == 0 {
+            return;
+        }
+        let (slot, generation) = (answers.slot, answers.generation);
+        answers.spans.answered(slot, generation, corr, is_error);
+        if let Some((msg_type, at_us)) = answers.table.answer_out(slot, generation, corr) {
+            let epoch = answers.epoch;
+            let now = *answers.now_us.get_or_insert_with(|| {
+                std::time::Instant::now()
+                    .saturating_duration_since(epoch)
+                    .as_micros() as u32
+            });
+            self.latency
+                .observe(msg_type as usize, u64::from(now.wrapping_sub(at_us)));
+        }
     }
 
     /// `n` PONGs of `bytes` in all, answered in place (stream 0, priority 255).
@@ -323,8 +391,11 @@ pub fn gather(
         &["type", "priority"],
     )?;
     let received = IntCounterVec::new(
-        Opts::new("valkyrie_messages_received_total", "Frames received"),
-        &["type"],
+        Opts::new(
+            "valkyrie_messages_received_total",
+            "Frames received: delivered to the service (ok) or refused by the node (error)",
+        ),
+        &["type", "status"],
     )?;
     let bytes = IntCounterVec::new(
         Opts::new("valkyrie_bytes_total", "Bytes through the transport"),
@@ -436,7 +507,15 @@ pub fn gather(
         }
         let rx = sum(&|s| s.frames_in[t as usize].load(Relaxed));
         if rx > 0 {
-            received.with_label_values(&[name.as_str()]).inc_by(rx);
+            received
+                .with_label_values(&[name.as_str(), "ok"])
+                .inc_by(rx);
+        }
+        let refused = sum(&|s| s.frames_refused[t as usize].load(Relaxed));
+        if refused > 0 {
+            received
+                .with_label_values(&[name.as_str(), "error"])
+                .inc_by(refused);
         }
         for (b, band) in PRIORITIES.iter().enumerate() {
             let tx = sum(&|s| s.frames_out[t as usize][b].load(Relaxed));
@@ -521,10 +600,76 @@ pub fn gather(
         },
         |i| SECURITY_LABELS[i].to_owned(),
     )?;
+    let type_name = |t: usize| MessageType::from_u8(t as u8).name().to_ascii_lowercase();
+    let durations = histogram::family(
+        shards.iter().map(|s| &s.durations),
+        histogram::Shape {
+            name: "valkyrie_connection_duration_seconds",
+            help: "Lifetime of connections served (accept, or the WebSocket upgrade, to close), by transport",
+            label: "transport",
+            per_unit: 1e6,
+        },
+        |i| TRANSPORTS[i].to_owned(),
+    )?;
+    let latency = histogram::family(
+        shards.iter().map(|s| &s.latency),
+        histogram::Shape {
+            name: "valkyrie_message_latency_seconds",
+            help: "A request's arrival at its shard to its answer leaving the node, by the request's type (a sample: see the runtime's docs)",
+            label: "type",
+            per_unit: 1e6,
+        },
+        type_name,
+    )?;
+    let windows = histogram::family(
+        shards.iter().map(|s| &s.windows),
+        histogram::Shape {
+            name: "valkyrie_flow_control_window_size",
+            help: "Receive windows granted to peers, at a stream's open and at each credit update, by stream class (bytes)",
+            label: "stream_type",
+            per_unit: 1.0,
+        },
+        |i| {
+            valkyrie_protocol::streams::StreamClass::ALL[i]
+                .label()
+                .to_owned()
+        },
+    )?;
+    let streams = IntGaugeVec::new(
+        Opts::new("valkyrie_streams_active", "Open streams, by stream class"),
+        &["type"],
+    )?;
+    for (i, class) in valkyrie_protocol::streams::StreamClass::ALL
+        .iter()
+        .enumerate()
+    {
+        let n: i64 = shards
+            .iter()
+            .map(|s| s.streams_active[i].load(Relaxed))
+            .sum();
+        streams.with_label_values(&[class.label()]).set(n);
+    }
+    let retries = IntCounterVec::new(
+        Opts::new(
+            "valkyrie_retries_total",
+            "Retries of outbound links: connect (after a failed attempt), reconnect (after an established connection was lost)",
+        ),
+        &["operation"],
+    )?;
+    for (i, op) in ["connect", "reconnect"].into_iter().enumerate() {
+        retries
+            .with_label_values(&[op])
+            .inc_by(sum(&|s| s.retries[i].load(Relaxed)));
+    }
     for c in [
         Box::new(active) as Box<dyn prometheus::core::Collector>,
         Box::new(sizes),
         Box::new(handshakes),
+        Box::new(durations),
+        Box::new(latency),
+        Box::new(windows),
+        Box::new(streams),
+        Box::new(retries),
         Box::new(http),
         Box::new(accepted),
         Box::new(disconnects),

@@ -102,7 +102,15 @@ impl Shard {
         if !self.conns.get(slot).is_some_and(|c| c.is_released()) {
             return;
         }
+        self.report_streams(slot, true);
+        self.spans.forget(slot);
         let c = self.conns.remove(slot);
+        if let Life::Closing { refused: false, .. } = c.life {
+            let lived = self.now.saturating_duration_since(c.proto.created_at());
+            self.metrics
+                .durations
+                .observe(c.transport as usize, lived.as_micros() as u64);
+        }
         if let Io::Socket(_) = c.io {
             self.listeners.slot_freed();
         }

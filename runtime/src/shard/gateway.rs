@@ -68,12 +68,17 @@ impl Shard {
         h.gateway = Some(GatewayRequest { corr, deadline });
         h.answering = Answering::Later { keep_alive, head };
         // A W3C traceparent becomes the frame's TRACE context (the payload's first 24 bytes).
-        let mut frame = match req.header("traceparent").and_then(rest::parse_traceparent) {
-            Some(ctx) => {
+        let traceparent = req
+            .header("traceparent")
+            .and_then(rest::parse_traceparent_with_flags);
+        let mut frame = match traceparent {
+            Some((ctx, trace_flags)) => {
                 let mut traced = Vec::with_capacity(TRACE_CONTEXT_LEN + payload.len());
                 traced.extend_from_slice(&ctx.to_bytes());
                 traced.extend_from_slice(&payload);
-                Frame::new(msg_type, stream, traced).with_flags(Flags::TRACE)
+                let mut f = Frame::new(msg_type, stream, traced).with_flags(Flags::TRACE);
+                f.header.trace_flags = trace_flags;
+                f
             }
             None => Frame::new(msg_type, stream, payload),
         };
@@ -84,6 +89,11 @@ impl Shard {
             slot,
             generation,
         };
+        // Its answer becomes an HTTP answer, not a frame: the span covers the handler.
+        let span = self
+            .spans
+            .begin(self.id, slot, generation, &frame, "http", false);
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let (service, mut ctx) = self.ctx();
         service.on_frame(&mut ctx, conn, frame);
         None

@@ -290,6 +290,9 @@ impl Shard {
         e.io = LinkIo::Idle;
         tracing::debug!(shard = self.id, link = index, %error, "outbound attempt failed");
         let next = e.link.failed(now, error, &mut self.links.rng);
+        if !matches!(next, Next::Stop) {
+            ShardMetrics::add(&self.metrics.retries[0], 1);
+        }
         self.link_next(index, next);
     }
 
@@ -461,15 +464,18 @@ impl Shard {
             return;
         };
         e.io = LinkIo::Idle;
-        let next = match e.link.state() {
-            LinkState::Stopped { .. } => Next::Stop,
-            LinkState::Up { .. } => e.link.lost(now, &reason.to_string()),
+        let (next, retry) = match e.link.state() {
+            LinkState::Stopped { .. } => (Next::Stop, 0),
+            LinkState::Up { .. } => (e.link.lost(now, &reason.to_string()), 1),
             _ => {
                 let error = format!("{}: {reason}", e.link.url());
                 ShardMetrics::add(&self.metrics.link_failures, 1);
-                e.link.failed(now, error, &mut self.links.rng)
+                (e.link.failed(now, error, &mut self.links.rng), 0)
             }
         };
+        if !matches!(next, Next::Stop) {
+            ShardMetrics::add(&self.metrics.retries[retry], 1);
+        }
         self.link_next(link.0, next);
     }
 

@@ -99,6 +99,10 @@ pub(crate) struct Shard {
     /// Scratch space: a WebSocket's received bytes unframed, and its frames before framing.
     ws_plain: Vec<u8>,
     ws_frames: bytes::BytesMut,
+    /// Requests awaiting their answers (`valkyrie_message_latency_seconds`).
+    latency: crate::metrics::LatencyTable,
+    /// Spans of traced requests awaiting their answers.
+    spans: crate::request_span::RequestSpans,
     now: Instant,
     /// Shared-memory connections that stopped at their input budget with more waiting.
     shm_more: Vec<(u32, u32)>,
@@ -186,6 +190,8 @@ impl Shard {
             tls_plain: Vec::new(),
             ws_plain: Vec::new(),
             ws_frames: bytes::BytesMut::new(),
+            latency: crate::metrics::LatencyTable::new(),
+            spans: crate::request_span::RequestSpans::new(init.cfg.trace_hook.0.clone()),
             now,
             shm_more: Vec::new(),
             recv_budget: init.cfg.recv_budget,

@@ -64,6 +64,10 @@ impl Shard {
             Io::Socket(s) => s.send.in_kernel(),
             Io::Shm(s) => s.pending.is_some(),
         };
+        self.report_streams(slot, false);
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         if c.proto.is_drained() && !output_waits {
             self.start_close(slot);
             return;
@@ -89,6 +93,7 @@ impl Shard {
         };
         let ip = c.peer_ip();
         let link = c.link();
+        let mut span = None;
         match &ev {
             Event::Connected(peer) => {
                 c.connected = true;
@@ -118,6 +123,7 @@ impl Shard {
                 msg_type,
                 stream_id,
             } => {
+                ShardMetrics::add(&self.metrics.frames_refused[msg_type.to_u8() as usize], 1);
                 self.audit(serde_json::json!({"event": AuditEvent::Denied.as_str(),
                     "peer": ip.map(|i| i.to_string()), "identity": identity,
                     "type": msg_type.name(), "stream": stream_id,
@@ -125,6 +131,26 @@ impl Shard {
             }
             Event::Frame(f) => {
                 self.metrics.frame_in(&f.header, f.payload.len());
+                if f.header.flags.contains(Flags::TRACE) {
+                    let via = crate::metrics::TRANSPORTS[c.transport as usize];
+                    span = self
+                        .spans
+                        .begin(self.id, slot, conn.generation, f, via, true);
+                }
+                let h = &f.header;
+                if h.correlation_id != 0 && !h.flags.contains(Flags::RESPONSE) {
+                    let at = self
+                        .now
+                        .saturating_duration_since(self.timers.epoch())
+                        .as_micros() as u32;
+                    self.latency.request_in(
+                        slot,
+                        conn.generation,
+                        h.correlation_id,
+                        h.msg_type.to_u8(),
+                        at,
+                    );
+                }
             }
             Event::Closed(reason) => {
                 match reason {
@@ -175,7 +201,10 @@ impl Shard {
                     self.link_up(link, conn);
                 }
             }
-            Event::Frame(f) => service.on_frame(&mut ctx, conn, f),
+            Event::Frame(f) => {
+                let _entered = span.as_ref().map(tracing::Span::enter);
+                service.on_frame(&mut ctx, conn, f)
+            }
             Event::Closed(reason) => {
                 service.on_close(&mut ctx, conn, &reason);
                 if let Some(link) = link {
@@ -314,6 +343,28 @@ impl Shard {
         for to in (0..self.mesh.shards()).filter(|&to| to != self.id) {
             if self.mesh.push(to, MeshMsg::Ban { ip, until }).is_err() {
                 ShardMetrics::add(&self.metrics.mesh_full, 1);
+            }
+        }
+    }
+
+    /// Carry what changed in a connection's streams into the shard's gauges: open streams by
+    /// class, and the receive windows granted. With `gone`, the connection is leaving: what
+    /// it had open is taken back out.
+    pub(super) fn report_streams(&mut self, slot: u32, gone: bool) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut delta = [0i64; 5];
+        let windows = &self.metrics.windows;
+        c.proto.take_stream_report(&mut delta, |class, w| {
+            windows.observe(class.index(), u64::from(w))
+        });
+        if gone {
+            c.proto.forget_stream_report(&mut delta);
+        }
+        for (gauge, d) in self.metrics.streams_active.iter().zip(delta) {
+            if d != 0 {
+                gauge.fetch_add(d, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

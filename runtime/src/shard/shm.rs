@@ -3,8 +3,7 @@
 //! waits on the rings' futex words and the rendezvous socket's hang-up through io_uring.
 
 use io_uring::{opcode, squeue, types};
-use valkyrie_protocol::message::{ErrorPayload, Payload};
-use valkyrie_protocol::{HEADER_LEN, MessageType};
+use valkyrie_protocol::HEADER_LEN;
 use valkyrie_shm::ShmError;
 
 use super::Shard;
@@ -194,17 +193,20 @@ impl Shard {
         let mut written = 0u64;
         let mut failed = false;
         let mut arm = None;
+        let mut answers = crate::metrics::Answers {
+            table: &mut self.latency,
+            spans: &mut self.spans,
+            slot,
+            generation,
+            epoch: self.timers.epoch(),
+            now_us: None,
+        };
         // Each turn writes (part of) a frame, or ends: bounded by what the protocol queued.
         loop {
             if shm.pending.is_none() {
                 match c.proto.poll_transmit() {
                     Some(t) => {
-                        self.metrics.frame_out(&t.header);
-                        if t.header[3] == MessageType::Error.to_u8()
-                            && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
-                        {
-                            self.metrics.error_sent(e.code, 1);
-                        }
+                        self.metrics.transmitted(&t, &mut answers);
                         shm.pending = Some((t, 0));
                     }
                     None => break,

@@ -5,8 +5,7 @@
 use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types};
 use valkyrie_bridge::ALPN_HTTP1;
-use valkyrie_protocol::message::{ErrorPayload, Payload};
-use valkyrie_protocol::{Connection, MessageType};
+use valkyrie_protocol::Connection;
 
 use super::Shard;
 use crate::config::RecvMode;
@@ -14,7 +13,7 @@ use crate::conn::http::HttpConn;
 use crate::conn::recv::{Recv, RecvAction};
 use crate::conn::send::{Completion, Outgoing};
 use crate::conn::{Extra, Io, Life};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{Answers, ShardMetrics};
 use crate::uring::{Op, ud};
 
 impl Shard {
@@ -325,16 +324,31 @@ impl Shard {
         }
         let tls = s.tls.is_some();
         let mut out = self.send_pool.take();
+        let mut answers = Answers {
+            table: &mut self.latency,
+            spans: &mut self.spans,
+            slot,
+            generation: c.generation,
+            epoch: self.timers.epoch(),
+            now_us: None,
+        };
         match c.extra.as_deref_mut() {
             Some(Extra { http: Some(h), .. }) => h.take_output(&mut out.buf, batch),
             Some(Extra { ws: Some(_), .. }) => super::websocket::flush_ws(
                 c,
                 &self.metrics,
+                &mut answers,
                 &mut self.ws_frames,
                 &mut out.buf,
                 batch,
             ),
-            _ => protocol_output(&mut c.proto, &self.metrics, &mut out.buf, batch),
+            _ => protocol_output(
+                &mut c.proto,
+                &self.metrics,
+                &mut answers,
+                &mut out.buf,
+                batch,
+            ),
         }
         if tls {
             out = self.seal(slot, out);
@@ -431,10 +445,11 @@ impl Shard {
 }
 
 /// Move what `proto` has to send into `buf`: the PONGs it answers in place, then queued
-/// frames until `buf` holds `batch` bytes; each is counted.
+/// frames until `buf` holds `batch` bytes; each is counted, answers timed (`answers`).
 pub(super) fn protocol_output(
     proto: &mut Connection,
     metrics: &ShardMetrics,
+    answers: &mut Answers<'_>,
     buf: &mut BytesMut,
     batch: usize,
 ) {
@@ -446,12 +461,7 @@ pub(super) fn protocol_output(
     while buf.len() < batch
         && let Some(t) = proto.poll_transmit()
     {
-        metrics.frame_out(&t.header);
-        if t.header[3] == MessageType::Error.to_u8()
-            && let Ok(e) = ErrorPayload::from_bytes(&t.payload)
-        {
-            metrics.error_sent(e.code, 1);
-        }
+        metrics.transmitted(&t, answers);
         t.write_to(buf);
     }
 }

@@ -16,7 +16,7 @@ use valkyrie_protocol::{Connection, HEADER_LEN, Side};
 use super::Shard;
 use crate::conn::Conn;
 use crate::conn::ws::WsConn;
-use crate::metrics::{ShardMetrics, WS};
+use crate::metrics::{Answers, ShardMetrics, WS};
 
 /// Hand `data`, received on `c`, to its protocol: through the WebSocket's decoder when it is
 /// one (`plain` is scratch space for the decoded bytes). A close from the peer, or a frame
@@ -100,6 +100,7 @@ impl Shard {
 pub(super) fn flush_ws(
     c: &mut Conn,
     metrics: &ShardMetrics,
+    answers: &mut Answers<'_>,
     frames: &mut BytesMut,
     buf: &mut BytesMut,
     batch: usize,
@@ -112,7 +113,7 @@ pub(super) fn flush_ws(
         return;
     }
     frames.clear();
-    super::socket::protocol_output(&mut c.proto, metrics, frames, batch);
+    super::socket::protocol_output(&mut c.proto, metrics, answers, frames, batch);
     w.frame(frames, buf);
     if c.proto.is_closed() && c.proto.queued_frames() == 0 {
         w.protocol_ended();
