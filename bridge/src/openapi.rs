@@ -57,6 +57,22 @@ pub fn document() -> String {
                 "Ready.",
                 "Draining, starting or full."
             ),
+            "/ws": {"get": {
+                "summary": "WebSocket (RFC 6455) carrying a Valkyrie connection",
+                "description": "Binary messages carry the same bytes as a TCP connection (HELLO first; a message may hold whole frames or part of one). Text messages are closed with 1003, messages past max_frame + 24 bytes with 1009, protocol errors with 1002. The subprotocol `valkyrie.v2` is selected when offered.",
+                "parameters": [
+                    {"name": "Upgrade", "in": "header", "required": true, "schema": {"const": "websocket"}},
+                    {"name": "Sec-WebSocket-Version", "in": "header", "required": true, "schema": {"const": "13"}},
+                    {"name": "Sec-WebSocket-Key", "in": "header", "required": true, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "101": {"description": "Switching Protocols: the connection speaks WebSocket."},
+                    "400": error("Not a WebSocket handshake (HTTP/1.1 with Upgrade and Connection: Upgrade, a 16-byte key)."),
+                    "403": error("The Origin is not in the node's --allow-origin list."),
+                    "426": error("A WebSocket version other than 13."),
+                    "503": error("The node is draining.")
+                }
+            }},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics",
                 "description": "Every shard's counters summed at scrape time, in the Prometheus text format.",
