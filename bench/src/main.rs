@@ -24,6 +24,7 @@ mod streams;
 mod targets;
 mod throughput;
 mod transfer;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -37,7 +38,8 @@ use report::{Report, host};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, clients, transfer, shm, connections);
+    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, clients, http, ws,
+    /// transfer, shm, connections);
     /// repeatable. Default: all but connections.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
@@ -229,6 +231,10 @@ fn main() {
     peers::unpin();
     if wants("http") {
         http::scenario(&mut report, rounds, if cli.full { 5.0 } else { 1.5 });
+    }
+    peers::unpin();
+    if wants("ws") {
+        websocket::scenario(&mut report, rounds, if cli.full { 100_000 } else { 20_000 });
     }
     peers::unpin();
     if wants("transfer") {

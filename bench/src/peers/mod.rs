@@ -11,6 +11,7 @@ pub mod glommio_echo;
 pub mod grpc;
 pub mod hyper_json;
 pub mod tokio_echo;
+pub mod tungstenite_echo;
 
 use valkyrie_protocol::{Flags, HEADER_LEN, Header, MAX_FRAME_LIMIT, MessageType};
 
