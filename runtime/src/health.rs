@@ -150,11 +150,13 @@ impl NodeState {
         .to_string()
     }
 
-    /// Every shard's counters, summed, in the Prometheus text format.
+    /// Every shard's metrics, summed when encoded.
+    pub(crate) fn metrics(&self) -> metrics::NodeMetrics {
+        metrics::NodeMetrics::new(self.shards.clone(), self.security.clone())
+    }
+
+    /// Every shard's metrics in the Prometheus text format.
     pub(crate) fn metrics_text(&self) -> String {
-        match metrics::gather(&self.shards, &self.security) {
-            Ok(r) => metrics::encode(&r),
-            Err(e) => format!("# metrics could not be gathered: {e}\n"),
-        }
+        metrics::openmetrics::to_prometheus_text(&self.metrics().openmetrics_text())
     }
 }

@@ -434,15 +434,15 @@ impl Node {
         &self.state.shards
     }
 
-    /// All counters, gathered into a Prometheus registry.
-    pub fn registry(&self) -> prometheus::Registry {
-        metrics::gather(&self.state.shards, &self.state.security)
-            .expect("metric names and labels are static and valid")
+    /// Every shard's metrics, summed when encoded: a `prometheus-client` collector to
+    /// register in a program's own registry (`Registry::register_collector`).
+    pub fn metrics(&self) -> metrics::NodeMetrics {
+        self.state.metrics()
     }
 
-    /// All counters in Prometheus text format.
+    /// All metrics in the Prometheus text format (what `GET /metrics` answers by default).
     pub fn metrics_text(&self) -> String {
-        metrics::encode(&self.registry())
+        self.state.metrics_text()
     }
 
     /// Connections open across all shards.

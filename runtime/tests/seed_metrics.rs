@@ -126,7 +126,7 @@ fn the_seed_metrics_move_with_the_traffic() {
     assert!(
         sample(
             &text,
-            "valkyrie_message_latency_seconds_bucket{type=\"job_request\",le=\"+Inf\"}"
+            "valkyrie_message_latency_seconds_bucket{le=\"+Inf\",type=\"job_request\"}"
         ) == answered
     );
     assert_eq!(

@@ -1,11 +1,11 @@
 //! Histograms written by one shard and summed at scrape time, like the counters: bucket
 //! counts in relaxed atomics (an observation is one add to its bucket and one to the sum),
-//! turned into Prometheus histogram families (cumulative buckets) only when scraped.
+//! written as histogram families (cumulative buckets) only when scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// Upper bounds of `valkyrie_message_size_bytes` (bytes, header included): from an empty
 /// frame to the 16 MiB limit (the last is +Inf).
@@ -107,22 +107,6 @@ impl<const L: usize, const B: usize> Hist<L, B> {
     }
 }
 
-/// A family computed at scrape time, handed to a registry as a collector.
-pub(crate) struct Computed {
-    desc: Desc,
-    family: MetricFamily,
-}
-
-impl Collector for Computed {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        vec![self.family.clone()]
-    }
-}
-
 /// What a histogram family is called and how its values are shown.
 pub(crate) struct Shape<'a> {
     pub(crate) name: &'a str,
@@ -133,26 +117,19 @@ pub(crate) struct Shape<'a> {
     pub(crate) per_unit: f64,
 }
 
-/// The family of histograms `shards` hold, summed: one metric per label value observed
-/// (`value` names a label index).
-pub(crate) fn family<'a, const L: usize, const B: usize>(
+/// The histograms `shards` hold, summed: one series per label value observed (`value` names
+/// a label index), written into `enc`.
+pub(crate) fn encode<'a, const L: usize, const B: usize>(
+    enc: &mut DescriptorEncoder<'_>,
     shards: impl Iterator<Item = &'a Hist<L, B>> + Clone,
     shape: Shape<'_>,
     value: impl Fn(usize) -> String,
-) -> prometheus::Result<Computed> {
-    let desc = Desc::new(
-        shape.name.into(),
-        shape.help.into(),
-        vec![shape.label.into()],
-        Default::default(),
-    )?;
-    let mut family = MetricFamily::default();
-    family.set_name(shape.name.into());
-    family.set_help(shape.help.into());
-    family.set_field_type(MetricType::HISTOGRAM);
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(shape.name, shape.help, None, MetricType::Histogram)?;
     let Some(first) = shards.clone().next() else {
-        return Ok(Computed { desc, family });
+        return Ok(());
     };
+    let mut buckets = Vec::with_capacity(B);
     for l in 0..L {
         let mut counts = [0u64; B];
         let mut sum = 0u64;
@@ -166,29 +143,22 @@ pub(crate) fn family<'a, const L: usize, const B: usize>(
         if total == 0 {
             continue;
         }
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(B - 1);
-        // The +Inf bucket is the count itself.
-        for (bound, c) in first.bounds[..B - 1].iter().zip(counts) {
-            cumulative += c;
-            let mut b = Bucket::default();
-            b.set_upper_bound(*bound as f64 / shape.per_unit);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
+        // Each bucket's own count: the encoder writes them cumulative.
+        buckets.clear();
+        for (i, c) in counts.into_iter().enumerate() {
+            // The last bucket is +Inf.
+            let bound = match first.bounds.get(i) {
+                Some(&b) if i + 1 < B => b as f64 / shape.per_unit,
+                _ => f64::INFINITY,
+            };
+            buckets.push((bound, c));
         }
-        let mut h = Histogram::default();
-        h.set_sample_count(total);
-        h.set_sample_sum(sum as f64 / shape.per_unit);
-        h.set_bucket(buckets);
-        let mut label = LabelPair::default();
-        label.set_name(shape.label.into());
-        label.set_value(value(l));
-        let mut m = Metric::default();
-        m.set_label(vec![label]);
-        m.set_histogram(h);
-        family.mut_metric().push(m);
+        let label = [(shape.label, value(l))];
+        family
+            .encode_family(&label)?
+            .encode_histogram::<NoLabelSet>(sum as f64 / shape.per_unit, total, &buckets, None)?;
     }
-    Ok(Computed { desc, family })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,26 +175,38 @@ mod tests {
         a.observe(0x20, 100);
         b.observe(0x20, 5000);
         b.observe(0x20, u64::MAX);
-        let shape = Shape {
-            name: "sizes",
-            help: "h",
-            label: "type",
-            per_unit: 1.0,
+        #[derive(Debug)]
+        struct Two(SizeHistogram, SizeHistogram);
+        impl prometheus_client::collector::Collector for Two {
+            fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+                let shape = Shape {
+                    name: "sizes",
+                    help: "h",
+                    label: "type",
+                    per_unit: 1.0,
+                };
+                encode(&mut enc, [&self.0, &self.1].into_iter(), shape, |t| {
+                    format!("t{t}")
+                })
+            }
+        }
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register_collector(Box::new(Two(a, b)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        let line = |le: &str| {
+            let key = format!("sizes_bucket{{le=\"{le}\",type=\"t32\"}} ");
+            let l = text
+                .lines()
+                .find(|l| l.starts_with(&key))
+                .unwrap_or_else(|| panic!("{key}: {text}"));
+            l[key.len()..].parse::<u64>().unwrap()
         };
-        let c = family([&a, &b].into_iter(), shape, |t| format!("t{t}")).unwrap();
-        let fam = &c.collect()[0];
-        assert_eq!(fam.get_metric().len(), 1);
-        let h = fam.get_metric()[0].get_histogram();
-        assert_eq!(h.get_sample_count(), 4);
-        let cum: Vec<u64> = h
-            .get_bucket()
-            .iter()
-            .map(|b| b.cumulative_count())
-            .collect();
-        assert_eq!(cum[0], 1, "24 <= 32");
-        assert_eq!(cum[2], 2, "100 <= 128");
-        assert_eq!(cum[6], 2, "5000 > 4096");
-        assert_eq!(cum[7], 3, "5000 <= 16384");
-        assert_eq!(*cum.last().unwrap(), 3, "the last is in +Inf only");
+        assert_eq!(line("32.0"), 1, "24 <= 32");
+        assert_eq!(line("128.0"), 2, "100 <= 128");
+        assert_eq!(line("4096.0"), 2, "5000 > 4096");
+        assert_eq!(line("16384.0"), 3, "5000 <= 16384");
+        assert_eq!(line("+Inf"), 4, "the last is in +Inf only");
+        assert!(text.contains("sizes_count{type=\"t32\"} 4"), "{text}");
     }
 }

@@ -1,16 +1,20 @@
-//! The OpenMetrics text format (`/metrics` when a scraper's `Accept` asks for
-//! `application/openmetrics-text`), from the Prometheus text the registry encodes: a counter
-//! family is named without its `_total` suffix in its `HELP` and `TYPE` lines (its samples
-//! keep it), and the exposition ends with `# EOF`. Gauges and histograms read the same in
-//! both formats.
+//! The two text formats of `/metrics`. The exposition is written in the OpenMetrics text
+//! format (`prometheus-client`'s), served as is when a scraper's `Accept` asks for
+//! `application/openmetrics-text` (Prometheus does, first); for everyone else it is turned
+//! into the Prometheus text format 0.0.4: a counter family is named with its `_total`
+//! suffix in its `HELP` and `TYPE` lines (its samples have it in both formats), and the
+//! `# EOF` and `# UNIT` lines go. Gauges and histograms read the same in both.
 
 use std::collections::HashSet;
 
-/// The media type of the answer.
+/// The media type of the OpenMetrics answer.
 pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// `text` (Prometheus text format) in the OpenMetrics text format.
-pub fn from_prometheus_text(text: &str) -> String {
+/// The media type of the Prometheus text answer.
+pub const PROMETHEUS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `text` (OpenMetrics) in the Prometheus text format.
+pub fn to_prometheus_text(text: &str) -> String {
     let counters: HashSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -18,8 +22,11 @@ pub fn from_prometheus_text(text: &str) -> String {
         .filter(|(_, kind)| *kind == "counter")
         .map(|(name, _)| name)
         .collect();
-    let mut out = String::with_capacity(text.len() + 8);
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
     for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
         let meta = line
             .strip_prefix("# HELP ")
             .map(|r| ("# HELP ", r))
@@ -27,12 +34,11 @@ pub fn from_prometheus_text(text: &str) -> String {
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = match name.strip_suffix("_total") {
-                    Some(base) if counters.contains(name) => base,
-                    _ => name,
-                };
                 out.push_str(prefix);
                 out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
                 out.push(' ');
                 out.push_str(tail);
             }
@@ -40,7 +46,6 @@ pub fn from_prometheus_text(text: &str) -> String {
         }
         out.push('\n');
     }
-    out.push_str("# EOF\n");
     out
 }
 
@@ -49,13 +54,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_lose_their_suffix_in_metadata_only_and_the_end_is_marked() {
-        let text = "# HELP a_total Things\n# TYPE a_total counter\na_total{x=\"1\"} 3\n\
-                    # HELP g Level\n# TYPE g gauge\ng 2\n";
+    fn counters_gain_their_suffix_in_metadata_and_the_end_marker_goes() {
+        let text = "# HELP a Things.\n# TYPE a counter\na_total{x=\"1\"} 3\n\
+                    # HELP g Level.\n# TYPE g gauge\ng 2\n# EOF\n";
         assert_eq!(
-            from_prometheus_text(text),
-            "# HELP a Things\n# TYPE a counter\na_total{x=\"1\"} 3\n\
-             # HELP g Level\n# TYPE g gauge\ng 2\n# EOF\n"
+            to_prometheus_text(text),
+            "# HELP a_total Things.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n\
+             # HELP g Level.\n# TYPE g gauge\ng 2\n"
         );
     }
 }

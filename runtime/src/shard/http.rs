@@ -23,9 +23,6 @@ const REQUESTS_PER_TURN: usize = 64;
 /// reads `/api/v1/status` twice a second.
 const STATUS_PAGE: &str = include_str!("status.html");
 
-/// The media type of the Prometheus text format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// What a connection's received bytes are, for [`take_input`].
 pub(super) enum Taken {
     /// HTTP: the request reader has them.
@@ -283,13 +280,13 @@ impl Shard {
             }
             _ => {
                 use crate::metrics::openmetrics;
-                let text = self.node.metrics_text();
+                let om = self.node.metrics().openmetrics_text();
                 // A scraper that asks for OpenMetrics (Prometheus does, first) gets it.
                 return Some(if req.accepts("application/openmetrics-text") {
-                    let om = openmetrics::from_prometheus_text(&text);
                     Response::with_body(200, openmetrics::OPENMETRICS_TYPE, om)
                 } else {
-                    Response::with_body(200, PROMETHEUS_TEXT, text)
+                    let text = openmetrics::to_prometheus_text(&om);
+                    Response::with_body(200, openmetrics::PROMETHEUS_TYPE, text)
                 });
             }
         };
