@@ -28,9 +28,9 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A Valkyrie client connection carried by a tungstenite WebSocket.
-struct WsPeer {
-    ws: WebSocket<TcpStream>,
+/// A Valkyrie client connection carried by a tungstenite WebSocket (over TCP, or TLS).
+struct WsPeer<S: Read + Write = TcpStream> {
+    ws: WebSocket<S>,
     conn: Connection,
     /// Send each flush as two messages cut inside a frame (else one message).
     split: bool,
@@ -44,6 +44,13 @@ impl WsPeer {
         let (ws, resp) = tungstenite::client(format!("ws://{addr}/ws"), stream).unwrap();
         assert_eq!(resp.status(), 101);
         let conn = Connection::new(Side::Client, Arc::new(config), Instant::now(), unix_now());
+        WsPeer::over(ws, conn)
+    }
+}
+
+impl<S: Read + Write> WsPeer<S> {
+    /// `conn` carried by `ws`, once its handshake is done.
+    fn over(ws: WebSocket<S>, conn: Connection) -> WsPeer<S> {
         let mut p = WsPeer {
             ws,
             conn,
@@ -454,6 +461,89 @@ fn a_draining_node_closes_its_websockets_with_close_then_a_normal_close() {
     assert!(
         saw_close_frame,
         "the Valkyrie CLOSE came before the WebSocket's close"
+    );
+    node.shutdown();
+    node.join();
+}
+
+/// Answers a JOB_REQUEST with its payload and the identity the handshake authenticated.
+struct Who;
+
+impl valkyrie_runtime::Service for Who {
+    fn on_frame(
+        &mut self,
+        ctx: &mut valkyrie_runtime::Ctx<'_>,
+        conn: valkyrie_runtime::ConnRef,
+        frame: valkyrie_protocol::Frame,
+    ) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
+            let mut v = frame.payload.to_vec();
+            v.extend_from_slice(b" from ");
+            v.extend_from_slice(who.as_bytes());
+            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, Bytes::from(v));
+        }
+    }
+}
+
+#[test]
+fn wss_inside_the_nodes_tls_carries_an_mtls_connection_with_the_certificates_identity() {
+    use valkyrie_protocol::security::mtls::{self, DevPki, Mtls, rustls};
+    let pki = DevPki::generate(&["127.0.0.1"], &["agent-7"]).unwrap();
+    let mtls_config = |name: &str| Config {
+        security: vec![SecurityMode::Mtls],
+        handshakes: vec![Arc::new(Mtls)],
+        ..Config::new(name)
+    };
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .protocol(mtls_config("control"))
+        .tls(pki.server_config(0).unwrap())
+        .shards(1)
+        .service(|_| Who)
+        .start()
+        .unwrap();
+    let a = addr(&node);
+    // TLS with the client's certificate, ALPN http/1.1: the tunnel carries the node's HTTP side.
+    let base = mtls::client_config(
+        &pki.client_chain_pem(0),
+        &pki.client_key_pem(0),
+        &pki.ca_pem,
+    )
+    .unwrap();
+    let mut tls_config = (*base).clone();
+    tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(&a).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let session = rustls::ClientConnection::new(
+        Arc::new(tls_config),
+        rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(session, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let server = mtls::certificate_identity(tls.conn.peer_certificates().unwrap()[0].as_ref())
+        .expect("the node's certificate names it");
+    let (ws, resp) = tungstenite::client(format!("ws://{a}/ws"), tls).unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut conn = Connection::new(
+        Side::Client,
+        Arc::new(mtls_config("wss-agent")),
+        Instant::now(),
+        unix_now(),
+    );
+    conn.set_transport_identity(server);
+    let mut p = WsPeer::over(ws, conn);
+    assert_eq!(p.conn.peer().unwrap().security, SecurityMode::Mtls);
+    p.ping(b"inside tls");
+    let answer = p.request(b"signed job");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("signed job from ") && text.contains("agent-7"),
+        "{text}"
     );
     node.shutdown();
     node.join();
