@@ -170,19 +170,30 @@ impl Request {
         })
     }
 
+    /// The values of the fields named `name` (any case), as bytes: names are compared as
+    /// bytes, so nothing but the value asked for is checked as text.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields.iter().filter_map(move |(n, v)| {
+            n.get(&self.head)
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| v.get(&self.head))
+        })
+    }
+
     /// The first value of header field `name` (any case), as text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        let (_, v) = self
+            .fields
+            .iter()
+            .find(|(n, _)| n.get(&self.head).eq_ignore_ascii_case(name.as_bytes()))?;
+        std::str::from_utf8(v.get(&self.head)).ok()
     }
 
     /// Whether field `name` (any case) lists `token` (any case) among its comma-separated
     /// values, in any of its lines.
     pub fn lists(&self, name: &str, token: &str) -> bool {
-        self.headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        self.values(name)
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }

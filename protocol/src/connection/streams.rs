@@ -29,6 +29,12 @@ impl Connection {
         self.streams.take_report(open_delta, window);
     }
 
+    /// Whether [`Connection::take_stream_report`] has anything to report.
+    #[inline]
+    pub fn stream_report_due(&self) -> bool {
+        self.streams.report_due()
+    }
+
     /// The connection is gone: take what earlier reports counted as open back out of
     /// `open_delta`.
     pub fn forget_stream_report(&mut self, open_delta: &mut [i64; 5]) {

@@ -237,6 +237,13 @@ impl Streams {
         }
     }
 
+    /// Whether [`Streams::take_report`] has anything to say (one branch: a connection
+    /// without streams has no tables).
+    #[inline]
+    pub fn report_due(&self) -> bool {
+        self.tables.as_ref().is_some_and(|t| t.report_due)
+    }
+
     /// What changed since the last report, for a runtime's metrics: the change in open
     /// streams per class is added to `open_delta` (index: [`StreamClass::index`]), and each
     /// receive window granted since (at stream open and at each credit update; at most 16

@@ -64,7 +64,9 @@ impl Shard {
             Io::Socket(s) => s.send.in_kernel(),
             Io::Shm(s) => s.pending.is_some(),
         };
-        self.report_streams(slot, false);
+        if c.proto.stream_report_due() {
+            self.report_streams(slot, false);
+        }
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };

@@ -21,6 +21,7 @@ use crate::metrics::{Answers, ShardMetrics, WS};
 /// Hand `data`, received on `c`, to its protocol: through the WebSocket's decoder when it is
 /// one (`plain` is scratch space for the decoded bytes). A close from the peer, or a frame
 /// the decoder refuses (answered with its close code), ends the protocol's input.
+#[inline]
 pub(super) fn deliver(c: &mut Conn, data: &[u8], plain: &mut Vec<u8>, now: std::time::Instant) {
     let Some(w) = c.extra.as_mut().and_then(|e| e.ws.as_deref_mut()) else {
         c.proto.handle_input(data, now);
