@@ -173,11 +173,10 @@ impl Request {
     /// The values of the fields named `name` (any case), as bytes: names are compared as
     /// bytes, so nothing but the value asked for is checked as text.
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields.iter().filter_map(move |(n, v)| {
-            n.get(&self.head)
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| v.get(&self.head))
-        })
+        self.fields
+            .iter()
+            .filter(move |(n, _)| n.get(&self.head).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.get(&self.head))
     }
 
     /// The first value of header field `name` (any case), as text.
