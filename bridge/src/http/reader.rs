@@ -335,7 +335,16 @@ impl RequestReader {
                 }
                 Chunk::Trailers(seen) => {
                     let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                        if seen + self.buf.len() > self.limits.max_head_bytes {
+                        // Refused early only when the line, however it ends, passes the
+                        // limit as a whole line would: nothing yet, or a lone CR, may begin
+                        // the empty line that ends the trailers (it counts nothing); a
+                        // trailing CR may begin this line's CRLF.
+                        let least = match &self.buf[..] {
+                            b"" | b"\r" => 0,
+                            [.., b'\r'] => self.buf.len() + 1,
+                            _ => self.buf.len() + 2,
+                        };
+                        if seen + least > self.limits.max_head_bytes {
                             return Err(HttpError::HeadersTooLarge);
                         }
                         return Ok(Some(phase));

@@ -20,6 +20,45 @@ fn all(r: &mut RequestReader) -> Result<Vec<Request>, HttpError> {
     Ok(out)
 }
 
+/// Trailers adding up to exactly the head limit are taken whole or split anywhere (the
+/// fuzzer found a split byte by byte refusing them: a lone CR of the closing empty line was
+/// counted against the limit).
+#[test]
+fn trailers_at_exactly_the_limit_are_taken_however_split() {
+    let head = b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+    // Trailer lines of 512 bytes in all, CRLFs included.
+    let mut trailers = Vec::new();
+    for _ in 0..4 {
+        trailers.extend_from_slice(b"X-Pad: ");
+        trailers.extend(std::iter::repeat_n(b'a', 128 - 7 - 2));
+        trailers.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(trailers.len(), 512);
+    let mut wire = head;
+    wire.extend_from_slice(&trailers);
+    wire.extend_from_slice(b"\r\n");
+    for piece in [wire.len(), 1, 2, 3, 7] {
+        let mut r = reader();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(piece) {
+            r.push(chunk);
+            got.extend(all(&mut r).unwrap_or_else(|e| panic!("piece {piece}: {e}")));
+        }
+        assert_eq!(got.len(), 1, "piece {piece}");
+    }
+    // One byte more is refused, split or not.
+    let mut over = wire.clone();
+    over.insert(over.len() - 4, b'a');
+    for piece in [over.len(), 1, 2] {
+        let mut r = reader();
+        let refused = over.chunks(piece).any(|chunk| {
+            r.push(chunk);
+            all(&mut r).is_err()
+        });
+        assert!(refused, "piece {piece}");
+    }
+}
+
 #[test]
 fn pipelined_requests_come_out_in_order_with_their_bodies() {
     let mut r = reader();
