@@ -268,6 +268,42 @@ fn bad_requests_get_their_status_and_nothing_else_is_disturbed() {
     n.join();
 }
 
+/// A client still sending a body the node refused reads the refusal and then the end of the
+/// stream, not a reset: the node lingers (shuts its side, drops what still comes) before it
+/// closes. Closing with the body unread would make the kernel reset the connection, and the
+/// reset can overtake the 413.
+#[test]
+fn a_refused_body_still_arriving_gets_its_413_not_a_reset() {
+    let n = node();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(addr(&n)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            // The head and the first 256 KB of body in one write (unread by the node when it
+            // refuses the request by its head), then two megabytes more.
+            let mut first =
+                b"POST /echo HTTP/1.1\r\nHost: n\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+            first.resize(first.len() + 256 * 1024, b'x');
+            let _ = w.write_all(&first);
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..32 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let ended = s.read_to_end(&mut out);
+        let answer = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&answer), 413, "{answer}");
+        assert!(ended.is_ok(), "a clean end of stream, not {ended:?}");
+        writer.join().unwrap();
+    }
+    n.shutdown();
+    n.join();
+}
+
 #[test]
 fn binary_and_http_clients_share_the_port_at_once() {
     let n = node();

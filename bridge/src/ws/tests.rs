@@ -1,3 +1,6 @@
+//! The WebSocket codec against the RFC's examples, every refusal, fragmentation, any split,
+//! and the opening handshake.
+
 use bytes::BytesMut;
 use proptest::prelude::*;
 

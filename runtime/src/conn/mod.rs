@@ -4,7 +4,8 @@
 //! [`send`]. Nothing here submits to io_uring: the shard does, reading these states.
 //!
 //! The life of a connection (docs/RUNTIME.md draws it):
-//! accepted → [`Life::Open`] (or [`Life::Refused`]: only an ERROR is sent) → [`Life::Closing`]
+//! accepted → [`Life::Open`] (or [`Life::Refused`]: only an ERROR is sent) → (when input
+//! may still arrive, [`Life::Lingering`]) → [`Life::Closing`]
 //! (its operations cancelled, its descriptor closed) → removed from the table once the kernel
 //! holds nothing of it ([`Conn::is_released`]).
 
@@ -33,6 +34,11 @@ pub(crate) enum Life {
     Refused,
     /// Served.
     Open,
+    /// Its last bytes are sent and its sending side shut down; what the peer still sends is
+    /// read and dropped until the peer's end of stream or its timer (the connection's `timer`
+    /// holds the deadline), then it is closed (`shard/linger.rs`: a close with input unread
+    /// would reset the connection, and the peer could lose those last bytes).
+    Lingering(Linger),
     /// Being closed: its operations are cancelled and its descriptor closed (the slot may
     /// still wait for an orphaned send, or for the waits on a shared-memory mapping).
     Closing {
@@ -41,6 +47,19 @@ pub(crate) enum Life {
         /// It was refused, never served (so never counted as active).
         refused: bool,
     },
+}
+
+/// Where a lingering connection's shutdown is. Its descriptor is closed only once the
+/// shutdown has completed: a shutdown still to run when the descriptor's slot is closed and
+/// reused would shut another connection's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Linger {
+    /// The shutdown is in flight.
+    Shutting,
+    /// The shutdown is in flight, and the connection is to close when it completes.
+    CloseDue,
+    /// The shutdown has completed.
+    Shut,
 }
 
 /// A socket connection's I/O: a slot of the ring's direct-descriptor table, its send state,
@@ -151,8 +170,14 @@ impl Conn {
         self.life == Life::Open
     }
 
+    /// Whether it is being closed (lingering, or closing).
     pub(crate) fn is_closing(&self) -> bool {
-        matches!(self.life, Life::Closing { .. })
+        matches!(self.life, Life::Closing { .. } | Life::Lingering(_))
+    }
+
+    /// Whether it lingers (see [`Life::Lingering`]).
+    pub(crate) fn is_lingering(&self) -> bool {
+        matches!(self.life, Life::Lingering(_))
     }
 
     /// The peer's address, when known.
@@ -215,5 +240,15 @@ impl Conn {
             (Life::Closing { .. }, Io::Shm(s)) => !s.in_flight(),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What a shard holds per connection (docs/RUNTIME.md counts on it): a change here is a
+    /// change in memory per connection, to be measured and written down.
+    #[test]
+    fn a_connection_slot_stays_392_bytes() {
+        assert_eq!(std::mem::size_of::<super::Conn>(), 392);
     }
 }

@@ -29,6 +29,8 @@ pub(crate) enum Recv {
     /// Not armed: it ended by itself while output waited behind a send in flight; armed again
     /// once the output has gone.
     Rested,
+    /// Not armed, for good: the peer ended its side (or the socket failed).
+    Ended,
 }
 
 /// What the shard submits after a change of [`Recv`].
@@ -73,7 +75,10 @@ impl Recv {
                 *self = Recv::Armed;
                 RecvAction::Arm
             }
-            (Recv::Armed, true) | (Recv::Paused, false) | (Recv::Rested, true) => RecvAction::None,
+            (Recv::Armed, true)
+            | (Recv::Paused, false)
+            | (Recv::Rested, true)
+            | (Recv::Ended, _) => RecvAction::None,
         }
     }
 
@@ -99,6 +104,7 @@ impl Recv {
                 debug_assert!(false, "a receive ended that was not armed");
                 false
             }
+            Recv::Ended => false,
         }
     }
 }

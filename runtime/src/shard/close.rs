@@ -41,6 +41,22 @@ impl Shard {
             let (service, mut ctx) = self.ctx();
             service.on_http_gone(&mut ctx, conn);
         }
+        if self.should_linger(slot) {
+            self.linger(slot);
+            return;
+        }
+        self.close_now(slot);
+    }
+
+    /// Close `slot` now: cancel its armed operations and close its descriptor, or cancel the
+    /// waits on its mapping.
+    pub(super) fn close_now(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(c.life, Life::Closing { .. }) || !self.linger_may_close(slot) {
+            return;
+        }
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
@@ -155,6 +171,7 @@ impl Shard {
     pub(super) fn finish_shutdown(&mut self) {
         for slot in self.conns.slots() {
             self.start_close(slot);
+            self.end_linger(slot);
         }
         // The pending eventfd read writes into the wake buffer: cancel it too.
         self.stopping = true;

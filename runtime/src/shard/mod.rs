@@ -14,7 +14,9 @@ mod close;
 mod gateway;
 mod http;
 mod inbox;
+mod linger;
 pub(crate) mod links;
+mod output;
 mod process;
 mod shm;
 mod socket;
@@ -372,6 +374,7 @@ impl Shard {
             }
             Ok(Op::Connect) => self.on_link_connect(slot, generation, res),
             Ok(Op::Install) => self.on_link_install(slot, generation, res),
+            Ok(Op::Shutdown) => self.on_shutdown(slot, generation),
             Ok(Op::Cancel) => {}
             Err(unknown) => {
                 debug_assert!(false, "a completion for unknown op {unknown}");

@@ -2,10 +2,8 @@
 //! poll and one-shot receives), input into the protocol, the flush that gathers queued frames
 //! into one send, and send completions driving [`SendState`](crate::conn::send::SendState).
 
-use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types};
 use valkyrie_bridge::ALPN_HTTP1;
-use valkyrie_protocol::Connection;
 
 use super::Shard;
 use crate::config::RecvMode;
@@ -173,6 +171,17 @@ impl Shard {
     pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
         let more = cqueue::more(flags);
+        if self
+            .conns
+            .live(slot, generation)
+            .is_some_and(|c| c.is_lingering())
+        {
+            if let Some(bid) = bid {
+                self.bufs.release(bid, res.max(0) as usize, flags);
+            }
+            self.lingering_input(slot, res, more);
+            return;
+        }
         let live = self.receiving(slot, generation);
         if res > 0 {
             if let Some(bid) = bid {
@@ -235,8 +244,11 @@ impl Shard {
             // The poll fired but another receive already took the data.
             return;
         }
-        // End of file or a transport error.
+        // End of file or a transport error: nothing more will be received.
         if let Some(c) = self.conns.get_mut(slot) {
+            if let Io::Socket(s) = &mut c.io {
+                s.recv = Recv::Ended;
+            }
             c.proto.handle_eof(self.now);
             self.mark(slot);
         }
@@ -342,7 +354,7 @@ impl Shard {
                 &mut out.buf,
                 batch,
             ),
-            _ => protocol_output(
+            _ => super::output::protocol_output(
                 &mut c.proto,
                 &self.metrics,
                 &mut answers,
@@ -441,27 +453,5 @@ impl Shard {
 
     pub(super) fn recycle_send_buf(&mut self, b: Box<Outgoing>) {
         self.send_pool.give(b, 4 * self.cfg.send_batch);
-    }
-}
-
-/// Move what `proto` has to send into `buf`: the PONGs it answers in place, then queued
-/// frames until `buf` holds `batch` bytes; each is counted, answers timed (`answers`).
-pub(super) fn protocol_output(
-    proto: &mut Connection,
-    metrics: &ShardMetrics,
-    answers: &mut Answers<'_>,
-    buf: &mut BytesMut,
-    batch: usize,
-) {
-    let before = buf.len();
-    let pongs = proto.write_answers(buf);
-    if pongs > 0 {
-        metrics.pongs_out(u64::from(pongs), (buf.len() - before) as u64);
-    }
-    while buf.len() < batch
-        && let Some(t) = proto.poll_transmit()
-    {
-        metrics.transmitted(&t, answers);
-        t.write_to(buf);
     }
 }

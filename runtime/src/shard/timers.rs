@@ -56,7 +56,7 @@ impl Timers {
         self.heap.peek().map(|Reverse((t, _, _))| self.at(*t))
     }
 
-    fn push(&mut self, t: Tick, slot: u32, generation: u32) {
+    pub(super) fn push(&mut self, t: Tick, slot: u32, generation: u32) {
         self.heap.push(Reverse((t, slot, generation)));
     }
 
@@ -122,6 +122,10 @@ impl Shard {
             }
             c.timer = None;
             any = true;
+            if c.is_lingering() {
+                self.close_now(slot);
+                continue;
+            }
             let stalled = c
                 .stalled_since()
                 .is_some_and(|s| now.saturating_duration_since(self.timers.at(s)) >= slow);

@@ -114,7 +114,7 @@ pub(super) fn flush_ws(
         return;
     }
     frames.clear();
-    super::socket::protocol_output(&mut c.proto, metrics, answers, frames, batch);
+    super::output::protocol_output(&mut c.proto, metrics, answers, frames, batch);
     w.frame(frames, buf);
     if c.proto.is_closed() && c.proto.queued_frames() == 0 {
         w.protocol_ended();

@@ -100,6 +100,8 @@ pub(crate) enum Op {
     Connect = 12,
     /// An outbound socket moved into the direct-descriptor table (the slot is the link's).
     Install = 13,
+    /// The sending side of a lingering connection shut down.
+    Shutdown = 14,
 }
 
 impl TryFrom<u8> for Op {
@@ -120,6 +122,7 @@ impl TryFrom<u8> for Op {
             11 => Op::ShmHup,
             12 => Op::Connect,
             13 => Op::Install,
+            14 => Op::Shutdown,
             other => return Err(other),
         })
     }
