@@ -1,28 +1,15 @@
 //! Security modes on a running node, over TCP and shared memory.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use valkyrie_protocol::security::noise_xk::{NoiseKeypair, NoiseXk};
 use valkyrie_protocol::security::token::{TokenClient, TokenServer};
-use valkyrie_protocol::{Config, ErrorCode, Frame, MessageType, SecurityMode};
-use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnRef, Ctx, Node, Service};
-
-/// Answers a JOB_REQUEST with its payload, and says who asked.
-struct Echo;
-impl Service for Echo {
-    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
-        if frame.msg_type() == MessageType::JobRequest {
-            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
-            let mut v = frame.payload.to_vec();
-            v.extend_from_slice(b" from ");
-            v.extend_from_slice(who.as_bytes());
-            ctx.respond(conn, &frame.header, MessageType::JobAccept, Bytes::from(v))
-                .unwrap();
-        }
-    }
-}
+use valkyrie_protocol::{Config, ErrorCode, MessageType, SecurityMode};
+use valkyrie_runtime::{Client, ClientConfig, ClientError, Node};
 
 fn client_cfg(
     mode: SecurityMode,
@@ -54,7 +41,7 @@ fn noise_xk_node_serves_tcp_and_shm_clients_and_refuses_strangers() {
             ..Config::new("control")
         })
         .shards(2)
-        .service(|_| Echo)
+        .service(|_| common::Identify)
         .start()
         .unwrap();
     let good = client_cfg(
@@ -110,7 +97,7 @@ fn token_node_accepts_the_right_secret_only() {
             ..Config::new("control")
         })
         .shards(1)
-        .service(|_| Echo)
+        .service(|_| common::Identify)
         .start()
         .unwrap();
     let good = client_cfg(
@@ -161,7 +148,7 @@ fn zero_trust_node_denies_by_policy_with_701_and_audits_it() {
         })
         .audit(audit.clone())
         .shards(1)
-        .service(|_| Echo)
+        .service(|_| common::Identify)
         .start()
         .unwrap();
     let cfg = client_cfg(

@@ -465,26 +465,6 @@ fn a_draining_node_closes_its_websockets_with_close_then_a_normal_close() {
     node.join();
 }
 
-/// Answers a JOB_REQUEST with its payload and the identity the handshake authenticated.
-struct Who;
-
-impl valkyrie_runtime::Service for Who {
-    fn on_frame(
-        &mut self,
-        ctx: &mut valkyrie_runtime::Ctx<'_>,
-        conn: valkyrie_runtime::ConnRef,
-        frame: valkyrie_protocol::Frame,
-    ) {
-        if frame.msg_type() == MessageType::JobRequest {
-            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
-            let mut v = frame.payload.to_vec();
-            v.extend_from_slice(b" from ");
-            v.extend_from_slice(who.as_bytes());
-            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, Bytes::from(v));
-        }
-    }
-}
-
 #[test]
 fn wss_inside_the_nodes_tls_carries_an_mtls_connection_with_the_certificates_identity() {
     use valkyrie_protocol::security::mtls::{self, DevPki, Mtls, rustls};
@@ -500,7 +480,7 @@ fn wss_inside_the_nodes_tls_carries_an_mtls_connection_with_the_certificates_ide
         .protocol(mtls_config("control"))
         .tls(pki.server_config(0).unwrap())
         .shards(1)
-        .service(|_| Who)
+        .service(|_| common::Identify)
         .start()
         .unwrap();
     let a = addr(&node);

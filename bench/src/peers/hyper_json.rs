@@ -18,21 +18,10 @@ use valkyrie_protocol::message::Message;
 
 /// Start hyper on an ephemeral loopback port with `workers` tokio workers.
 pub fn start(core: usize, workers: usize) -> std::io::Result<super::TokioServer> {
-    super::TokioServer::start(core, workers, |l, stop| async move {
-        tokio::select! {
-            _ = stop => {}
-            _ = async {
-                loop {
-                    let Ok((s, _)) = l.accept().await else { continue };
-                    let _ = s.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(s), service_fn(answer))
-                            .await;
-                    });
-                }
-            } => {}
-        }
+    super::TokioServer::serve_each(core, workers, |s| async move {
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(s), service_fn(answer))
+            .await;
     })
 }
 

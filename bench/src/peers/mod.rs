@@ -100,6 +100,27 @@ impl TokioServer {
             thread: Some(thread),
         })
     }
+
+    /// [`TokioServer::start`] with the accept loop every tokio peer runs: each connection
+    /// (`TCP_NODELAY` set) served by `serve` on a task of its own, until stopped.
+    pub fn serve_each<F, Fut>(core: usize, workers: usize, serve: F) -> std::io::Result<TokioServer>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Copy + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        TokioServer::start(core, workers, move |l, stop| async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = async {
+                    loop {
+                        let Ok((s, _)) = l.accept().await else { continue };
+                        let _ = s.set_nodelay(true);
+                        tokio::spawn(serve(s));
+                    }
+                } => {}
+            }
+        })
+    }
 }
 
 impl Drop for TokioServer {

@@ -2,7 +2,7 @@
 //! throughput scenario) answering PING with PONG.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The tokio echo server.
 pub struct TokioEcho;
@@ -11,16 +11,8 @@ impl TokioEcho {
     /// Start on an ephemeral loopback port: `workers == 1` is a current-thread runtime pinned
     /// to `core`; more is a multi-thread runtime with that many workers.
     pub fn start(core: usize, workers: usize) -> std::io::Result<super::TokioServer> {
-        super::TokioServer::start(core, workers, |l: TcpListener, stop| async move {
-            tokio::select! {
-                _ = stop => {}
-                _ = async {
-                    loop {
-                        let Ok((s, _)) = l.accept().await else { continue };
-                        tokio::spawn(serve(s));
-                    }
-                } => {}
-            }
+        super::TokioServer::serve_each(core, workers, |s| async move {
+            let _ = serve(s).await;
         })
     }
 }

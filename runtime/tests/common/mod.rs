@@ -16,6 +16,22 @@ impl Service for Accept {
     }
 }
 
+/// Answers a JOB_REQUEST with a JOB_ACCEPT of its payload, ` from `, and the identity the
+/// connection's handshake authenticated.
+pub struct Identify;
+
+impl Service for Identify {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        if frame.msg_type() == MessageType::JobRequest {
+            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
+            let mut v = frame.payload.to_vec();
+            v.extend_from_slice(b" from ");
+            v.extend_from_slice(who.as_bytes());
+            let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, v.into());
+        }
+    }
+}
+
 /// A node of `shards` shards running [`Accept`] on loopback `port`.
 pub fn accept_node(port: u16, shards: usize) -> Node {
     Node::builder()
