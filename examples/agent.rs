@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let job = JobRequest::from_bytes(&request.payload)?;
     println!("got {} : {}", job.job_id, job.spec);
     let accept = JobAccept {
+        epoch: 0,
         job_id: job.job_id.clone(),
         agent_id: "agent-example".into(),
     };
@@ -67,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     let done = JobComplete {
+        epoch: 0,
         job_id: job.job_id,
         exit_code: 0,
         duration_ms: started.elapsed().as_millis() as u64,

@@ -20,6 +20,8 @@ impl Service for Dispatcher {
         println!("[shard {}] agent {} connected", ctx.shard(), peer.node_id);
         self.next_job += 1;
         let job = JobRequest {
+            attempt: 0,
+            epoch: 0,
             job_id: format!("job-{}-{}", ctx.shard(), self.next_job),
             spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),
             resources: Default::default(),

@@ -83,6 +83,8 @@ fn main() {
     let start = Instant::now();
     for i in 0..JOBS {
         let job = JobRequest {
+            attempt: 0,
+            epoch: 0,
             job_id: format!("job-{i}"),
             spec: serde_json::json!({"pipeline": "build", "step": i}),
             resources: Default::default(),
@@ -101,6 +103,7 @@ fn main() {
             if let Event::Frame(f) = e {
                 let req = JobRequest::from_bytes(&f.payload).unwrap();
                 let accept = JobAccept {
+                    epoch: 0,
                     job_id: req.job_id,
                     agent_id: "agent-1".into(),
                 };

@@ -152,6 +152,8 @@ fn main() {
         .with_priority(255),
     );
     let job = JobRequest {
+        attempt: 0,
+        epoch: 0,
         job_id: "build-42".into(),
         spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),
         resources: Resources {
@@ -177,6 +179,7 @@ fn main() {
             MessageType::JobAccept,
             100,
             JobAccept {
+                epoch: 0,
                 job_id: "build-42".into(),
                 agent_id: "agent-7".into(),
             }
@@ -184,6 +187,42 @@ fn main() {
         )
         .with_flags(Flags::RESPONSE)
         .with_correlation(1),
+    );
+    emit(
+        "job-request-retry",
+        "the same job's second attempt, epoch 7: every answer about it carries the epoch back, and one with another epoch is refused by the control plane.",
+        &f(
+            MessageType::JobRequest,
+            100,
+            JobRequest {
+                attempt: 2,
+                epoch: 7,
+                job_id: "build-42".into(),
+                spec: serde_json::json!({"command": ["make"]}),
+                resources: Resources::default(),
+                priority: 128,
+                timeout_ms: 0,
+            }
+            .to_bytes(),
+        )
+        .with_flags(Flags::ACK)
+        .with_correlation(2),
+    );
+    emit(
+        "job-complete",
+        "the agent's JOB_COMPLETE for attempt 2 (epoch 7): exit code 0 after 1.5 s.",
+        &f(
+            MessageType::JobComplete,
+            100,
+            JobComplete {
+                epoch: 7,
+                job_id: "build-42".into(),
+                exit_code: 0,
+                duration_ms: 1500,
+                outputs: Default::default(),
+            }
+            .to_bytes(),
+        ),
     );
     emit(
         "stream-open",

@@ -45,6 +45,8 @@
 //!
 //! // The control plane offers a job on job stream 100 (even: the accepting side's id).
 //! let job = JobRequest {
+//!     attempt: 0,
+//!     epoch: 0,
 //!     job_id: "build-42".into(),
 //!     spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),
 //!     resources: Default::default(),
@@ -63,7 +65,7 @@
 //!         request = Some(f.header);
 //!     }
 //! }
-//! let accept = JobAccept { job_id: "build-42".into(), agent_id: "agent-7".into() };
+//! let accept = JobAccept { job_id: "build-42".into(), agent_id: "agent-7".into(), epoch: 0 };
 //! agent.respond(&request.unwrap(), MessageType::JobAccept, accept.to_bytes(), SendOptions::default()).unwrap();
 //! pump(&mut agent, &mut control, now);
 //!

@@ -136,6 +136,8 @@ proptest! {
         max_data in proptest::option::of(any::<u64>()),
     ) {
         let job = JobRequest {
+            attempt: 0,
+            epoch: 0,
             job_id,
             spec: serde_json::json!({"n": spec_n, "s": spec_s, "list": [1, 2.5, "x", null, true]}),
             resources: Resources { cpu_millis: cpu, memory_bytes: mem, ..Default::default() },

@@ -17,6 +17,7 @@ impl Service for Jobs {
         if frame.msg_type() == MessageType::JobRequest {
             let req = valkyrie_protocol::message::JobRequest::from_bytes(&frame.payload).unwrap();
             let accept = JobAccept {
+                epoch: 0,
                 job_id: req.job_id,
                 agent_id: "agent-1".into(),
             };

@@ -319,6 +319,13 @@ pub struct JobRequest {
     /// Time limit in milliseconds (0: none).
     #[serde(default)]
     pub timeout_ms: u64,
+    /// Which attempt at the job this is (1 for the first; 0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attempt: u32,
+    /// The attempt's epoch: every answer about it carries it back, and one carrying an
+    /// older epoch is refused (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_ACCEPT (0x21).
@@ -328,6 +335,9 @@ pub struct JobAccept {
     pub job_id: String,
     /// The accepting agent.
     pub agent_id: String,
+    /// The epoch of the JOB_REQUEST it answers (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_REJECT (0x22).
@@ -342,6 +352,9 @@ pub struct JobReject {
     /// When to try again, if the agent knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The epoch of the JOB_REQUEST it answers (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_START (0x23).
@@ -351,6 +364,9 @@ pub struct JobStart {
     pub job_id: String,
     /// Start time, Unix milliseconds.
     pub started_at_ms: u64,
+    /// The attempt's epoch (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_PROGRESS (0x24).
@@ -366,6 +382,9 @@ pub struct JobProgress {
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The attempt's epoch (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_COMPLETE (0x25).
@@ -380,6 +399,9 @@ pub struct JobComplete {
     /// Outputs (artifacts, results), free-form.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub outputs: Object,
+    /// The attempt's epoch (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_FAILED (0x26).
@@ -394,6 +416,9 @@ pub struct JobFailed {
     /// Whether retrying may help.
     #[serde(default)]
     pub retryable: bool,
+    /// The attempt's epoch (0: not said).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub epoch: u64,
 }
 
 /// JOB_CANCEL (0x27).
