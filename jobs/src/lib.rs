@@ -25,6 +25,7 @@
 //! ```
 
 pub mod committer;
+pub mod executor;
 pub mod model;
 pub mod scheduler;
 pub mod sqlite;
