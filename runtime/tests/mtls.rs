@@ -10,25 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use valkyrie_protocol::security::mtls::{DevPki, Mtls};
 use valkyrie_protocol::security::zero_trust::{Policy, ZeroTrust};
-use valkyrie_protocol::{Config, ErrorCode, Frame, MessageType, SecurityMode};
+use valkyrie_protocol::{Config, ErrorCode, MessageType, SecurityMode};
 use valkyrie_runtime::audit::AuditLog;
 use valkyrie_runtime::guard::GuardConfig;
-use valkyrie_runtime::{Client, ClientConfig, ClientError, ConnRef, Ctx, Node, Service};
-
-/// Answers a JOB_REQUEST with its payload and the caller's identity.
-struct Echo;
-impl Service for Echo {
-    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
-        if frame.msg_type() == MessageType::JobRequest {
-            let who = ctx.peer(conn).and_then(|p| p.identity).unwrap_or_default();
-            let mut v = frame.payload.to_vec();
-            v.extend_from_slice(b" from ");
-            v.extend_from_slice(who.as_bytes());
-            ctx.respond(conn, &frame.header, MessageType::JobAccept, Bytes::from(v))
-                .unwrap();
-        }
-    }
-}
+use valkyrie_runtime::{Client, ClientConfig, ClientError, Node};
 
 fn server_protocol(zero_trust: Option<Policy>) -> Config {
     match zero_trust {
@@ -64,7 +49,7 @@ fn node(pki: &DevPki, protocol: Config, guard: Option<GuardConfig>, audit: Arc<A
         .tls(tls)
         .audit(audit)
         .shards(2)
-        .service(|_| Echo);
+        .service(|_| common::Identify);
     if let Some(g) = guard {
         b = b.guard(g);
     }
