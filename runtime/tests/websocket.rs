@@ -430,7 +430,7 @@ fn handshakes_are_refused_with_their_status_and_origins_are_checked() {
 }
 
 #[test]
-fn a_draining_node_closes_its_websockets_with_close_then_a_normal_close() {
+fn a_draining_node_closes_its_websockets_with_close_then_going_away() {
     let node = node();
     let mut p = WsPeer::connect(&addr(&node), Config::new("leaving"));
     p.ping(b"before");
@@ -450,7 +450,7 @@ fn a_draining_node_closes_its_websockets_with_close_then_a_normal_close() {
                 p.flush();
             }
             Ok(Message::Close(Some(frame))) => {
-                assert_eq!(u16::from(frame.code), 1000);
+                assert_eq!(u16::from(frame.code), 1001, "going away");
                 break;
             }
             Ok(_) => {}

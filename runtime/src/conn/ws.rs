@@ -80,8 +80,13 @@ impl WsConn {
         }
     }
 
-    /// The protocol has ended: close normally (once the replies before it have gone).
-    pub(crate) fn protocol_ended(&mut self) {
-        self.close(close::NORMAL, "");
+    /// The protocol has ended: close normally (once the replies before it have gone), or
+    /// as "going away" (1001) when the node drains.
+    pub(crate) fn protocol_ended(&mut self, going_away: bool) {
+        if going_away {
+            self.close(close::GOING_AWAY, "the node is draining");
+        } else {
+            self.close(close::NORMAL, "");
+        }
     }
 }

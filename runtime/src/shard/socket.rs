@@ -335,6 +335,7 @@ impl Shard {
             return;
         }
         let tls = s.tls.is_some();
+        let draining = self.shutdown_deadline.is_some();
         let mut out = self.send_pool.take();
         let mut answers = Answers {
             table: &mut self.latency,
@@ -353,6 +354,7 @@ impl Shard {
                 &mut self.ws_frames,
                 &mut out.buf,
                 batch,
+                draining,
             ),
             _ => super::output::protocol_output(
                 &mut c.proto,

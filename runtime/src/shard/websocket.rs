@@ -97,7 +97,7 @@ impl Shard {
 
 /// The WebSocket part of a flush of `c`: replies and the `101` first; then, when they have
 /// all gone, the protocol's frames (at most `batch` bytes, gathered in `frames`) as binary
-/// messages, and our close once the protocol has ended.
+/// messages, and our close once the protocol has ended (1001 while the node drains).
 pub(super) fn flush_ws(
     c: &mut Conn,
     metrics: &ShardMetrics,
@@ -105,6 +105,7 @@ pub(super) fn flush_ws(
     frames: &mut BytesMut,
     buf: &mut BytesMut,
     batch: usize,
+    draining: bool,
 ) {
     let Some(w) = c.extra.as_mut().and_then(|e| e.ws.as_deref_mut()) else {
         return;
@@ -117,7 +118,7 @@ pub(super) fn flush_ws(
     super::output::protocol_output(&mut c.proto, metrics, answers, frames, batch);
     w.frame(frames, buf);
     if c.proto.is_closed() && c.proto.queued_frames() == 0 {
-        w.protocol_ended();
+        w.protocol_ended(draining);
         w.take_output(buf, usize::MAX);
     }
 }
