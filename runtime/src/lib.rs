@@ -77,7 +77,7 @@ pub use metrics::ShardMetrics;
 pub use node::{Node, NodeBuilder, Reload, ReloadError};
 pub use service::{
     Ctx, Echo, HttpAnswer, MAX_REQUESTS_IN_FLIGHT, MAX_ROUTES, MAX_SERVICE_TIMERS, NoService,
-    Reply, Route, RouteError, Service,
+    Nudger, Reply, Route, RouteError, Service,
 };
 pub use sys::raise_nofile;
 pub use uring::RingFeatures;

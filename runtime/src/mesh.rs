@@ -148,6 +148,11 @@ impl MeshTx {
     pub(crate) fn waker(&self, shard: usize) -> &Waker {
         &self.wakers[shard]
     }
+
+    /// Every shard's waker (for handles that outlive a call: `Nudger`).
+    pub(crate) fn wakers(&self) -> Arc<Vec<Waker>> {
+        self.wakers.clone()
+    }
 }
 
 /// The most memory the mesh's rings take together (see `NodeConfig::mesh_capacity`).

@@ -23,9 +23,11 @@ pub use crate::ConnRef;
 pub use echo::Echo;
 pub(crate) use http::count;
 pub use http::{HttpAnswer, MAX_ROUTES, Route};
+pub use nudger::Nudger;
 
 mod echo;
 mod http;
+mod nudger;
 use crate::conn::Conn;
 use crate::conn::table::ConnTable;
 use crate::link::{ConnectOptions, LinkId, LinkState};
@@ -170,6 +172,12 @@ impl<'a> Ctx<'a> {
     /// This shard's index.
     pub fn shard(&self) -> usize {
         self.shard
+    }
+
+    /// A handle any thread can keep to call this shard's [`Service::on_nudge`] (a store's
+    /// thread handing results back through a queue the service drains there).
+    pub fn nudger(&self) -> Nudger {
+        Nudger::new(self.mesh.wakers(), self.shard)
     }
 
     /// How many shards the node runs.
