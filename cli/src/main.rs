@@ -1,5 +1,6 @@
 //! `valkyrie`: run a node, ping one, make keys and certificates, check what a host can hold.
 
+mod control_plane;
 mod otlp;
 mod security_args;
 
@@ -81,6 +82,9 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
     },
+    /// Run a control plane: the jobs API (POST/GET /api/v1/jobs) on the durable store in
+    /// `--data`, beside the node's own endpoints.
+    ControlPlane(control_plane::ControlPlaneArgs),
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
     Keygen {
@@ -350,6 +354,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
+        Cmd::ControlPlane(args) => control_plane::run(args),
         Cmd::Keygen { what } => {
             match what {
                 KeygenCmd::Noise { name } => {

@@ -111,6 +111,21 @@ impl Committer {
         rx.recv().map_err(|_| StoreError::Stopped)
     }
 
+    /// Run `f` on the store (after every change queued before it) and hand its result to
+    /// `reply`, both on the store's thread, without waiting: false when the queue is full (a
+    /// caller that must not block — a shard — answers "busy").
+    pub fn try_read<T: 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
+        reply: impl FnOnce(T) + Send + 'static,
+    ) -> bool {
+        let Ok(tx) = self.sender() else {
+            return false;
+        };
+        tx.try_send(Request::Read(Box::new(move |s| reply(f(s)))))
+            .is_ok()
+    }
+
     /// Transactions committed so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)

@@ -27,12 +27,14 @@
 pub mod committer;
 pub mod executor;
 pub mod model;
+pub mod rest;
 pub mod scheduler;
 pub mod sqlite;
 pub mod store;
 
 pub use committer::Committer;
 pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
+pub use rest::JobsService;
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
 pub use sqlite::SqliteStore;
 pub use store::{Applied, Change, Store, StoreError};
