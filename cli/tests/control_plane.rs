@@ -3,9 +3,10 @@
 //! page; the process killed with SIGKILL and started again on the same data directory: every
 //! job it answered for is still there.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+mod common;
 
 struct Plane {
     child: Child,
@@ -19,27 +20,18 @@ impl Drop for Plane {
 }
 
 fn start(port: u16, data: &std::path::Path) -> Plane {
-    let child = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
-        .args([
-            "control-plane",
-            "--listen",
-            &format!("tcp://127.0.0.1:{port}"),
-        ])
-        .arg("--data")
-        .arg(data)
-        .args(["--shards", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let args: [&std::ffi::OsStr; 7] = [
+        "control-plane".as_ref(),
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--shards".as_ref(),
+        "2".as_ref(),
+    ];
+    let child = common::valkyrie_listening(args, port);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the control plane did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     // Ready as a probe sees it: /readyz answers 200. (Connections that arrive in the first
     // moments of a node's start can be reset — a known runtime issue — so wait as a load
     // balancer would.)
@@ -86,11 +78,7 @@ fn submit(port: u16, body: &str) -> (u16, serde_json::Value) {
 fn jobs_are_submitted_read_listed_and_survive_kill_9() {
     let data = std::env::temp_dir().join(format!("valkyrie-cp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let plane = start(port, &data);
     let (code, first) = submit(
         port,

@@ -6,37 +6,17 @@ use std::time::{Duration, Instant};
 
 use valkyrie_runtime::Client;
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+mod common;
+use common::{free_port, valkyrie_listening, wait_until};
 
 /// `valkyrie node --listen tcp://127.0.0.1:PORT EXTRA...` on a free port, once it listens:
 /// the process, the port and the URL.
 fn spawn_node(extra: &[&str]) -> (std::process::Child, u16, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
-        .args(["node", "--listen", &url])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the node to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (node, port, url)
+    let mut args = vec!["node", "--listen", &url];
+    args.extend_from_slice(extra);
+    (valkyrie_listening(args, port), port, url)
 }
 
 #[test]
@@ -189,11 +169,7 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_ones() {
     ] {
         std::fs::copy(dir.join(from), dir.join(to)).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
         .args([

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use bytes::Bytes;
 use valkyrie_protocol::frame::TraceContext;
 use valkyrie_protocol::{Event, Flags, MessageType, SendOptions};
 use valkyrie_runtime::Client;
+
+mod common;
 
 /// The spans every export delivered, as JSON values.
 type Spans = Arc<Mutex<Vec<serde_json::Value>>>;
@@ -69,14 +71,6 @@ fn serve(stream: TcpStream, spans: Spans) {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -115,27 +109,21 @@ fn traced_requests_are_exported_as_spans_of_the_callers_trace() {
     let spans: Spans = Arc::default();
     let s2 = spans.clone();
     std::thread::spawn(move || collector(listener, s2));
-    let port = free_port();
+    let port = common::free_port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
-        .args([
+    let mut node = common::valkyrie_listening(
+        [
             "node",
             "--listen",
             &url,
             "--echo",
             "--node-id",
             "traced-node",
-        ])
-        .args(["--otlp", &otlp])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the node did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            "--otlp",
+            &otlp,
+        ],
+        port,
+    );
 
     // A binary request with the TRACE flag.
     let ctx = TraceContext {
