@@ -1,6 +1,7 @@
 //! `valkyrie`: run a node, ping one, make keys and certificates, check what a host can hold.
 
 mod control_plane;
+mod job_cmd;
 mod otlp;
 mod security_args;
 
@@ -85,6 +86,12 @@ enum Cmd {
     /// Run a control plane: the jobs API (POST/GET /api/v1/jobs) on the durable store in
     /// `--data`, beside the node's own endpoints.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// The jobs API of a control plane: `submit URL -- CMD ARGS...`, `status URL ID`,
+    /// `list URL [--state S]`.
+    Job {
+        #[command(subcommand)]
+        cmd: job_cmd::JobCmd,
+    },
     /// Create key material: `noise NAME`, `pq NAME`, `token FILE --key-id ID`, `ca NAME`,
     /// `cert NAME --ca CA --name DNS --role server|client`.
     Keygen {
@@ -355,6 +362,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Cmd::ControlPlane(args) => control_plane::run(args),
+        Cmd::Job { cmd } => job_cmd::run(cmd),
         Cmd::Keygen { what } => {
             match what {
                 KeygenCmd::Noise { name } => {

@@ -126,6 +126,33 @@ fn jobs_are_submitted_read_listed_and_survive_kill_9() {
     let (_, rest) = curl(port, &[], &format!("/api/v1/jobs?limit=4&after={next}"));
     assert_eq!(rest["jobs"].as_array().unwrap().len(), 2);
     assert!(rest["next"].is_null());
+    // The same through `valkyrie job`.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+            .arg("job")
+            .args(args)
+            .output()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), json)
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let (ok, made) = cli(&[
+        "submit", &base, "--key", "cli-1", "--label", "linux", "--", "make", "test",
+    ]);
+    assert!(ok, "{made}");
+    let cli_id = made["job_id"].as_str().unwrap().to_owned();
+    ids.push(cli_id.clone());
+    let (ok, job) = cli(&["status", &base, &cli_id]);
+    assert!(ok);
+    assert_eq!(job["spec"]["command"], serde_json::json!(["make", "test"]));
+    assert_eq!(job["spec"]["labels"], serde_json::json!(["linux"]));
+    let (ok, list) = cli(&["list", &base, "--state", "queued", "--limit", "100"]);
+    assert!(ok);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), ids.len());
+    let (ok, _) = cli(&["status", &base, "j-none"]);
+    assert!(!ok, "a 404 is an error");
     // Not yet: the agents' verbs.
     let (code, _) = curl(port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/cancel"));
     assert_eq!(code, 501);
