@@ -70,8 +70,8 @@ impl Shard {
         self.timers.push(until, slot, generation);
     }
 
-    /// A receive completion of a lingering connection: what arrived is dropped; the peer's
-    /// end of stream (or an error) closes it. `bid` is the buffer to give back.
+    /// A receive completion of a lingering connection (its buffer already given back): what
+    /// arrived is dropped; the peer's end of stream (or an error) closes it.
     pub(super) fn lingering_input(&mut self, slot: u32, res: i32, more: bool) {
         if res > 0 || res == -libc::ENOBUFS {
             if !more {

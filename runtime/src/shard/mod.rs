@@ -458,9 +458,7 @@ impl Shard {
     /// Microseconds from the shard's start to now, wrapping (what a connection's
     /// `opened_us` holds; differences of two are right up to 71 minutes).
     pub(super) fn now_us(&self) -> u32 {
-        self.now
-            .saturating_duration_since(self.timers.epoch())
-            .as_micros() as u32
+        micros_since(self.timers.epoch(), self.now)
     }
 
     /// Stamp this loop turn for `/healthz`: one comparison a turn, one relaxed store every
@@ -474,4 +472,10 @@ impl Shard {
                 .store(self.node.ms(self.now), std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Microseconds from `epoch` to `now`, wrapping (a shard's `now_us`, spelled as a function of
+/// its parts for code that holds a connection borrowed from the shard).
+pub(super) fn micros_since(epoch: std::time::Instant, now: std::time::Instant) -> u32 {
+    now.saturating_duration_since(epoch).as_micros() as u32
 }

@@ -100,11 +100,8 @@ impl Shard {
             Event::Connected(peer) => {
                 c.connected = true;
                 c.fresh = true;
-                // `now_us` spelled out: the fields, not `&self` (the connection is borrowed).
-                let now_us = self
-                    .now
-                    .saturating_duration_since(self.timers.epoch())
-                    .as_micros() as u32;
+                // From the fields, not `&self`: the connection is borrowed.
+                let now_us = super::micros_since(self.timers.epoch(), self.now);
                 let took = now_us.wrapping_sub(c.opened_us);
                 let mode = peer.security.as_str();
                 let i = crate::metrics::SECURITY_LABELS
@@ -141,10 +138,7 @@ impl Shard {
                 }
                 let h = &f.header;
                 if h.correlation_id != 0 && !h.flags.contains(Flags::RESPONSE) {
-                    let at = self
-                        .now
-                        .saturating_duration_since(self.timers.epoch())
-                        .as_micros() as u32;
+                    let at = super::micros_since(self.timers.epoch(), self.now);
                     self.latency.request_in(
                         slot,
                         conn.generation,

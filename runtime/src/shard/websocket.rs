@@ -69,7 +69,7 @@ impl Shard {
         // Answers to earlier requests not yet sent go first, then the 101.
         let mut out = std::mem::take(&mut h.out);
         answer.write(true, false, &mut out);
-        let mut w = WsConn::new(out, max_message);
+        let w = WsConn::new(out, max_message);
         let early = h.reader.take_buffered();
         c.proto = proto;
         if let Some(identity) = h.identity {
@@ -79,16 +79,11 @@ impl Shard {
         self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
         c.transport = WS;
         self.metrics.connections_active[WS as usize].fetch_add(1, Ordering::Relaxed);
+        c.extra.get_or_insert_with(Box::default).ws = Some(Box::new(w));
         // Frames a client sent right behind its handshake.
         if !early.is_empty() {
-            let mut plain = Vec::new();
-            let ended = w.receive(&early, &mut plain).unwrap_or(true);
-            c.proto.handle_input(&plain, now);
-            if ended {
-                c.proto.handle_eof(now);
-            }
+            deliver(c, &early, &mut self.ws_plain, now);
         }
-        c.extra.get_or_insert_with(Box::default).ws = Some(Box::new(w));
         crate::service::count(&self.metrics, 101);
         self.mark(slot);
         None
