@@ -1,19 +1,21 @@
 //! The embedded store: SQLite (bundled: no system library) in WAL mode with
 //! `synchronous=FULL`, so that a committed transaction is on disk when `commit` returns — it
-//! survives kill -9 of the process and a power cut. The schema is versioned (`user_version`)
-//! and created or migrated when the store opens.
+//! survives kill -9 of the process and a power cut. The schema is versioned (`user_version`):
+//! a new file gets every migration in order, an older one the migrations it lacks, when the
+//! store opens. How each change is applied is in `apply`.
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::model::{Attempt, Job, JobSpec, JobState};
-use crate::store::{Applied, Change, Store, StoreError};
+use crate::store::{Applied, Change, LogPage, Store, StoreError};
 
-/// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+mod apply;
 
-const SCHEMA: &str = "
+/// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -40,7 +42,28 @@ CREATE TABLE attempts (
     reason TEXT,
     PRIMARY KEY (job, attempt)
 );
-";
+",
+    // Retries counted apart from attempts (a rejected attempt is not a failure), cancels
+    // that wait for a running attempt, and the jobs' output.
+    "
+ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN log_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET max_attempts = coalesce(json_extract(spec, '$.max_attempts'), 1);
+CREATE TABLE logs (
+    job TEXT NOT NULL REFERENCES jobs (id),
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (job, first_seq)
+) WITHOUT ROWID;
+",
+];
+
+/// Log bytes kept per job unless told otherwise ([`SqliteStore::with_log_cap`]).
+pub const DEFAULT_LOG_CAP: u64 = 64 * 1024 * 1024;
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -49,6 +72,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 /// The embedded store, in one file.
 pub struct SqliteStore {
     conn: Connection,
+    log_cap: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -60,9 +84,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Open (or create) the store in `path`.
+    /// Open (or create) the store in `path`, migrating an older schema.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -71,166 +95,32 @@ impl SqliteStore {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db)?;
-        match version {
-            0 => {
-                conn.execute_batch(SCHEMA).map_err(db)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(db)?;
-            }
-            SCHEMA_VERSION => {}
-            newer => {
-                return Err(StoreError::Database(format!(
-                    "{} has schema version {newer}; this build knows up to {SCHEMA_VERSION}",
-                    path.display()
-                )));
-            }
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::Database(format!(
+                "{} has schema version {version}; this build knows up to {known}",
+                path.display()
+            )));
         }
-        Ok(SqliteStore { conn })
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            // Each migration and its version number in one transaction.
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(SqliteStore {
+            conn,
+            log_cap: DEFAULT_LOG_CAP,
+        })
     }
 
-    fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<Applied, StoreError> {
-        match change {
-            Change::Submit { job_id, spec, at } => {
-                if let Some(key) = &spec.idempotency_key {
-                    let first: Option<String> = tx
-                        .prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")
-                        .map_err(db)?
-                        .query_row([key], |r| r.get(0))
-                        .optional()
-                        .map_err(db)?;
-                    if let Some(first) = first {
-                        return Ok(Applied::Submitted {
-                            job_id: first,
-                            created: false,
-                        });
-                    }
-                }
-                let text =
-                    serde_json::to_string(spec).map_err(|e| StoreError::Database(e.to_string()))?;
-                tx.prepare_cached(
-                    "INSERT INTO jobs (id, idempotency_key, spec, state, priority, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5)",
-                )
-                .map_err(db)?
-                .execute(params![job_id, spec.idempotency_key, text, spec.priority, *at as i64])
-                .map_err(db)?;
-                Ok(Applied::Submitted {
-                    job_id: job_id.clone(),
-                    created: true,
-                })
-            }
-            Change::Assign { job_id, agent, at } => {
-                let Some((state, epoch, attempts)) = Self::head(tx, job_id)? else {
-                    return Ok(Applied::NotFound);
-                };
-                if state != JobState::Queued {
-                    return Ok(Applied::Refused { state });
-                }
-                let (epoch, attempt) = (epoch + 1, attempts + 1);
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = 'assigned', epoch = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![job_id, epoch as i64, attempt, *at as i64])
-                .map_err(db)?;
-                tx.prepare_cached(
-                    "INSERT INTO attempts (job, attempt, agent, epoch, state) VALUES (?1, ?2, ?3, ?4, 'assigned')",
-                )
-                .map_err(db)?
-                .execute(params![job_id, attempt, agent, epoch as i64])
-                .map_err(db)?;
-                Ok(Applied::Assigned { attempt, epoch })
-            }
-            Change::Start { job_id, epoch, at } => {
-                let Some((state, current, _)) = Self::head(tx, job_id)? else {
-                    return Ok(Applied::NotFound);
-                };
-                if *epoch != current {
-                    return Ok(Applied::Stale { current });
-                }
-                match state {
-                    JobState::Running => return Ok(Applied::Done),
-                    JobState::Assigned => {}
-                    other => return Ok(Applied::Refused { state: other }),
-                }
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = 'running', updated_ms = ?2 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![job_id, *at as i64])
-                .map_err(db)?;
-                tx.prepare_cached(
-                    "UPDATE attempts SET state = 'running', started_ms = ?3 WHERE job = ?1 AND epoch = ?2",
-                )
-                .map_err(db)?
-                .execute(params![job_id, *epoch as i64, *at as i64])
-                .map_err(db)?;
-                Ok(Applied::Done)
-            }
-            Change::End {
-                job_id,
-                epoch,
-                state,
-                exit_code,
-                signal,
-                reason,
-                at,
-            } => {
-                let Some((now, current, _)) = Self::head(tx, job_id)? else {
-                    return Ok(Applied::NotFound);
-                };
-                if *epoch != current {
-                    return Ok(Applied::Stale { current });
-                }
-                if now.is_final() || now == JobState::Queued {
-                    return Ok(Applied::Refused { state: now });
-                }
-                // A retry ends the attempt as failed and queues the job again.
-                let attempt_state = if *state == JobState::Queued {
-                    JobState::Failed
-                } else {
-                    *state
-                };
-                let final_code = state.is_final().then_some(*exit_code).flatten();
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = ?2, exit_code = ?3, updated_ms = ?4 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![job_id, state.as_str(), final_code, *at as i64])
-                .map_err(db)?;
-                tx.prepare_cached(
-                    "UPDATE attempts SET state = ?3, ended_ms = ?4, exit_code = ?5, signal = ?6, reason = ?7
-                     WHERE job = ?1 AND epoch = ?2",
-                )
-                .map_err(db)?
-                .execute(params![
-                    job_id,
-                    *epoch as i64,
-                    attempt_state.as_str(),
-                    *at as i64,
-                    exit_code,
-                    signal,
-                    reason
-                ])
-                .map_err(db)?;
-                Ok(Applied::Done)
-            }
-        }
-    }
-
-    /// A job's state, epoch and attempt count.
-    fn head(
-        tx: &rusqlite::Transaction<'_>,
-        job_id: &str,
-    ) -> Result<Option<(JobState, u64, u32)>, StoreError> {
-        let row: Option<(String, i64, u32)> = tx
-            .prepare_cached("SELECT state, epoch, attempts FROM jobs WHERE id = ?1")
-            .map_err(db)?
-            .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .map_err(db)?;
-        row.map(|(state, epoch, attempts)| Ok((parse_state(&state)?, epoch as u64, attempts)))
-            .transpose()
+    /// Keep at most `bytes` of each job's output: lines past it are acknowledged but not
+    /// kept, and one line says so.
+    pub fn with_log_cap(mut self, bytes: u64) -> SqliteStore {
+        self.log_cap = bytes;
+        self
     }
 
     /// Read the jobs a query selects (columns: id, spec, state, epoch, exit_code,
@@ -321,7 +211,7 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction().map_err(db)?;
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            out.push(Self::apply(&tx, change)?);
+            out.push(apply::apply(&tx, change, self.log_cap)?);
         }
         tx.commit().map_err(db)?;
         Ok(out)
@@ -351,6 +241,39 @@ impl Store for SqliteStore {
                 self.read_jobs(&sql, &[&after, &limit])
             }
         }
+    }
+
+    fn logs(&mut self, job_id: &str, from: u64, max_bytes: usize) -> Result<LogPage, StoreError> {
+        let from = from.max(1);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seq, last_seq, text FROM logs WHERE job = ?1 AND last_seq >= ?2
+                 ORDER BY first_seq",
+            )
+            .map_err(db)?;
+        let mut rows = stmt.query(params![job_id, from as i64]).map_err(db)?;
+        let mut page = LogPage {
+            ndjson: String::new(),
+            next: from,
+        };
+        while let Some(row) = rows.next().map_err(db)? {
+            if page.ndjson.len() >= max_bytes {
+                break;
+            }
+            let (first, last, text): (i64, i64, String) =
+                (row.get(0).map_err(db)?, row.get(1).map_err(db)?, row.get(2).map_err(db)?);
+            let (first, last) = (first as u64, last as u64);
+            // A chunk's lines are numbered first..=last, one per line of its text.
+            let skip = from.saturating_sub(first) as usize;
+            let mut rest = text.as_str();
+            for _ in 0..skip {
+                rest = rest.split_once('\n').map_or("", |(_, r)| r);
+            }
+            page.ndjson.push_str(rest);
+            page.next = last + 1;
+        }
+        Ok(page)
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError> {

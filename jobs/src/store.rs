@@ -54,8 +54,10 @@ pub enum Change {
         /// Now.
         at: u64,
     },
-    /// The attempt of `epoch` ended. A final `state` ends the job; `Queued` puts it back in
-    /// the queue for another attempt (a failure with attempts left, a lost agent).
+    /// The attempt of `epoch` ended. A final `state` ends the job; `Queued` asks for another
+    /// attempt (a failure that may be retried, a lost agent): the job is queued again while
+    /// failures are fewer than its `max_attempts`, and fails otherwise. A job cancelled
+    /// while the attempt ran ends `cancelled` whatever the attempt says.
     End {
         /// The job.
         job_id: String,
@@ -73,6 +75,62 @@ pub enum Change {
         /// Now.
         at: u64,
     },
+    /// Give a job back to the queue without counting a failure: the agent rejected it
+    /// (it goes to another) or it is being moved ([`JobState`] stays within its attempts).
+    Requeue {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+        /// Now.
+        at: u64,
+    },
+    /// Cancel a job: a queued or idle paused one ends `cancelled` now; one with an attempt
+    /// running is marked, and ends `cancelled` when that attempt ends (however it ends).
+    Cancel {
+        /// The job.
+        job_id: String,
+        /// Now.
+        at: u64,
+    },
+    /// Pause a job: a queued one is held out of the queue; a running one is stopped.
+    Pause {
+        /// The job.
+        job_id: String,
+        /// Now.
+        at: u64,
+    },
+    /// Resume a paused job: back to the queue, or running again where its attempt was.
+    Resume {
+        /// The job.
+        job_id: String,
+        /// Now.
+        at: u64,
+    },
+    /// Lines of a job's output from the attempt of `epoch`, numbered from `first_seq` on.
+    /// Lines the store already holds are skipped (a batch sent again after a reconnect);
+    /// a batch that would leave a gap is refused.
+    Log {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// The first line's number in the job's output.
+        first_seq: u64,
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+}
+
+/// One line of a job's output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// `"stdout"` or `"stderr"`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub line: String,
 }
 
 /// What a change did.
@@ -92,6 +150,28 @@ pub enum Applied {
         attempt: u32,
         /// Its epoch.
         epoch: u64,
+        /// The number of the last line of its output stored so far: this attempt's lines
+        /// are numbered on from it.
+        log_seq: u64,
+    },
+    /// The attempt ended, and the job with it or not: where the job is now (`Queued` for
+    /// another attempt, or its final state).
+    Ended {
+        /// Its state now.
+        state: JobState,
+    },
+    /// A pause, resume or cancel took: the job's state now, and whether an attempt of it is
+    /// on an agent (which the control plane then signals).
+    Moved {
+        /// Its state now.
+        state: JobState,
+        /// The epoch of its attempt on an agent, when one is there.
+        running: Option<u64>,
+    },
+    /// Lines stored: the number of the last line the store holds for the job.
+    Logged {
+        /// The highest line number stored.
+        acked: u64,
     },
     /// Done.
     Done,
@@ -108,6 +188,15 @@ pub enum Applied {
         /// Its state.
         state: JobState,
     },
+}
+
+/// A page of a job's output ([`Store::logs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogPage {
+    /// NDJSON, one line of output per line.
+    pub ndjson: String,
+    /// The number to ask from next.
+    pub next: u64,
 }
 
 /// A durable store of jobs and their attempts.
@@ -127,6 +216,11 @@ pub trait Store: Send + 'static {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<Job>, StoreError>;
+
+    /// A job's stored output from line `from` on, as NDJSON lines
+    /// (`{"seq":N,"stream":"stdout","line":"..."}`), about `max_bytes` at most (whole chunks
+    /// as they were stored; at least one when there is one).
+    fn logs(&mut self, job_id: &str, from: u64, max_bytes: usize) -> Result<LogPage, StoreError>;
 
     /// The queued jobs a scheduler should consider first: highest priority, then oldest;
     /// at most `limit`.

@@ -70,7 +70,8 @@ fn a_job_lives_through_its_attempts_and_stale_results_are_refused() {
         c.apply(assign("a", 1001)).unwrap(),
         Applied::Assigned {
             attempt: 1,
-            epoch: 1
+            epoch: 1,
+            log_seq: 0
         }
     );
     assert_eq!(
@@ -98,14 +99,17 @@ fn a_job_lives_through_its_attempts_and_stale_results_are_refused() {
     assert_eq!(
         c.apply(end(1, JobState::Queued, None, "agent lost", 1003))
             .unwrap(),
-        Applied::Done
+        Applied::Ended {
+            state: JobState::Queued
+        }
     );
     // Second attempt on agent b, succeeds; agent a's late result is refused.
     assert_eq!(
         c.apply(assign("b", 1004)).unwrap(),
         Applied::Assigned {
             attempt: 2,
-            epoch: 2
+            epoch: 2,
+            log_seq: 0
         }
     );
     assert_eq!(c.apply(start(2, 1005)).unwrap(), Applied::Done);
@@ -118,7 +122,9 @@ fn a_job_lives_through_its_attempts_and_stale_results_are_refused() {
     assert_eq!(
         c.apply(end(2, JobState::Succeeded, Some(0), "exited", 1007))
             .unwrap(),
-        Applied::Done
+        Applied::Ended {
+            state: JobState::Succeeded
+        }
     );
     assert_eq!(
         c.apply(end(2, JobState::Failed, Some(1), "again", 1008))
