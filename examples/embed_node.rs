@@ -21,6 +21,7 @@ impl Service for Dispatcher {
         self.next_job += 1;
         let job = JobRequest {
             attempt: 0,
+            log_from: 0,
             epoch: 0,
             job_id: format!("job-{}-{}", ctx.shard(), self.next_job),
             spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),

@@ -1,11 +1,13 @@
-//! `valkyrie control-plane`: a node running the jobs service on its port — the REST jobs API
-//! beside the node's own endpoints — on the durable store in its data directory. (Agents and
-//! dispatch come with the rest of issue 18.)
+//! `valkyrie control-plane`: a node running the control plane on its port — agents' job
+//! streams, the REST jobs API beside the node's own endpoints — on the durable store in its
+//! data directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use valkyrie_jobs::{Committer, JobsService, SqliteStore};
+use std::time::Duration;
+
+use valkyrie_jobs::{Committer, ControlConfig, ControlPlane, Policy, SqliteStore};
 use valkyrie_runtime::Node;
 
 /// The control plane's flags.
@@ -23,16 +25,40 @@ pub(crate) struct ControlPlaneArgs {
     /// Changes and reads waiting for the store's thread, at most.
     #[arg(long, default_value_t = 65_536)]
     store_queue: usize,
+    /// How long an agent may go unheard before its jobs go to others, in milliseconds
+    /// (agents announce themselves every second by default).
+    #[arg(long, default_value_t = 3000)]
+    lease_ms: u64,
+    /// How an agent is chosen among those that fit: least-loaded or round-robin.
+    #[arg(long, default_value = "least-loaded")]
+    policy: String,
+    /// Bytes of each job's output kept at most.
+    #[arg(long, default_value_t = valkyrie_jobs::sqlite::DEFAULT_LOG_CAP)]
+    log_cap: u64,
 }
 
 /// Run it until SIGINT or SIGTERM (the store's last commits are flushed on the way out).
 pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data)?;
     let path = args.data.join("jobs.db");
-    let store = SqliteStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let store = SqliteStore::open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .with_log_cap(args.log_cap);
     let committer = Arc::new(Committer::spawn(store, args.store_queue));
-    let c = committer.clone();
-    let mut b = Node::builder().service(move |shard| JobsService::new(c.clone(), shard));
+    let policy = match args.policy.as_str() {
+        "least-loaded" => Policy::LeastLoaded,
+        "round-robin" => Policy::RoundRobin,
+        other => return Err(format!("unknown policy {other:?}: least-loaded or round-robin").into()),
+    };
+    let cp = ControlPlane::new(
+        committer,
+        ControlConfig {
+            lease: Duration::from_millis(args.lease_ms),
+            policy,
+            ..ControlConfig::default()
+        },
+    );
+    let mut b = Node::builder().service(move |shard| cp.service(shard));
     for url in &args.listen {
         b = b.listen(url)?;
     }

@@ -1,5 +1,6 @@
 //! `valkyrie`: run a node, ping one, make keys and certificates, check what a host can hold.
 
+mod agent;
 mod control_plane;
 mod job_cmd;
 mod otlp;
@@ -83,11 +84,14 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
     },
-    /// Run a control plane: the jobs API (POST/GET /api/v1/jobs) on the durable store in
-    /// `--data`, beside the node's own endpoints.
+    /// Run a control plane: agents' job streams and the jobs API (/api/v1/jobs,
+    /// /api/v1/agents) on the durable store in `--data`, beside the node's own endpoints.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Run an agent: `--connect URL[,URL...] --id NAME --labels a,b --slots N --work DIR`.
+    Agent(agent::AgentArgs),
     /// The jobs API of a control plane: `submit URL -- CMD ARGS...`, `status URL ID`,
-    /// `list URL [--state S]`.
+    /// `list URL [--state S]`, `cancel|pause|resume URL ID`, `logs URL ID [--follow]`,
+    /// `agents URL`.
     Job {
         #[command(subcommand)]
         cmd: job_cmd::JobCmd,
@@ -362,6 +366,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Cmd::ControlPlane(args) => control_plane::run(args),
+        Cmd::Agent(args) => agent::run(args),
         Cmd::Job { cmd } => job_cmd::run(cmd),
         Cmd::Keygen { what } => {
             match what {

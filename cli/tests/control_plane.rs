@@ -36,7 +36,7 @@ fn start(port: u16, data: &std::path::Path) -> Plane {
     // this port was killed, the kernel still holds its connections (TIME_WAIT), and a new
     // connection whose four-tuple meets one of them can be reset: wait as a load balancer
     // would. (With a fresh port each time no connection is reset: 0 of 15 tries.)
-    while curl(port, &[], "/readyz").0 != 200 {
+    while common::curl(port, &[], "/readyz").0 != 200 {
         assert!(
             Instant::now() < deadline,
             "the control plane did not become ready"
@@ -46,22 +46,8 @@ fn start(port: u16, data: &std::path::Path) -> Plane {
     Plane { child }
 }
 
-/// `curl` with `args` against `path`: the status and the JSON body.
-fn curl(port: u16, args: &[&str], path: &str) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (code.trim().parse().unwrap_or(0), json)
-}
-
 fn submit(port: u16, body: &str) -> (u16, serde_json::Value) {
-    curl(
+    common::curl(
         port,
         &[
             "-X",
@@ -105,15 +91,15 @@ fn jobs_are_submitted_read_listed_and_survive_kill_9() {
         assert_eq!(code, 201);
         ids.push(j["job_id"].as_str().unwrap().to_owned());
     }
-    let (code, job) = curl(port, &[], &format!("/api/v1/jobs/{id}"));
+    let (code, job) = common::curl(port, &[], &format!("/api/v1/jobs/{id}"));
     assert_eq!(code, 200);
     assert_eq!(job["state"], "queued");
     assert_eq!(job["spec"]["command"][1], "-j8");
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(0));
-    let (code, _) = curl(port, &[], "/api/v1/jobs/j0000000000000000000");
+    let (code, _) = common::curl(port, &[], "/api/v1/jobs/j0000000000000000000");
     assert_eq!(code, 404);
     // Pages of four, in submission order.
-    let (code, page) = curl(port, &[], "/api/v1/jobs?state=queued&limit=4");
+    let (code, page) = common::curl(port, &[], "/api/v1/jobs?state=queued&limit=4");
     assert_eq!(code, 200);
     let listed: Vec<&str> = page["jobs"]
         .as_array()
@@ -123,7 +109,7 @@ fn jobs_are_submitted_read_listed_and_survive_kill_9() {
         .collect();
     assert_eq!(listed.len(), 4);
     let next = page["next"].as_str().unwrap().to_owned();
-    let (_, rest) = curl(port, &[], &format!("/api/v1/jobs?limit=4&after={next}"));
+    let (_, rest) = common::curl(port, &[], &format!("/api/v1/jobs?limit=4&after={next}"));
     assert_eq!(rest["jobs"].as_array().unwrap().len(), 2);
     assert!(rest["next"].is_null());
     // The same through `valkyrie job`.
@@ -153,14 +139,16 @@ fn jobs_are_submitted_read_listed_and_survive_kill_9() {
     assert_eq!(list["jobs"].as_array().unwrap().len(), ids.len());
     let (ok, _) = cli(&["status", &base, "j-none"]);
     assert!(!ok, "a 404 is an error");
-    // Not yet: the agents' verbs.
-    let (code, _) = curl(port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/cancel"));
-    assert_eq!(code, 501);
+    // No agent took it: a cancel ends it now; a second is refused.
+    let (code, c) = common::curl(port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/cancel"));
+    assert_eq!((code, c["state"].as_str()), (200, Some("cancelled")), "{c}");
+    let (code, _) = common::curl(port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/cancel"));
+    assert_eq!(code, 409);
 
     // SIGKILL, and again on the same data: every job answered for is there.
     drop(plane);
     let plane = start(port, &data);
-    let (code, all) = curl(port, &[], "/api/v1/jobs?limit=100");
+    let (code, all) = common::curl(port, &[], "/api/v1/jobs?limit=100");
     assert_eq!(code, 200);
     let after: Vec<String> = all["jobs"]
         .as_array()

@@ -24,17 +24,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod agent;
 pub mod committer;
+pub mod control;
 pub mod executor;
 pub mod model;
 pub mod rest;
 pub mod scheduler;
 pub mod sqlite;
 pub mod store;
+pub mod wire;
 
 pub use committer::Committer;
 pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
-pub use rest::JobsService;
+pub use control::{ControlConfig, ControlPlane, JobsService};
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
 pub use sqlite::SqliteStore;
 pub use store::{Applied, Change, LogLine, LogPage, Store, StoreError};

@@ -31,6 +31,10 @@ pub struct JobSpec {
     /// Attempts in all before a failure is final (at least 1).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// The wait before the first retry, in milliseconds (it doubles each retry, to 60 s at
+    /// most: the protocol crate's exponential backoff).
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
     /// Submitting twice with the same key returns the first job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -48,6 +52,10 @@ pub struct JobSpec {
 
 fn default_priority() -> u8 {
     128
+}
+
+fn default_backoff() -> u64 {
+    1000
 }
 
 fn default_attempts() -> u32 {

@@ -148,20 +148,44 @@ impl Scheduler {
     }
 
     /// An agent connected (or announced itself again: its labels and slots are replaced,
-    /// the jobs it runs kept).
+    /// the jobs it runs kept). A new agent takes on the jobs [`Scheduler::restore`] gave it.
     pub fn agent_up(&mut self, info: AgentInfo) {
         match self.agents.get_mut(&info.id) {
             Some(a) => a.info = info,
             None => {
-                self.agents.insert(
-                    info.id.clone(),
-                    Agent {
-                        info,
-                        running: HashSet::new(),
-                    },
-                );
+                let running = self
+                    .assigned
+                    .iter()
+                    .filter(|(_, (agent, _))| *agent == info.id)
+                    .map(|(job, _)| job.clone())
+                    .collect();
+                self.agents.insert(info.id.clone(), Agent { info, running });
             }
         }
+    }
+
+    /// A job the store says is on `agent` (found when the control plane starts again): held
+    /// as assigned there, its slot and group taken, until it ends or the agent is lost.
+    pub fn restore(&mut self, job: Queued, agent: &str) {
+        self.dequeue(&job.job_id);
+        if let Some(g) = &job.group {
+            self.busy_groups.insert(g.clone());
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.running.insert(job.job_id.clone());
+        }
+        self.assigned
+            .insert(job.job_id, (agent.to_owned(), job.group));
+    }
+
+    /// The agents it knows, by id: each with the jobs it runs.
+    pub fn agents(&self) -> impl Iterator<Item = (&AgentInfo, usize)> {
+        self.agents.values().map(|a| (&a.info, a.running.len()))
+    }
+
+    /// The agent `job_id` is assigned to.
+    pub fn agent_of(&self, job_id: &str) -> Option<&str> {
+        self.assigned.get(job_id).map(|(a, _)| a.as_str())
     }
 
     /// An agent is gone (its lease expired): the jobs it was running, which the control

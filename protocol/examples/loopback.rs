@@ -84,6 +84,7 @@ fn main() {
     for i in 0..JOBS {
         let job = JobRequest {
             attempt: 0,
+            log_from: 0,
             epoch: 0,
             job_id: format!("job-{i}"),
             spec: serde_json::json!({"pipeline": "build", "step": i}),

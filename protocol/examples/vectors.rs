@@ -153,6 +153,7 @@ fn main() {
     );
     let job = JobRequest {
         attempt: 0,
+        log_from: 0,
         epoch: 0,
         job_id: "build-42".into(),
         spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),
@@ -196,6 +197,7 @@ fn main() {
             100,
             JobRequest {
                 attempt: 2,
+                log_from: 0,
                 epoch: 7,
                 job_id: "build-42".into(),
                 spec: serde_json::json!({"command": ["make"]}),

@@ -46,6 +46,7 @@
 //! // The control plane offers a job on job stream 100 (even: the accepting side's id).
 //! let job = JobRequest {
 //!     attempt: 0,
+//!     log_from: 0,
 //!     epoch: 0,
 //!     job_id: "build-42".into(),
 //!     spec: serde_json::json!({"pipeline": "build-test-deploy", "branch": "main"}),

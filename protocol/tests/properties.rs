@@ -137,6 +137,7 @@ proptest! {
     ) {
         let job = JobRequest {
             attempt: 0,
+            log_from: 0,
             epoch: 0,
             job_id,
             spec: serde_json::json!({"n": spec_n, "s": spec_s, "list": [1, 2.5, "x", null, true]}),

@@ -1,11 +1,13 @@
-//! What the CLI's test binaries share: a free loopback port, waiting for a condition, and
-//! the `valkyrie` binary started with arguments and waited for until it listens.
+//! What the CLI's test binaries share: a free loopback port, waiting for a condition, the
+//! `valkyrie` binary started with arguments and waited for until it listens, and curl.
 #![allow(dead_code, unreachable_pub)]
 
 use std::ffi::OsStr;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod jobs;
 
 /// A loopback port nothing listens on (bound, then let go).
 pub fn free_port() -> u16 {
@@ -44,4 +46,19 @@ where
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     child
+}
+
+/// `curl` with `args` against `path` on loopback `port`: the status and the JSON body (Null
+/// when it is not JSON).
+pub fn curl(port: u16, args: &[&str], path: &str) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (code.trim().parse().unwrap_or(0), json)
 }

@@ -326,6 +326,10 @@ pub struct JobRequest {
     /// older epoch is refused (0: not said).
     #[serde(default, skip_serializing_if = "is_default")]
     pub epoch: u64,
+    /// The number the attempt's first line of output takes in the job's log (lines of
+    /// earlier attempts come before it; 0 or absent: 1).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log_from: u64,
 }
 
 /// JOB_ACCEPT (0x21).

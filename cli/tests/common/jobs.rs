@@ -1,0 +1,219 @@
+//! A control plane and agents as processes, for the jobs tests: started on loopback, each
+//! writing its log to a file in the test's directory, killed with SIGKILL when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{curl, free_port};
+
+/// A process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// SIGKILL now.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Send `sig` (SIGSTOP, SIGCONT...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Proc {
+    let out = File::options().create(true).append(true).open(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// A test's directory: a control plane's data, agents' work directories, logs. Removed
+/// when dropped unless the test failed.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub lease_ms: u64,
+    plane: Option<Proc>,
+}
+
+impl Cluster {
+    /// A control plane (two shards) on a free port with `lease_ms`.
+    pub fn start(name: &str, lease_ms: u64) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("valkyrie-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster {
+            dir,
+            port: free_port(),
+            lease_ms,
+            plane: None,
+        };
+        c.restart_plane();
+        c
+    }
+
+    /// Start the control plane (again, on the same data and port) and wait until it is ready.
+    pub fn restart_plane(&mut self) {
+        let args = [
+            "control-plane".to_owned(),
+            "--listen".into(),
+            format!("tcp://127.0.0.1:{}", self.port),
+            "--data".into(),
+            self.dir.join("data").display().to_string(),
+            "--shards".into(),
+            "2".into(),
+            "--lease-ms".into(),
+            self.lease_ms.to_string(),
+        ];
+        self.plane = Some(spawn(&args, &self.dir.join("control-plane.log")));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while curl(self.port, &[], "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "the control plane did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL the control plane.
+    pub fn kill_plane(&mut self) {
+        if let Some(mut p) = self.plane.take() {
+            p.kill9();
+        }
+    }
+
+    /// An agent `id` with `labels` and `slots`, announcing itself every 100 ms.
+    pub fn agent(&self, id: &str, labels: &[&str], slots: u32) -> Proc {
+        let work = self.dir.join("work").join(id);
+        let args = [
+            "agent".to_owned(),
+            "--connect".into(),
+            format!("tcp://127.0.0.1:{}", self.port),
+            "--id".into(),
+            id.into(),
+            "--labels".into(),
+            labels.join(","),
+            "--slots".into(),
+            slots.to_string(),
+            "--work".into(),
+            work.display().to_string(),
+            "--heartbeat-ms".into(),
+            "100".into(),
+            "--grace-ms".into(),
+            "500".into(),
+        ];
+        spawn(&args, &self.dir.join(format!("agent-{id}.log")))
+    }
+
+    /// Submit `spec`; its id.
+    pub fn submit(&self, spec: &Value) -> String {
+        let body = spec.to_string();
+        let (code, r) = curl(
+            self.port,
+            &["-X", "POST", "-H", "content-type: application/json", "-d", &body],
+            "/api/v1/jobs",
+        );
+        assert!(code == 201 || code == 200, "{code} {r}");
+        r["job_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /api/v1/jobs/{id}/{verb}`: the status and the answer.
+    pub fn post(&self, id: &str, verb: &str) -> (u16, Value) {
+        curl(self.port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/{verb}"))
+    }
+
+    /// The job as `GET /api/v1/jobs/{id}` shows it.
+    pub fn job(&self, id: &str) -> Value {
+        let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs/{id}"));
+        assert_eq!(code, 200, "{j}");
+        j
+    }
+
+    /// Wait (up to `secs`) until the job's state is `state`; the job then.
+    pub fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs/{id}"));
+            if code == 200 && j["state"] == state {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is not {state} after {secs} s: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Every job in `state`.
+    pub fn count(&self, state: &str) -> usize {
+        let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs?state={state}&limit=1000"));
+        assert_eq!(code, 200, "{j}");
+        j["jobs"].as_array().unwrap().len()
+    }
+
+    /// The job's stored output, parsed.
+    pub fn logs(&self, id: &str) -> Vec<Value> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{}/api/v1/jobs/{id}/logs", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The agents as `GET /api/v1/agents` shows them.
+    pub fn agents(&self) -> Vec<Value> {
+        let (code, j) = curl(self.port, &[], "/api/v1/agents");
+        assert_eq!(code, 200, "{j}");
+        j["agents"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_plane();
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The lines of a job's output that `stream` carried, in order.
+pub fn lines_of(logs: &[Value], stream: &str) -> Vec<String> {
+    logs.iter()
+        .filter(|l| l["stream"] == stream)
+        .map(|l| l["line"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Line numbers run 1, 2, 3... without gap or duplicate.
+pub fn assert_numbered(logs: &[Value]) {
+    for (i, l) in logs.iter().enumerate() {
+        assert_eq!(l["seq"].as_u64(), Some(i as u64 + 1), "line {i}: {l}");
+    }
+}

@@ -1,0 +1,308 @@
+//! The control plane on a node: a [`JobsService`] on every shard, made by a [`ControlPlane`].
+//!
+//! Every shard takes agents' connections and REST requests; what it can do alone it does
+//! there (a job's start, output and result go straight to the store, and the store's thread
+//! answers the agent through that shard). What needs one view of all agents — the scheduler,
+//! leases, which attempt runs where — is the dispatcher on shard 0 ([`dispatcher`]): the
+//! other shards hand it events, and it sends JOB_REQUESTs to agents wherever they are (a send
+//! to another shard's connection crosses the mesh once).
+//!
+//! Between threads (the store's thread to a shard, a shard to the dispatcher) work goes
+//! through each shard's lane: a bounded queue the shard drains when its [`Nudger`] wakes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use valkyrie_protocol::{ErrorCode, Flags, MessageType, SendOptions};
+use valkyrie_runtime::http::Response;
+use valkyrie_runtime::{ConnRef, Ctx, Nudger};
+
+use crate::committer::Committer;
+use crate::scheduler::Policy;
+use crate::store::LogPage;
+
+pub(crate) mod dispatcher;
+mod follow;
+mod frames;
+mod service;
+
+pub use service::JobsService;
+
+use dispatcher::Event;
+
+/// Requests, answers and events waiting for one shard, at most.
+const LANE: usize = 65_536;
+
+/// Events a shard holds for the dispatcher while its lane is full, at most; past it the
+/// shard stops reading agents until they drain.
+const OUTBOX: usize = 65_536;
+
+/// How the control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The control plane's node id (in its answers to agents).
+    pub node_id: String,
+    /// How long an agent may go unheard before its jobs are given to others (default 3 s:
+    /// three of an agent's default heartbeats).
+    pub lease: Duration,
+    /// How agents are chosen.
+    pub policy: Policy,
+    /// Queued jobs the dispatcher holds in memory at most (the store holds the rest).
+    pub queue: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            node_id: "control-plane".into(),
+            lease: Duration::from_secs(3),
+            policy: Policy::LeastLoaded,
+            queue: 100_000,
+        }
+    }
+}
+
+/// What one shard's lane carries.
+pub(crate) enum Inbox {
+    /// The answer to an HTTP request of this shard.
+    Http(ConnRef, Response),
+    /// An answer to an agent's request (RESPONSE, its stream and correlation id).
+    Answer {
+        conn: ConnRef,
+        stream: u32,
+        corr: u32,
+        msg_type: MessageType,
+        payload: Bytes,
+    },
+    /// An ERROR answering an agent's request.
+    Error {
+        conn: ConnRef,
+        stream: u32,
+        corr: u32,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A page of a job's output for a following HTTP client; `done` once the job is over
+    /// and the page is its last.
+    Logs {
+        conn: ConnRef,
+        page: LogPage,
+        done: bool,
+    },
+    /// For the dispatcher (shard 0).
+    Event(Event),
+}
+
+struct Lane {
+    tx: Sender<Inbox>,
+    rx: Receiver<Inbox>,
+    nudger: OnceLock<Nudger>,
+}
+
+/// What every shard's service shares: the store, the configuration, the lanes.
+pub(crate) struct Hub {
+    pub(crate) store: Arc<Committer>,
+    pub(crate) config: ControlConfig,
+    lanes: OnceLock<Vec<Lane>>,
+}
+
+impl Hub {
+    /// Make the lanes for `shards` shards (the first shard to start does it).
+    fn lanes(&self, shards: usize) -> &[Lane] {
+        self.lanes.get_or_init(|| {
+            (0..shards)
+                .map(|_| {
+                    let (tx, rx) = crossbeam_channel::bounded(LANE);
+                    Lane {
+                        tx,
+                        rx,
+                        nudger: OnceLock::new(),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn lane(&self, shard: usize) -> Option<&Lane> {
+        self.lanes.get().and_then(|l| l.get(shard))
+    }
+
+    /// Hand `msg` to `shard`, waiting while its lane is full (the store's thread: it is
+    /// slowed, never a shard).
+    pub(crate) fn post(&self, shard: usize, msg: Inbox) {
+        if let Some(lane) = self.lane(shard)
+            && lane.tx.send(msg).is_ok()
+            && let Some(n) = lane.nudger.get()
+        {
+            n.nudge();
+        }
+    }
+
+    /// Hand `msg` to `shard` without waiting: it comes back when the lane is full.
+    pub(crate) fn try_post(&self, shard: usize, msg: Inbox) -> Result<(), Inbox> {
+        let Some(lane) = self.lane(shard) else {
+            return Err(msg);
+        };
+        match lane.tx.try_send(msg) {
+            Ok(()) => {
+                if let Some(n) = lane.nudger.get() {
+                    n.nudge();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// An answer to an agent's request, from the store's thread.
+    pub(crate) fn answer(&self, to: Reply, msg_type: MessageType, payload: Bytes) {
+        self.post(
+            to.conn.shard as usize,
+            Inbox::Answer {
+                conn: to.conn,
+                stream: to.stream,
+                corr: to.corr,
+                msg_type,
+                payload,
+            },
+        );
+    }
+
+    /// An ERROR answering an agent's request, from the store's thread.
+    pub(crate) fn refuse(&self, to: Reply, code: ErrorCode, message: String) {
+        self.post(
+            to.conn.shard as usize,
+            Inbox::Error {
+                conn: to.conn,
+                stream: to.stream,
+                corr: to.corr,
+                code,
+                message,
+            },
+        );
+    }
+
+    /// An event for the dispatcher, from the store's thread.
+    pub(crate) fn dispatch(&self, ev: Event) {
+        self.post(0, Inbox::Event(ev));
+    }
+}
+
+/// Where an answer to an agent's request goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply {
+    pub(crate) conn: ConnRef,
+    pub(crate) stream: u32,
+    pub(crate) corr: u32,
+}
+
+/// A control plane: the store and the configuration its services share. Give
+/// [`ControlPlane::service`] to [`NodeBuilder::service`](valkyrie_runtime::NodeBuilder::service).
+#[derive(Clone)]
+pub struct ControlPlane {
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("config", &self.hub.config)
+            .finish()
+    }
+}
+
+impl ControlPlane {
+    /// A control plane on `store`.
+    pub fn new(store: Arc<Committer>, config: ControlConfig) -> ControlPlane {
+        ControlPlane {
+            hub: Arc::new(Hub {
+                store,
+                config,
+                lanes: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The service of shard `shard`.
+    pub fn service(&self, shard: usize) -> JobsService {
+        JobsService::new(self.hub.clone(), shard)
+    }
+}
+
+/// What a shard's service keeps besides the dispatcher: its agents' connections, its events
+/// waiting for the dispatcher's lane, its following HTTP clients.
+#[derive(Default)]
+pub(crate) struct Local {
+    /// The agent behind each of this shard's agent connections.
+    pub(crate) agents: HashMap<ConnRef, String>,
+    /// Events the dispatcher's lane had no room for yet.
+    pub(crate) outbox: VecDeque<Event>,
+    /// Connections held while the outbox is over its bound.
+    pub(crate) held: Vec<ConnRef>,
+    /// HTTP clients following a job's output.
+    pub(crate) followers: HashMap<ConnRef, Follow>,
+}
+
+/// A client following a job's output (`GET .../logs?follow=1`).
+pub(crate) struct Follow {
+    pub(crate) job_id: String,
+    pub(crate) next: u64,
+    /// A read is on its way.
+    pub(crate) reading: bool,
+    /// Text the client had no room for yet.
+    pub(crate) pending: Option<String>,
+    /// The job is over: finish once `pending` is out.
+    pub(crate) done: bool,
+}
+
+impl Local {
+    /// Hand the dispatcher an event from a shard other than 0.
+    pub(crate) fn to_dispatcher(&mut self, hub: &Hub, ev: Event) {
+        if !self.outbox.is_empty() {
+            self.outbox.push_back(ev);
+            return;
+        }
+        if let Err(Inbox::Event(ev)) = hub.try_post(0, Inbox::Event(ev)) {
+            self.outbox.push_back(ev);
+        }
+    }
+
+    /// Send what waits in the outbox; hold or release agents by its length.
+    pub(crate) fn flush(&mut self, ctx: &mut Ctx<'_>, hub: &Hub) {
+        while let Some(ev) = self.outbox.pop_front() {
+            if let Err(Inbox::Event(ev)) = hub.try_post(0, Inbox::Event(ev)) {
+                self.outbox.push_front(ev);
+                break;
+            }
+        }
+        if self.outbox.len() >= OUTBOX && self.held.is_empty() {
+            self.held = self.agents.keys().copied().collect();
+            for c in &self.held {
+                let _ = ctx.hold_input(*c, true);
+            }
+        } else if self.outbox.len() < OUTBOX / 2 {
+            for c in self.held.drain(..) {
+                let _ = ctx.hold_input(c, false);
+            }
+        }
+    }
+}
+
+/// RESPONSE options answering `corr`.
+pub(crate) fn response(corr: u32) -> SendOptions {
+    SendOptions {
+        flags: Flags::RESPONSE,
+        correlation_id: corr,
+        ..SendOptions::default()
+    }
+}
+
+/// Now, Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
