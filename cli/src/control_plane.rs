@@ -48,7 +48,9 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
     let policy = match args.policy.as_str() {
         "least-loaded" => Policy::LeastLoaded,
         "round-robin" => Policy::RoundRobin,
-        other => return Err(format!("unknown policy {other:?}: least-loaded or round-robin").into()),
+        other => {
+            return Err(format!("unknown policy {other:?}: least-loaded or round-robin").into());
+        }
     };
     let cp = ControlPlane::new(
         committer,
@@ -58,7 +60,9 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             ..ControlConfig::default()
         },
     );
-    let mut b = Node::builder().service(move |shard| cp.service(shard));
+    let mut b = Node::builder()
+        .collector(cp.collector())
+        .service(move |shard| cp.service(shard));
     for url in &args.listen {
         b = b.listen(url)?;
     }

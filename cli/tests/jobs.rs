@@ -21,8 +21,10 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
         "command": ["sh", "-c", "for i in $(seq 1 500); do echo out $i; echo err $i >&2; done"],
         "labels": ["linux"],
     }));
-    let gpu = c.submit(&json!({"command": ["sh", "-c", "echo $WHO"], "labels": ["gpu"],
-                               "env": {"WHO": "on the gpu box"}}));
+    let gpu = c.submit(
+        &json!({"command": ["sh", "-c", "echo $WHO"], "labels": ["gpu"],
+                               "env": {"WHO": "on the gpu box"}}),
+    );
     let noop = c.submit(&json!({"builtin": "noop"}));
     let job = c.wait_state(&printer, "succeeded", 30);
     assert_eq!(job["exit_code"], 0);
@@ -33,7 +35,10 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
     assert_eq!(lines_of(&logs, "stdout"), want("out"));
     assert_eq!(lines_of(&logs, "stderr"), want("err"));
     let job = c.wait_state(&gpu, "succeeded", 30);
-    assert_eq!(job["attempts"][0]["agent"], "b", "only b has the gpu label: {job}");
+    assert_eq!(
+        job["attempts"][0]["agent"], "b",
+        "only b has the gpu label: {job}"
+    );
     assert_eq!(lines_of(&c.logs(&gpu), "stdout"), ["on the gpu box"]);
     c.wait_state(&noop, "succeeded", 30);
     let attempt = &c.job(&printer)["attempts"][0];
@@ -43,11 +48,35 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
     let agents = c.agents();
     let ids: Vec<&str> = agents.iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b"]);
-    assert!(agents.iter().all(|a| a["connected"] == true && a["slots"] == 2), "{agents:?}");
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["connected"] == true && a["slots"] == 2),
+        "{agents:?}"
+    );
     // A job nobody can run waits, queued.
     let nowhere = c.submit(&json!({"command": ["true"], "labels": ["arm64"]}));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.job(&nowhere)["state"], "queued");
+    // The control plane's metrics beside the node's.
+    let m = c.metrics();
+    let value = |series: &str| -> f64 {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{m}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("valkyrie_jobs_total{state=\"queued\"}"), 4.0);
+    assert_eq!(value("valkyrie_jobs_total{state=\"succeeded\"}"), 3.0);
+    assert_eq!(value("valkyrie_jobs_queued"), 1.0);
+    assert_eq!(value("valkyrie_agents_connected"), 2.0);
+    assert_eq!(value("valkyrie_log_lines_total"), 1001.0);
+    assert_eq!(value("valkyrie_job_assignment_seconds_count"), 3.0);
+    assert!(
+        m.contains("valkyrie_connections_active"),
+        "the node's own are there too"
+    );
 }
 
 #[test]
@@ -62,12 +91,21 @@ fn retries_timeouts_cancel_pause_and_resume() {
     let job = c.wait_state(&flaky, "failed", 30);
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3, "{job}");
-    assert!(attempts.iter().all(|a| a["exit_code"] == 3 && a["state"] == "failed"));
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["exit_code"] == 3 && a["state"] == "failed")
+    );
     // Backoff: 100 ms, then 200 ms, between the attempts.
     let gap = |i: usize| {
         attempts[i + 1]["started_at"].as_u64().unwrap() - attempts[i]["ended_at"].as_u64().unwrap()
     };
-    assert!(gap(0) >= 100 && gap(1) >= 200, "gaps {} and {} ms", gap(0), gap(1));
+    assert!(
+        gap(0) >= 100 && gap(1) >= 200,
+        "gaps {} and {} ms",
+        gap(0),
+        gap(1)
+    );
     assert_eq!(job["exit_code"], 3);
     assert_eq!(lines_of(&c.logs(&flaky), "stdout"), ["try", "try", "try"]);
     let job = c.wait_state(&slow, "timed_out", 30);
@@ -125,12 +163,18 @@ fn slots_groups_and_idempotent_submission() {
     let span = |id: &String| {
         let j = c.wait_state(id, "succeeded", 60);
         let a = &j["attempts"][0];
-        (a["started_at"].as_u64().unwrap(), a["ended_at"].as_u64().unwrap())
+        (
+            a["started_at"].as_u64().unwrap(),
+            a["ended_at"].as_u64().unwrap(),
+        )
     };
     let mut spans: Vec<(u64, u64)> = group.iter().map(span).collect();
     spans.sort();
     for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "two jobs of one group overlapped: {spans:?}");
+        assert!(
+            w[0].1 <= w[1].0,
+            "two jobs of one group overlapped: {spans:?}"
+        );
     }
     // Never more than the agent's three slots at once.
     let mut all: Vec<(u64, u64)> = free.iter().map(span).chain(spans).collect();
@@ -139,7 +183,13 @@ fn slots_groups_and_idempotent_submission() {
         let running = all[..i].iter().filter(|(_, end)| end > start).count() + 1;
         assert!(running <= 3, "{running} at once: {all:?}");
     }
-    assert_eq!(c.wait_state(&first, "succeeded", 30)["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.wait_state(&first, "succeeded", 30)["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -154,12 +204,20 @@ fn a_followed_log_streams_until_the_job_ends() {
         .args(["job", "logs", &base, &id, "--follow"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 30, "the follow ended with the job, every line in it");
+    assert_eq!(
+        lines.len(),
+        30,
+        "the follow ended with the job, every line in it"
+    );
     assert_numbered(&lines);
     assert_eq!(c.job(&id)["state"], "succeeded");
     // From a line on.

@@ -36,8 +36,8 @@ pub mod store;
 pub mod wire;
 
 pub use committer::Committer;
-pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
 pub use control::{ControlConfig, ControlPlane, JobsService};
+pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
 pub use sqlite::SqliteStore;
 pub use store::{Applied, Change, LogLine, LogPage, Store, StoreError};

@@ -13,7 +13,7 @@ use serde_json::json;
 use valkyrie_runtime::http::{Method, Request, Response};
 use valkyrie_runtime::{ConnRef, Ctx, HttpAnswer};
 
-use crate::control::dispatcher::{Event, Op};
+use crate::control::event::{Event, Op};
 use crate::control::{Hub, Inbox, JobsService, now_ms};
 use crate::job_id;
 use crate::model::{Job, JobSpec, JobState};
@@ -137,6 +137,7 @@ impl JobsService {
             let resp = match r {
                 Ok(Applied::Submitted { job_id, created }) => {
                     if created {
+                        hub.metrics.entered(JobState::Queued);
                         hub.dispatch(Event::Submitted {
                             job_id: job_id.clone(),
                             spec: Box::new(for_dispatcher),
@@ -176,6 +177,9 @@ impl JobsService {
         let reply = Box::new(move |r: Result<Applied, StoreError>| {
             let resp = match r {
                 Ok(Applied::Moved { state, running }) => {
+                    if state.is_final() {
+                        hub.metrics.entered(state);
+                    }
                     hub.dispatch(Event::Moved {
                         job_id: job_id.clone(),
                         state,

@@ -227,6 +227,12 @@ impl Scheduler {
         self.enqueue(job);
     }
 
+    /// Let agents that rejected `job_id` be asked again (what made them refuse may have
+    /// passed: a slot taken only for a moment).
+    pub fn forgive(&mut self, job_id: &str) {
+        self.rejected.remove(job_id);
+    }
+
     fn release(&mut self, job_id: &str) {
         if let Some((_, group)) = self.assigned.remove(job_id)
             && let Some(g) = group

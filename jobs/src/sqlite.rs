@@ -261,8 +261,11 @@ impl Store for SqliteStore {
             if page.ndjson.len() >= max_bytes {
                 break;
             }
-            let (first, last, text): (i64, i64, String) =
-                (row.get(0).map_err(db)?, row.get(1).map_err(db)?, row.get(2).map_err(db)?);
+            let (first, last, text): (i64, i64, String) = (
+                row.get(0).map_err(db)?,
+                row.get(1).map_err(db)?,
+                row.get(2).map_err(db)?,
+            );
             let (first, last) = (first as u64, last as u64);
             // A chunk's lines are numbered first..=last, one per line of its text.
             let skip = from.saturating_sub(first) as usize;

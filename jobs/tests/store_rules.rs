@@ -90,12 +90,24 @@ fn failures_are_retried_up_to_max_attempts_and_rejections_do_not_count() {
         .unwrap();
     assert_eq!(rejected, ended(JobState::Queued));
     let e = assign(&c, &id);
-    assert_eq!(fail(&c, &id, e), ended(JobState::Queued), "one failure of two allowed");
+    assert_eq!(
+        fail(&c, &id, e),
+        ended(JobState::Queued),
+        "one failure of two allowed"
+    );
     let e = assign(&c, &id);
-    assert_eq!(fail(&c, &id, e), ended(JobState::Failed), "the second is final");
+    assert_eq!(
+        fail(&c, &id, e),
+        ended(JobState::Failed),
+        "the second is final"
+    );
     let i = id.clone();
     let job = c.read(move |s| s.job(&i)).unwrap().unwrap().unwrap();
-    assert_eq!(job.attempts.len(), 3, "every attempt recorded, the rejected one too");
+    assert_eq!(
+        job.attempts.len(),
+        3,
+        "every attempt recorded, the rejected one too"
+    );
     assert_eq!(job.attempts[0].reason.as_deref(), Some("rejected: no slot"));
 }
 
@@ -106,44 +118,86 @@ fn cancel_and_pause_apply_now_to_queued_jobs_and_wait_for_running_ones() {
     let q = submit(&c, 1, 3);
     let at = 3;
     assert_eq!(
-        c.apply(Change::Pause { job_id: q.clone(), at }).unwrap(),
+        c.apply(Change::Pause {
+            job_id: q.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Paused, None)
     );
     assert_eq!(
-        c.apply(Change::Assign { job_id: q.clone(), agent: "a".into(), at }).unwrap(),
-        Applied::Refused { state: JobState::Paused },
+        c.apply(Change::Assign {
+            job_id: q.clone(),
+            agent: "a".into(),
+            at
+        })
+        .unwrap(),
+        Applied::Refused {
+            state: JobState::Paused
+        },
         "a paused job is not dispatched"
     );
     assert_eq!(
-        c.apply(Change::Resume { job_id: q.clone(), at }).unwrap(),
+        c.apply(Change::Resume {
+            job_id: q.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Queued, None)
     );
     assert_eq!(
-        c.apply(Change::Cancel { job_id: q.clone(), at }).unwrap(),
+        c.apply(Change::Cancel {
+            job_id: q.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Cancelled, None)
     );
 
     let r = submit(&c, 2, 3);
     let e = assign(&c, &r);
-    c.apply(Change::Start { job_id: r.clone(), epoch: e, at }).unwrap();
+    c.apply(Change::Start {
+        job_id: r.clone(),
+        epoch: e,
+        at,
+    })
+    .unwrap();
     assert_eq!(
-        c.apply(Change::Pause { job_id: r.clone(), at }).unwrap(),
+        c.apply(Change::Pause {
+            job_id: r.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Paused, Some(e))
     );
     assert_eq!(
-        c.apply(Change::Resume { job_id: r.clone(), at }).unwrap(),
+        c.apply(Change::Resume {
+            job_id: r.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Running, Some(e))
     );
     assert_eq!(
-        c.apply(Change::Cancel { job_id: r.clone(), at }).unwrap(),
+        c.apply(Change::Cancel {
+            job_id: r.clone(),
+            at
+        })
+        .unwrap(),
         moved(JobState::Running, Some(e)),
         "a running job is cancelled by its agent"
     );
     // However the attempt ends, the job ends cancelled and is not retried.
     assert_eq!(fail(&c, &r, e), ended(JobState::Cancelled));
     assert_eq!(
-        c.apply(Change::Cancel { job_id: r.clone(), at }).unwrap(),
-        Applied::Refused { state: JobState::Cancelled }
+        c.apply(Change::Cancel {
+            job_id: r.clone(),
+            at
+        })
+        .unwrap(),
+        Applied::Refused {
+            state: JobState::Cancelled
+        }
     );
 }
 
@@ -160,7 +214,9 @@ fn lines(from: u64, n: u64) -> Vec<LogLine> {
 fn output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line() {
     let dir = TempDir::new("logs");
     let c = Committer::spawn(
-        SqliteStore::open(&dir.0.join("jobs.db")).unwrap().with_log_cap(2_000),
+        SqliteStore::open(&dir.0.join("jobs.db"))
+            .unwrap()
+            .with_log_cap(2_000),
         64,
     );
     let id = submit(&c, 1, 1);
@@ -171,12 +227,24 @@ fn output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line() {
         first_seq: first,
         lines: lines(first, n),
     };
-    assert_eq!(c.apply(log(1, 10, e)).unwrap(), Applied::Logged { acked: 10 });
+    assert_eq!(
+        c.apply(log(1, 10, e)).unwrap(),
+        Applied::Logged { acked: 10 }
+    );
     // Sent again after a reconnect, overlapping: only the new lines are kept.
-    assert_eq!(c.apply(log(6, 10, e)).unwrap(), Applied::Logged { acked: 15 });
+    assert_eq!(
+        c.apply(log(6, 10, e)).unwrap(),
+        Applied::Logged { acked: 15 }
+    );
     // A gap is refused with the number to go back to.
-    assert_eq!(c.apply(log(20, 5, e)).unwrap(), Applied::Logged { acked: 15 });
-    assert_eq!(c.apply(log(16, 1, e + 1)).unwrap(), Applied::Stale { current: e });
+    assert_eq!(
+        c.apply(log(20, 5, e)).unwrap(),
+        Applied::Logged { acked: 15 }
+    );
+    assert_eq!(
+        c.apply(log(16, 1, e + 1)).unwrap(),
+        Applied::Stale { current: e }
+    );
     let i = id.clone();
     let page = c.read(move |s| s.logs(&i, 1, 1 << 20)).unwrap().unwrap();
     let got: Vec<serde_json::Value> = page
@@ -193,13 +261,24 @@ fn output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line() {
     assert_eq!(page.next, 16);
     let i = id.clone();
     let tail = c.read(move |s| s.logs(&i, 13, 1 << 20)).unwrap().unwrap();
-    assert_eq!(tail.ndjson.lines().count(), 3, "from line 13: {}", tail.ndjson);
+    assert_eq!(
+        tail.ndjson.lines().count(),
+        3,
+        "from line 13: {}",
+        tail.ndjson
+    );
     // Past the cap, lines are acknowledged and counted but not kept; one line says so.
-    assert_eq!(c.apply(log(16, 200, e)).unwrap(), Applied::Logged { acked: 215 });
+    assert_eq!(
+        c.apply(log(16, 200, e)).unwrap(),
+        Applied::Logged { acked: 215 }
+    );
     let i = id.clone();
     let all = c.read(move |s| s.logs(&i, 1, 1 << 20)).unwrap().unwrap();
     let last = all.ndjson.lines().last().unwrap();
-    assert!(last.contains("\"stream\":\"valkyrie\"") && last.contains("not kept"), "{last}");
+    assert!(
+        last.contains("\"stream\":\"valkyrie\"") && last.contains("not kept"),
+        "{last}"
+    );
     let kept: usize = all
         .ndjson
         .lines()
@@ -208,5 +287,8 @@ fn output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line() {
         .map(|v| v["line"].as_str().unwrap().len())
         .sum();
     assert!(kept <= 2_000, "{kept} bytes of output kept");
-    assert_eq!(c.apply(log(216, 1, e)).unwrap(), Applied::Logged { acked: 216 });
+    assert_eq!(
+        c.apply(log(216, 1, e)).unwrap(),
+        Applied::Logged { acked: 216 }
+    );
 }

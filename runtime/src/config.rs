@@ -146,6 +146,9 @@ pub struct NodeConfig {
     /// Called with the span of each request that carries a trace context (see
     /// `valkyrie_runtime::request_span`): an exporter sets the span's remote parent there.
     pub trace_hook: TraceHookSlot,
+    /// More metrics written with the node's own at `/metrics` (a service's, a program's):
+    /// [`NodeBuilder::collector`](crate::NodeBuilder::collector).
+    pub collectors: Vec<std::sync::Arc<dyn prometheus_client::collector::Collector>>,
 }
 
 /// An optional [`TraceHook`](crate::request_span::TraceHook) (shown as set or not).
@@ -243,6 +246,7 @@ impl Default for NodeConfig {
             tls: None,
             http: HttpSettings::default(),
             trace_hook: TraceHookSlot::default(),
+            collectors: Vec::new(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct NodeState {
     pub(crate) max_connections: i64,
     /// Each shard's waker: its `sleeping` flag says it waits in the kernel.
     pub(crate) wakers: Arc<Vec<crate::mesh::Waker>>,
+    /// More metrics written with the node's.
+    pub(crate) collectors: Vec<Arc<dyn prometheus_client::collector::Collector>>,
 }
 
 impl NodeState {
@@ -152,7 +154,11 @@ impl NodeState {
 
     /// Every shard's metrics, summed when encoded.
     pub(crate) fn metrics(&self) -> metrics::NodeMetrics {
-        metrics::NodeMetrics::new(self.shards.clone(), self.security.clone())
+        metrics::NodeMetrics::new(
+            self.shards.clone(),
+            self.security.clone(),
+            self.collectors.clone(),
+        )
     }
 
     /// Every shard's metrics in the Prometheus text format.

@@ -124,6 +124,13 @@ impl NodeBuilder {
         Ok(self)
     }
 
+    /// Write `collector`'s metrics with the node's own at `/metrics` (and in
+    /// [`Node::metrics`]): a service's counters, kept in atomics it shares with the collector.
+    pub fn collector(mut self, collector: impl prometheus_client::collector::Collector) -> Self {
+        self.cfg.collectors.push(Arc::new(collector));
+        self
+    }
+
     /// Listen nowhere (a node that only connects out, such as the embedded runtime of
     /// [`ClientHandle`](crate::ClientHandle)); without it and without [`listen`](Self::listen),
     /// a node listens on `tcp://127.0.0.1:7420`.
@@ -347,6 +354,7 @@ impl Node {
             epoch: Instant::now(),
             max_connections: (cfg.max_connections_per_shard as i64).saturating_mul(n as i64),
             wakers: wakers.clone(),
+            collectors: cfg.collectors.clone(),
         });
         // All online cores: `core_affinity::get_core_ids` would give only those the calling
         // thread may run on (a caller pinned to one core would stack every shard there).

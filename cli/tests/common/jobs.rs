@@ -89,7 +89,10 @@ impl Cluster {
         self.plane = Some(spawn(&args, &self.dir.join("control-plane.log")));
         let deadline = Instant::now() + Duration::from_secs(15);
         while curl(self.port, &[], "/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "the control plane did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the control plane did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -129,7 +132,14 @@ impl Cluster {
         let body = spec.to_string();
         let (code, r) = curl(
             self.port,
-            &["-X", "POST", "-H", "content-type: application/json", "-d", &body],
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+            ],
             "/api/v1/jobs",
         );
         assert!(code == 201 || code == 200, "{code} {r}");
@@ -138,7 +148,11 @@ impl Cluster {
 
     /// `POST /api/v1/jobs/{id}/{verb}`: the status and the answer.
     pub fn post(&self, id: &str, verb: &str) -> (u16, Value) {
-        curl(self.port, &["-X", "POST"], &format!("/api/v1/jobs/{id}/{verb}"))
+        curl(
+            self.port,
+            &["-X", "POST"],
+            &format!("/api/v1/jobs/{id}/{verb}"),
+        )
     }
 
     /// The job as `GET /api/v1/jobs/{id}` shows it.
@@ -166,7 +180,11 @@ impl Cluster {
 
     /// Every job in `state`.
     pub fn count(&self, state: &str) -> usize {
-        let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs?state={state}&limit=1000"));
+        let (code, j) = curl(
+            self.port,
+            &[],
+            &format!("/api/v1/jobs?state={state}&limit=1000"),
+        );
         assert_eq!(code, 200, "{j}");
         j["jobs"].as_array().unwrap().len()
     }
@@ -175,13 +193,26 @@ impl Cluster {
     pub fn logs(&self, id: &str) -> Vec<Value> {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10"])
-            .arg(format!("http://127.0.0.1:{}/api/v1/jobs/{id}/logs", self.port))
+            .arg(format!(
+                "http://127.0.0.1:{}/api/v1/jobs/{id}/logs",
+                self.port
+            ))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
+    }
+
+    /// The control plane's `/metrics`, as text.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The agents as `GET /api/v1/agents` shows them.

@@ -98,7 +98,8 @@ impl JobThread {
         if !self.tell(ExecMsg::Started) {
             return;
         }
-        let timeout = (self.spec.timeout_ms > 0).then(|| Duration::from_millis(self.spec.timeout_ms));
+        let timeout =
+            (self.spec.timeout_ms > 0).then(|| Duration::from_millis(self.spec.timeout_ms));
         let mut clock = Clock {
             started: Instant::now(),
             paused_since: None,
@@ -108,10 +109,8 @@ impl JobThread {
         loop {
             while let Ok(c) = self.control.try_recv() {
                 match c {
-                    Control::Pause if clock.paused_since.is_none() => {
-                        if job.pause() {
-                            clock.paused_since = Some(Instant::now());
-                        }
+                    Control::Pause if clock.paused_since.is_none() && job.pause() => {
+                        clock.paused_since = Some(Instant::now());
                     }
                     Control::Resume => {
                         if let Some(p) = clock.paused_since.take() {

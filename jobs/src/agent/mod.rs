@@ -46,7 +46,6 @@ use crate::wire::{self, JOB_STREAM};
 mod exec;
 mod report;
 
-
 use exec::{Control, ExecMsg, JobThread};
 
 /// Lines of one job's output waiting for acknowledgement, at most.
@@ -188,7 +187,13 @@ impl AgentService {
     }
 
     /// Send a request on the link's connection; its answer comes to `on_reply`.
-    fn request(&mut self, ctx: &mut Ctx<'_>, ty: MessageType, payload: bytes::Bytes, p: Pending) -> bool {
+    fn request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ty: MessageType,
+        payload: bytes::Bytes,
+        p: Pending,
+    ) -> bool {
         let Some(conn) = self.conn else {
             return false;
         };
@@ -221,7 +226,12 @@ impl AgentService {
 
     fn announce(&mut self, ctx: &mut Ctx<'_>) {
         let status: StatusUpdate = wire::status(&self.info(), self.jobs.len() as u32);
-        self.request(ctx, MessageType::StatusUpdate, status.to_bytes(), Pending::Status);
+        self.request(
+            ctx,
+            MessageType::StatusUpdate,
+            status.to_bytes(),
+            Pending::Status,
+        );
     }
 
     /// A JOB_REQUEST: accept and start it, or say why not.
@@ -238,7 +248,9 @@ impl AgentService {
             self.send(ctx, MessageType::JobAccept, accept.to_bytes());
             return;
         }
-        if self.jobs.len() >= self.cfg.slots as usize {
+        // A job that has ended holds no slot while its result is on its way.
+        let busy = self.jobs.values().filter(|r| r.result.is_none()).count();
+        if busy >= self.cfg.slots as usize {
             let reject = JobReject {
                 job_id: req.job_id,
                 code: 401,

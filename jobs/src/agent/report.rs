@@ -63,7 +63,12 @@ impl AgentService {
             return;
         }
         let payload = start(id, run.epoch).to_bytes();
-        self.request(ctx, MessageType::JobStart, payload, Pending::Start(id.to_owned()));
+        self.request(
+            ctx,
+            MessageType::JobStart,
+            payload,
+            Pending::Start(id.to_owned()),
+        );
     }
 
     /// Send a job's waiting output, then its result once all of it is acknowledged.
@@ -107,14 +112,16 @@ impl AgentService {
         let Some(run) = self.jobs.get_mut(id) else {
             return;
         };
-        if run.lines.is_empty() && !run.result_in_flight && self.conn.is_some() {
-            if let Some((ty, payload)) = run.result.clone() {
-                run.result_in_flight = true;
-                if !self.request(ctx, ty, payload, Pending::Result(id.to_owned()))
-                    && let Some(run) = self.jobs.get_mut(id)
-                {
-                    run.result_in_flight = false;
-                }
+        if run.lines.is_empty()
+            && !run.result_in_flight
+            && self.conn.is_some()
+            && let Some((ty, payload)) = run.result.clone()
+        {
+            run.result_in_flight = true;
+            if !self.request(ctx, ty, payload, Pending::Result(id.to_owned()))
+                && let Some(run) = self.jobs.get_mut(id)
+            {
+                run.result_in_flight = false;
             }
         }
     }

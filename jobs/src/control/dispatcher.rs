@@ -13,15 +13,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use valkyrie_protocol::{MessageType, SendOptions};
 use valkyrie_protocol::message::{JobCancel, JobPause, JobRequest, JobResume, Payload};
 use valkyrie_protocol::retry::ExponentialBackoff;
+use valkyrie_protocol::{MessageType, SendOptions};
 use valkyrie_runtime::http::Response;
 use valkyrie_runtime::{ConnRef, Ctx};
 
+use super::event::{Event, Op};
 use super::{Hub, Inbox, now_ms};
 use crate::model::{Job, JobSpec, JobState};
 use crate::scheduler::{AgentInfo, Queued, Scheduler};
@@ -31,111 +33,49 @@ use crate::wire::{JOB_STREAM, spec_value};
 /// The dispatcher's timer tokens from here on are retries waiting out their backoff.
 pub(crate) const RETRY_TOKENS: u64 = 1 << 32;
 
+/// How long an agent's rejection of a job keeps the job from it.
+const REJECTION_LASTS: Duration = Duration::from_secs(1);
+
 /// Assignments one pass decides at most.
 const PASS: usize = 512;
 
-/// What pause, resume or cancel was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
-    Cancel,
-    Pause,
-    Resume,
-}
-
-/// What moves the dispatcher.
-pub(crate) enum Event {
-    /// A job was submitted (its commit is on disk).
-    Submitted {
-        job_id: String,
-        spec: Box<JobSpec>,
-        created_at: u64,
-        at: Instant,
-    },
-    /// The jobs on agents and the first queued jobs, read when the control plane starts.
-    Recovered(Result<(Vec<Job>, Vec<Job>), StoreError>),
-    /// More queued jobs read from the store.
-    Loaded(Result<Vec<Job>, StoreError>),
-    /// An assignment's commit.
-    Assigned {
-        job_id: String,
-        agent: String,
-        result: Result<Applied, StoreError>,
-    },
-    /// An attempt ended (its commit is on disk): the job's state now; `rejected_by` when the
-    /// agent turned it down.
-    Ended {
-        job_id: String,
-        state: JobState,
-        rejected_by: Option<String>,
-    },
-    /// A pause, resume or cancel was committed.
-    Moved {
-        job_id: String,
-        state: JobState,
-        running: Option<u64>,
-        op: Op,
-    },
-    /// An agent announced itself on `conn` (its lease is renewed).
-    AgentUp { info: AgentInfo, conn: ConnRef },
-    /// An agent's connection ended.
-    ConnClosed { conn: ConnRef },
-    /// An agent accepted an attempt.
-    Accepted { job_id: String, epoch: u64 },
-    /// An agent rejected an attempt.
-    Rejected {
-        job_id: String,
-        epoch: u64,
-        agent: String,
-        reason: String,
-    },
-    /// An agent says it runs an attempt (first start, or re-attaching).
-    Started {
-        job_id: String,
-        epoch: u64,
-        agent: String,
-    },
-    /// `GET /api/v1/agents` on `conn`.
-    ListAgents { conn: ConnRef },
-}
-
-struct AgentSlot {
-    info: AgentInfo,
-    conn: Option<ConnRef>,
-    last_heard: Instant,
-    lost: bool,
+pub(super) struct AgentSlot {
+    pub(super) info: AgentInfo,
+    pub(super) conn: Option<ConnRef>,
+    pub(super) last_heard: Instant,
+    pub(super) lost: bool,
 }
 
 /// A job the dispatcher holds: queued, waiting out a backoff, or on an agent.
-struct Tracked {
-    spec: Arc<JobSpec>,
-    queued: Queued,
-    agent: Option<String>,
-    epoch: u64,
-    started: bool,
+pub(super) struct Tracked {
+    pub(super) spec: Arc<JobSpec>,
+    pub(super) queued: Queued,
+    pub(super) agent: Option<String>,
+    pub(super) epoch: u64,
+    pub(super) started: bool,
     /// Its agent must claim it by then (after a reconnect or a restart).
-    confirm_by: Option<Instant>,
+    pub(super) confirm_by: Option<Instant>,
     /// Being ended as lost (the commit is on its way).
-    losing: bool,
+    pub(super) losing: bool,
     /// When it was submitted, when this control plane saw it happen.
-    submitted: Option<Instant>,
-    failures: u32,
+    pub(super) submitted: Option<Instant>,
+    pub(super) failures: u32,
 }
 
 /// The dispatcher's state.
 pub(crate) struct Dispatcher {
-    sched: Scheduler,
-    agents: BTreeMap<String, AgentSlot>,
-    jobs: HashMap<String, Tracked>,
-    recovered: bool,
-    more_in_store: bool,
-    loading: bool,
-    retries: HashMap<u64, String>,
-    next_token: u64,
-    /// Submit → JOB_ACCEPT, microseconds, for the metrics.
-    pub(crate) assignment_us: Vec<u64>,
+    pub(super) sched: Scheduler,
+    pub(super) agents: BTreeMap<String, AgentSlot>,
+    pub(super) jobs: HashMap<String, Tracked>,
+    pub(super) recovered: bool,
+    pub(super) more_in_store: bool,
+    pub(super) loading: bool,
+    /// Timers: a retry's backoff (false) or a rejection's (true) running out.
+    pub(super) retries: HashMap<u64, (String, bool)>,
+    pub(super) next_token: u64,
 }
 
-fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued {
+pub(super) fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued {
     Queued {
         job_id: job_id.to_owned(),
         priority: spec.priority,
@@ -170,7 +110,6 @@ impl Dispatcher {
             loading: false,
             retries: HashMap::new(),
             next_token: RETRY_TOKENS,
-            assignment_us: Vec::new(),
         }
     }
 
@@ -191,90 +130,6 @@ impl Dispatcher {
         if !read {
             tracing::error!("the store's queue is full at start: dispatch waits for a retry");
         }
-    }
-
-    /// Every `tick`: leases, claims, loads that failed.
-    pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>, hub: &Arc<Hub>) {
-        if !self.recovered && !self.loading {
-            self.start(hub);
-        }
-        let now = ctx.now();
-        let lease = hub.config.lease;
-        let mut lost_agents = Vec::new();
-        for (id, a) in &mut self.agents {
-            if !a.lost && now.duration_since(a.last_heard) > lease {
-                a.lost = true;
-                if let Some(conn) = a.conn.take() {
-                    let _ = ctx.close(conn, 1000, "lease expired");
-                }
-                lost_agents.push(id.clone());
-            }
-        }
-        for id in lost_agents {
-            tracing::warn!(agent = %id, "agent lost: its lease expired");
-            for job in self.sched.agent_down(&id) {
-                self.lose(hub, &job);
-            }
-        }
-        let unclaimed: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(_, t)| t.confirm_by.is_some_and(|d| now >= d) && !t.losing)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for job in unclaimed {
-            self.sched.job_done(&job);
-            self.lose(hub, &job);
-        }
-        self.pump(ctx, hub);
-    }
-
-    /// End a job's attempt as lost: a failure if it had started, a plain requeue if not.
-    fn lose(&mut self, hub: &Arc<Hub>, job_id: &str) {
-        let Some(t) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        t.losing = true;
-        t.confirm_by = None;
-        let (epoch, at) = (t.epoch, now_ms());
-        let change = if t.started {
-            Change::End {
-                job_id: job_id.to_owned(),
-                epoch,
-                state: JobState::Queued,
-                exit_code: None,
-                signal: None,
-                reason: Some("agent lost".into()),
-                at,
-            }
-        } else {
-            Change::Requeue {
-                job_id: job_id.to_owned(),
-                epoch,
-                reason: "agent lost before it started".into(),
-                at,
-            }
-        };
-        let h = hub.clone();
-        let id = job_id.to_owned();
-        // A store whose queue is full refuses: the next tick tries again.
-        let _ = hub.store.try_change(
-            change,
-            Box::new(move |r| {
-                let state = match r {
-                    Ok(Applied::Ended { state }) => state,
-                    // Stale or refused: the attempt ended otherwise meanwhile; the store
-                    // says where the job is, and the dispatcher lets it go.
-                    Ok(_) => JobState::Cancelled,
-                    Err(_) => JobState::Assigned,
-                };
-                h.dispatch(Event::Ended {
-                    job_id: id,
-                    state,
-                    rejected_by: None,
-                });
-            }),
-        );
     }
 
     /// Decide and commit what can be assigned now; load more from the store when there is
@@ -310,10 +165,10 @@ impl Dispatcher {
         if self.more_in_store && !self.loading && room > 0 {
             self.loading = true;
             let h = hub.clone();
-            if !hub
-                .store
-                .try_read(move |s| s.queued(room), move |r| h.dispatch(Event::Loaded(r)))
-            {
+            if !hub.store.try_read(
+                move |s| s.queued(room),
+                move |r| h.dispatch(Event::Loaded(r)),
+            ) {
                 self.loading = false;
             }
         }
@@ -321,7 +176,7 @@ impl Dispatcher {
     }
 
     /// Hold `job` (known to be queued in the store) and queue it.
-    fn track_queued(&mut self, job: &Job, submitted: Option<Instant>) {
+    pub(super) fn track_queued(&mut self, job: &Job, submitted: Option<Instant>) {
         if self.jobs.contains_key(&job.job_id) {
             return;
         }
@@ -404,9 +259,8 @@ impl Dispatcher {
                 if let Some(t) = self.jobs.get_mut(&job_id)
                     && t.epoch == epoch
                     && let Some(at) = t.submitted.take()
-                    && self.assignment_us.len() < 65_536
                 {
-                    self.assignment_us.push(at.elapsed().as_micros() as u64);
+                    hub.metrics.assigned(at.elapsed().as_micros() as u64);
                 }
             }
             Event::Rejected {
@@ -461,11 +315,8 @@ impl Dispatcher {
                             .map(|a| (a.info.clone(), 0, false)),
                     )
                     .map(|(info, running, up)| {
-                        let connected = up
-                            && self
-                                .agents
-                                .get(&info.id)
-                                .is_some_and(|a| a.conn.is_some());
+                        let connected =
+                            up && self.agents.get(&info.id).is_some_and(|a| a.conn.is_some());
                         json!({"id": info.id, "labels": info.labels, "slots": info.slots,
                                "running": running, "connected": connected})
                     })
@@ -479,57 +330,10 @@ impl Dispatcher {
             }
         }
         self.pump(ctx, hub);
-    }
-
-    fn recovered(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        hub: &Arc<Hub>,
-        r: Result<(Vec<Job>, Vec<Job>), StoreError>,
-    ) {
-        let (active, queued) = match r {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the store at start failed: retrying");
-                return;
-            }
-        };
-        self.recovered = true;
-        let claim_by = ctx.now() + hub.config.lease;
-        for job in active {
-            let Some(last) = job.attempts.last() else {
-                continue;
-            };
-            // A paused job whose attempt ended waits for its resume, off the queue.
-            if last.ended_at.is_some() || last.epoch != job.epoch {
-                continue;
-            }
-            let queued = queued_of(&job.job_id, &job.spec, job.created_at);
-            self.sched.restore(queued.clone(), &last.agent);
-            self.jobs.insert(
-                job.job_id.clone(),
-                Tracked {
-                    spec: Arc::new(job.spec.clone()),
-                    queued,
-                    agent: Some(last.agent.clone()),
-                    epoch: job.epoch,
-                    started: last.started_at.is_some(),
-                    confirm_by: Some(claim_by),
-                    losing: false,
-                    submitted: None,
-                    failures: 0,
-                },
-            );
-        }
-        self.more_in_store = queued.len() >= self.sched.room().max(1);
-        for j in &queued {
-            self.track_queued(j, None);
-        }
-        tracing::info!(
-            on_agents = self.sched.running(),
-            queued = self.sched.queued(),
-            "dispatcher recovered the store's jobs"
-        );
+        let m = &hub.metrics;
+        m.queued.store(self.sched.queued() as i64, Relaxed);
+        let up = self.agents.values().filter(|a| a.conn.is_some()).count();
+        m.agents.store(up as i64, Relaxed);
     }
 
     fn assigned(
@@ -617,6 +421,11 @@ impl Dispatcher {
             (JobState::Queued, Some(agent)) => {
                 let q = t.queued.clone();
                 self.sched.rejected(q, &agent);
+                // Asked again after a while: an agent's refusal need not last.
+                let token = self.next_token;
+                self.next_token += 1;
+                self.retries.insert(token, (job_id, true));
+                let _ = ctx.set_timer(ctx.now() + REJECTION_LASTS, token);
             }
             (JobState::Queued, None) => {
                 self.sched.job_done(&job_id);
@@ -625,28 +434,36 @@ impl Dispatcher {
                     Duration::from_secs(60),
                 );
                 let delay = backoff.base_delay(t.failures);
+                hub.metrics.entered(JobState::Queued);
                 t.failures += 1;
                 let token = self.next_token;
                 self.next_token += 1;
-                self.retries.insert(token, job_id);
+                self.retries.insert(token, (job_id, false));
                 if ctx.set_timer(ctx.now() + delay, token).is_err() {
                     // No room for a timer: retry at once rather than never.
                     self.retry(token);
                 }
-                let _ = hub;
             }
             (JobState::Paused, _) => self.sched.job_done(&job_id),
             _ => {
+                hub.metrics.entered(state);
                 self.sched.job_done(&job_id);
                 self.jobs.remove(&job_id);
             }
         }
     }
 
-    /// A retry's backoff is over: queue it again.
+    /// A retry's backoff is over: queue it again (or a rejection's time: any agent may be
+    /// asked again).
     pub(crate) fn retry(&mut self, token: u64) {
-        if let Some(job) = self.retries.remove(&token)
-            && let Some(t) = self.jobs.get(&job)
+        let Some((job, forgive)) = self.retries.remove(&token) else {
+            return;
+        };
+        if forgive {
+            self.sched.forgive(&job);
+            return;
+        }
+        if let Some(t) = self.jobs.get(&job)
             && t.agent.is_none()
             && !self.sched.enqueue(t.queued.clone())
         {
@@ -715,35 +532,6 @@ impl Dispatcher {
                 None => self.more_in_store = true,
             },
             _ => {}
-        }
-    }
-
-    fn agent_up(&mut self, ctx: &mut Ctx<'_>, hub: &Arc<Hub>, info: AgentInfo, conn: ConnRef) {
-        let now = ctx.now();
-        let id = info.id.clone();
-        let slot = self.agents.entry(id.clone()).or_insert_with(|| AgentSlot {
-            info: info.clone(),
-            conn: None,
-            last_heard: now,
-            lost: false,
-        });
-        let new_conn = slot.conn != Some(conn);
-        if new_conn && let Some(old) = slot.conn {
-            let _ = ctx.close(old, 1000, "the agent connected again");
-        }
-        slot.conn = Some(conn);
-        slot.last_heard = now;
-        slot.lost = false;
-        slot.info = info.clone();
-        self.sched.agent_up(info);
-        if new_conn {
-            tracing::info!(agent = %id, "agent connected");
-            let claim_by = now + hub.config.lease;
-            for t in self.jobs.values_mut() {
-                if t.agent.as_deref() == Some(id.as_str()) && !t.losing {
-                    t.confirm_by = Some(claim_by);
-                }
-            }
         }
     }
 }

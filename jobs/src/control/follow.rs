@@ -64,10 +64,8 @@ impl JobsService {
             },
             move |r| {
                 let resp = match r {
-                    Ok(Some(page)) => {
-                        Response::with_body(200, "application/x-ndjson", page.ndjson)
-                            .header("x-valkyrie-next", page.next.to_string())
-                    }
+                    Ok(Some(page)) => Response::with_body(200, "application/x-ndjson", page.ndjson)
+                        .header("x-valkyrie-next", page.next.to_string()),
                     Ok(None) => error(404, 404, "no such job"),
                     Err(e) => error(503, 504, &e.to_string()),
                 };
@@ -116,7 +114,13 @@ impl JobsService {
     }
 
     /// A page read for a follower.
-    pub(crate) fn logs_read(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, page: LogPage, done: bool) {
+    pub(crate) fn logs_read(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnRef,
+        page: LogPage,
+        done: bool,
+    ) {
         let Some(f) = self.local.followers.get_mut(&conn) else {
             return;
         };

@@ -11,7 +11,7 @@ use valkyrie_protocol::message::{
 use valkyrie_protocol::{ErrorCode, Flags, Frame, MessageType};
 use valkyrie_runtime::{ConnRef, Ctx};
 
-use super::dispatcher::Event;
+use super::event::Event;
 use super::{Hub, Reply, response};
 use crate::model::JobState;
 use crate::store::{Applied, Change};
@@ -197,13 +197,18 @@ pub(crate) fn on_agent_frame(
                 );
             }
             Ok(b) => {
+                let n = b.lines.len() as u64;
                 let change = Change::Log {
                     job_id: b.job_id,
                     epoch: b.epoch,
                     first_seq: b.seq,
                     lines: b.lines,
                 };
-                commit(ctx, hub, change, to, frame, |_, _| {});
+                commit(ctx, hub, change, to, frame, move |hub, _| {
+                    hub.metrics
+                        .log_lines
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                });
             }
         },
         ref result @ (Said::Complete(_) | Said::Failed(_)) => {

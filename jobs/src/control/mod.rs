@@ -25,13 +25,16 @@ use crate::scheduler::Policy;
 use crate::store::LogPage;
 
 pub(crate) mod dispatcher;
+pub(crate) mod event;
 mod follow;
 mod frames;
+mod leases;
+mod metrics;
 mod service;
 
 pub use service::JobsService;
 
-use dispatcher::Event;
+use event::Event;
 
 /// Requests, answers and events waiting for one shard, at most.
 const LANE: usize = 65_536;
@@ -106,6 +109,7 @@ struct Lane {
 pub(crate) struct Hub {
     pub(crate) store: Arc<Committer>,
     pub(crate) config: ControlConfig,
+    pub(crate) metrics: Arc<metrics::JobsMetrics>,
     lanes: OnceLock<Vec<Lane>>,
 }
 
@@ -221,6 +225,7 @@ impl ControlPlane {
             hub: Arc::new(Hub {
                 store,
                 config,
+                metrics: Arc::default(),
                 lanes: OnceLock::new(),
             }),
         }
@@ -229,6 +234,11 @@ impl ControlPlane {
     /// The service of shard `shard`.
     pub fn service(&self, shard: usize) -> JobsService {
         JobsService::new(self.hub.clone(), shard)
+    }
+
+    /// The control plane's metrics, for [`NodeBuilder::collector`](valkyrie_runtime::NodeBuilder::collector).
+    pub fn collector(&self) -> impl prometheus_client::collector::Collector + use<> {
+        metrics::JobsCollector(self.hub.metrics.clone())
     }
 }
 
@@ -260,7 +270,7 @@ pub(crate) struct Follow {
 
 impl Local {
     /// Hand the dispatcher an event from a shard other than 0.
-    pub(crate) fn to_dispatcher(&mut self, hub: &Hub, ev: Event) {
+    pub(crate) fn hand_on(&mut self, hub: &Hub, ev: Event) {
         if !self.outbox.is_empty() {
             self.outbox.push_back(ev);
             return;

@@ -9,7 +9,8 @@ use valkyrie_protocol::{CloseReason, Frame};
 use valkyrie_runtime::http::Request;
 use valkyrie_runtime::{ConnRef, Ctx, HttpAnswer, Service};
 
-use super::dispatcher::{Dispatcher, Event, RETRY_TOKENS};
+use super::dispatcher::{Dispatcher, RETRY_TOKENS};
+use super::event::Event;
 use super::{Hub, Inbox, Local, response};
 
 /// Timer token: the dispatcher's tick (leases, claims, loads).
@@ -58,7 +59,7 @@ impl JobsService {
         match &mut self.dispatcher {
             Some(d) => d.handle(ctx, &self.hub, ev),
             None => {
-                self.local.to_dispatcher(&self.hub, ev);
+                self.local.hand_on(&self.hub, ev);
                 if !self.local.outbox.is_empty() {
                     let _ = ctx.set_timer(ctx.now() + Duration::from_millis(1), FLUSH);
                 }

@@ -147,3 +147,15 @@ fn the_queue_is_bounded_and_one_assign_looks_at_a_bounded_run() {
     t.enqueue(job("fits", 1, 0));
     assert!(t.assign(1).is_empty());
 }
+
+#[test]
+fn a_rejection_is_forgiven_and_the_agent_asked_again() {
+    let mut s = Scheduler::new(Policy::LeastLoaded, 8);
+    s.agent_up(agent("a", &[], 1));
+    assert!(s.enqueue(job("j", 1, 1)));
+    assert_eq!(s.assign(1).len(), 1);
+    s.rejected(job("j", 1, 1), "a");
+    assert!(s.assign(1).is_empty(), "the only agent refused it");
+    s.forgive("j");
+    assert_eq!(s.assign(1)[0].agent, "a");
+}

@@ -447,9 +447,9 @@ fn log(
 /// One NDJSON line: `{"seq":N,"stream":"stdout","line":"..."}`.
 fn push_line(out: &mut String, seq: u64, l: &LogLine) {
     use std::fmt::Write;
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{{\"seq\":{seq},\"stream\":{},\"line\":{}}}\n",
+        "{{\"seq\":{seq},\"stream\":{},\"line\":{}}}",
         serde_json::Value::from(l.stream.as_str()),
         serde_json::Value::from(l.line.as_str())
     );

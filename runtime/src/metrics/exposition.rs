@@ -21,11 +21,13 @@ use super::{PRIORITIES, SECURITY_LABELS, ShardMetrics, TRANSPORTS};
 
 /// Every shard's metrics, summed when encoded: register it in a `prometheus-client`
 /// [`Registry`](prometheus_client::registry::Registry) (`Node::metrics`), or take the text
-/// ([`NodeMetrics::openmetrics_text`]).
+/// ([`NodeMetrics::openmetrics_text`], which has the collectors given to
+/// `NodeBuilder::collector` too; a registry of a program's own registers those itself).
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
     shards: Vec<Arc<ShardMetrics>>,
     security: String,
+    extra: Vec<Arc<dyn Collector>>,
 }
 
 /// Write a counter family `name` (without `_total`) of `rows`: label values in the order
@@ -46,8 +48,16 @@ fn counters<'r, const N: usize>(
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(shards: Vec<Arc<ShardMetrics>>, security: String) -> NodeMetrics {
-        NodeMetrics { shards, security }
+    pub(crate) fn new(
+        shards: Vec<Arc<ShardMetrics>>,
+        security: String,
+        extra: Vec<Arc<dyn Collector>>,
+    ) -> NodeMetrics {
+        NodeMetrics {
+            shards,
+            security,
+            extra,
+        }
     }
 
     /// The sum over shards of what `f` reads.
@@ -59,6 +69,9 @@ impl NodeMetrics {
     pub fn openmetrics_text(&self) -> String {
         let mut r = prometheus_client::registry::Registry::default();
         r.register_collector(Box::new(self.clone()));
+        for c in &self.extra {
+            r.register_collector(Box::new(Shared(c.clone())));
+        }
         let mut out = String::with_capacity(32 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
             out = format!("# metrics could not be encoded: {e}\n");
@@ -371,6 +384,16 @@ impl NodeMetrics {
             },
             |i| StreamClass::ALL[i].label().to_owned(),
         )
+    }
+}
+
+/// A collector the node shares with whoever made it.
+#[derive(Debug)]
+struct Shared(Arc<dyn Collector>);
+
+impl Collector for Shared {
+    fn encode(&self, enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.encode(enc)
     }
 }
 

@@ -1,0 +1,74 @@
+//! What moves the dispatcher ([`Event`]), from the store's thread (commits done, reads
+//! answered) and from the shards (agents' words, REST requests).
+
+use std::time::Instant;
+
+use valkyrie_runtime::ConnRef;
+
+use crate::model::{Job, JobSpec, JobState};
+use crate::scheduler::AgentInfo;
+use crate::store::{Applied, StoreError};
+
+/// What pause, resume or cancel was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+/// What moves the dispatcher.
+pub(crate) enum Event {
+    /// A job was submitted (its commit is on disk).
+    Submitted {
+        job_id: String,
+        spec: Box<JobSpec>,
+        created_at: u64,
+        at: Instant,
+    },
+    /// The jobs on agents and the first queued jobs, read when the control plane starts.
+    Recovered(Result<(Vec<Job>, Vec<Job>), StoreError>),
+    /// More queued jobs read from the store.
+    Loaded(Result<Vec<Job>, StoreError>),
+    /// An assignment's commit.
+    Assigned {
+        job_id: String,
+        agent: String,
+        result: Result<Applied, StoreError>,
+    },
+    /// An attempt ended (its commit is on disk): the job's state now; `rejected_by` when the
+    /// agent turned it down.
+    Ended {
+        job_id: String,
+        state: JobState,
+        rejected_by: Option<String>,
+    },
+    /// A pause, resume or cancel was committed.
+    Moved {
+        job_id: String,
+        state: JobState,
+        running: Option<u64>,
+        op: Op,
+    },
+    /// An agent announced itself on `conn` (its lease is renewed).
+    AgentUp { info: AgentInfo, conn: ConnRef },
+    /// An agent's connection ended.
+    ConnClosed { conn: ConnRef },
+    /// An agent accepted an attempt.
+    Accepted { job_id: String, epoch: u64 },
+    /// An agent rejected an attempt.
+    Rejected {
+        job_id: String,
+        epoch: u64,
+        agent: String,
+        reason: String,
+    },
+    /// An agent says it runs an attempt (first start, or re-attaching).
+    Started {
+        job_id: String,
+        epoch: u64,
+        agent: String,
+    },
+    /// `GET /api/v1/agents` on `conn`.
+    ListAgents { conn: ConnRef },
+}
