@@ -11,6 +11,7 @@ mod cpu;
 mod handshake;
 mod http;
 mod idle_memory;
+mod jobs;
 mod latency;
 mod memory;
 mod peers;
@@ -38,7 +39,7 @@ use report::{Report, host};
 #[derive(Parser)]
 #[command(name = "valkyrie-bench", about = "Valkyrie benchmark harness")]
 struct Cli {
-    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, clients, http, ws,
+    /// Scenario to run (idle-memory, handshake, latency, throughput, pipeline, clients, http, ws, jobs,
     /// transfer, shm, connections);
     /// repeatable. Default: all but connections.
     #[arg(long = "scenario")]
@@ -239,6 +240,10 @@ fn main() {
     peers::unpin();
     if wants("transfer") {
         transfer::scenario(&mut report, rounds, if cli.full { 100 } else { 20 });
+    }
+    peers::unpin();
+    if wants("jobs") {
+        jobs::scenario(&mut report, rounds, if cli.full { 5.0 } else { 1.0 });
     }
     peers::unpin();
     if wants("shm") {

@@ -283,6 +283,25 @@ impl AgentService {
             control,
         };
         match serde_json::from_value::<JobSpec>(req.spec) {
+            Ok(spec) if spec.builtin.as_deref() == Some("noop") => {
+                // Done as soon as it starts: no process, no thread.
+                run.started = true;
+                run.result = Some(result(
+                    &req.job_id,
+                    req.epoch,
+                    &ExecMsg::Exited {
+                        exit_code: Some(0),
+                        signal: None,
+                        duration: Duration::ZERO,
+                        timed_out: false,
+                        cancelled: false,
+                    },
+                ));
+                self.jobs.insert(req.job_id.clone(), run);
+                self.reclaim(ctx, &req.job_id);
+                self.flush_job(ctx, &req.job_id);
+                return;
+            }
             Ok(spec) => {
                 let Some(nudger) = self.nudger.clone() else {
                     return;

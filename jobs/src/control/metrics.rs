@@ -36,8 +36,11 @@ const BOUNDS_US: [u64; 14] = [
     u64::MAX,
 ];
 
+/// Assignment times kept for [`JobsMetrics::samples`], the latest this many.
+pub(crate) const SAMPLES: usize = 65_536;
+
 /// The counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct JobsMetrics {
     states: [AtomicU64; 8],
     pub(crate) queued: AtomicI64,
@@ -45,6 +48,24 @@ pub(crate) struct JobsMetrics {
     pub(crate) log_lines: AtomicU64,
     buckets: [AtomicU64; 14],
     sum_us: AtomicU64,
+    /// The latest assignment times, µs (a ring: `taken` counts every one ever written).
+    recent: Box<[AtomicU64]>,
+    taken: AtomicU64,
+}
+
+impl Default for JobsMetrics {
+    fn default() -> JobsMetrics {
+        JobsMetrics {
+            states: Default::default(),
+            queued: AtomicI64::new(0),
+            agents: AtomicI64::new(0),
+            log_lines: AtomicU64::new(0),
+            buckets: Default::default(),
+            sum_us: AtomicU64::new(0),
+            recent: (0..SAMPLES).map(|_| AtomicU64::new(0)).collect(),
+            taken: AtomicU64::new(0),
+        }
+    }
 }
 
 impl JobsMetrics {
@@ -62,6 +83,22 @@ impl JobsMetrics {
             .min(BOUNDS_US.len() - 1);
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
+        let n = self.taken.fetch_add(1, Relaxed) as usize;
+        self.recent[n % SAMPLES].store(us, Relaxed);
+    }
+
+    /// Jobs that entered `state`.
+    pub(crate) fn count(&self, state: JobState) -> u64 {
+        JobState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .map_or(0, |i| self.states[i].load(Relaxed))
+    }
+
+    /// The latest assignment times, µs (up to [`SAMPLES`]).
+    pub(crate) fn samples(&self) -> Vec<u64> {
+        let n = (self.taken.load(Relaxed) as usize).min(SAMPLES);
+        self.recent[..n].iter().map(|a| a.load(Relaxed)).collect()
     }
 }
 

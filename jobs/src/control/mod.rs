@@ -236,6 +236,27 @@ impl ControlPlane {
         JobsService::new(self.hub.clone(), shard)
     }
 
+    /// Jobs that entered `state` since the control plane started (`Queued`: submitted or
+    /// retried; a final state: ended so).
+    pub fn count(&self, state: crate::model::JobState) -> u64 {
+        self.hub.metrics.count(state)
+    }
+
+    /// Lines of jobs' output committed since the control plane started.
+    pub fn log_lines(&self) -> u64 {
+        self.hub
+            .metrics
+            .log_lines
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The latest times from a job's submission to its agent's JOB_ACCEPT, in microseconds
+    /// (up to 65,536 of them, in no particular order): what `valkyrie_job_assignment_seconds`
+    /// counts, for a percentile finer than its buckets.
+    pub fn assignment_samples(&self) -> Vec<u64> {
+        self.hub.metrics.samples()
+    }
+
     /// The control plane's metrics, for [`NodeBuilder::collector`](valkyrie_runtime::NodeBuilder::collector).
     pub fn collector(&self) -> impl prometheus_client::collector::Collector + use<> {
         metrics::JobsCollector(self.hub.metrics.clone())
