@@ -83,7 +83,12 @@ fn plane(tag: &str, spec: &JobSpec, n: usize) -> Plane {
         .service(move |shard| service.service(shard))
         .start()
         .expect("control plane");
-    let port = node.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port = node
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     Plane {
         node: Some(node),
         cp,
@@ -154,7 +159,12 @@ fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32) -> f64 {
     let t = Instant::now();
     let _agents = agents(&p, 2, slots);
     assert!(
-        wait_for(&p.cp, JobState::Succeeded, n as u64, Duration::from_secs(120)),
+        wait_for(
+            &p.cp,
+            JobState::Succeeded,
+            n as u64,
+            Duration::from_secs(120)
+        ),
         "{} of {n} jobs done",
         p.cp.count(JobState::Succeeded)
     );
@@ -238,11 +248,26 @@ fn assignment(rate: f64, secs: f64) -> (f64, f64) {
         }
     });
     let n = (total / conns * conns) as u64;
-    assert!(wait_for(&p.cp, JobState::Succeeded, n, Duration::from_secs(60)));
+    assert!(wait_for(
+        &p.cp,
+        JobState::Succeeded,
+        n,
+        Duration::from_secs(60)
+    ));
     let reached = n as f64 / t.elapsed().as_secs_f64();
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     for us in p.cp.assignment_samples() {
         h.saturating_record(us);
+    }
+    if std::env::var_os("VALKYRIE_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "  assignment: p50 {} p90 {} p99 {} max {} us over {}",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len()
+        );
     }
     (h.value_at_quantile(0.99) as f64, reached)
 }
@@ -257,7 +282,12 @@ fn log_rate(n: usize) -> f64 {
     let p = plane("logs", &spec, 1);
     let t = Instant::now();
     let _agents = agents(&p, 1, 1);
-    assert!(wait_for(&p.cp, JobState::Succeeded, 1, Duration::from_secs(300)));
+    assert!(wait_for(
+        &p.cp,
+        JobState::Succeeded,
+        1,
+        Duration::from_secs(300)
+    ));
     assert_eq!(p.cp.log_lines(), n as u64, "every line stored once");
     n as f64 / t.elapsed().as_secs_f64()
 }
@@ -295,7 +325,10 @@ fn log_latency(lines: usize) -> f64 {
             .map_or(0, |d| d.as_nanos() as u64);
         for l in String::from_utf8_lossy(&body).lines() {
             let v: serde_json::Value = serde_json::from_str(l).expect("ndjson");
-            if let Some(stamp) = v["line"].as_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+            if let Some(stamp) = v["line"]
+                .as_str()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 h.saturating_record(now.saturating_sub(stamp) / 1000);
             }
             next = v["seq"].as_u64().unwrap_or(next) + 1;
@@ -310,7 +343,10 @@ fn store_jobs_floor(n: usize) -> f64 {
     let dir = std::env::temp_dir().join(format!("valkyrie-bench-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let store = Committer::spawn(SqliteStore::open(&dir.join("jobs.db")).expect("store"), 65_536);
+    let store = Committer::spawn(
+        SqliteStore::open(&dir.join("jobs.db")).expect("store"),
+        65_536,
+    );
     let noop = JobSpec {
         builtin: Some("noop".into()),
         max_attempts: 1,
@@ -355,7 +391,10 @@ fn store_jobs_floor(n: usize) -> f64 {
     }
     for _ in 0..n * 4 {
         let r = rx.recv().expect("reply").expect("commit");
-        assert!(!matches!(r, Applied::NotFound | Applied::Refused { .. }), "{r:?}");
+        assert!(
+            !matches!(r, Applied::NotFound | Applied::Refused { .. }),
+            "{r:?}"
+        );
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     drop(store);
@@ -368,7 +407,10 @@ fn store_log_floor(n: usize) -> f64 {
     let dir = std::env::temp_dir().join(format!("valkyrie-bench-lfloor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let store = Committer::spawn(SqliteStore::open(&dir.join("jobs.db")).expect("store"), 65_536);
+    let store = Committer::spawn(
+        SqliteStore::open(&dir.join("jobs.db")).expect("store"),
+        65_536,
+    );
     let id = job_id(now_ms(), 0);
     let spec = JobSpec {
         command: vec!["seq".into()],
@@ -462,15 +504,50 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
     bar.finish_and_clear();
     let med: Vec<f64> = m.iter().map(|v| median(v.clone())).collect();
     let p = |job: &str| json!({"store": "sqlite", "nodes": 1, "agents": 2, "job": job});
-    report.add("jobs", "valkyrie", "jobs_per_sec", "jobs/s", med[0], p("noop"));
-    report.add("jobs", "sqlite", "jobs_per_sec", "jobs/s", med[1], p("noop"));
-    report.add("jobs", "valkyrie", "jobs_per_sec", "jobs/s", med[2], p("true"));
+    report.add(
+        "jobs",
+        "valkyrie",
+        "jobs_per_sec",
+        "jobs/s",
+        med[0],
+        p("noop"),
+    );
+    report.add(
+        "jobs",
+        "sqlite",
+        "jobs_per_sec",
+        "jobs/s",
+        med[1],
+        p("noop"),
+    );
+    report.add(
+        "jobs",
+        "valkyrie",
+        "jobs_per_sec",
+        "jobs/s",
+        med[2],
+        p("true"),
+    );
     let mut ap = p("noop");
     ap["rate"] = json!(med[4].round());
     report.add("jobs", "valkyrie", "assignment_p99", "us", med[3], ap);
     let lp = json!({"store": "sqlite", "nodes": 1, "agents": 1, "job": "seq"});
-    report.add("jobs", "valkyrie", "log_lines_per_sec", "lines/s", med[5], lp.clone());
-    report.add("jobs", "sqlite", "log_lines_per_sec", "lines/s", med[6], lp.clone());
+    report.add(
+        "jobs",
+        "valkyrie",
+        "log_lines_per_sec",
+        "lines/s",
+        med[5],
+        lp.clone(),
+    );
+    report.add(
+        "jobs",
+        "sqlite",
+        "log_lines_per_sec",
+        "lines/s",
+        med[6],
+        lp.clone(),
+    );
     report.add("jobs", "valkyrie", "log_latency_p99", "us", med[7], lp);
     println!(
         "  no-op jobs/s      {:>12.0}   (store floor {:>10.0}: {:.2} of it)",
@@ -489,5 +566,8 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         med[6],
         med[5] / med[6]
     );
-    println!("  log latency p99   {:>12.0} us (written by the job -> read back over REST)", med[7]);
+    println!(
+        "  log latency p99   {:>12.0} us (written by the job -> read back over REST)",
+        med[7]
+    );
 }

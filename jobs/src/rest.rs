@@ -107,7 +107,11 @@ impl JobsService {
         }
     }
 
-    fn submit(&mut self, _ctx: &mut Ctx<'_>, conn: ConnRef, req: &Request) -> HttpAnswer {
+    /// A submission: committed, and answered once on disk. The dispatcher hears of it at
+    /// once, so that its assignment can be queued right behind it and share its commit (one
+    /// fsync for both); the JOB_REQUEST still waits for the assignment's commit, and one for
+    /// a job that was not made (an idempotency key used before) finds nothing and is dropped.
+    fn submit(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, req: &Request) -> HttpAnswer {
         let spec: JobSpec = match serde_json::from_slice(&req.body) {
             Ok(s) => s,
             Err(e) => {
@@ -129,7 +133,7 @@ impl JobsService {
         let submitted = std::time::Instant::now();
         let for_dispatcher = spec.clone();
         let change = Change::Submit {
-            job_id: id,
+            job_id: id.clone(),
             spec: Box::new(spec),
             at,
         };
@@ -138,12 +142,6 @@ impl JobsService {
                 Ok(Applied::Submitted { job_id, created }) => {
                     if created {
                         hub.metrics.entered(JobState::Queued);
-                        hub.dispatch(Event::Submitted {
-                            job_id: job_id.clone(),
-                            spec: Box::new(for_dispatcher),
-                            created_at: at,
-                            at: submitted,
-                        });
                     }
                     Response::json(
                         if created { 201 } else { 200 },
@@ -159,6 +157,15 @@ impl JobsService {
         if self.hub.store.try_change(change, reply).is_err() {
             return busy();
         }
+        self.dispatch(
+            ctx,
+            Event::Submitted {
+                job_id: id,
+                spec: Box::new(for_dispatcher),
+                created_at: at,
+                at: submitted,
+            },
+        );
         HttpAnswer::Later
     }
 

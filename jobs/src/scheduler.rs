@@ -247,8 +247,14 @@ impl Scheduler {
         let mut out = Vec::new();
         let mut taken = Vec::new();
         let mut groups_now: HashSet<String> = HashSet::new();
+        // Slots free on all agents: nothing to scan for when there are none.
+        let mut free: u64 = self
+            .agents
+            .values()
+            .map(|a| u64::from(a.info.slots).saturating_sub(a.running.len() as u64))
+            .sum();
         for (key, job) in self.queue.iter().take(SCAN) {
-            if out.len() >= max {
+            if out.len() >= max || free == 0 {
                 break;
             }
             if let Some(g) = &job.group
@@ -265,6 +271,7 @@ impl Scheduler {
             if let Some(a) = self.agents.get_mut(&agent) {
                 a.running.insert(job.job_id.clone());
             }
+            free -= 1;
             self.turn = Some(agent.clone());
             out.push(Assignment {
                 job_id: job.job_id.clone(),

@@ -52,7 +52,7 @@ use exec::{Control, ExecMsg, JobThread};
 pub const MAX_UNACKED: usize = 65_536;
 
 /// Messages from one job's thread waiting for the shard, at most.
-const EXEC_QUEUE: usize = 4096;
+const EXEC_QUEUE: usize = 1024;
 
 /// Timer token: announce again (lease).
 const HEARTBEAT: u64 = 1;
@@ -122,6 +122,7 @@ impl Agent {
             link: None,
             conn: None,
             jobs: BTreeMap::new(),
+            live: BTreeSet::new(),
             pending: HashMap::new(),
             nudger: None,
             retry_set: false,
@@ -153,8 +154,8 @@ struct JobRun {
     /// Its JOB_COMPLETE or JOB_FAILED, once it ended.
     result: Option<(MessageType, bytes::Bytes)>,
     result_in_flight: bool,
-    from_exec: Receiver<ExecMsg>,
-    control: Sender<Control>,
+    /// Its thread, when it has one: what it says, and how to reach it.
+    thread: Option<(Receiver<ExecMsg>, Sender<Control>)>,
 }
 
 /// The agent's service.
@@ -163,6 +164,8 @@ pub struct AgentService {
     link: Option<LinkId>,
     conn: Option<ConnRef>,
     jobs: BTreeMap<String, JobRun>,
+    /// Jobs whose process runs (their thread may have news): what a nudge looks at.
+    live: BTreeSet<String>,
     pending: HashMap<u32, Pending>,
     nudger: Option<Nudger>,
     retry_set: bool,
@@ -249,8 +252,7 @@ impl AgentService {
             return;
         }
         // A job that has ended holds no slot while its result is on its way.
-        let busy = self.jobs.values().filter(|r| r.result.is_none()).count();
-        if busy >= self.cfg.slots as usize {
+        if self.live.len() >= self.cfg.slots as usize {
             let reject = JobReject {
                 job_id: req.job_id,
                 code: 401,
@@ -267,8 +269,6 @@ impl AgentService {
             epoch: req.epoch,
         };
         self.send(ctx, MessageType::JobAccept, accept.to_bytes());
-        let (out, from_exec) = crossbeam_channel::bounded(EXEC_QUEUE);
-        let (control, control_rx) = crossbeam_channel::bounded(16);
         let acked = req.log_from.max(1) - 1;
         let mut run = JobRun {
             epoch: req.epoch,
@@ -279,8 +279,7 @@ impl AgentService {
             started: false,
             result: None,
             result_in_flight: false,
-            from_exec,
-            control,
+            thread: None,
         };
         match serde_json::from_value::<JobSpec>(req.spec) {
             Ok(spec) if spec.builtin.as_deref() == Some("noop") => {
@@ -306,6 +305,9 @@ impl AgentService {
                 let Some(nudger) = self.nudger.clone() else {
                     return;
                 };
+                let (out, from_exec) = crossbeam_channel::bounded(EXEC_QUEUE);
+                let (control, control_rx) = crossbeam_channel::bounded(16);
+                run.thread = Some((from_exec, control));
                 JobThread {
                     spec,
                     work: self.cfg.work.clone(),
@@ -315,6 +317,7 @@ impl AgentService {
                     nudger,
                 }
                 .spawn(&req.job_id);
+                self.live.insert(req.job_id.clone());
             }
             Err(e) => {
                 let failed = JobFailed {
@@ -332,8 +335,8 @@ impl AgentService {
     }
 
     fn control(&mut self, job_id: &str, c: Control) {
-        if let Some(run) = self.jobs.get(job_id) {
-            let _ = run.control.try_send(c);
+        if let Some((_, control)) = self.jobs.get(job_id).and_then(|r| r.thread.as_ref()) {
+            let _ = control.try_send(c);
         }
     }
 }
@@ -417,14 +420,14 @@ impl Service for AgentService {
             }
             RETRY => {
                 self.retry_set = false;
-                self.drain(ctx);
+                self.drain(ctx, true);
             }
             _ => {}
         }
     }
 
     fn on_nudge(&mut self, ctx: &mut Ctx<'_>) {
-        self.drain(ctx);
+        self.drain(ctx, false);
     }
 }
 

@@ -19,9 +19,14 @@ const BATCHES_IN_FLIGHT: usize = 4;
 const BATCH_BYTES: usize = 256 * 1024;
 
 impl AgentService {
-    /// Take what the jobs' threads said, and send what can be sent.
-    pub(super) fn drain(&mut self, ctx: &mut Ctx<'_>) {
-        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+    /// Take what the jobs' threads said, and send what can be sent: for the jobs whose
+    /// process runs, or (`all`) for every job.
+    pub(super) fn drain(&mut self, ctx: &mut Ctx<'_>, all: bool) {
+        let ids: Vec<String> = if all {
+            self.jobs.keys().cloned().collect()
+        } else {
+            self.live.iter().cloned().collect()
+        };
         for id in ids {
             self.take(ctx, &id);
             self.flush_job(ctx, &id);
@@ -37,7 +42,7 @@ impl AgentService {
             if run.lines.len() >= MAX_UNACKED || run.result.is_some() {
                 return;
             }
-            let Ok(msg) = run.from_exec.try_recv() else {
+            let Some(Ok(msg)) = run.thread.as_ref().map(|(rx, _)| rx.try_recv()) else {
                 return;
             };
             match msg {
@@ -49,6 +54,7 @@ impl AgentService {
                 end => {
                     let epoch = run.epoch;
                     run.result = Some(result(id, epoch, &end));
+                    self.live.remove(id);
                 }
             }
         }
@@ -128,10 +134,13 @@ impl AgentService {
 
     /// Let a job go: its attempt is over here (reported, or replaced while away).
     fn let_go(&mut self, ctx: &mut Ctx<'_>, id: &str) {
+        self.live.remove(id);
         if let Some(run) = self.jobs.remove(id) {
             if run.result.is_none() {
                 // Its attempt was given to another: end the process here.
-                let _ = run.control.try_send(Control::Cancel);
+                if let Some((_, control)) = &run.thread {
+                    let _ = control.try_send(Control::Cancel);
+                }
             }
             // The next announcement says a slot is free.
             self.announce(ctx);
