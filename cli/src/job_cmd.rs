@@ -87,6 +87,16 @@ pub(crate) enum JobCmd {
         /// The job's id.
         job_id: String,
     },
+    /// Move a job to another agent (a running one is stopped and runs again there).
+    Migrate {
+        /// The control plane.
+        url: String,
+        /// The job's id.
+        job_id: String,
+        /// The agent to move it to (default: the scheduler's choice, elsewhere).
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// A job's output as NDJSON (`{"seq", "stream", "line"}` a line).
     Logs {
         /// The control plane.
@@ -260,6 +270,17 @@ pub(crate) fn run(cmd: JobCmd) -> Result<(), Box<dyn std::error::Error>> {
         }
         JobCmd::Resume { url, job_id } => {
             exchange(&url, "POST", &format!("/api/v1/jobs/{job_id}/resume"), "")?
+        }
+        JobCmd::Migrate { url, job_id, agent } => {
+            let body = agent.map_or(String::new(), |a| {
+                serde_json::json!({ "agent": a }).to_string()
+            });
+            exchange(
+                &url,
+                "POST",
+                &format!("/api/v1/jobs/{job_id}/migrate"),
+                &body,
+            )?
         }
         JobCmd::Agents { url } => exchange(&url, "GET", "/api/v1/agents", "")?,
         JobCmd::Logs {

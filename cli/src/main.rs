@@ -90,7 +90,7 @@ enum Cmd {
     /// Run an agent: `--connect URL[,URL...] --id NAME --labels a,b --slots N --work DIR`.
     Agent(agent::AgentArgs),
     /// The jobs API of a control plane: `submit URL -- CMD ARGS...`, `status URL ID`,
-    /// `list URL [--state S]`, `cancel|pause|resume URL ID`, `logs URL ID [--follow]`,
+    /// `list URL [--state S]`, `cancel|pause|resume|migrate URL ID`, `logs URL ID [--follow]`,
     /// `agents URL`.
     Job {
         #[command(subcommand)]

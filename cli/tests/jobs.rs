@@ -227,3 +227,79 @@ fn a_followed_log_streams_until_the_job_ends() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
+
+#[test]
+fn migrate_moves_a_running_job_and_pins_a_queued_one() {
+    let c = Cluster::start("jobs-migrate", 2000);
+    let _a = c.agent("a", &[], 1);
+    let long = |tag: &str| json!({"command": ["sh", "-c", format!("echo {tag}; sleep 60")]});
+    let moved = c.submit(&long("moved"));
+    let job = c.wait_state(&moved, "running", 30);
+    assert_eq!(job["attempts"][0]["agent"], "a");
+    let _b = c.agent("b", &[], 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.agents().len() < 2 {
+        assert!(Instant::now() < deadline, "b did not come");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Running on a: stopped there, a new attempt on b.
+    let (code, r) = curl_post(&c, &moved, "migrate", r#"{"agent": "b"}"#);
+    assert_eq!(code, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let j = c.job(&moved);
+        if j["attempts"].as_array().unwrap().len() == 2 && j["state"] == "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "not moved: {j}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(job["attempts"][0]["state"], "cancelled");
+    assert_eq!(job["attempts"][0]["reason"], "migrated");
+    assert_eq!(job["attempts"][1]["agent"], "b");
+    // Both agents busy; a queued job pinned to a waits for a, not for the first free slot.
+    let other = c.submit(&long("other"));
+    c.wait_state(&other, "running", 30);
+    let pinned = c.submit(&json!({"command": ["true"]}));
+    let (code, r) = curl_post(&c, &pinned, "migrate", r#"{"agent": "a"}"#);
+    assert_eq!((code, r["state"].as_str()), (200, Some("queued")), "{r}");
+    let on_b = if c.job(&other)["attempts"][0]["agent"] == "b" {
+        &other
+    } else {
+        &moved
+    };
+    let on_a = if on_b == &other { &moved } else { &other };
+    assert_eq!(c.post(on_b, "cancel").0, 202);
+    c.wait_state(on_b, "cancelled", 30);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.job(&pinned)["state"],
+        "queued",
+        "b is free, but the job is a's"
+    );
+    assert_eq!(c.post(on_a, "cancel").0, 202);
+    let job = c.wait_state(&pinned, "succeeded", 30);
+    assert_eq!(job["attempts"][0]["agent"], "a");
+    assert_eq!(
+        curl_post(&c, &pinned, "migrate", "").0,
+        409,
+        "a job that is over stays"
+    );
+    assert_eq!(curl_post(&c, &pinned, "migrate", "{\"agnet\": 1}").0, 400);
+}
+
+/// `POST /api/v1/jobs/{id}/{verb}` with a JSON body.
+fn curl_post(c: &Cluster, id: &str, verb: &str, body: &str) -> (u16, serde_json::Value) {
+    common::curl(
+        c.port,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ],
+        &format!("/api/v1/jobs/{id}/{verb}"),
+    )
+}

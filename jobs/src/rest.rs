@@ -92,14 +92,29 @@ impl JobsService {
         };
         match (&req.method, id, verb) {
             (Method::Post, "", None) => self.submit(ctx, conn, req),
-            (Method::Post, id, Some("cancel")) => self.op(ctx, conn, id, Op::Cancel),
-            (Method::Post, id, Some("pause")) => self.op(ctx, conn, id, Op::Pause),
-            (Method::Post, id, Some("resume")) => self.op(ctx, conn, id, Op::Resume),
-            (Method::Post, _, Some("migrate")) => HttpAnswer::Respond(error(
-                501,
-                501,
-                "migrate is not built yet: cancel and submit again",
-            )),
+            (Method::Post, id, Some("cancel")) => self.op(ctx, conn, id, Op::Cancel, None),
+            (Method::Post, id, Some("pause")) => self.op(ctx, conn, id, Op::Pause, None),
+            (Method::Post, id, Some("resume")) => self.op(ctx, conn, id, Op::Resume, None),
+            (Method::Post, id, Some("migrate")) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct To {
+                    agent: Option<String>,
+                }
+                let body = req.body.trim_ascii();
+                let to: To = if body.is_empty() {
+                    To { agent: None }
+                } else {
+                    match serde_json::from_slice(body) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let m = format!("not {{\"agent\": ID}}: {e}");
+                            return HttpAnswer::Respond(error(400, 104, &m));
+                        }
+                    }
+                };
+                self.op(ctx, conn, id, Op::Migrate, to.agent)
+            }
             (Method::Get | Method::Head, "", None) => self.list(conn, req),
             (Method::Get | Method::Head, id, None) => self.get(conn, id),
             (Method::Get | Method::Head, id, Some("logs")) => self.logs(ctx, conn, id, req),
@@ -169,8 +184,16 @@ impl JobsService {
         HttpAnswer::Later
     }
 
-    /// Cancel, pause or resume: committed, then the dispatcher tells the agent.
-    fn op(&mut self, _ctx: &mut Ctx<'_>, conn: ConnRef, id: &str, op: Op) -> HttpAnswer {
+    /// Cancel, pause, resume or migrate (to `target`, or anywhere else): committed, then the
+    /// dispatcher tells the agent.
+    fn op(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnRef,
+        id: &str,
+        op: Op,
+        target: Option<String>,
+    ) -> HttpAnswer {
         let answer = answerer(&self.hub, conn);
         let hub = self.hub.clone();
         let job_id = id.to_owned();
@@ -179,6 +202,7 @@ impl JobsService {
             Op::Cancel => Change::Cancel { job_id, at },
             Op::Pause => Change::Pause { job_id, at },
             Op::Resume => Change::Resume { job_id, at },
+            Op::Migrate => Change::Migrate { job_id, at },
         };
         let job_id = id.to_owned();
         let reply = Box::new(move |r: Result<Applied, StoreError>| {
@@ -192,9 +216,11 @@ impl JobsService {
                         state,
                         running,
                         op,
+                        target,
                     });
-                    // A running job's cancel is done by its agent: accepted, not yet done.
-                    let status = if op == Op::Cancel && running.is_some() {
+                    // A running job's cancel or migration is done by its agent: accepted,
+                    // not yet done.
+                    let status = if matches!(op, Op::Cancel | Op::Migrate) && running.is_some() {
                         202
                     } else {
                         200

@@ -51,6 +51,8 @@ pub struct Queued {
     pub labels: Vec<String>,
     /// Its concurrency group.
     pub group: Option<String>,
+    /// The only agent it may go to (a migration's target).
+    pub pinned: Option<String>,
 }
 
 /// A decision: run `job_id` on `agent`.
@@ -227,6 +229,15 @@ impl Scheduler {
         self.enqueue(job);
     }
 
+    /// Keep `job_id` from `agent` as if it had rejected it (a migration away from it), until
+    /// [`Scheduler::forgive`].
+    pub fn avoid(&mut self, job_id: &str, agent: &str) {
+        self.rejected
+            .entry(job_id.to_owned())
+            .or_default()
+            .insert(agent.to_owned());
+    }
+
     /// Let agents that rejected `job_id` be asked again (what made them refuse may have
     /// passed: a slot taken only for a moment).
     pub fn forgive(&mut self, job_id: &str) {
@@ -296,6 +307,7 @@ impl Scheduler {
         let refused = self.rejected.get(&job.job_id);
         let fits = |a: &&Agent| {
             (a.running.len() as u64) < u64::from(a.info.slots)
+                && job.pinned.as_ref().is_none_or(|p| *p == a.info.id)
                 && job.labels.iter().all(|l| a.info.labels.contains(l))
                 && refused.is_none_or(|r| !r.contains(&a.info.id))
         };

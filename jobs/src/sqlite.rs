@@ -14,7 +14,7 @@ use crate::store::{Applied, Change, LogPage, Store, StoreError};
 mod apply;
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -59,6 +59,10 @@ CREATE TABLE logs (
     text TEXT NOT NULL,
     PRIMARY KEY (job, first_seq)
 ) WITHOUT ROWID;
+",
+    // Migrations of running jobs, ended and queued again without counting a failure.
+    "
+ALTER TABLE jobs ADD COLUMN migrate_requested INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 

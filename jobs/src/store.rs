@@ -56,8 +56,9 @@ pub enum Change {
     },
     /// The attempt of `epoch` ended. A final `state` ends the job; `Queued` asks for another
     /// attempt (a failure that may be retried, a lost agent): the job is queued again while
-    /// failures are fewer than its `max_attempts`, and fails otherwise. A job cancelled
-    /// while the attempt ran ends `cancelled` whatever the attempt says.
+    /// failures are fewer than its `max_attempts`, and fails otherwise. Unless the attempt
+    /// succeeded, a job cancelled while it ran ends `cancelled`, and one being migrated is
+    /// queued again (not a failure).
     End {
         /// The job.
         job_id: String,
@@ -90,6 +91,15 @@ pub enum Change {
     /// Cancel a job: a queued or idle paused one ends `cancelled` now; one with an attempt
     /// running is marked, and ends `cancelled` when that attempt ends (however it ends).
     Cancel {
+        /// The job.
+        job_id: String,
+        /// Now.
+        at: u64,
+    },
+    /// Move a job to another agent: a queued or idle paused one changes nothing here (the
+    /// dispatcher pins it); one with an attempt running is marked, and when that attempt ends
+    /// it is queued again without counting a failure.
+    Migrate {
         /// The job.
         job_id: String,
         /// Now.

@@ -292,3 +292,73 @@ fn output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line() {
         Applied::Logged { acked: 216 }
     );
 }
+
+#[test]
+fn a_migrated_attempt_is_queued_again_without_a_failure_unless_it_succeeded() {
+    let dir = TempDir::new("migrate");
+    let c = Committer::spawn(SqliteStore::open(&dir.0.join("jobs.db")).unwrap(), 64);
+    let id = submit(&c, 1, 1);
+    let at = 4;
+    assert_eq!(
+        c.apply(Change::Migrate {
+            job_id: id.clone(),
+            at
+        })
+        .unwrap(),
+        moved(JobState::Queued, None),
+        "a queued job: nothing to stop"
+    );
+    let e = assign(&c, &id);
+    c.apply(Change::Start {
+        job_id: id.clone(),
+        epoch: e,
+        at,
+    })
+    .unwrap();
+    assert_eq!(
+        c.apply(Change::Migrate {
+            job_id: id.clone(),
+            at
+        })
+        .unwrap(),
+        moved(JobState::Running, Some(e))
+    );
+    let stopped = Change::End {
+        job_id: id.clone(),
+        epoch: e,
+        state: JobState::Cancelled,
+        exit_code: None,
+        signal: Some(15),
+        reason: Some("cancelled".into()),
+        at,
+    };
+    assert_eq!(
+        c.apply(stopped).unwrap(),
+        ended(JobState::Queued),
+        "max_attempts 1, yet queued"
+    );
+    let e2 = assign(&c, &id);
+    c.apply(Change::Migrate {
+        job_id: id.clone(),
+        at,
+    })
+    .unwrap();
+    let done = Change::End {
+        job_id: id.clone(),
+        epoch: e2,
+        state: JobState::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        reason: None,
+        at,
+    };
+    assert_eq!(
+        c.apply(done).unwrap(),
+        ended(JobState::Succeeded),
+        "it finished first"
+    );
+    let i = id.clone();
+    let job = c.read(move |s| s.job(&i)).unwrap().unwrap().unwrap();
+    assert_eq!(job.attempts[0].state, JobState::Cancelled);
+    assert_eq!(job.attempts[0].reason.as_deref(), Some("migrated"));
+}

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use valkyrie_protocol::message::{
-    JobAccept, JobCancel, JobComplete, JobFailed, JobPause, JobReject, JobRequest, JobResume,
-    JobStart, LogEntry, Payload, StatusUpdate,
+    JobAccept, JobCancel, JobComplete, JobFailed, JobMigrate, JobPause, JobReject, JobRequest,
+    JobResume, JobStart, LogEntry, Payload, StatusUpdate,
 };
 use valkyrie_protocol::{ErrorCode, Frame, MessageType, SendOptions};
 use valkyrie_runtime::{ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Nudger, Reply, Service};
@@ -388,6 +388,12 @@ impl Service for AgentService {
             },
             MessageType::JobCancel => {
                 if let Ok(c) = JobCancel::from_bytes(p) {
+                    self.control(&c.job_id, Control::Cancel);
+                }
+            }
+            MessageType::JobMigrate => {
+                // Stopped here; the control plane runs it again where it is sent.
+                if let Ok(c) = JobMigrate::from_bytes(p) {
                     self.control(&c.job_id, Control::Cancel);
                 }
             }

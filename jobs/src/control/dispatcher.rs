@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use valkyrie_protocol::message::{JobCancel, JobPause, JobRequest, JobResume, Payload};
+use valkyrie_protocol::message::{JobCancel, JobMigrate, JobPause, JobRequest, JobResume, Payload};
 use valkyrie_protocol::retry::ExponentialBackoff;
 use valkyrie_protocol::{MessageType, SendOptions};
 use valkyrie_runtime::http::Response;
@@ -35,6 +35,9 @@ pub(crate) const RETRY_TOKENS: u64 = 1 << 32;
 
 /// How long an agent's rejection of a job keeps the job from it.
 const REJECTION_LASTS: Duration = Duration::from_secs(1);
+
+/// How long a job whose assignment the store failed waits before it is queued again.
+const STORE_RETRY: Duration = Duration::from_millis(100);
 
 /// Assignments one pass decides at most.
 const PASS: usize = 512;
@@ -57,6 +60,8 @@ pub(super) struct Tracked {
     pub(super) confirm_by: Option<Instant>,
     /// Being ended as lost (the commit is on its way).
     pub(super) losing: bool,
+    /// Being stopped to run elsewhere.
+    pub(super) migrating: bool,
     /// When it was submitted, when this control plane saw it happen.
     pub(super) submitted: Option<Instant>,
     pub(super) failures: u32,
@@ -82,6 +87,7 @@ pub(super) fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued
         created_at,
         labels: spec.labels.clone(),
         group: spec.concurrency_group.clone(),
+        pinned: None,
     }
 }
 
@@ -195,6 +201,7 @@ impl Dispatcher {
                 started: false,
                 confirm_by: None,
                 losing: false,
+                migrating: false,
                 submitted,
                 failures: 0,
             },
@@ -248,7 +255,8 @@ impl Dispatcher {
                 state,
                 running,
                 op,
-            } => self.moved(ctx, job_id, state, running, op),
+                target,
+            } => self.moved(ctx, job_id, state, running, op, target),
             Event::AgentUp { info, conn } => self.agent_up(ctx, hub, info, conn),
             Event::ConnClosed { conn } => {
                 if let Some(a) = self.agents.values_mut().find(|a| a.conn == Some(conn)) {
@@ -353,10 +361,13 @@ impl Dispatcher {
             // it go; the store holds where it is.
             self.sched.job_done(&job_id);
             if let Err(e) = &result {
+                // Queued again after a pause, not at once: a store that fails now is
+                // likely to fail again right away.
                 tracing::error!(job = %job_id, error = %e, "assignment not committed");
-                if let Some(t) = self.jobs.get(&job_id) {
-                    self.sched.enqueue(t.queued.clone());
-                }
+                let token = self.next_token;
+                self.next_token += 1;
+                self.retries.insert(token, (job_id, false));
+                let _ = ctx.set_timer(ctx.now() + STORE_RETRY, token);
             } else {
                 self.jobs.remove(&job_id);
             }
@@ -427,6 +438,16 @@ impl Dispatcher {
                 self.retries.insert(token, (job_id, true));
                 let _ = ctx.set_timer(ctx.now() + REJECTION_LASTS, token);
             }
+            (JobState::Queued, None) if t.migrating => {
+                // Stopped to move: queued again at once, its pin with it.
+                t.migrating = false;
+                self.sched.job_done(&job_id);
+                let q = t.queued.clone();
+                if !self.sched.enqueue(q) {
+                    self.jobs.remove(&job_id);
+                    self.more_in_store = true;
+                }
+            }
             (JobState::Queued, None) => {
                 self.sched.job_done(&job_id);
                 let backoff = ExponentialBackoff::new(
@@ -472,6 +493,29 @@ impl Dispatcher {
         }
     }
 
+    /// Pin a job to `target` (or keep it from the agent it is on, for a while); one still
+    /// queued is queued again so, one running is queued again so once its attempt ends.
+    fn migrate(&mut self, ctx: &mut Ctx<'_>, job_id: &str, running: bool, target: Option<String>) {
+        let Some(t) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        t.queued.pinned = target.clone();
+        t.migrating = running;
+        if target.is_none()
+            && let Some(agent) = t.agent.clone()
+        {
+            self.sched.avoid(job_id, &agent);
+            let token = self.next_token;
+            self.next_token += 1;
+            self.retries.insert(token, (job_id.to_owned(), true));
+            let _ = ctx.set_timer(ctx.now() + REJECTION_LASTS, token);
+        }
+        if !running && self.sched.dequeue(job_id) {
+            let q = t.queued.clone();
+            self.sched.enqueue(q);
+        }
+    }
+
     fn moved(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -479,7 +523,11 @@ impl Dispatcher {
         state: JobState,
         running: Option<u64>,
         op: Op,
+        target: Option<String>,
     ) {
+        if op == Op::Migrate {
+            self.migrate(ctx, &job_id, running.is_some(), target.clone());
+        }
         if let Some(epoch) = running {
             let conn = self
                 .jobs
@@ -511,6 +559,15 @@ impl Dispatcher {
                     .to_bytes(),
                 ),
                 Op::Resume => (MessageType::JobResume, JobResume { job_id }.to_bytes()),
+                Op::Migrate => (
+                    MessageType::JobMigrate,
+                    JobMigrate {
+                        job_id,
+                        target_node: target.unwrap_or_default(),
+                        reason: "migrated through the API".into(),
+                    }
+                    .to_bytes(),
+                ),
             };
             let _ = ctx.send(conn, JOB_STREAM, ty, payload, SendOptions::default());
             return;

@@ -15,6 +15,7 @@ pub(crate) enum Op {
     Cancel,
     Pause,
     Resume,
+    Migrate,
 }
 
 /// What moves the dispatcher.
@@ -49,6 +50,8 @@ pub(crate) enum Event {
         state: JobState,
         running: Option<u64>,
         op: Op,
+        /// A migration's target agent (none: anywhere but where it is).
+        target: Option<String>,
     },
     /// An agent announced itself on `conn` (its lease is renewed).
     AgentUp { info: AgentInfo, conn: ConnRef },

@@ -135,6 +135,7 @@ impl Dispatcher {
                     started: last.started_at.is_some(),
                     confirm_by: Some(claim_by),
                     losing: false,
+                    migrating: false,
                     submitted: None,
                     failures: 0,
                 },

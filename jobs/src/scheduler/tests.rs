@@ -18,6 +18,7 @@ fn job(id: &str, priority: u8, created_at: u64) -> Queued {
         created_at,
         labels: Vec::new(),
         group: None,
+        pinned: None,
     }
 }
 
@@ -158,4 +159,21 @@ fn a_rejection_is_forgiven_and_the_agent_asked_again() {
     assert!(s.assign(1).is_empty(), "the only agent refused it");
     s.forgive("j");
     assert_eq!(s.assign(1)[0].agent, "a");
+}
+
+#[test]
+fn a_pinned_job_waits_for_its_agent_and_an_avoided_one_goes_elsewhere() {
+    let mut s = Scheduler::new(Policy::LeastLoaded, 8);
+    s.agent_up(agent("a", &[], 1));
+    let mut j = job("j", 1, 1);
+    j.pinned = Some("b".into());
+    assert!(s.enqueue(j));
+    assert!(s.assign(1).is_empty(), "only b may take it");
+    s.agent_up(agent("b", &[], 1));
+    assert_eq!(pairs(&s.assign(1)), [("j", "b")]);
+    assert!(s.enqueue(job("k", 1, 2)));
+    s.avoid("k", "a");
+    assert!(s.assign(1).is_empty(), "a is avoided and b is full");
+    s.forgive("k");
+    assert_eq!(pairs(&s.assign(1)), [("k", "a")]);
 }

@@ -17,6 +17,7 @@ struct Head {
     failures: u32,
     max_attempts: u32,
     cancel_requested: bool,
+    migrate_requested: bool,
     log_seq: u64,
     log_bytes: u64,
     /// Whether the attempt of `epoch` is still on an agent (not ended).
@@ -28,7 +29,8 @@ fn head(tx: &Transaction<'_>, job_id: &str) -> Result<Option<Head>, StoreError> 
         .prepare_cached(
             "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
                     j.log_seq, j.log_bytes,
-                    (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch)
+                    (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
+                    j.migrate_requested
              FROM jobs j WHERE j.id = ?1",
         )
         .map_err(db)?
@@ -43,12 +45,23 @@ fn head(tx: &Transaction<'_>, job_id: &str) -> Result<Option<Head>, StoreError> 
                 r.get::<_, i64>(6)?,
                 r.get::<_, i64>(7)?,
                 r.get::<_, Option<bool>>(8)?,
+                r.get::<_, bool>(9)?,
             ))
         })
         .optional()
         .map_err(db)?;
-    let Some((state, epoch, attempts, failures, max_attempts, cancel, log_seq, log_bytes, active)) =
-        row
+    let Some((
+        state,
+        epoch,
+        attempts,
+        failures,
+        max_attempts,
+        cancel,
+        log_seq,
+        log_bytes,
+        active,
+        migrate,
+    )) = row
     else {
         return Ok(None);
     };
@@ -59,6 +72,7 @@ fn head(tx: &Transaction<'_>, job_id: &str) -> Result<Option<Head>, StoreError> 
         failures,
         max_attempts: max_attempts.max(1),
         cancel_requested: cancel,
+        migrate_requested: migrate,
         log_seq: log_seq as u64,
         log_bytes: log_bytes as u64,
         active: active.unwrap_or(false),
@@ -225,8 +239,16 @@ pub(super) fn apply(
                 return Ok(Applied::Refused { state: h.state });
             }
             let mut failures = h.failures;
-            let (job_state, attempt_state) = if h.cancel_requested {
+            let mut reason = reason.clone();
+            let (job_state, attempt_state) = if *state == JobState::Succeeded {
+                // It finished before a cancel or a migration reached it: it stands.
+                (JobState::Succeeded, JobState::Succeeded)
+            } else if h.cancel_requested {
                 (JobState::Cancelled, JobState::Cancelled)
+            } else if h.migrate_requested {
+                // Stopped to run elsewhere: queued again, not a failure.
+                reason = Some("migrated".into());
+                (JobState::Queued, JobState::Cancelled)
             } else if *state == JobState::Queued {
                 failures += 1;
                 let next = if failures >= h.max_attempts {
@@ -240,7 +262,8 @@ pub(super) fn apply(
             };
             let final_code = job_state.is_final().then_some(*exit_code).flatten();
             tx.prepare_cached(
-                "UPDATE jobs SET state = ?2, exit_code = ?3, failures = ?4, updated_ms = ?5 WHERE id = ?1",
+                "UPDATE jobs SET state = ?2, exit_code = ?3, failures = ?4, updated_ms = ?5,
+                 migrate_requested = 0 WHERE id = ?1",
             )
             .map_err(db)?
             .execute(params![
@@ -319,6 +342,26 @@ pub(super) fn apply(
             Ok(Applied::Moved {
                 state: JobState::Cancelled,
                 running: None,
+            })
+        }
+        Change::Migrate { job_id, at } => {
+            let Some(h) = head(tx, job_id)? else {
+                return Ok(Applied::NotFound);
+            };
+            if h.state.is_final() {
+                return Ok(Applied::Refused { state: h.state });
+            }
+            if h.active {
+                tx.prepare_cached(
+                    "UPDATE jobs SET migrate_requested = 1, updated_ms = ?2 WHERE id = ?1",
+                )
+                .map_err(db)?
+                .execute(params![job_id, *at as i64])
+                .map_err(db)?;
+            }
+            Ok(Applied::Moved {
+                state: h.state,
+                running: h.active.then_some(h.epoch),
             })
         }
         Change::Pause { job_id, at } => {
