@@ -32,6 +32,9 @@ pub(crate) struct ControlPlaneArgs {
     /// How an agent is chosen among those that fit: least-loaded or round-robin.
     #[arg(long, default_value = "least-loaded")]
     policy: String,
+    /// The largest artifact kept, in bytes.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    artifact_cap: u64,
     /// Bytes of each job's output kept at most.
     #[arg(long, default_value_t = valkyrie_jobs::sqlite::DEFAULT_LOG_CAP)]
     log_cap: u64,
@@ -57,6 +60,8 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
         ControlConfig {
             lease: Duration::from_millis(args.lease_ms),
             policy,
+            artifacts: Some(args.data.join("artifacts")),
+            artifact_cap: args.artifact_cap,
             ..ControlConfig::default()
         },
     );

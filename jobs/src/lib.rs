@@ -40,7 +40,7 @@ pub use control::{ControlConfig, ControlPlane, JobsService};
 pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
 pub use sqlite::SqliteStore;
-pub use store::{Applied, Change, LogLine, LogPage, Store, StoreError};
+pub use store::{Applied, Artifact, Change, LogLine, LogPage, Store, StoreError};
 
 /// A job id from its submission time (Unix milliseconds) and a sequence number: fixed-width
 /// hex, so that ids sort in submission order (`GET /api/v1/jobs?after=ID` pages by id).

@@ -118,6 +118,12 @@ impl JobsService {
             (Method::Get | Method::Head, "", None) => self.list(conn, req),
             (Method::Get | Method::Head, id, None) => self.get(conn, id),
             (Method::Get | Method::Head, id, Some("logs")) => self.logs(ctx, conn, id, req),
+            (Method::Get | Method::Head, id, Some("artifacts")) => {
+                self.artifacts_get(conn, id, None)
+            }
+            (Method::Get | Method::Head, id, Some(v)) if v.starts_with("artifacts/") => {
+                self.artifacts_get(conn, id, Some(&v["artifacts/".len()..]))
+            }
             _ => HttpAnswer::Respond(error(404, 404, "no such route")),
         }
     }

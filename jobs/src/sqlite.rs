@@ -9,12 +9,12 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 
 use crate::model::{Attempt, Job, JobSpec, JobState};
-use crate::store::{Applied, Change, LogPage, Store, StoreError};
+use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 
 mod apply;
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -63,6 +63,18 @@ CREATE TABLE logs (
     // Migrations of running jobs, ended and queued again without counting a failure.
     "
 ALTER TABLE jobs ADD COLUMN migrate_requested INTEGER NOT NULL DEFAULT 0;
+",
+    // Artifacts uploaded by the attempts of jobs (the files beside the database).
+    "
+CREATE TABLE artifacts (
+    job TEXT NOT NULL REFERENCES jobs (id),
+    name TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    blake3 TEXT NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    PRIMARY KEY (job, name)
+) WITHOUT ROWID;
 ",
 ];
 
@@ -281,6 +293,26 @@ impl Store for SqliteStore {
             page.next = last + 1;
         }
         Ok(page)
+    }
+
+    fn artifacts(&mut self, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name, epoch, size, blake3 FROM artifacts WHERE job = ?1 ORDER BY name",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([job_id], |r| {
+                Ok(Artifact {
+                    name: r.get(0)?,
+                    epoch: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                    blake3: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError> {

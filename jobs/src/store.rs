@@ -119,6 +119,22 @@ pub enum Change {
         /// Now.
         at: u64,
     },
+    /// A file the attempt of `epoch` uploaded (its bytes are already on disk beside the
+    /// store, hashed): recorded under `name`, replacing one of the same name.
+    Artifact {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// Its name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its BLAKE3 hash, hex.
+        blake3: String,
+        /// Now.
+        at: u64,
+    },
     /// Lines of a job's output from the attempt of `epoch`, numbered from `first_seq` on.
     /// Lines the store already holds are skipped (a batch sent again after a reconnect);
     /// a batch that would leave a gap is refused.
@@ -200,6 +216,19 @@ pub enum Applied {
     },
 }
 
+/// A file a job's attempt uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    /// Its name.
+    pub name: String,
+    /// The epoch of the attempt that uploaded it.
+    pub epoch: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its BLAKE3 hash, hex.
+    pub blake3: String,
+}
+
 /// A page of a job's output ([`Store::logs`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogPage {
@@ -231,6 +260,9 @@ pub trait Store: Send + 'static {
     /// (`{"seq":N,"stream":"stdout","line":"..."}`), about `max_bytes` at most (whole chunks
     /// as they were stored; at least one when there is one).
     fn logs(&mut self, job_id: &str, from: u64, max_bytes: usize) -> Result<LogPage, StoreError>;
+
+    /// The files the job's attempts uploaded, by name.
+    fn artifacts(&mut self, job_id: &str) -> Result<Vec<Artifact>, StoreError>;
 
     /// The queued jobs a scheduler should consider first: highest priority, then oldest;
     /// at most `limit`.

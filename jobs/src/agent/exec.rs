@@ -30,6 +30,11 @@ pub(crate) enum ExecMsg {
     SpawnFailed(String),
     /// A line of its output.
     Line(LogLine),
+    /// The files it left that its spec lists (found, hashed) and those it did not leave.
+    Artifacts {
+        found: Vec<ArtifactFile>,
+        missing: Vec<String>,
+    },
     /// It ended; every line came before this.
     Exited {
         exit_code: Option<i32>,
@@ -38,6 +43,51 @@ pub(crate) enum ExecMsg {
         timed_out: bool,
         cancelled: bool,
     },
+}
+
+/// A file a job left for upload.
+#[derive(Debug, Clone)]
+pub(crate) struct ArtifactFile {
+    /// Its name at the control plane (its file name).
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    /// BLAKE3, hex.
+    pub(crate) blake3: String,
+}
+
+/// The spec's artifacts as the job left them: each hashed, or named missing.
+fn collect(spec: &JobSpec, work: &std::path::Path) -> (Vec<ArtifactFile>, Vec<String>) {
+    let dir = match &spec.cwd {
+        Some(cwd) => work.join(cwd),
+        None => work.to_path_buf(),
+    };
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    for a in &spec.artifacts {
+        let path = dir.join(a);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hashed = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(std::fs::File::open(&path).ok()?).ok()?;
+                Some((m.len(), h.finalize().to_hex().to_string()))
+            });
+        match hashed {
+            Some((size, blake3)) if !name.is_empty() => found.push(ArtifactFile {
+                name,
+                path,
+                size,
+                blake3,
+            }),
+            _ => missing.push(a.clone()),
+        }
+    }
+    (found, missing)
 }
 
 /// How often the thread looks at its controls while the job is quiet.
@@ -147,6 +197,10 @@ impl JobThread {
                     signal,
                     duration,
                 } => {
+                    if !cancelled && !self.spec.artifacts.is_empty() {
+                        let (found, missing) = collect(&self.spec, &self.work);
+                        self.tell(ExecMsg::Artifacts { found, missing });
+                    }
                     self.tell(ExecMsg::Exited {
                         exit_code,
                         signal,

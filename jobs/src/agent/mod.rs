@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use valkyrie_protocol::message::{
-    JobAccept, JobCancel, JobComplete, JobFailed, JobMigrate, JobPause, JobReject, JobRequest,
-    JobResume, JobStart, LogEntry, Payload, StatusUpdate,
+    JobAccept, JobCancel, JobFailed, JobMigrate, JobPause, JobReject, JobRequest, JobResume,
+    Payload, StatusUpdate,
 };
-use valkyrie_protocol::{ErrorCode, Frame, MessageType, SendOptions};
+use valkyrie_protocol::{Frame, MessageType, SendOptions};
 use valkyrie_runtime::{ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Nudger, Reply, Service};
 
 use crate::model::JobSpec;
@@ -44,9 +44,12 @@ use crate::store::LogLine;
 use crate::wire::{self, JOB_STREAM};
 
 mod exec;
+mod messages;
 mod report;
+mod upload;
 
-use exec::{Control, ExecMsg, JobThread};
+use exec::{ArtifactFile, Control, ExecMsg, JobThread};
+use messages::{batch, is_stale, result, start};
 
 /// Lines of one job's output waiting for acknowledgement, at most.
 pub const MAX_UNACKED: usize = 65_536;
@@ -126,6 +129,7 @@ impl Agent {
             pending: HashMap::new(),
             nudger: None,
             retry_set: false,
+            next_stream: upload::FIRST_STREAM,
         }
     }
 }
@@ -138,6 +142,12 @@ enum Pending {
     /// Output up to this line.
     Logs(String, u64),
     Result(String),
+    /// An artifact's FILE_TRANSFER_START.
+    UploadStart(String),
+    /// An artifact's chunk ending at this offset.
+    UploadChunk(String, u64),
+    /// An artifact's FILE_TRANSFER_COMPLETE.
+    UploadComplete(String),
 }
 
 /// A job on this agent.
@@ -156,6 +166,13 @@ struct JobRun {
     result_in_flight: bool,
     /// Its thread, when it has one: what it says, and how to reach it.
     thread: Option<(Receiver<ExecMsg>, Sender<Control>)>,
+    /// How it ended (its result is built again once its artifacts are up).
+    end: Option<ExecMsg>,
+    /// Artifacts still to upload, the one under way, those uploaded, those it did not leave.
+    uploads: VecDeque<ArtifactFile>,
+    upload: Option<upload::Active>,
+    uploaded: Vec<String>,
+    missing: Vec<String>,
 }
 
 /// The agent's service.
@@ -169,6 +186,8 @@ pub struct AgentService {
     pending: HashMap<u32, Pending>,
     nudger: Option<Nudger>,
     retry_set: bool,
+    /// The next data stream an upload takes (odd: this side's).
+    next_stream: u32,
 }
 
 impl std::fmt::Debug for AgentService {
@@ -189,10 +208,22 @@ impl AgentService {
         }
     }
 
-    /// Send a request on the link's connection; its answer comes to `on_reply`.
+    /// Send a request on the job stream; its answer comes to `on_reply`.
     fn request(
         &mut self,
         ctx: &mut Ctx<'_>,
+        ty: MessageType,
+        payload: bytes::Bytes,
+        p: Pending,
+    ) -> bool {
+        self.request_on(ctx, JOB_STREAM, ty, payload, p)
+    }
+
+    /// Send a request on `stream` of the link's connection.
+    fn request_on(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        stream: u32,
         ty: MessageType,
         payload: bytes::Bytes,
         p: Pending,
@@ -201,7 +232,7 @@ impl AgentService {
             return false;
         };
         let deadline = ctx.now() + self.cfg.request_timeout;
-        match ctx.request(conn, JOB_STREAM, ty, payload, deadline) {
+        match ctx.request(conn, stream, ty, payload, deadline) {
             Ok(corr) => {
                 self.pending.insert(corr, p);
                 true
@@ -280,6 +311,11 @@ impl AgentService {
             result: None,
             result_in_flight: false,
             thread: None,
+            end: None,
+            uploads: VecDeque::new(),
+            upload: None,
+            uploaded: Vec::new(),
+            missing: Vec::new(),
         };
         match serde_json::from_value::<JobSpec>(req.spec) {
             Ok(spec) if spec.builtin.as_deref() == Some("noop") => {
@@ -295,6 +331,8 @@ impl AgentService {
                         timed_out: false,
                         cancelled: false,
                     },
+                    &[],
+                    &[],
                 ));
                 self.jobs.insert(req.job_id.clone(), run);
                 self.reclaim(ctx, &req.job_id);
@@ -366,6 +404,9 @@ impl Service for AgentService {
                         run.sent = run.acked;
                         run.batches_in_flight = 0;
                         run.result_in_flight = false;
+                        if let Some(up) = &mut run.upload {
+                            up.restart();
+                        }
                     }
                     self.reclaim(ctx, &id);
                     self.flush_job(ctx, &id);
@@ -434,101 +475,5 @@ impl Service for AgentService {
 
     fn on_nudge(&mut self, ctx: &mut Ctx<'_>) {
         self.drain(ctx, false);
-    }
-}
-
-/// The answer to a report is a refusal that ends the attempt here: the control plane
-/// counts it as another attempt's (or no job's).
-fn is_stale(reply: &Reply) -> bool {
-    matches!(reply, Reply::Error { code, .. } if *code == ErrorCode::JOB_NOT_FOUND)
-}
-
-/// The epoch-carrying JOB_START a job re-attaches with.
-fn start(job_id: &str, epoch: u64) -> JobStart {
-    JobStart {
-        job_id: job_id.to_owned(),
-        started_at_ms: crate::control::now_ms(),
-        epoch,
-    }
-}
-
-/// A LOG_ENTRY batch of `lines` from line `seq`.
-fn batch(job_id: &str, epoch: u64, seq: u64, lines: Vec<LogLine>) -> LogEntry {
-    wire::log_batch(
-        &wire::LogBatch {
-            job_id: job_id.to_owned(),
-            epoch,
-            seq,
-            lines,
-        },
-        crate::control::now_ms(),
-    )
-}
-
-/// Results as the agent reports them.
-fn result(job_id: &str, epoch: u64, msg: &ExecMsg) -> (MessageType, bytes::Bytes) {
-    match msg {
-        ExecMsg::SpawnFailed(reason) => (
-            MessageType::JobFailed,
-            JobFailed {
-                job_id: job_id.to_owned(),
-                code: wire::COULD_NOT_RUN,
-                reason: reason.clone(),
-                retryable: true,
-                epoch,
-            }
-            .to_bytes(),
-        ),
-        ExecMsg::Exited {
-            cancelled: true, ..
-        } => (
-            MessageType::JobFailed,
-            JobFailed {
-                job_id: job_id.to_owned(),
-                code: wire::CANCELLED,
-                reason: "cancelled".into(),
-                retryable: false,
-                epoch,
-            }
-            .to_bytes(),
-        ),
-        ExecMsg::Exited {
-            timed_out: true,
-            duration,
-            ..
-        } => (
-            MessageType::JobFailed,
-            JobFailed {
-                job_id: job_id.to_owned(),
-                code: wire::TIMED_OUT,
-                reason: format!("timed out after {} ms", duration.as_millis()),
-                retryable: false,
-                epoch,
-            }
-            .to_bytes(),
-        ),
-        ExecMsg::Exited {
-            exit_code,
-            signal,
-            duration,
-            ..
-        } => {
-            let mut outputs = serde_json::Map::new();
-            if let Some(s) = signal {
-                outputs.insert("signal".into(), (*s).into());
-            }
-            (
-                MessageType::JobComplete,
-                JobComplete {
-                    job_id: job_id.to_owned(),
-                    exit_code: exit_code.unwrap_or(128 + signal.unwrap_or(0)),
-                    duration_ms: duration.as_millis() as u64,
-                    outputs,
-                    epoch,
-                }
-                .to_bytes(),
-            )
-        }
-        _ => unreachable!("only an end is a result"),
     }
 }

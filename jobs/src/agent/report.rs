@@ -10,6 +10,7 @@ use valkyrie_runtime::{Ctx, Reply};
 
 use super::exec::{Control, ExecMsg};
 use super::{AgentService, MAX_UNACKED, Pending, batch, is_stale, result, start};
+
 use crate::wire::{MAX_BATCH_LINES, parse_log_ack};
 
 /// Batches of one job in flight at most.
@@ -51,9 +52,14 @@ impl AgentService {
                     run.started = true;
                     self.reclaim(ctx, id);
                 }
+                ExecMsg::Artifacts { found, missing } => {
+                    run.uploads = found.into();
+                    run.missing = missing;
+                }
                 end => {
                     let epoch = run.epoch;
-                    run.result = Some(result(id, epoch, &end));
+                    run.result = Some(result(id, epoch, &end, &[], &run.missing));
+                    run.end = Some(end);
                     self.live.remove(id);
                 }
             }
@@ -118,11 +124,26 @@ impl AgentService {
         let Some(run) = self.jobs.get_mut(id) else {
             return;
         };
+        // Every line is acknowledged before the artifacts go, and they before the result.
+        if run.lines.is_empty()
+            && run.result.is_some()
+            && (run.upload.is_some() || !run.uploads.is_empty())
+        {
+            self.upload_step(ctx, id);
+            return;
+        }
         if run.lines.is_empty()
             && !run.result_in_flight
             && self.conn.is_some()
-            && let Some((ty, payload)) = run.result.clone()
+            && run.result.is_some()
         {
+            // The result names the artifacts that went up and those that did not.
+            if let Some(end) = &run.end {
+                run.result = Some(result(id, run.epoch, end, &run.uploaded, &run.missing));
+            }
+            let Some((ty, payload)) = run.result.clone() else {
+                return;
+            };
             run.result_in_flight = true;
             if !self.request(ctx, ty, payload, Pending::Result(id.to_owned()))
                 && let Some(run) = self.jobs.get_mut(id)
@@ -133,7 +154,7 @@ impl AgentService {
     }
 
     /// Let a job go: its attempt is over here (reported, or replaced while away).
-    fn let_go(&mut self, ctx: &mut Ctx<'_>, id: &str) {
+    pub(super) fn let_go(&mut self, ctx: &mut Ctx<'_>, id: &str) {
         self.live.remove(id);
         if let Some(run) = self.jobs.remove(id) {
             if run.result.is_none() {
@@ -192,6 +213,9 @@ impl AgentService {
                 self.take(ctx, &id);
                 self.flush_job(ctx, &id);
             }
+            Pending::UploadStart(id) => self.upload_started(ctx, &id, reply),
+            Pending::UploadChunk(id, end) => self.upload_chunk_answered(ctx, &id, end, reply),
+            Pending::UploadComplete(id) => self.upload_completed(ctx, &id, reply),
             Pending::Result(id) => match reply {
                 Reply::Answer(_) => self.let_go(ctx, &id),
                 Reply::Error { code, .. } if code.0 < 500 => self.let_go(ctx, &id),

@@ -24,7 +24,9 @@ use crate::committer::Committer;
 use crate::scheduler::Policy;
 use crate::store::LogPage;
 
+mod artifacts;
 pub(crate) mod dispatcher;
+mod download;
 pub(crate) mod event;
 mod follow;
 mod frames;
@@ -55,6 +57,10 @@ pub struct ControlConfig {
     pub policy: Policy,
     /// Queued jobs the dispatcher holds in memory at most (the store holds the rest).
     pub queue: usize,
+    /// Where uploaded artifacts are kept (`JOB/NAME`); none: uploads are refused.
+    pub artifacts: Option<std::path::PathBuf>,
+    /// The largest artifact kept, in bytes.
+    pub artifact_cap: u64,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +70,8 @@ impl Default for ControlConfig {
             lease: Duration::from_secs(3),
             policy: Policy::LeastLoaded,
             queue: 100_000,
+            artifacts: None,
+            artifact_cap: 256 * 1024 * 1024,
         }
     }
 }
@@ -94,6 +102,12 @@ pub(crate) enum Inbox {
         conn: ConnRef,
         page: LogPage,
         done: bool,
+    },
+    /// A piece of an artifact for a downloading HTTP client (the head first: `Err` when
+    /// there is nothing to download).
+    Download {
+        conn: ConnRef,
+        piece: Result<download::Piece, Response>,
     },
     /// For the dispatcher (shard 0).
     Event(Event),
@@ -275,6 +289,10 @@ pub(crate) struct Local {
     pub(crate) held: Vec<ConnRef>,
     /// HTTP clients following a job's output.
     pub(crate) followers: HashMap<ConnRef, Follow>,
+    /// Uploads under way, by connection and stream.
+    pub(crate) uploads: HashMap<(ConnRef, u32), artifacts::Upload>,
+    /// Downloads under way, by connection.
+    pub(crate) downloads: HashMap<ConnRef, download::Download>,
 }
 
 /// A client following a job's output (`GET .../logs?follow=1`).

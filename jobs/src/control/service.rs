@@ -92,6 +92,10 @@ impl Service for JobsService {
     }
 
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, frame: Frame) {
+        // Uploads only from agents that announced themselves.
+        if self.local.agents.contains_key(&conn) && self.upload_frame(ctx, conn, &frame) {
+            return;
+        }
         let hub = self.hub.clone();
         let mut agents = std::mem::take(&mut self.local.agents);
         super::frames::on_agent_frame(ctx, &hub, &mut agents, conn, frame, &mut |ctx, ev| {
@@ -100,7 +104,15 @@ impl Service for JobsService {
         self.local.agents = agents;
     }
 
+    fn on_event(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, event: &valkyrie_protocol::Event) {
+        if let valkyrie_protocol::Event::StreamFinished { id } = event {
+            self.upload_finished(ctx, conn, *id);
+        }
+    }
+
     fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef, _reason: &CloseReason) {
+        self.local.uploads.retain(|(c, _), _| *c != conn);
+        self.local.downloads.remove(&conn);
         if self.local.agents.remove(&conn).is_some() {
             self.dispatch(ctx, Event::ConnClosed { conn });
         }
@@ -166,6 +178,7 @@ impl Service for JobsService {
                     let _ = ctx.send_error(conn, code, &message, stream, corr);
                 }
                 Inbox::Logs { conn, page, done } => self.logs_read(ctx, conn, page, done),
+                Inbox::Download { conn, piece } => self.download_piece(ctx, conn, piece),
                 Inbox::Event(ev) => {
                     if let Some(d) = &mut self.dispatcher {
                         d.handle(ctx, &self.hub, ev);
@@ -185,10 +198,15 @@ impl Service for JobsService {
     }
 
     fn on_http_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnRef) {
-        self.logs_writable(ctx, conn);
+        if self.local.downloads.contains_key(&conn) {
+            self.download_writable(ctx, conn);
+        } else {
+            self.logs_writable(ctx, conn);
+        }
     }
 
     fn on_http_gone(&mut self, _ctx: &mut Ctx<'_>, conn: ConnRef) {
         self.local.followers.remove(&conn);
+        self.local.downloads.remove(&conn);
     }
 }

@@ -412,6 +412,36 @@ pub(super) fn apply(
                 running: h.active.then_some(h.epoch),
             })
         }
+        Change::Artifact {
+            job_id,
+            epoch,
+            name,
+            size,
+            blake3,
+            at,
+        } => {
+            let Some(h) = head(tx, job_id)? else {
+                return Ok(Applied::NotFound);
+            };
+            if *epoch != h.epoch {
+                return Ok(Applied::Stale { current: h.epoch });
+            }
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO artifacts (job, name, epoch, size, blake3, stored_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?
+            .execute(params![
+                job_id,
+                name,
+                *epoch as i64,
+                *size as i64,
+                blake3,
+                *at as i64
+            ])
+            .map_err(db)?;
+            Ok(Applied::Done)
+        }
         Change::Log {
             job_id,
             epoch,

@@ -339,6 +339,15 @@ impl<'a> Ctx<'a> {
         Ok(id)
     }
 
+    /// Finish this side of a stream of a connection of this shard (STREAM_CLOSE after what
+    /// is queued on it); once the peer finishes its side too, the stream is gone.
+    pub fn finish_stream(&mut self, conn: ConnRef, stream_id: u32) -> Result<(), RouteError> {
+        let c = self.local(conn)?;
+        c.proto.finish_stream(stream_id)?;
+        self.mark(conn.slot);
+        Ok(())
+    }
+
     /// Close `conn` gracefully (CLOSE after what is queued), wherever it lives.
     pub fn close(&mut self, conn: ConnRef, code: u16, reason: &str) -> Result<(), RouteError> {
         if conn.shard as usize != self.shard {
