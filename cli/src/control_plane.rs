@@ -32,6 +32,10 @@ pub(crate) struct ControlPlaneArgs {
     /// How an agent is chosen among those that fit: least-loaded or round-robin.
     #[arg(long, default_value = "least-loaded")]
     policy: String,
+    /// The key that seals jobs' secrets (`valkyrie keygen secrets FILE`); without it a job
+    /// with secrets is refused.
+    #[arg(long, value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
     /// The largest artifact kept, in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     artifact_cap: u64,
@@ -55,6 +59,10 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             return Err(format!("unknown policy {other:?}: least-loaded or round-robin").into());
         }
     };
+    let secrets = match &args.secrets_key {
+        Some(p) => Some(valkyrie_jobs::SecretsKey::load(p)?),
+        None => None,
+    };
     let cp = ControlPlane::new(
         committer,
         ControlConfig {
@@ -62,6 +70,7 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             policy,
             artifacts: Some(args.data.join("artifacts")),
             artifact_cap: args.artifact_cap,
+            secrets,
             ..ControlConfig::default()
         },
     );

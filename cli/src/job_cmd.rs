@@ -41,6 +41,13 @@ pub(crate) enum JobCmd {
         /// Its working directory, relative to the agent's work directory.
         #[arg(long)]
         cwd: Option<String>,
+        /// A secret for the job's environment, `NAME=VALUE` (repeatable): sealed when
+        /// stored, masked in its output.
+        #[arg(long = "secret", value_name = "NAME=VALUE")]
+        secrets: Vec<String>,
+        /// A file the agent uploads when the job ends (repeatable).
+        #[arg(long = "artifact", value_name = "PATH")]
+        artifacts: Vec<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -215,15 +222,22 @@ pub(crate) fn run(cmd: JobCmd) -> Result<(), Box<dyn std::error::Error>> {
             group,
             env,
             cwd,
+            secrets,
+            artifacts,
             command,
         } => {
-            let mut vars = serde_json::Map::new();
-            for kv in env {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| format!("--env {kv}: NAME=VALUE"))?;
-                vars.insert(k.to_owned(), v.into());
-            }
+            let pairs = |flag: &str, list: Vec<String>| {
+                let mut m = serde_json::Map::new();
+                for kv in list {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--{flag} {kv}: NAME=VALUE"))?;
+                    m.insert(k.to_owned(), v.into());
+                }
+                Ok::<_, String>(m)
+            };
+            let vars = pairs("env", env)?;
+            let secrets = pairs("secret", secrets)?;
             let mut spec = serde_json::json!({
                 "command": command,
                 "labels": labels,
@@ -232,6 +246,8 @@ pub(crate) fn run(cmd: JobCmd) -> Result<(), Box<dyn std::error::Error>> {
                 "max_attempts": max_attempts,
                 "backoff_ms": backoff_ms,
                 "env": vars,
+                "secrets": secrets,
+                "artifacts": artifacts,
             });
             if let Some(k) = key {
                 spec["idempotency_key"] = k.into();

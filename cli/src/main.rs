@@ -133,6 +133,12 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KeygenCmd {
+    /// A key for jobs' secrets (`control-plane --secrets-key FILE`): 32 random bytes as hex
+    /// in FILE (0600; not overwritten).
+    Secrets {
+        /// The file.
+        file: std::path::PathBuf,
+    },
     /// A Noise (Curve25519) static key pair: NAME.key (private, 0600) and NAME.pub.
     Noise {
         /// Path without extension.
@@ -370,6 +376,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Job { cmd } => job_cmd::run(cmd),
         Cmd::Keygen { what } => {
             match what {
+                KeygenCmd::Secrets { file } => {
+                    valkyrie_jobs::SecretsKey::generate(&file)?;
+                    println!("wrote {}", file.display());
+                }
                 KeygenCmd::Noise { name } => {
                     let kp = valkyrie_runtime::keys::write_noise_keypair(&name)?;
                     println!(

@@ -119,6 +119,7 @@ pub fn spawn(spec: &JobSpec, work_dir: &Path, queue: usize) -> std::io::Result<R
     let mut child = Command::new(program)
         .args(args)
         .envs(&spec.env)
+        .envs(&spec.secrets)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

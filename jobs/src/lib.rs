@@ -31,6 +31,7 @@ pub mod executor;
 pub mod model;
 pub mod rest;
 pub mod scheduler;
+pub mod secrets;
 pub mod sqlite;
 pub mod store;
 pub mod wire;
@@ -39,6 +40,7 @@ pub use committer::Committer;
 pub use control::{ControlConfig, ControlPlane, JobsService};
 pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
+pub use secrets::SecretsKey;
 pub use sqlite::SqliteStore;
 pub use store::{Applied, Artifact, Change, LogLine, LogPage, Store, StoreError};
 

@@ -16,6 +16,10 @@ pub struct JobSpec {
     /// Environment variables set for it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables: sealed with the control plane's key when stored, shown
+    /// as `***`, masked in the job's output ([`crate::secrets`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Its working directory (relative to the agent's work directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
@@ -60,6 +64,39 @@ fn default_backoff() -> u64 {
 
 fn default_attempts() -> u32 {
     1
+}
+
+impl JobSpec {
+    /// The spec with its secrets sealed by `key`.
+    pub fn sealed(
+        mut self,
+        key: &crate::SecretsKey,
+    ) -> Result<JobSpec, crate::secrets::SecretError> {
+        for v in self.secrets.values_mut() {
+            *v = key.seal(v)?;
+        }
+        Ok(self)
+    }
+
+    /// The spec with its secrets opened by `key`.
+    pub fn opened(
+        mut self,
+        key: &crate::SecretsKey,
+    ) -> Result<JobSpec, crate::secrets::SecretError> {
+        for v in self.secrets.values_mut() {
+            *v = key.open(v)?;
+        }
+        Ok(self)
+    }
+
+    /// The spec as shown: secrets' values replaced by `***`.
+    pub fn redacted(&self) -> JobSpec {
+        let mut s = self.clone();
+        for v in s.secrets.values_mut() {
+            *v = "***".into();
+        }
+        s
+    }
 }
 
 /// Why a spec is refused at submission.

@@ -36,7 +36,7 @@ fn job_json(job: &Job) -> serde_json::Value {
         "exit_code": job.exit_code,
         "priority": job.spec.priority,
         "created_at": job.created_at,
-        "spec": job.spec,
+        "spec": job.spec.redacted(),
         "attempts": job.attempts,
     })
 }
@@ -142,6 +142,21 @@ impl JobsService {
         if let Err(e) = spec.validate() {
             return HttpAnswer::Respond(error(400, 104, &e.to_string()));
         }
+        let spec = if spec.secrets.is_empty() {
+            spec
+        } else {
+            let Some(key) = &self.hub.config.secrets else {
+                return HttpAnswer::Respond(error(
+                    400,
+                    104,
+                    "this control plane keeps no secrets (start it with --secrets-key)",
+                ));
+            };
+            match spec.sealed(key) {
+                Ok(s) => s,
+                Err(e) => return HttpAnswer::Respond(error(500, 500, &e.to_string())),
+            }
+        };
         self.seq = self.seq.wrapping_add(1);
         // The shard in the top byte: ids made in the same millisecond on two shards differ.
         let id = job_id(

@@ -54,19 +54,32 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
     pub lease_ms: u64,
+    /// More flags for the control plane.
+    pub plane_args: Vec<String>,
     plane: Option<Proc>,
 }
 
 impl Cluster {
     /// A control plane (two shards) on a free port with `lease_ms`.
     pub fn start(name: &str, lease_ms: u64) -> Cluster {
+        Cluster::start_with(name, lease_ms, |_| Vec::new())
+    }
+
+    /// The same, with more flags for the control plane, made from the test's directory.
+    pub fn start_with(
+        name: &str,
+        lease_ms: u64,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("valkyrie-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let plane_args = args(&dir);
         let mut c = Cluster {
             dir,
             port: free_port(),
             lease_ms,
+            plane_args,
             plane: None,
         };
         c.restart_plane();
@@ -75,7 +88,7 @@ impl Cluster {
 
     /// Start the control plane (again, on the same data and port) and wait until it is ready.
     pub fn restart_plane(&mut self) {
-        let args = [
+        let mut args = vec![
             "control-plane".to_owned(),
             "--listen".into(),
             format!("tcp://127.0.0.1:{}", self.port),
@@ -86,6 +99,7 @@ impl Cluster {
             "--lease-ms".into(),
             self.lease_ms.to_string(),
         ];
+        args.extend(self.plane_args.iter().cloned());
         self.plane = Some(spawn(&args, &self.dir.join("control-plane.log")));
         let deadline = Instant::now() + Duration::from_secs(15);
         while curl(self.port, &[], "/readyz").0 != 200 {

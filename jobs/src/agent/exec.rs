@@ -156,6 +156,8 @@ impl JobThread {
             paused: Duration::ZERO,
         };
         let (mut cancelled, mut timed_out) = (false, false);
+        // What no line of its output may carry.
+        let secrets: Vec<String> = self.spec.secrets.values().cloned().collect();
         loop {
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -190,7 +192,11 @@ impl JobThread {
             let mut msg = match ev {
                 ExecEvent::Line { output, line, .. } => ExecMsg::Line(LogLine {
                     stream: output.as_str().into(),
-                    line,
+                    line: if secrets.is_empty() {
+                        line
+                    } else {
+                        crate::secrets::mask(&line, &secrets)
+                    },
                 }),
                 ExecEvent::Exited {
                     exit_code,

@@ -244,7 +244,7 @@ impl Dispatcher {
                 job_id,
                 agent,
                 result,
-            } => self.assigned(ctx, job_id, agent, result),
+            } => self.assigned(ctx, hub, job_id, agent, result),
             Event::Ended {
                 job_id,
                 state,
@@ -347,6 +347,7 @@ impl Dispatcher {
     fn assigned(
         &mut self,
         ctx: &mut Ctx<'_>,
+        hub: &Arc<Hub>,
         job_id: String,
         agent: String,
         result: Result<Applied, StoreError>,
@@ -380,9 +381,30 @@ impl Dispatcher {
         t.epoch = epoch;
         t.started = false;
         t.losing = false;
+        // Secrets are opened only for the agent that runs the job.
+        let spec = match (&hub.config.secrets, t.spec.secrets.is_empty()) {
+            (_, true) => spec_value(&t.spec),
+            (Some(key), false) => match (*t.spec).clone().opened(key) {
+                Ok(open) => spec_value(&open),
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "a job's secrets do not open");
+                    self.unrunnable(hub, &job_id, epoch, e.to_string());
+                    return;
+                }
+            },
+            (None, false) => {
+                self.unrunnable(
+                    hub,
+                    &job_id,
+                    epoch,
+                    "no --secrets-key to open its secrets".into(),
+                );
+                return;
+            }
+        };
         let req = JobRequest {
             job_id: job_id.clone(),
-            spec: spec_value(&t.spec),
+            spec,
             resources: Default::default(),
             priority: t.spec.priority,
             timeout_ms: t.spec.timeout_ms,
@@ -405,6 +427,33 @@ impl Dispatcher {
             // The agent's connection went meanwhile: it must claim the job when it is back.
             t.confirm_by = Some(ctx.now());
         }
+    }
+
+    /// End an attempt that cannot be sent (its secrets do not open): failed, for good.
+    fn unrunnable(&mut self, hub: &Arc<Hub>, job_id: &str, epoch: u64, reason: String) {
+        let h = hub.clone();
+        let id = job_id.to_owned();
+        let change = Change::End {
+            job_id: job_id.to_owned(),
+            epoch,
+            state: JobState::Failed,
+            exit_code: None,
+            signal: None,
+            reason: Some(reason),
+            at: now_ms(),
+        };
+        let _ = hub.store.try_change(
+            change,
+            Box::new(move |r| {
+                if let Ok(Applied::Ended { state }) = r {
+                    h.dispatch(Event::Ended {
+                        job_id: id,
+                        state,
+                        rejected_by: None,
+                    });
+                }
+            }),
+        );
     }
 
     fn ended(

@@ -61,6 +61,8 @@ pub struct ControlConfig {
     pub artifacts: Option<std::path::PathBuf>,
     /// The largest artifact kept, in bytes.
     pub artifact_cap: u64,
+    /// The key that seals jobs' secrets; none: a job with secrets is refused.
+    pub secrets: Option<crate::SecretsKey>,
 }
 
 impl Default for ControlConfig {
@@ -72,6 +74,7 @@ impl Default for ControlConfig {
             queue: 100_000,
             artifacts: None,
             artifact_cap: 256 * 1024 * 1024,
+            secrets: None,
         }
     }
 }
