@@ -33,6 +33,10 @@ pub(crate) struct AgentArgs {
     /// Between SIGTERM and SIGKILL when a job is cancelled or times out, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     grace_ms: u64,
+    /// Do not put jobs in cgroups of their own (by default they are, where the host offers
+    /// cgroups this process may write).
+    #[arg(long)]
+    no_cgroups: bool,
 }
 
 /// Run it until SIGINT or SIGTERM.
@@ -43,6 +47,7 @@ pub(crate) fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     cfg.slots = args.slots.max(1);
     cfg.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
     cfg.grace = Duration::from_millis(args.grace_ms);
+    cfg.cgroups = !args.no_cgroups;
     let agent = Agent::new(cfg);
     let node = Node::builder()
         .without_listeners()

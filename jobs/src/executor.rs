@@ -13,12 +13,14 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::cgroup::JobCgroup;
 use crate::model::JobSpec;
 
 /// The longest line handed out whole.
@@ -80,6 +82,7 @@ pub struct Running {
     seq: u64,
     started: Instant,
     done: bool,
+    cgroup: Option<Arc<JobCgroup>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -94,6 +97,17 @@ impl std::fmt::Debug for Running {
 /// Start `spec` in `work_dir` (its `cwd` is taken relative to it), with room for
 /// `queue` lines waiting to be taken.
 pub fn spawn(spec: &JobSpec, work_dir: &Path, queue: usize) -> std::io::Result<Running> {
+    spawn_in(spec, work_dir, queue, None)
+}
+
+/// The same, in `cgroup` (when given): the process joins it before it runs the command, so
+/// that all it starts is in it; it is paused by freezing the cgroup and ended through it.
+pub fn spawn_in(
+    spec: &JobSpec,
+    work_dir: &Path,
+    queue: usize,
+    cgroup: Option<JobCgroup>,
+) -> std::io::Result<Running> {
     let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
     if spec.builtin.as_deref() == Some("noop") {
         return Ok(Running {
@@ -104,6 +118,7 @@ pub fn spawn(spec: &JobSpec, work_dir: &Path, queue: usize) -> std::io::Result<R
             seq: 0,
             started: Instant::now(),
             done: false,
+            cgroup: None,
         });
     }
     let Some((program, args)) = spec.command.split_first() else {
@@ -116,8 +131,33 @@ pub fn spawn(spec: &JobSpec, work_dir: &Path, queue: usize) -> std::io::Result<R
         Some(cwd) => work_dir.join(cwd),
         None => work_dir.to_path_buf(),
     };
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = match &cgroup {
+        None => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+        Some(cg) => {
+            // A shell joins the cgroup, then becomes the command (no unsafe pre_exec).
+            let files: Vec<String> = cg
+                .procs_files()
+                .iter()
+                .map(|f| format!("'{}'", f.display().to_string().replace('\'', "")))
+                .collect();
+            let script = format!(
+                "for f in {}; do echo $$ > \"$f\" || exit 125; done; exec \"$@\"",
+                files.join(" ")
+            );
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(script)
+                .arg("valkyrie-job")
+                .arg(program)
+                .args(args);
+            c
+        }
+    };
+    let mut child = cmd
         .envs(&spec.env)
         .envs(&spec.secrets)
         .current_dir(dir)
@@ -141,6 +181,7 @@ pub fn spawn(spec: &JobSpec, work_dir: &Path, queue: usize) -> std::io::Result<R
         seq: 0,
         started: Instant::now(),
         done: false,
+        cgroup: cgroup.map(Arc::new),
     })
 }
 
@@ -194,7 +235,16 @@ impl Running {
                     });
                 }
                 Ok(Raw::Closed) => self.open_outputs -= 1,
-                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    // The job's process is gone but something it started holds its output
+                    // open: in a cgroup, that is ended with it.
+                    if let (Some(cg), Some(child)) = (&self.cgroup, &mut self.child)
+                        && matches!(child.try_wait(), Ok(Some(_)))
+                    {
+                        cg.kill_all();
+                    }
+                    return None;
+                }
                 Err(RecvTimeoutError::Disconnected) => self.open_outputs = 0,
             }
         }
@@ -213,6 +263,10 @@ impl Running {
             },
         };
         self.done = true;
+        if let Some(cg) = &self.cgroup {
+            // What it left running goes with it.
+            cg.kill_all();
+        }
         Some(ExecEvent::Exited {
             exit_code,
             signal,
@@ -227,30 +281,57 @@ impl Running {
         }
     }
 
-    /// Stop the job's whole group (SIGSTOP). Whether a signal was sent.
+    /// Stop the job: its cgroup frozen, or its process group stopped (SIGSTOP). Whether it
+    /// was.
     pub fn pause(&self) -> bool {
+        if let Some(cg) = &self.cgroup
+            && !self.done
+            && cg.freeze(true)
+        {
+            return true;
+        }
         self.signal(Signal::SIGSTOP)
     }
 
-    /// Let it go on (SIGCONT).
+    /// Let it go on (thawed, SIGCONT).
     pub fn resume(&self) -> bool {
+        if let Some(cg) = &self.cgroup {
+            cg.freeze(false);
+        }
         self.signal(Signal::SIGCONT)
     }
 
     /// Ask the group to end (SIGTERM, and SIGCONT so that a paused job can), then end it with
     /// SIGKILL if it is still there after `grace`. Returns at once; the end comes as `Exited`.
     pub fn cancel(&self, grace: Duration) {
-        if !self.signal(Signal::SIGTERM) {
+        if self.done {
+            return;
+        }
+        // Everything in its cgroup hears it too (what left the process group as well).
+        if let Some(cg) = &self.cgroup {
+            cg.freeze(false);
+            cg.signal(Signal::SIGTERM);
+        }
+        if !self.signal(Signal::SIGTERM) && self.cgroup.is_none() {
             return;
         }
         self.signal(Signal::SIGCONT);
-        if let Some(pgid) = self.pgid {
-            std::thread::spawn(move || {
-                std::thread::sleep(grace);
-                // A group already gone makes this fail harmlessly.
+        let (pgid, cg) = (self.pgid, self.cgroup.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            // A group already gone makes this fail harmlessly.
+            if let Some(pgid) = pgid {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            });
-        }
+            }
+            if let Some(cg) = cg {
+                cg.kill_all();
+            }
+        });
+    }
+
+    /// The cgroup it runs in, when it has one.
+    pub fn cgroup(&self) -> Option<&JobCgroup> {
+        self.cgroup.as_deref()
     }
 }
 

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod agent;
+pub mod cgroup;
 pub mod committer;
 pub mod control;
 pub mod executor;
@@ -38,7 +39,7 @@ pub mod wire;
 
 pub use committer::Committer;
 pub use control::{ControlConfig, ControlPlane, JobsService};
-pub use model::{Attempt, Job, JobSpec, JobState, SpecError};
+pub use model::{Attempt, Job, JobSpec, JobState, Resources, SpecError};
 pub use scheduler::{AgentInfo, Assignment, Policy, Queued, Scheduler};
 pub use secrets::SecretsKey;
 pub use sqlite::SqliteStore;

@@ -23,6 +23,9 @@ pub struct JobSpec {
     /// Its working directory (relative to the agent's work directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Limits for its cgroup, where the agent's host offers cgroups.
+    #[serde(default, skip_serializing_if = "Resources::is_unset")]
+    pub resources: Resources,
     /// Time it may run, not counting time paused (0: no limit).
     #[serde(default)]
     pub timeout_ms: u64,
@@ -52,6 +55,28 @@ pub struct JobSpec {
     /// benchmarks and tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<String>,
+}
+
+/// What a job may use: the limits of its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// Processes and threads at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Resources {
+    /// Nothing is limited.
+    pub fn is_unset(&self) -> bool {
+        *self == Resources::default()
+    }
 }
 
 fn default_priority() -> u8 {

@@ -240,6 +240,17 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_plane();
+        // The agents were killed: what their jobs left in cgroups goes too.
+        for e in std::fs::read_dir(self.dir.join("work"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mut cfg =
+                valkyrie_jobs::agent::AgentConfig::new("", ["tcp://127.0.0.1:1"], e.path());
+            cfg.id = e.file_name().to_string_lossy().into_owned();
+            valkyrie_jobs::cgroup::sweep(&cfg.cgroup_prefix());
+        }
         if std::thread::panicking() {
             eprintln!("logs kept in {}", self.dir.display());
         } else {

@@ -101,6 +101,8 @@ pub(crate) struct JobThread {
     pub(crate) out: Sender<ExecMsg>,
     pub(crate) control: Receiver<Control>,
     pub(crate) nudger: Nudger,
+    /// The cgroup's name, when the job gets one.
+    pub(crate) cgroup: Option<String>,
 }
 
 struct Clock {
@@ -135,7 +137,17 @@ impl JobThread {
     }
 
     fn run(self) {
-        let mut job = match executor::spawn(&self.spec, &self.work, 1024) {
+        let r = &self.spec.resources;
+        let limits = crate::cgroup::Limits {
+            memory_bytes: r.memory_bytes,
+            cpu_millis: r.cpu_millis,
+            pids: r.pids,
+        };
+        let cgroup = self
+            .cgroup
+            .as_deref()
+            .and_then(|name| crate::cgroup::JobCgroup::create(name, &limits));
+        let mut job = match executor::spawn_in(&self.spec, &self.work, 1024, cgroup) {
             Ok(j) => j,
             Err(e) => {
                 self.tell(ExecMsg::SpawnFailed(format!(

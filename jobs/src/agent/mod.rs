@@ -81,9 +81,29 @@ pub struct AgentConfig {
     pub grace: Duration,
     /// How long a report may wait for its answer before it is sent again.
     pub request_timeout: Duration,
+    /// Run each job in a cgroup of its own where the host offers cgroups (default true).
+    pub cgroups: bool,
 }
 
 impl AgentConfig {
+    /// What the names of this agent's jobs' cgroups start with: its id and a hash of its
+    /// work directory (one agent's leftovers are told from another's on the same host).
+    pub fn cgroup_prefix(&self) -> String {
+        let h = blake3::hash(self.work.as_os_str().as_encoded_bytes()).to_hex();
+        let id: String = self
+            .id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("valkyrie-{id}-{}-", &h[..8])
+    }
+
     /// An agent `id` of one slot, no labels, for the control plane at `urls`, running jobs in
     /// `work`.
     pub fn new<I, S>(id: &str, urls: I, work: impl Into<PathBuf>) -> AgentConfig
@@ -100,6 +120,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(1),
             grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            cgroups: true,
         }
     }
 }
@@ -353,6 +374,9 @@ impl AgentService {
                     out,
                     control: control_rx,
                     nudger,
+                    cgroup: self.cfg.cgroups.then(|| {
+                        format!("{}{}-{}", self.cfg.cgroup_prefix(), req.job_id, req.epoch)
+                    }),
                 }
                 .spawn(&req.job_id);
                 self.live.insert(req.job_id.clone());
@@ -383,6 +407,16 @@ impl Service for AgentService {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
         self.nudger = Some(ctx.nudger());
         let _ = std::fs::create_dir_all(&self.cfg.work);
+        if self.cfg.cgroups {
+            // What an earlier run of this agent left (it was killed): ended and removed.
+            let n = crate::cgroup::sweep(&self.cfg.cgroup_prefix());
+            if n > 0 {
+                tracing::warn!(
+                    cgroups = n,
+                    "ended the jobs an earlier run of this agent left"
+                );
+            }
+        }
         match ConnectOptions::new(&self.cfg.urls) {
             Ok(opts) => self.link = Some(ctx.connect(opts)),
             Err(e) => tracing::error!(error = %e, "the agent has no URL it can use"),

@@ -405,7 +405,11 @@ impl Dispatcher {
         let req = JobRequest {
             job_id: job_id.clone(),
             spec,
-            resources: Default::default(),
+            resources: valkyrie_protocol::message::Resources {
+                cpu_millis: t.spec.resources.cpu_millis,
+                memory_bytes: t.spec.resources.memory_bytes,
+                ..Default::default()
+            },
             priority: t.spec.priority,
             timeout_ms: t.spec.timeout_ms,
             attempt,
