@@ -303,3 +303,15 @@ fn curl_post(c: &Cluster, id: &str, verb: &str, body: &str) -> (u16, serde_json:
         &format!("/api/v1/jobs/{id}/{verb}"),
     )
 }
+
+#[test]
+fn an_agent_fails_over_to_the_next_url() {
+    let c = Cluster::start("jobs-failover", 2000);
+    let dead = common::free_port();
+    let urls = format!("tcp://127.0.0.1:{dead},tcp://127.0.0.1:{}", c.port);
+    let _a = c.agent_to("a", &[], 1, &urls);
+    let id = c.submit(&json!({"command": ["echo", "reached"]}));
+    let job = c.wait_state(&id, "succeeded", 30);
+    assert_eq!(job["attempts"][0]["agent"], "a");
+    assert_eq!(lines_of(&c.logs(&id), "stdout"), ["reached"]);
+}

@@ -138,6 +138,25 @@ pub fn parse_log_ack(entry: &LogEntry) -> Option<u64> {
     entry.fields.get("acked").and_then(Value::as_u64)
 }
 
+/// `JOB:EPOCH:NAME` of an artifact upload's transfer id.
+pub fn parse_transfer(id: &str) -> Option<(String, u64, String)> {
+    let mut parts = id.splitn(3, ':');
+    let job = parts.next()?.to_owned();
+    let epoch = parts.next()?.parse().ok()?;
+    let name = parts.next()?.to_owned();
+    Some((job, epoch, name))
+}
+
+/// An artifact's name that stays inside its job's directory (a file name, not `.part`).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0', '\\'])
+        && !name.ends_with(".part")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

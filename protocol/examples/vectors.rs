@@ -107,6 +107,21 @@ fn main() {
             .with_priority(255),
     );
     emit(
+        "negotiate",
+        "a connecting side's NEGOTIATE offering two capability names, as a request on stream 0.",
+        &f(
+            MessageType::Negotiate,
+            0,
+            Negotiate {
+                features: vec!["going_away".into(), "stream_open_ack".into()],
+                params: Default::default(),
+            }
+            .to_bytes(),
+        )
+        .with_priority(255)
+        .with_correlation(1),
+    );
+    emit(
         "ping",
         "PING with an 8-byte payload and correlation id 7.",
         &f(MessageType::Ping, 0, &b"valkyrie"[..])
@@ -225,6 +240,96 @@ fn main() {
             }
             .to_bytes(),
         ),
+    );
+    emit(
+        "job-status",
+        "an agent announces itself on job stream 101 (odd: opened by the connecting side), as a request: its id, slots (capacity) and labels (keys) — its lease, sent again every heartbeat interval.",
+        &f(
+            MessageType::StatusUpdate,
+            101,
+            StatusUpdate {
+                node_id: "agent-7".into(),
+                state: "ready".into(),
+                load: Some(0.25),
+                running_jobs: Some(1),
+                capacity: Some(4),
+                labels: [
+                    ("linux".to_owned(), String::new()),
+                    ("gpu".to_owned(), String::new()),
+                ]
+                .into_iter()
+                .collect(),
+            }
+            .to_bytes(),
+        )
+        .with_correlation(1),
+    );
+    let batch = serde_json::json!({
+        "epoch": 7,
+        "seq": 41,
+        "lines": [
+            {"stream": "stdout", "line": "compiling valkyrie v0.1.0"},
+            {"stream": "stderr", "line": "warning: unused variable"}
+        ]
+    });
+    emit(
+        "job-log-batch",
+        "two lines of job build-42's output (attempt of epoch 7), numbered 41 and 42 in the job's log, as a request on job stream 101.",
+        &f(
+            MessageType::LogEntry,
+            101,
+            LogEntry {
+                timestamp_ms: 1_750_000_000_000,
+                level: "info".into(),
+                message: String::new(),
+                job_id: Some("build-42".into()),
+                source: Some("job".into()),
+                fields: batch.as_object().expect("an object").clone(),
+            }
+            .to_bytes(),
+        )
+        .with_correlation(3),
+    );
+    emit(
+        "job-log-ack",
+        "the control plane's answer once the batch is on disk: the highest line of the job it holds.",
+        &f(
+            MessageType::LogEntry,
+            101,
+            LogEntry {
+                timestamp_ms: 1_750_000_000_000,
+                level: "info".into(),
+                message: String::new(),
+                job_id: Some("build-42".into()),
+                source: Some("job".into()),
+                fields: serde_json::json!({"acked": 42})
+                    .as_object()
+                    .expect("an object")
+                    .clone(),
+            }
+            .to_bytes(),
+        )
+        .with_flags(Flags::RESPONSE)
+        .with_correlation(3),
+    );
+    emit(
+        "artifact-start",
+        "an artifact's upload begins on data stream 1001: transfer id JOB:EPOCH:NAME, its size and BLAKE3 hash; answered with FILE_TRANSFER_COMPLETE whose size is the bytes already held.",
+        &f(
+            MessageType::FileTransferStart,
+            1001,
+            FileTransferStart {
+                transfer_id: "build-42:7:report.xml".into(),
+                name: "report.xml".into(),
+                size: 18_204,
+                chunk_size: 65_536,
+                blake3: Some(
+                    "f2c5c8e3b1a0d4e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0".into(),
+                ),
+            }
+            .to_bytes(),
+        )
+        .with_correlation(5),
     );
     emit(
         "stream-open",

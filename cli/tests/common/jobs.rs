@@ -120,11 +120,16 @@ impl Cluster {
 
     /// An agent `id` with `labels` and `slots`, announcing itself every 100 ms.
     pub fn agent(&self, id: &str, labels: &[&str], slots: u32) -> Proc {
+        self.agent_to(id, labels, slots, &format!("tcp://127.0.0.1:{}", self.port))
+    }
+
+    /// The same, connecting to `urls` (comma-separated, in order).
+    pub fn agent_to(&self, id: &str, labels: &[&str], slots: u32, urls: &str) -> Proc {
         let work = self.dir.join("work").join(id);
         let args = [
             "agent".to_owned(),
             "--connect".into(),
-            format!("tcp://127.0.0.1:{}", self.port),
+            urls.to_owned(),
             "--id".into(),
             id.into(),
             "--labels".into(),

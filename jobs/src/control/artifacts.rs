@@ -23,6 +23,7 @@ use valkyrie_runtime::{ConnRef, Ctx};
 
 use super::{JobsService, Reply, now_ms};
 use crate::store::{Applied, Change};
+use crate::wire::{parse_transfer, valid_name};
 
 /// An upload under way on one stream of one connection.
 pub(crate) struct Upload {
@@ -31,25 +32,6 @@ pub(crate) struct Upload {
     name: String,
     size: u64,
     blake3: Option<String>,
-}
-
-/// `JOB:EPOCH:NAME` of a transfer id.
-fn parse_transfer(id: &str) -> Option<(String, u64, String)> {
-    let mut parts = id.splitn(3, ':');
-    let job = parts.next()?.to_owned();
-    let epoch = parts.next()?.parse().ok()?;
-    let name = parts.next()?.to_owned();
-    Some((job, epoch, name))
-}
-
-/// A name that stays inside its job's directory.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\0', '\\'])
-        && !name.ends_with(".part")
 }
 
 /// Where a job's artifact `name` lives (and its partial upload).

@@ -9,9 +9,10 @@ use serde_json::json;
 use valkyrie_runtime::http::Response;
 use valkyrie_runtime::{ConnRef, Ctx, HttpAnswer, RouteError};
 
-use super::artifacts::{paths, valid_name};
+use super::artifacts::paths;
 use super::{Inbox, JobsService};
 use crate::rest::error;
+use crate::wire::valid_name;
 
 /// Bytes read and sent at a time.
 const PIECE: u64 = 1024 * 1024;
