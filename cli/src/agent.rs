@@ -37,6 +37,13 @@ pub(crate) struct AgentArgs {
     /// cgroups this process may write).
     #[arg(long)]
     no_cgroups: bool,
+    /// Lines of one job's unacknowledged output held in memory; past them they spill to a
+    /// file in the work directory.
+    #[arg(long, default_value_t = 8192)]
+    log_memory_lines: usize,
+    /// Bytes of one job's output spilled to disk at most (past them the job's writes wait).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    spool_bytes: u64,
 }
 
 /// Run it until SIGINT or SIGTERM.
@@ -48,6 +55,8 @@ pub(crate) fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     cfg.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
     cfg.grace = Duration::from_millis(args.grace_ms);
     cfg.cgroups = !args.no_cgroups;
+    cfg.memory_lines = args.log_memory_lines.max(1);
+    cfg.spool_bytes = args.spool_bytes;
     let agent = Agent::new(cfg);
     let node = Node::builder()
         .without_listeners()

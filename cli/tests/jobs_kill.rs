@@ -185,3 +185,31 @@ fn an_agent_stopped_past_its_lease_is_replaced_and_its_late_words_refused() {
         "{agents:?}"
     );
 }
+
+#[test]
+fn output_written_while_the_control_plane_is_away_waits_on_disk_and_arrives_whole() {
+    let mut c = Cluster::start("away", 5000);
+    let url = format!("tcp://127.0.0.1:{}", c.port);
+    let _a = c.agent_with("a", &[], 1, &url, &["--log-memory-lines", "500"]);
+    let id = c.submit(&json!({"command": ["sh", "-c", "sleep 0.5; seq 1 30000"]}));
+    c.wait_state(&id, "running", 30);
+    c.kill_plane();
+    // The job writes everything while nobody listens: most of it spills to the agent's disk.
+    let spool = c.dir.join("work/a/.valkyrie-spool");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline, "nothing spilled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    c.restart_plane();
+    c.wait_state(&id, "succeeded", 60);
+    let logs = c.logs(&id);
+    assert_numbered(&logs);
+    let want: Vec<String> = (1..=30000).map(|i| i.to_string()).collect();
+    assert_eq!(lines_of(&logs, "stdout"), want);
+    assert!(
+        std::fs::read_dir(&spool).unwrap().next().is_none(),
+        "the spill file goes once drained"
+    );
+}

@@ -125,6 +125,18 @@ impl Cluster {
 
     /// The same, connecting to `urls` (comma-separated, in order).
     pub fn agent_to(&self, id: &str, labels: &[&str], slots: u32, urls: &str) -> Proc {
+        self.agent_with(id, labels, slots, urls, &[])
+    }
+
+    /// The same, with more flags.
+    pub fn agent_with(
+        &self,
+        id: &str,
+        labels: &[&str],
+        slots: u32,
+        urls: &str,
+        more: &[&str],
+    ) -> Proc {
         let work = self.dir.join("work").join(id);
         let args = [
             "agent".to_owned(),
@@ -143,6 +155,10 @@ impl Cluster {
             "--grace-ms".into(),
             "500".into(),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(more.iter().map(|s| s.to_string()))
+            .collect();
         spawn(&args, &self.dir.join(format!("agent-{id}.log")))
     }
 

@@ -3,10 +3,10 @@
 //! and renews its lease with STATUS_UPDATE, runs the jobs it is given (each on a thread of its
 //! own: [`exec`]), and reports them as `crate::wire` says.
 //!
-//! Nothing it must report is lost to a broken connection: a job's output waits in memory
-//! until the control plane acknowledges it (bounded: a job past [`MAX_UNACKED`] lines waiting
-//! is not read further, so its own writes wait), and its result waits until every line is
-//! acknowledged and the result itself is answered. On a new connection the agent announces
+//! Nothing it must report is lost to a broken connection: a job's output waits until the
+//! control plane acknowledges it — in memory, then spilled to a file in the work directory
+//! (both bounded: past them the job's lines are not taken, so its own writes wait) — and its
+//! result waits until every line is acknowledged and the result itself is answered. On a new connection the agent announces
 //! itself, re-attaches to what it still runs (JOB_START again), and sends again from the last
 //! acknowledged line. A job the control plane no longer counts as this agent's (its attempt
 //! was replaced while the agent was away) is ended here.
@@ -40,9 +40,9 @@ use valkyrie_runtime::{ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Nudger, 
 
 use crate::model::JobSpec;
 use crate::scheduler::AgentInfo;
-use crate::store::LogLine;
 use crate::wire::{self, JOB_STREAM};
 
+mod backlog;
 mod exec;
 mod messages;
 mod report;
@@ -50,9 +50,6 @@ mod upload;
 
 use exec::{ArtifactFile, Control, ExecMsg, JobThread};
 use messages::{batch, is_stale, result, start};
-
-/// Lines of one job's output waiting for acknowledgement, at most.
-pub const MAX_UNACKED: usize = 65_536;
 
 /// Messages from one job's thread waiting for the shard, at most.
 const EXEC_QUEUE: usize = 1024;
@@ -83,6 +80,12 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Run each job in a cgroup of its own where the host offers cgroups (default true).
     pub cgroups: bool,
+    /// Lines of one job's unacknowledged output held in memory (default 8,192); past them
+    /// they spill to a file in the work directory.
+    pub memory_lines: usize,
+    /// Bytes of one job's output spilled to disk at most (default 256 MiB); past them the
+    /// job's lines are not taken and its writes wait.
+    pub spool_bytes: u64,
 }
 
 impl AgentConfig {
@@ -121,6 +124,8 @@ impl AgentConfig {
             grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             cgroups: true,
+            memory_lines: 8192,
+            spool_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -175,7 +180,7 @@ enum Pending {
 struct JobRun {
     epoch: u64,
     /// Lines after `acked`, in order: the first is line `acked + 1`.
-    lines: VecDeque<LogLine>,
+    lines: backlog::Backlog,
     /// The last line the control plane acknowledged.
     acked: u64,
     /// The last line sent on this connection.
@@ -324,7 +329,14 @@ impl AgentService {
         let acked = req.log_from.max(1) - 1;
         let mut run = JobRun {
             epoch: req.epoch,
-            lines: VecDeque::new(),
+            lines: backlog::Backlog::new(
+                self.cfg
+                    .work
+                    .join(".valkyrie-spool")
+                    .join(format!("{}-{}.ndjson", req.job_id, req.epoch)),
+                self.cfg.memory_lines,
+                self.cfg.spool_bytes,
+            ),
             acked,
             sent: acked,
             batches_in_flight: 0,

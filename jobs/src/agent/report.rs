@@ -1,5 +1,5 @@
 //! What the agent reports about its jobs, and what it does with the answers: the lines of
-//! each job's output taken from its thread while fewer than [`MAX_UNACKED`] wait, sent as
+//! each job's output taken from its thread while its backlog has room, sent as
 //! LOG_ENTRY batches (a few in flight per job), acknowledged lines let go, everything after
 //! the acknowledged line sent again after an error, a timeout or a new connection; the
 //! result sent once every line is acknowledged, and the job let go once it is answered.
@@ -9,7 +9,7 @@ use valkyrie_protocol::message::{LogEntry, Payload};
 use valkyrie_runtime::{Ctx, Reply};
 
 use super::exec::{Control, ExecMsg};
-use super::{AgentService, MAX_UNACKED, Pending, batch, is_stale, result, start};
+use super::{AgentService, Pending, batch, is_stale, result, start};
 
 use crate::wire::{MAX_BATCH_LINES, parse_log_ack};
 
@@ -40,14 +40,14 @@ impl AgentService {
             let Some(run) = self.jobs.get_mut(id) else {
                 return;
             };
-            if run.lines.len() >= MAX_UNACKED || run.result.is_some() {
+            if !run.lines.has_room() || run.result.is_some() {
                 return;
             }
             let Some(Ok(msg)) = run.thread.as_ref().map(|(rx, _)| rx.try_recv()) else {
                 return;
             };
             match msg {
-                ExecMsg::Line(l) => run.lines.push_back(l),
+                ExecMsg::Line(l) => run.lines.push(l),
                 ExecMsg::Started => {
                     run.started = true;
                     self.reclaim(ctx, id);
@@ -89,7 +89,8 @@ impl AgentService {
             let Some(run) = self.jobs.get_mut(id) else {
                 return;
             };
-            let waiting = run.acked + run.lines.len() as u64 - run.sent;
+            // Batches go from what is in memory.
+            let waiting = run.acked + run.lines.in_memory().len() as u64 - run.sent;
             if waiting == 0 || run.batches_in_flight >= BATCHES_IN_FLIGHT || self.conn.is_none() {
                 break;
             }
@@ -97,6 +98,7 @@ impl AgentService {
             let mut bytes = 0;
             let lines: Vec<_> = run
                 .lines
+                .in_memory()
                 .iter()
                 .skip(skip)
                 .take(MAX_BATCH_LINES)
@@ -193,8 +195,8 @@ impl AgentService {
                 if let Some(acked) = acked
                     && acked > run.acked
                 {
-                    let n = ((acked - run.acked) as usize).min(run.lines.len());
-                    run.lines.drain(..n);
+                    let n = ((acked - run.acked) as usize).min(run.lines.in_memory().len());
+                    run.lines.acknowledge(n);
                     run.acked += n as u64;
                 }
                 if stale {
