@@ -44,6 +44,8 @@ pub(crate) struct AgentArgs {
     /// Bytes of one job's output spilled to disk at most (past them the job's writes wait).
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     spool_bytes: u64,
+    #[command(flatten)]
+    security: crate::SecurityArgs,
 }
 
 /// Run it until SIGINT or SIGTERM.
@@ -57,6 +59,14 @@ pub(crate) fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     cfg.cgroups = !args.no_cgroups;
     cfg.memory_lines = args.log_memory_lines.max(1);
     cfg.spool_bytes = args.spool_bytes;
+    cfg.protocol = Some(
+        args.security
+            .apply(valkyrie_protocol::Config::new(args.id.clone()), false)?,
+    );
+    cfg.tls = args
+        .security
+        .tls_client()?
+        .map(|t| (t, args.security.tls_server_name.clone()));
     let agent = Agent::new(cfg);
     let node = Node::builder()
         .without_listeners()

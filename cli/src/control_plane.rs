@@ -31,7 +31,7 @@ pub(crate) struct ControlPlaneArgs {
     lease_ms: u64,
     /// How an agent is chosen among those that fit: least-loaded or round-robin.
     #[arg(long, default_value = "least-loaded")]
-    policy: String,
+    placement: String,
     /// The key that seals jobs' secrets (`valkyrie keygen secrets FILE`); without it a job
     /// with secrets is refused.
     #[arg(long, value_name = "FILE")]
@@ -42,6 +42,15 @@ pub(crate) struct ControlPlaneArgs {
     /// Bytes of each job's output kept at most.
     #[arg(long, default_value_t = valkyrie_jobs::sqlite::DEFAULT_LOG_CAP)]
     log_cap: u64,
+    /// Serve /healthz, /readyz and /metrics without a bearer token on a secured node (for
+    /// probes and scrapers on the pod network).
+    #[arg(long)]
+    open_probes: bool,
+    /// Its node id (in HELLO, and in its answers to agents).
+    #[arg(long, default_value = "control-plane")]
+    node_id: String,
+    #[command(flatten)]
+    security: crate::SecurityArgs,
 }
 
 /// Run it until SIGINT or SIGTERM (the store's last commits are flushed on the way out).
@@ -52,17 +61,20 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
         .map_err(|e| format!("{}: {e}", path.display()))?
         .with_log_cap(args.log_cap);
     let committer = Arc::new(Committer::spawn(store, args.store_queue));
-    let policy = match args.policy.as_str() {
+    let policy = match args.placement.as_str() {
         "least-loaded" => Policy::LeastLoaded,
         "round-robin" => Policy::RoundRobin,
         other => {
-            return Err(format!("unknown policy {other:?}: least-loaded or round-robin").into());
+            return Err(format!("unknown placement {other:?}: least-loaded or round-robin").into());
         }
     };
     let secrets = match &args.secrets_key {
         Some(p) => Some(valkyrie_jobs::SecretsKey::load(p)?),
         None => None,
     };
+    let protocol = args
+        .security
+        .apply(valkyrie_protocol::Config::new(args.node_id.clone()), true)?;
     let cp = ControlPlane::new(
         committer,
         ControlConfig {
@@ -71,12 +83,28 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             artifacts: Some(args.data.join("artifacts")),
             artifact_cap: args.artifact_cap,
             secrets,
+            node_id: args.node_id.clone(),
+            grants: protocol.policy.clone(),
             ..ControlConfig::default()
         },
     );
+    // A secured control plane checks HTTP clients' bearer tokens with its --token-file.
+    let bearer = match &args.security.token_file {
+        Some(f) => valkyrie_runtime::keys::read_tokens(f)?,
+        None => Vec::new(),
+    };
+    let open_probes = args.open_probes;
     let mut b = Node::builder()
+        .configure(|c| {
+            c.http.open_probes = open_probes;
+            c.http.bearer_keys = valkyrie_runtime::BearerKeys(Arc::new(bearer));
+        })
+        .protocol(protocol)
         .collector(cp.collector())
         .service(move |shard| cp.service(shard));
+    if let Some(tls) = args.security.tls_server()? {
+        b = b.tls(tls);
+    }
     for url in &args.listen {
         b = b.listen(url)?;
     }

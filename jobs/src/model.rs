@@ -45,6 +45,10 @@ pub struct JobSpec {
     /// Submitting twice with the same key returns the first job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Its project: under a zero_trust policy, only agents whose identity the policy grants
+    /// the project run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Jobs of one group run one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_group: Option<String>,

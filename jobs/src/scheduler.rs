@@ -36,6 +36,8 @@ pub struct AgentInfo {
     pub labels: BTreeSet<String>,
     /// Jobs it runs at once.
     pub slots: u32,
+    /// The projects whose jobs it may run (none: no policy, any job).
+    pub projects: Option<valkyrie_protocol::security::zero_trust::Projects>,
 }
 
 /// A queued job, as the scheduler needs it.
@@ -53,6 +55,8 @@ pub struct Queued {
     pub group: Option<String>,
     /// The only agent it may go to (a migration's target).
     pub pinned: Option<String>,
+    /// Its project (agents must be granted it).
+    pub project: Option<String>,
 }
 
 /// A decision: run `job_id` on `agent`.
@@ -308,6 +312,10 @@ impl Scheduler {
         let fits = |a: &&Agent| {
             (a.running.len() as u64) < u64::from(a.info.slots)
                 && job.pinned.as_ref().is_none_or(|p| *p == a.info.id)
+                && match (&job.project, &a.info.projects) {
+                    (Some(p), Some(granted)) => granted.grants(p),
+                    _ => true,
+                }
                 && job.labels.iter().all(|l| a.info.labels.contains(l))
                 && refused.is_none_or(|r| !r.contains(&a.info.id))
         };

@@ -59,6 +59,7 @@ pub fn agent_info(s: &StatusUpdate) -> AgentInfo {
         id: s.node_id.clone(),
         labels: s.labels.keys().cloned().collect(),
         slots: s.capacity.unwrap_or(1),
+        projects: None,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Cluster {
     pub lease_ms: u64,
     /// More flags for the control plane.
     pub plane_args: Vec<String>,
+    /// A bearer token for its HTTP API (a secured control plane).
+    pub bearer: Option<String>,
     plane: Option<Proc>,
 }
 
@@ -80,6 +82,7 @@ impl Cluster {
             port: free_port(),
             lease_ms,
             plane_args,
+            bearer: None,
             plane: None,
         };
         c.restart_plane();
@@ -162,11 +165,38 @@ impl Cluster {
         spawn(&args, &self.dir.join(format!("agent-{id}.log")))
     }
 
+    /// curl with the bearer token, when there is one.
+    pub fn curl(&self, args: &[&str], path: &str) -> (u16, Value) {
+        let auth = self
+            .bearer
+            .as_ref()
+            .map(|t| format!("authorization: Bearer {t}"));
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(a) = &auth {
+            all.extend(["-H", a.as_str()]);
+        }
+        all.extend_from_slice(args);
+        curl(self.port, &all, path)
+    }
+
+    /// The raw body of a GET (with the bearer token).
+    fn get_text(&self, path: &str) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10"]);
+        if let Some(t) = &self.bearer {
+            cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        let out = cmd
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Submit `spec`; its id.
     pub fn submit(&self, spec: &Value) -> String {
         let body = spec.to_string();
-        let (code, r) = curl(
-            self.port,
+        let (code, r) = self.curl(
             &[
                 "-X",
                 "POST",
@@ -183,16 +213,12 @@ impl Cluster {
 
     /// `POST /api/v1/jobs/{id}/{verb}`: the status and the answer.
     pub fn post(&self, id: &str, verb: &str) -> (u16, Value) {
-        curl(
-            self.port,
-            &["-X", "POST"],
-            &format!("/api/v1/jobs/{id}/{verb}"),
-        )
+        self.curl(&["-X", "POST"], &format!("/api/v1/jobs/{id}/{verb}"))
     }
 
     /// The job as `GET /api/v1/jobs/{id}` shows it.
     pub fn job(&self, id: &str) -> Value {
-        let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs/{id}"));
+        let (code, j) = self.curl(&[], &format!("/api/v1/jobs/{id}"));
         assert_eq!(code, 200, "{j}");
         j
     }
@@ -201,7 +227,7 @@ impl Cluster {
     pub fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let (code, j) = curl(self.port, &[], &format!("/api/v1/jobs/{id}"));
+            let (code, j) = self.curl(&[], &format!("/api/v1/jobs/{id}"));
             if code == 200 && j["state"] == state {
                 return j;
             }
@@ -215,11 +241,7 @@ impl Cluster {
 
     /// Every job in `state`.
     pub fn count(&self, state: &str) -> usize {
-        let (code, j) = curl(
-            self.port,
-            &[],
-            &format!("/api/v1/jobs?state={state}&limit=1000"),
-        );
+        let (code, j) = self.curl(&[], &format!("/api/v1/jobs?state={state}&limit=1000"));
         assert_eq!(code, 200, "{j}");
         j["jobs"].as_array().unwrap().len()
     }
@@ -242,17 +264,12 @@ impl Cluster {
 
     /// The control plane's `/metrics`, as text.
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .arg(format!("http://127.0.0.1:{}/metrics", self.port))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.get_text("/metrics")
     }
 
     /// The agents as `GET /api/v1/agents` shows them.
     pub fn agents(&self) -> Vec<Value> {
-        let (code, j) = curl(self.port, &[], "/api/v1/agents");
+        let (code, j) = self.curl(&[], "/api/v1/agents");
         assert_eq!(code, 200, "{j}");
         j["agents"].as_array().unwrap().clone()
     }

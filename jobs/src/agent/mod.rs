@@ -86,6 +86,14 @@ pub struct AgentConfig {
     /// Bytes of one job's output spilled to disk at most (default 256 MiB); past them the
     /// job's lines are not taken and its writes wait.
     pub spool_bytes: u64,
+    /// The protocol configuration of its connections (security mode and keys; default: the
+    /// node's own).
+    pub protocol: Option<valkyrie_protocol::Config>,
+    /// TLS under the frames (mtls), and the name the control plane's certificate carries.
+    pub tls: Option<(
+        Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>,
+        Option<String>,
+    )>,
 }
 
 impl AgentConfig {
@@ -126,6 +134,8 @@ impl AgentConfig {
             cgroups: true,
             memory_lines: 8192,
             spool_bytes: 256 * 1024 * 1024,
+            protocol: None,
+            tls: None,
         }
     }
 }
@@ -231,6 +241,7 @@ impl AgentService {
             id: self.cfg.id.clone(),
             labels: self.cfg.labels.clone(),
             slots: self.cfg.slots,
+            projects: None,
         }
     }
 
@@ -430,7 +441,15 @@ impl Service for AgentService {
             }
         }
         match ConnectOptions::new(&self.cfg.urls) {
-            Ok(opts) => self.link = Some(ctx.connect(opts)),
+            Ok(mut opts) => {
+                if let Some(p) = &self.cfg.protocol {
+                    opts = opts.protocol(p.clone());
+                }
+                if let Some((tls, name)) = &self.cfg.tls {
+                    opts = opts.tls(tls.clone(), name.clone());
+                }
+                self.link = Some(ctx.connect(opts));
+            }
             Err(e) => tracing::error!(error = %e, "the agent has no URL it can use"),
         }
         let _ = ctx.set_timer(ctx.now() + self.cfg.heartbeat, HEARTBEAT);

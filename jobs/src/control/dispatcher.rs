@@ -88,6 +88,7 @@ pub(super) fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued
         labels: spec.labels.clone(),
         group: spec.concurrency_group.clone(),
         pinned: None,
+        project: spec.project.clone(),
     }
 }
 

@@ -119,7 +119,12 @@ pub(crate) fn on_agent_frame(
         Some(Ok(s)) => s,
     };
     if let Said::Status(s) = &said {
-        let info = wire::agent_info(s);
+        let mut info = wire::agent_info(s);
+        // What its authenticated identity is granted, not what it says.
+        if let Some(policy) = &hub.config.grants {
+            let identity = ctx.peer(conn).and_then(|p| p.identity);
+            info.projects = Some(policy.projects(identity.as_deref()));
+        }
         agents.insert(conn, info.id.clone());
         if is_request {
             let answer = StatusUpdate {

@@ -63,6 +63,9 @@ pub struct ControlConfig {
     pub artifact_cap: u64,
     /// The key that seals jobs' secrets; none: a job with secrets is refused.
     pub secrets: Option<crate::SecretsKey>,
+    /// The zero_trust policy whose project grants decide which agents run a project's jobs
+    /// (none: any agent runs any project).
+    pub grants: Option<Arc<valkyrie_protocol::security::zero_trust::Policy>>,
 }
 
 impl Default for ControlConfig {
@@ -75,6 +78,7 @@ impl Default for ControlConfig {
             artifacts: None,
             artifact_cap: 256 * 1024 * 1024,
             secrets: None,
+            grants: None,
         }
     }
 }

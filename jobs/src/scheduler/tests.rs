@@ -8,6 +8,7 @@ fn agent(id: &str, labels: &[&str], slots: u32) -> AgentInfo {
         id: id.into(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
         slots,
+        projects: None,
     }
 }
 
@@ -19,6 +20,7 @@ fn job(id: &str, priority: u8, created_at: u64) -> Queued {
         labels: Vec::new(),
         group: None,
         pinned: None,
+        project: None,
     }
 }
 
@@ -176,4 +178,30 @@ fn a_pinned_job_waits_for_its_agent_and_an_avoided_one_goes_elsewhere() {
     assert!(s.assign(1).is_empty(), "a is avoided and b is full");
     s.forgive("k");
     assert_eq!(pairs(&s.assign(1)), [("k", "a")]);
+}
+
+#[test]
+fn a_project_goes_only_to_agents_granted_it() {
+    use valkyrie_protocol::security::zero_trust::Projects;
+    let mut s = Scheduler::new(Policy::LeastLoaded, 8);
+    let mut web = agent("web-box", &[], 4);
+    web.projects = Some(Projects::Only(["web".to_owned()].into()));
+    let mut none = agent("bare", &[], 4);
+    none.projects = Some(Projects::Only(Default::default()));
+    s.agent_up(web);
+    s.agent_up(none);
+    let mut j = job("j", 1, 1);
+    j.project = Some("web".into());
+    let mut k = job("k", 1, 2);
+    k.project = Some("infra".into());
+    assert!(s.enqueue(j) && s.enqueue(k));
+    s.enqueue(job("free", 1, 3));
+    let got = s.assign(8);
+    let mut pairs: Vec<_> = pairs(&got);
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [("free", "bare"), ("j", "web-box")],
+        "k waits: nobody is granted infra"
+    );
 }

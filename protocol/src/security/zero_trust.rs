@@ -7,13 +7,15 @@
 //! Policy text, one rule per line (`#` starts a comment):
 //!
 //! ```text
-//! # identity                                                              message types
-//! noise:8aea84ee3d9395c3965ffb83abd17df2268bf37cce66c3054fc474c083e98944  JOB_*,LOG_ENTRY,STREAM_*
+//! # identity                                                              message types              [projects]
+//! noise:8aea84ee3d9395c3965ffb83abd17df2268bf37cce66c3054fc474c083e98944  JOB_*,LOG_ENTRY,STREAM_*   projects=web,infra
 //! *                                                                       HEALTH_CHECK,METRICS_REPORT
 //! ```
 //!
 //! An identity is matched exactly, or `*` for anyone authenticated; a type pattern is a type
-//! name, a prefix ending in `*`, or `*`.
+//! name, a prefix ending in `*`, or `*`. The optional third column grants job projects
+//! (`projects=NAME,...` or `projects=*`): a control plane gives a job of a project only to
+//! agents whose identity is granted it ([`Policy::projects`]).
 //!
 //! [`Event::Denied`]: crate::Event::Denied
 
@@ -31,6 +33,27 @@ pub struct Rule {
     pub identity: String,
     /// Type names, `PREFIX*` patterns, or `*`.
     pub types: Vec<String>,
+    /// Job projects granted (`*`: all); empty: none.
+    pub projects: Vec<String>,
+}
+
+/// The job projects an identity is granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projects {
+    /// Every project.
+    All,
+    /// These (maybe none).
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl Projects {
+    /// Whether `project` is granted.
+    pub fn grants(&self, project: &str) -> bool {
+        match self {
+            Projects::All => true,
+            Projects::Only(set) => set.contains(project),
+        }
+    }
 }
 
 /// A policy line that does not parse.
@@ -72,8 +95,19 @@ impl Policy {
                 reason: reason.to_owned(),
             };
             let mut it = line.split_whitespace();
-            let (Some(identity), Some(types), None) = (it.next(), it.next(), it.next()) else {
-                return Err(err("expected `IDENTITY TYPE[,TYPE...]`"));
+            let (Some(identity), Some(types), third, None) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(err(
+                    "expected `IDENTITY TYPE[,TYPE...] [projects=NAME,...]`",
+                ));
+            };
+            let projects: Vec<String> = match third {
+                None => Vec::new(),
+                Some(p) => match p.strip_prefix("projects=") {
+                    Some(list) if !list.is_empty() => list.split(',').map(str::to_owned).collect(),
+                    _ => return Err(err("the third column is `projects=NAME[,NAME...]`")),
+                },
             };
             let types: Vec<String> = types.split(',').map(str::to_owned).collect();
             for t in &types {
@@ -85,9 +119,31 @@ impl Policy {
             rules.push(Rule {
                 identity: identity.to_owned(),
                 types,
+                projects,
             });
         }
         Ok(Policy { rules })
+    }
+
+    /// The job projects `identity` is granted (the union of the rules that match it).
+    pub fn projects(&self, identity: Option<&str>) -> Projects {
+        let mut set = std::collections::BTreeSet::new();
+        let Some(id) = identity else {
+            return Projects::Only(set);
+        };
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.identity == "*" || r.identity == id)
+        {
+            for p in &r.projects {
+                if p == "*" {
+                    return Projects::All;
+                }
+                set.insert(p.clone());
+            }
+        }
+        Projects::Only(set)
     }
 
     /// Whether `identity` may send `t`.
@@ -145,6 +201,22 @@ pub type SharedPolicy = Arc<Policy>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projects_are_granted_per_identity() {
+        let p = Policy::parse(
+            "x509:a JOB_* projects=web,infra\nx509:b JOB_* projects=*\n* HEALTH_CHECK projects=docs\nx509:c JOB_*\n",
+        )
+        .unwrap();
+        let a = p.projects(Some("x509:a"));
+        assert!(a.grants("web") && a.grants("infra") && a.grants("docs") && !a.grants("ops"));
+        assert_eq!(p.projects(Some("x509:b")), Projects::All);
+        let c = p.projects(Some("x509:c"));
+        assert!(c.grants("docs") && !c.grants("web"), "only what * grants");
+        assert!(!p.projects(None).grants("docs"), "no identity, no project");
+        assert!(Policy::parse("x509:a JOB_* web").is_err());
+        assert!(Policy::parse("x509:a JOB_* projects=").is_err());
+    }
 
     #[test]
     fn parses_and_matches() {
