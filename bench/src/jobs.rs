@@ -119,8 +119,14 @@ fn submit_all(store: &Committer, spec: &JobSpec, n: usize, base: u32) {
     }
 }
 
-/// `n` agents of `slots` slots each, connected to `plane`.
+/// `n` agents of `slots` slots each, connected to `plane` (jobs in cgroups where the host
+/// offers them).
 fn agents(plane: &Plane, n: usize, slots: u32) -> Vec<Node> {
+    agents_with(plane, n, slots, true)
+}
+
+/// The same, choosing whether jobs get cgroups.
+fn agents_with(plane: &Plane, n: usize, slots: u32, cgroups: bool) -> Vec<Node> {
     (0..n)
         .map(|i| {
             let mut cfg = AgentConfig::new(
@@ -129,6 +135,7 @@ fn agents(plane: &Plane, n: usize, slots: u32) -> Vec<Node> {
                 plane.dir.join(format!("work-{i}")),
             );
             cfg.slots = slots;
+            cfg.cgroups = cgroups;
             let agent = Agent::new(cfg);
             Node::builder()
                 .without_listeners()
@@ -154,10 +161,10 @@ fn wait_for(cp: &ControlPlane, state: JobState, n: u64, limit: Duration) -> bool
 }
 
 /// Jobs per second: `n` jobs of `spec` queued, then two agents of `slots` each.
-fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32) -> f64 {
+fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32, cgroups: bool) -> f64 {
     let p = plane("rate", spec, n);
     let t = Instant::now();
-    let _agents = agents(&p, 2, slots);
+    let _agents = agents_with(&p, 2, slots, cgroups);
     assert!(
         wait_for(
             &p.cp,
@@ -272,8 +279,8 @@ fn assignment(rate: f64, secs: f64) -> (f64, f64) {
     (h.value_at_quantile(0.99) as f64, reached)
 }
 
-/// Lines per second stored from one job writing `n` lines.
-fn log_rate(n: usize) -> f64 {
+/// Lines per second stored from one job writing `n` lines (in a cgroup of its own, or not).
+fn log_rate(n: usize, cgroups: bool) -> f64 {
     let spec = JobSpec {
         command: vec!["seq".into(), "1".into(), n.to_string()],
         max_attempts: 1,
@@ -281,7 +288,7 @@ fn log_rate(n: usize) -> f64 {
     };
     let p = plane("logs", &spec, 1);
     let t = Instant::now();
-    let _agents = agents(&p, 1, 1);
+    let _agents = agents_with(&p, 1, 1, cgroups);
     assert!(wait_for(
         &p.cp,
         JobState::Succeeded,
@@ -487,16 +494,18 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         max_attempts: 1,
         ..JobSpec::default()
     };
-    let mut m: [Vec<f64>; 9] = Default::default();
+    let mut m: [Vec<f64>; 10] = Default::default();
     for _ in 0..rounds {
-        let rate = dispatch_rate(&noop, n, 512);
+        let rate = dispatch_rate(&noop, n, 512, true);
         m[0].push(rate);
         m[1].push(store_jobs_floor(n));
-        m[2].push(dispatch_rate(&truth, n_true, 4));
+        m[2].push(dispatch_rate(&truth, n_true, 4, true));
+        m[8].push(dispatch_rate(&truth, n_true, 4, false));
         let (p99, reached) = assignment(rate / 10.0, 2.0 * scale.max(1.0));
         m[3].push(p99);
         m[4].push(reached);
-        m[5].push(log_rate(lines));
+        m[5].push(log_rate(lines, true));
+        m[9].push(log_rate(lines, false));
         m[6].push(store_log_floor(lines));
         m[7].push(log_latency(500));
         bar.inc(1);
@@ -555,16 +564,20 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         med[1],
         med[0] / med[1]
     );
-    println!("  `true` jobs/s     {:>12.0}", med[2]);
+    println!(
+        "  `true` jobs/s     {:>12.0}   (each in a cgroup of its own; {:.0} without)",
+        med[2], med[8]
+    );
     println!(
         "  assignment p99    {:>12.0} us at {:.0} jobs/s (a tenth of the no-op rate)",
         med[3], med[4]
     );
     println!(
-        "  log lines/s       {:>12.0}   (store floor {:>10.0}: {:.2} of it)",
+        "  log lines/s       {:>12.0}   (store floor {:>10.0}: {:.2} of it; {:.0} without a cgroup)",
         med[5],
         med[6],
-        med[5] / med[6]
+        med[5] / med[6],
+        med[9]
     );
     println!(
         "  log latency p99   {:>12.0} us (written by the job -> read back over REST)",

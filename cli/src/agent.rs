@@ -39,7 +39,7 @@ pub(crate) struct AgentArgs {
     no_cgroups: bool,
     /// Lines of one job's unacknowledged output held in memory; past them they spill to a
     /// file in the work directory.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 65_536)]
     log_memory_lines: usize,
     /// Bytes of one job's output spilled to disk at most (past them the job's writes wait).
     #[arg(long, default_value_t = 256 * 1024 * 1024)]

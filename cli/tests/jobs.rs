@@ -26,6 +26,10 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
                                "env": {"WHO": "on the gpu box"}}),
     );
     let noop = c.submit(&json!({"builtin": "noop"}));
+    // A job says how far it is on its standard output.
+    let progressing = c.submit(&json!({
+        "command": ["sh", "-c", "echo ::progress::40 compiling; sleep 0.5; echo ::progress::100 linked"],
+    }));
     let job = c.wait_state(&printer, "succeeded", 30);
     assert_eq!(job["exit_code"], 0);
     let logs = c.logs(&printer);
@@ -41,6 +45,22 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
     );
     assert_eq!(lines_of(&c.logs(&gpu), "stdout"), ["on the gpu box"]);
     c.wait_state(&noop, "succeeded", 30);
+    let mut seen_40 = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let j = c.job(&progressing);
+        seen_40 |= j["progress"]["percent"] == 40;
+        if j["state"] == "succeeded" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(seen_40, "the first progress was shown while it ran");
+    assert_eq!(
+        job["progress"],
+        json!({"percent": 100, "message": "linked"})
+    );
     let attempt = &c.job(&printer)["attempts"][0];
     assert_eq!(attempt["state"], "succeeded");
     assert!(attempt["started_at"].as_u64().is_some() && attempt["ended_at"].as_u64().is_some());
@@ -67,12 +87,12 @@ fn jobs_run_on_agents_with_their_output_complete_and_in_order() {
             .unwrap_or_else(|| panic!("no {series} in\n{m}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert_eq!(value("valkyrie_jobs_total{state=\"queued\"}"), 4.0);
-    assert_eq!(value("valkyrie_jobs_total{state=\"succeeded\"}"), 3.0);
+    assert_eq!(value("valkyrie_jobs_total{state=\"queued\"}"), 5.0);
+    assert_eq!(value("valkyrie_jobs_total{state=\"succeeded\"}"), 4.0);
     assert_eq!(value("valkyrie_jobs_queued"), 1.0);
     assert_eq!(value("valkyrie_agents_connected"), 2.0);
-    assert_eq!(value("valkyrie_log_lines_total"), 1001.0);
-    assert_eq!(value("valkyrie_job_assignment_seconds_count"), 3.0);
+    assert_eq!(value("valkyrie_log_lines_total"), 1003.0);
+    assert_eq!(value("valkyrie_job_assignment_seconds_count"), 4.0);
     assert!(
         m.contains("valkyrie_connections_active"),
         "the node's own are there too"

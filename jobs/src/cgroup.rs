@@ -160,6 +160,9 @@ impl JobCgroup {
     /// End every process in it (frozen first, so that none forks meanwhile), waiting up to a
     /// second for them to go.
     pub fn kill_all(&self) {
+        if self.pids().is_empty() {
+            return;
+        }
         if let Some(d) = &self.v2
             && write(d, "cgroup.kill", "1").is_ok()
         {

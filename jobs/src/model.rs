@@ -244,6 +244,17 @@ pub struct Attempt {
     pub reason: Option<String>,
 }
 
+/// How far a job's attempt says it is (JOB_PROGRESS; a job writes `::progress::PERCENT
+/// MESSAGE` on its standard output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0–100.
+    pub percent: u8,
+    /// What it does now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// A job as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -261,6 +272,8 @@ pub struct Job {
     pub created_at: u64,
     /// Every attempt, first first.
     pub attempts: Vec<Attempt>,
+    /// The latest progress its current (or last) attempt reported.
+    pub progress: Option<Progress>,
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ fn job_json(job: &Job) -> serde_json::Value {
         "created_at": job.created_at,
         "spec": job.spec.redacted(),
         "attempts": job.attempts,
+        "progress": job.progress,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 mod apply;
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -75,6 +75,10 @@ CREATE TABLE artifacts (
     stored_ms INTEGER NOT NULL,
     PRIMARY KEY (job, name)
 ) WITHOUT ROWID;
+",
+    // The latest progress an attempt reported (JSON).
+    "
+ALTER TABLE jobs ADD COLUMN progress TEXT;
 ",
 ];
 
@@ -140,7 +144,7 @@ impl SqliteStore {
     }
 
     /// Read the jobs a query selects (columns: id, spec, state, epoch, exit_code,
-    /// created_ms), each with its attempts.
+    /// created_ms, progress), each with its attempts.
     fn read_jobs(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Job>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
         let rows = stmt
@@ -152,12 +156,13 @@ impl SqliteStore {
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i32>>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .map_err(db)?;
         let mut jobs = Vec::new();
         for row in rows {
-            let (job_id, spec, state, epoch, exit_code, created) = row.map_err(db)?;
+            let (job_id, spec, state, epoch, exit_code, created, progress) = row.map_err(db)?;
             let spec: JobSpec = serde_json::from_str(&spec)
                 .map_err(|e| StoreError::Corrupt(format!("{job_id}: {e}")))?;
             jobs.push(Job {
@@ -168,6 +173,7 @@ impl SqliteStore {
                 epoch: epoch as u64,
                 exit_code,
                 created_at: created as u64,
+                progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
             });
         }
         Ok(jobs)
@@ -220,7 +226,8 @@ fn parse_state(s: &str) -> Result<JobState, StoreError> {
     JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
 }
 
-const JOB_COLUMNS: &str = "SELECT id, spec, state, epoch, exit_code, created_ms FROM jobs";
+const JOB_COLUMNS: &str =
+    "SELECT id, spec, state, epoch, exit_code, created_ms, progress FROM jobs";
 
 impl Store for SqliteStore {
     fn commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {

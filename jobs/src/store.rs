@@ -119,6 +119,15 @@ pub enum Change {
         /// Now.
         at: u64,
     },
+    /// How far the attempt of `epoch` says it is (the latest replaces the one before).
+    Progress {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// Where it is.
+        progress: crate::model::Progress,
+    },
     /// A file the attempt of `epoch` uploaded (its bytes are already on disk beside the
     /// store, hashed): recorded under `name`, replacing one of the same name.
     Artifact {

@@ -118,3 +118,16 @@ pub(super) fn result(
         _ => unreachable!("only an end is a result"),
     }
 }
+
+/// A progress line a job wrote: `::progress::PERCENT[ MESSAGE]`.
+pub(super) fn progress_of(line: &str) -> Option<(f64, Option<String>)> {
+    let rest = line.strip_prefix("::progress::")?;
+    let (n, msg) = match rest.split_once(' ') {
+        Some((n, m)) => (n, Some(m.trim().to_owned()).filter(|m| !m.is_empty())),
+        None => (rest, None),
+    };
+    let percent: f64 = n.trim().parse().ok()?;
+    percent
+        .is_finite()
+        .then_some((percent.clamp(0.0, 100.0), msg))
+}

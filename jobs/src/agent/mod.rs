@@ -80,7 +80,7 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Run each job in a cgroup of its own where the host offers cgroups (default true).
     pub cgroups: bool,
-    /// Lines of one job's unacknowledged output held in memory (default 8,192); past them
+    /// Lines of one job's unacknowledged output held in memory (default 65,536); past them
     /// they spill to a file in the work directory.
     pub memory_lines: usize,
     /// Bytes of one job's output spilled to disk at most (default 256 MiB); past them the
@@ -132,7 +132,7 @@ impl AgentConfig {
             grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             cgroups: true,
-            memory_lines: 8192,
+            memory_lines: 65_536,
             spool_bytes: 256 * 1024 * 1024,
             protocol: None,
             tls: None,
@@ -204,6 +204,8 @@ struct JobRun {
     thread: Option<(Receiver<ExecMsg>, Sender<Control>)>,
     /// How it ended (its result is built again once its artifacts are up).
     end: Option<ExecMsg>,
+    /// When it last reported progress.
+    last_progress: Option<std::time::Instant>,
     /// Artifacts still to upload, the one under way, those uploaded, those it did not leave.
     uploads: VecDeque<ArtifactFile>,
     upload: Option<upload::Active>,
@@ -356,6 +358,7 @@ impl AgentService {
             result_in_flight: false,
             thread: None,
             end: None,
+            last_progress: None,
             uploads: VecDeque::new(),
             upload: None,
             uploaded: Vec::new(),

@@ -13,6 +13,9 @@ use super::{AgentService, Pending, batch, is_stale, result, start};
 
 use crate::wire::{MAX_BATCH_LINES, parse_log_ack};
 
+/// The least time between two progress reports of one job.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Batches of one job in flight at most.
 const BATCHES_IN_FLIGHT: usize = 4;
 
@@ -47,7 +50,15 @@ impl AgentService {
                 return;
             };
             match msg {
-                ExecMsg::Line(l) => run.lines.push(l),
+                ExecMsg::Line(l) => {
+                    let progress = (l.stream == "stdout")
+                        .then(|| super::messages::progress_of(&l.line))
+                        .flatten();
+                    run.lines.push(l);
+                    if let Some((percent, message)) = progress {
+                        self.progress(ctx, id, percent, message);
+                    }
+                }
                 ExecMsg::Started => {
                     run.started = true;
                     self.reclaim(ctx, id);
@@ -64,6 +75,26 @@ impl AgentService {
                 }
             }
         }
+    }
+
+    /// Report a job's progress (at most every [`PROGRESS_EVERY`], and always at 100 %).
+    fn progress(&mut self, ctx: &mut Ctx<'_>, id: &str, percent: f64, message: Option<String>) {
+        let Some(run) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let now = ctx.now();
+        if percent < 100.0 && run.last_progress.is_some_and(|t| now - t < PROGRESS_EVERY) {
+            return;
+        }
+        run.last_progress = Some(now);
+        let p = valkyrie_protocol::message::JobProgress {
+            job_id: id.to_owned(),
+            percent,
+            stage: None,
+            message,
+            epoch: run.epoch,
+        };
+        self.send(ctx, MessageType::JobProgress, p.to_bytes());
     }
 
     /// Claim a started job on this connection (JOB_START; again after a reconnect).

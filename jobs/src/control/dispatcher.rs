@@ -225,6 +225,7 @@ impl Dispatcher {
                     exit_code: None,
                     created_at,
                     attempts: Vec::new(),
+                    progress: None,
                 };
                 self.track_queued(&job, Some(at));
             }

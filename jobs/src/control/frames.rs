@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use valkyrie_protocol::message::{
-    JobAccept, JobComplete, JobFailed, JobReject, JobStart, LogEntry, Payload, StatusUpdate,
+    JobAccept, JobComplete, JobFailed, JobProgress, JobReject, JobStart, LogEntry, Payload,
+    StatusUpdate,
 };
 use valkyrie_protocol::{ErrorCode, Flags, Frame, MessageType};
 use valkyrie_runtime::{ConnRef, Ctx};
@@ -26,6 +27,7 @@ enum Said {
     Log(LogEntry),
     Complete(JobComplete),
     Failed(JobFailed),
+    Progress(JobProgress),
 }
 
 fn decode(frame: &Frame) -> Option<Result<Said, String>> {
@@ -38,7 +40,7 @@ fn decode(frame: &Frame) -> Option<Result<Said, String>> {
         MessageType::LogEntry => LogEntry::from_bytes(p).map(Said::Log),
         MessageType::JobComplete => JobComplete::from_bytes(p).map(Said::Complete),
         MessageType::JobFailed => JobFailed::from_bytes(p).map(Said::Failed),
-        MessageType::JobProgress => return None,
+        MessageType::JobProgress => JobProgress::from_bytes(p).map(Said::Progress),
         _ => return None,
     };
     Some(r.map_err(|e| e.to_string()))
@@ -188,6 +190,18 @@ pub(crate) fn on_agent_frame(
                 job_id: s.job_id,
                 epoch: s.epoch,
                 at,
+            };
+            commit(ctx, hub, change, to, frame, |_, _| {});
+        }
+        Said::Progress(p) => {
+            let progress = crate::model::Progress {
+                percent: p.percent.clamp(0.0, 100.0) as u8,
+                message: p.message.map(|m| m.chars().take(1024).collect()),
+            };
+            let change = Change::Progress {
+                job_id: p.job_id,
+                epoch: p.epoch,
+                progress,
             };
             commit(ctx, hub, change, to, frame, |_, _| {});
         }

@@ -412,6 +412,25 @@ pub(super) fn apply(
                 running: h.active.then_some(h.epoch),
             })
         }
+        Change::Progress {
+            job_id,
+            epoch,
+            progress,
+        } => {
+            let Some(h) = head(tx, job_id)? else {
+                return Ok(Applied::NotFound);
+            };
+            if *epoch != h.epoch || !h.active {
+                return Ok(Applied::Stale { current: h.epoch });
+            }
+            let text =
+                serde_json::to_string(progress).map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.prepare_cached("UPDATE jobs SET progress = ?2 WHERE id = ?1")
+                .map_err(db)?
+                .execute(params![job_id, text])
+                .map_err(db)?;
+            Ok(Applied::Done)
+        }
         Change::Artifact {
             job_id,
             epoch,
