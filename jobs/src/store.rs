@@ -1,6 +1,6 @@
 //! The store trait: what the control plane asks of its durable store, in batches so that one
-//! commit (one fsync) can acknowledge many changes ([`crate::committer`]). The embedded
-//! SQLite store is [`crate::sqlite::SqliteStore`]; a PostgreSQL one follows in its own issue.
+//! commit (one fsync) can acknowledge many changes (the committer's group commit). The
+//! embedded SQLite store implements it; a PostgreSQL one follows in its own issue.
 //!
 //! Every change a job goes through is one [`Change`]; a result from an attempt carries that
 //! attempt's epoch, and one whose epoch is not the job's current one is refused

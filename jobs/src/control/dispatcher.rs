@@ -367,10 +367,7 @@ impl Dispatcher {
                 // Queued again after a pause, not at once: a store that fails now is
                 // likely to fail again right away.
                 tracing::error!(job = %job_id, error = %e, "assignment not committed");
-                let token = self.next_token;
-                self.next_token += 1;
-                self.retries.insert(token, (job_id, false));
-                let _ = ctx.set_timer(ctx.now() + STORE_RETRY, token);
+                self.later(ctx, job_id, false, STORE_RETRY);
             } else {
                 self.jobs.remove(&job_id);
             }
@@ -488,10 +485,7 @@ impl Dispatcher {
                 let q = t.queued.clone();
                 self.sched.rejected(q, &agent);
                 // Asked again after a while: an agent's refusal need not last.
-                let token = self.next_token;
-                self.next_token += 1;
-                self.retries.insert(token, (job_id, true));
-                let _ = ctx.set_timer(ctx.now() + REJECTION_LASTS, token);
+                self.later(ctx, job_id, true, REJECTION_LASTS);
             }
             (JobState::Queued, None) if t.migrating => {
                 // Stopped to move: queued again at once, its pin with it.
@@ -512,13 +506,7 @@ impl Dispatcher {
                 let delay = backoff.base_delay(t.failures);
                 hub.metrics.entered(JobState::Queued);
                 t.failures += 1;
-                let token = self.next_token;
-                self.next_token += 1;
-                self.retries.insert(token, (job_id, false));
-                if ctx.set_timer(ctx.now() + delay, token).is_err() {
-                    // No room for a timer: retry at once rather than never.
-                    self.retry(token);
-                }
+                self.later(ctx, job_id, false, delay);
             }
             (JobState::Paused, _) => self.sched.job_done(&job_id),
             _ => {
@@ -526,6 +514,17 @@ impl Dispatcher {
                 self.sched.job_done(&job_id);
                 self.jobs.remove(&job_id);
             }
+        }
+    }
+
+    /// In `after`: queue `job` again (`forgive` false), or let agents that refused it be
+    /// asked again (true). With no room for a timer, at once rather than never.
+    fn later(&mut self, ctx: &mut Ctx<'_>, job: String, forgive: bool, after: Duration) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.retries.insert(token, (job, forgive));
+        if ctx.set_timer(ctx.now() + after, token).is_err() {
+            self.retry(token);
         }
     }
 
@@ -556,18 +555,15 @@ impl Dispatcher {
         };
         t.queued.pinned = target.clone();
         t.migrating = running;
+        let (queued, agent) = (t.queued.clone(), t.agent.clone());
         if target.is_none()
-            && let Some(agent) = t.agent.clone()
+            && let Some(agent) = agent
         {
             self.sched.avoid(job_id, &agent);
-            let token = self.next_token;
-            self.next_token += 1;
-            self.retries.insert(token, (job_id.to_owned(), true));
-            let _ = ctx.set_timer(ctx.now() + REJECTION_LASTS, token);
+            self.later(ctx, job_id.to_owned(), true, REJECTION_LASTS);
         }
         if !running && self.sched.dequeue(job_id) {
-            let q = t.queued.clone();
-            self.sched.enqueue(q);
+            self.sched.enqueue(queued);
         }
     }
 

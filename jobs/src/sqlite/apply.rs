@@ -79,6 +79,22 @@ fn head(tx: &Transaction<'_>, job_id: &str) -> Result<Option<Head>, StoreError> 
     }))
 }
 
+/// The job's row when `epoch` is its current attempt's; else the answer (no such job, or
+/// a stale attempt).
+fn at_epoch(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    epoch: u64,
+) -> Result<Result<Head, Applied>, StoreError> {
+    let Some(h) = head(tx, job_id)? else {
+        return Ok(Err(Applied::NotFound));
+    };
+    if epoch != h.epoch {
+        return Ok(Err(Applied::Stale { current: h.epoch }));
+    }
+    Ok(Ok(h))
+}
+
 fn set_job(tx: &Transaction<'_>, job_id: &str, state: JobState, at: u64) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE jobs SET state = ?2, updated_ms = ?3 WHERE id = ?1")
         .map_err(db)?
@@ -200,12 +216,11 @@ pub(super) fn apply(
             })
         }
         Change::Start { job_id, epoch, at } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match at_epoch(tx, job_id, *epoch)? {
+                Ok(h) if h.active => h,
+                Ok(h) => return Ok(Applied::Stale { current: h.epoch }),
+                Err(answer) => return Ok(answer),
             };
-            if *epoch != h.epoch || !h.active {
-                return Ok(Applied::Stale { current: h.epoch });
-            }
             match h.state {
                 JobState::Running => return Ok(Applied::Done),
                 JobState::Assigned => {}
@@ -229,12 +244,10 @@ pub(super) fn apply(
             reason,
             at,
         } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match at_epoch(tx, job_id, *epoch)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if *epoch != h.epoch {
-                return Ok(Applied::Stale { current: h.epoch });
-            }
             if h.state.is_final() || !h.active {
                 return Ok(Applied::Refused { state: h.state });
             }
@@ -292,12 +305,10 @@ pub(super) fn apply(
             reason,
             at,
         } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match at_epoch(tx, job_id, *epoch)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if *epoch != h.epoch {
-                return Ok(Applied::Stale { current: h.epoch });
-            }
             if h.state.is_final() || !h.active {
                 return Ok(Applied::Refused { state: h.state });
             }
@@ -417,11 +428,10 @@ pub(super) fn apply(
             epoch,
             progress,
         } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
-            };
-            if *epoch != h.epoch || !h.active {
-                return Ok(Applied::Stale { current: h.epoch });
+            match at_epoch(tx, job_id, *epoch)? {
+                Ok(h) if h.active => {}
+                Ok(h) => return Ok(Applied::Stale { current: h.epoch }),
+                Err(answer) => return Ok(answer),
             }
             let text =
                 serde_json::to_string(progress).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -439,11 +449,8 @@ pub(super) fn apply(
             blake3,
             at,
         } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
-            };
-            if *epoch != h.epoch {
-                return Ok(Applied::Stale { current: h.epoch });
+            if let Err(answer) = at_epoch(tx, job_id, *epoch)? {
+                return Ok(answer);
             }
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO artifacts (job, name, epoch, size, blake3, stored_ms)
@@ -467,12 +474,10 @@ pub(super) fn apply(
             first_seq,
             lines,
         } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match at_epoch(tx, job_id, *epoch)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if *epoch != h.epoch {
-                return Ok(Applied::Stale { current: h.epoch });
-            }
             log(tx, job_id, &h, *first_seq, lines, log_cap)
         }
     }
