@@ -36,6 +36,9 @@ pub(crate) struct ControlPlaneArgs {
     /// with secrets is refused.
     #[arg(long, value_name = "FILE")]
     secrets_key: Option<PathBuf>,
+    /// Days the output of a job that ended is kept (0: for ever).
+    #[arg(long, default_value_t = 30)]
+    log_retention_days: u64,
     /// The largest artifact kept, in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     artifact_cap: u64,
@@ -83,6 +86,8 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             artifacts: Some(args.data.join("artifacts")),
             artifact_cap: args.artifact_cap,
             secrets,
+            log_retention: (args.log_retention_days > 0)
+                .then(|| Duration::from_secs(args.log_retention_days * 86_400)),
             node_id: args.node_id.clone(),
             grants: protocol.policy.clone(),
             ..ControlConfig::default()

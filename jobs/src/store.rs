@@ -128,6 +128,12 @@ pub enum Change {
         /// Where it is.
         progress: crate::model::Progress,
     },
+    /// Drop the stored output of jobs that ended before `before` (Unix milliseconds): what
+    /// bounds the logs' retention across jobs. The jobs and their attempts stay.
+    Prune {
+        /// Jobs that ended before this lose their output.
+        before: u64,
+    },
     /// A file the attempt of `epoch` uploaded (its bytes are already on disk beside the
     /// store, hashed): recorded under `name`, replacing one of the same name.
     Artifact {
@@ -202,6 +208,11 @@ pub enum Applied {
         state: JobState,
         /// The epoch of its attempt on an agent, when one is there.
         running: Option<u64>,
+    },
+    /// Output pruned: the log chunks dropped.
+    Pruned {
+        /// Chunks dropped.
+        chunks: u64,
     },
     /// Lines stored: the number of the last line the store holds for the job.
     Logged {

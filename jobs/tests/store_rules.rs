@@ -362,3 +362,50 @@ fn a_migrated_attempt_is_queued_again_without_a_failure_unless_it_succeeded() {
     assert_eq!(job.attempts[0].state, JobState::Cancelled);
     assert_eq!(job.attempts[0].reason.as_deref(), Some("migrated"));
 }
+
+#[test]
+fn output_of_jobs_ended_before_the_retention_is_pruned_and_the_rest_kept() {
+    let dir = TempDir::new("prune");
+    let c = Committer::spawn(SqliteStore::open(&dir.0.join("jobs.db")).unwrap(), 64);
+    let log = |id: &str, e: u64| Change::Log {
+        job_id: id.into(),
+        epoch: e,
+        first_seq: 1,
+        lines: lines(1, 3),
+    };
+    let old = submit(&c, 1, 1);
+    let e = assign(&c, &old);
+    c.apply(log(&old, e)).unwrap();
+    c.apply(Change::End {
+        job_id: old.clone(),
+        epoch: e,
+        state: JobState::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        reason: None,
+        at: 1_000,
+    })
+    .unwrap();
+    let running = submit(&c, 2, 1);
+    let e2 = assign(&c, &running);
+    c.apply(log(&running, e2)).unwrap();
+    assert_eq!(
+        c.apply(Change::Prune { before: 2_000 }).unwrap(),
+        Applied::Pruned { chunks: 1 }
+    );
+    let count = |id: String| {
+        c.read(move |s| s.logs(&id, 1, 1 << 20))
+            .unwrap()
+            .unwrap()
+            .ndjson
+            .lines()
+            .count()
+    };
+    assert_eq!(count(old.clone()), 0, "the ended job's output is gone");
+    assert_eq!(count(running), 3, "a running job's stays");
+    let i = old.clone();
+    assert!(
+        c.read(move |s| s.job(&i)).unwrap().unwrap().is_some(),
+        "the job stays"
+    );
+}

@@ -61,6 +61,8 @@ pub struct ControlConfig {
     pub artifacts: Option<std::path::PathBuf>,
     /// The largest artifact kept, in bytes.
     pub artifact_cap: u64,
+    /// How long the output of a job that ended is kept (none: for ever).
+    pub log_retention: Option<Duration>,
     /// The key that seals jobs' secrets; none: a job with secrets is refused.
     pub secrets: Option<crate::SecretsKey>,
     /// The zero_trust policy whose project grants decide which agents run a project's jobs
@@ -77,6 +79,7 @@ impl Default for ControlConfig {
             queue: 100_000,
             artifacts: None,
             artifact_cap: 256 * 1024 * 1024,
+            log_retention: None,
             secrets: None,
             grants: None,
         }

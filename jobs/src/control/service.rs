@@ -19,6 +19,11 @@ const TICK: u64 = 1;
 const FLUSH: u64 = 2;
 /// Timer token: read more for the clients following a job's output.
 pub(crate) const FOLLOW: u64 = 3;
+/// Timer token: prune old output (shard 0).
+const PRUNE: u64 = 4;
+
+/// How often shard 0 prunes the output of jobs past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// How often following clients are given what was stored since.
 pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(20);
@@ -88,6 +93,9 @@ impl Service for JobsService {
         if let Some(d) = &mut self.dispatcher {
             d.start(&self.hub);
             let _ = ctx.set_timer(ctx.now() + self.tick_every(), TICK);
+            if self.hub.config.log_retention.is_some() {
+                let _ = ctx.set_timer(ctx.now(), PRUNE);
+            }
         }
     }
 
@@ -130,6 +138,23 @@ impl Service for JobsService {
                 self.local.flush(ctx, &self.hub);
                 if !self.local.outbox.is_empty() {
                     let _ = ctx.set_timer(ctx.now() + Duration::from_millis(1), FLUSH);
+                }
+            }
+            PRUNE => {
+                if let Some(keep) = self.hub.config.log_retention {
+                    let before = super::now_ms().saturating_sub(keep.as_millis() as u64);
+                    let reply = Box::new(|r: Result<crate::Applied, crate::StoreError>| {
+                        if let Ok(crate::Applied::Pruned { chunks }) = r
+                            && chunks > 0
+                        {
+                            tracing::info!(chunks, "pruned the output of jobs past the retention");
+                        }
+                    });
+                    let _ = self
+                        .hub
+                        .store
+                        .try_change(crate::Change::Prune { before }, reply);
+                    let _ = ctx.set_timer(ctx.now() + PRUNE_EVERY, PRUNE);
                 }
             }
             FOLLOW => {

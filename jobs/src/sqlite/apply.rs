@@ -423,6 +423,19 @@ pub(super) fn apply(
                 running: h.active.then_some(h.epoch),
             })
         }
+        Change::Prune { before } => {
+            let chunks = tx
+                .prepare_cached(
+                    "DELETE FROM logs WHERE job IN (SELECT id FROM jobs WHERE updated_ms < ?1
+                     AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out'))",
+                )
+                .map_err(db)?
+                .execute([*before as i64])
+                .map_err(db)?;
+            Ok(Applied::Pruned {
+                chunks: chunks as u64,
+            })
+        }
         Change::Progress {
             job_id,
             epoch,
