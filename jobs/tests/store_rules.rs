@@ -109,6 +109,12 @@ fn failures_are_retried_up_to_max_attempts_and_rejections_do_not_count() {
         "every attempt recorded, the rejected one too"
     );
     assert_eq!(job.attempts[0].reason.as_deref(), Some("rejected: no slot"));
+    assert_eq!(
+        job.attempts[0].started_at, None,
+        "a rejected attempt never ran"
+    );
+    // An attempt that reports an exit without a JOB_START before it (a no-op job) ran.
+    assert_eq!(job.attempts[1].started_at, job.attempts[1].ended_at);
 }
 
 #[test]

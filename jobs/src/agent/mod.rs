@@ -366,8 +366,8 @@ impl AgentService {
         };
         match serde_json::from_value::<JobSpec>(req.spec) {
             Ok(spec) if spec.builtin.as_deref() == Some("noop") => {
-                // Done as soon as it starts: no process, no thread.
-                run.started = true;
+                // Done as soon as it starts: no process, no thread, and no JOB_START — its
+                // result says it ran (the store takes the start from the end).
                 run.result = Some(result(
                     &req.job_id,
                     req.epoch,
@@ -382,7 +382,6 @@ impl AgentService {
                     &[],
                 ));
                 self.jobs.insert(req.job_id.clone(), run);
-                self.reclaim(ctx, &req.job_id);
                 self.flush_job(ctx, &req.job_id);
                 return;
             }

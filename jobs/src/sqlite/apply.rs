@@ -129,7 +129,8 @@ fn end_attempt(
     at: u64,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE attempts SET state = ?3, ended_ms = ?4, exit_code = ?5, signal = ?6, reason = ?7
+        "UPDATE attempts SET state = ?3, ended_ms = ?4, exit_code = ?5, signal = ?6, reason = ?7,
+         started_ms = CASE WHEN ?5 IS NULL THEN started_ms ELSE coalesce(started_ms, ?4) END
          WHERE job = ?1 AND epoch = ?2",
     )
     .map_err(db)?
@@ -557,10 +558,18 @@ fn log(
 /// One NDJSON line: `{"seq":N,"stream":"stdout","line":"..."}`.
 fn push_line(out: &mut String, seq: u64, l: &LogLine) {
     use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "{{\"seq\":{seq},\"stream\":{},\"line\":{}}}",
-        serde_json::Value::from(l.stream.as_str()),
-        serde_json::Value::from(l.line.as_str())
-    );
+    let _ = write!(out, "{{\"seq\":{seq},\"stream\":");
+    quote(out, &l.stream);
+    out.push_str(",\"line\":");
+    quote(out, &l.line);
+    out.push_str("}\n");
+}
+
+/// `s` as a JSON string, escaped (no intermediate value).
+fn quote(out: &mut String, s: &str) {
+    let mut buf = Vec::with_capacity(s.len() + 2);
+    if serde_json::to_writer(&mut buf, s).is_ok() {
+        // serde_json writes valid UTF-8.
+        out.push_str(&String::from_utf8_lossy(&buf));
+    }
 }
