@@ -1,13 +1,15 @@
-//! How the embedded store applies each [`Change`] inside a transaction: the rules of a job's
-//! life (which state allows what, epochs fencing stale attempts, retries counted against
-//! `max_attempts`, cancels that wait for a running attempt) and its output's numbering (no
-//! gap, no duplicate).
+//! How a store applies each [`Change`] inside a transaction — the same SQL on SQLite and on
+//! PostgreSQL ([`crate::sql`]): the rules of a job's life (which state allows what, epochs
+//! fencing stale attempts, retries counted against `max_attempts`, cancels and migrations that
+//! wait for a running attempt) and its output's numbering (no gap, no duplicate).
 
-use rusqlite::{OptionalExtension, Transaction, params};
-
-use super::{db, parse_state};
 use crate::model::JobState;
+use crate::sql::{P, Tx};
 use crate::store::{Applied, Change, LogLine, StoreError};
+
+pub(crate) fn parse_state(s: &str) -> Result<JobState, StoreError> {
+    JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
+}
 
 /// A job's row, as the rules need it.
 struct Head {
@@ -24,65 +26,36 @@ struct Head {
     active: bool,
 }
 
-fn head(tx: &Transaction<'_>, job_id: &str) -> Result<Option<Head>, StoreError> {
-    let row = tx
-        .prepare_cached(
-            "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
-                    j.log_seq, j.log_bytes,
-                    (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
-                    j.migrate_requested
-             FROM jobs j WHERE j.id = ?1",
-        )
-        .map_err(db)?
-        .query_row([job_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, bool>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, Option<bool>>(8)?,
-                r.get::<_, bool>(9)?,
-            ))
-        })
-        .optional()
-        .map_err(db)?;
-    let Some((
-        state,
-        epoch,
-        attempts,
-        failures,
-        max_attempts,
-        cancel,
-        log_seq,
-        log_bytes,
-        active,
-        migrate,
-    )) = row
+fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
+    let Some(r) = tx.row(
+        "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
+                j.log_seq, j.log_bytes,
+                (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
+                j.migrate_requested
+         FROM jobs j WHERE j.id = ?1",
+        &[P::T(job_id)],
+    )?
     else {
         return Ok(None);
     };
     Ok(Some(Head {
-        state: parse_state(&state)?,
-        epoch: epoch as u64,
-        attempts,
-        failures,
-        max_attempts: max_attempts.max(1),
-        cancel_requested: cancel,
-        migrate_requested: migrate,
-        log_seq: log_seq as u64,
-        log_bytes: log_bytes as u64,
-        active: active.unwrap_or(false),
+        state: parse_state(&r[0].text()?)?,
+        epoch: r[1].i64()? as u64,
+        attempts: r[2].i64()? as u32,
+        failures: r[3].i64()? as u32,
+        max_attempts: (r[4].i64()? as u32).max(1),
+        cancel_requested: r[5].flag(),
+        log_seq: r[6].i64()? as u64,
+        log_bytes: r[7].i64()? as u64,
+        active: r[8].flag(),
+        migrate_requested: r[9].flag(),
     }))
 }
 
 /// The job's row when `epoch` is its current attempt's; else the answer (no such job, or
 /// a stale attempt).
 fn at_epoch(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     job_id: &str,
     epoch: u64,
 ) -> Result<Result<Head, Applied>, StoreError> {
@@ -95,31 +68,31 @@ fn at_epoch(
     Ok(Ok(h))
 }
 
-fn set_job(tx: &Transaction<'_>, job_id: &str, state: JobState, at: u64) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE jobs SET state = ?2, updated_ms = ?3 WHERE id = ?1")
-        .map_err(db)?
-        .execute(params![job_id, state.as_str(), at as i64])
-        .map_err(db)?;
+fn set_job(tx: &mut dyn Tx, job_id: &str, state: JobState, at: u64) -> Result<(), StoreError> {
+    tx.exec(
+        "UPDATE jobs SET state = ?2, updated_ms = ?3 WHERE id = ?1",
+        &[P::T(job_id), P::T(state.as_str()), P::I(at as i64)],
+    )?;
     Ok(())
 }
 
 fn set_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     job_id: &str,
     epoch: u64,
     state: JobState,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE attempts SET state = ?3 WHERE job = ?1 AND epoch = ?2")
-        .map_err(db)?
-        .execute(params![job_id, epoch as i64, state.as_str()])
-        .map_err(db)?;
+    tx.exec(
+        "UPDATE attempts SET state = ?3 WHERE job = ?1 AND epoch = ?2",
+        &[P::T(job_id), P::I(epoch as i64), P::T(state.as_str())],
+    )?;
     Ok(())
 }
 
 /// End the attempt of `epoch`.
 #[allow(clippy::too_many_arguments)]
 fn end_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     job_id: &str,
     epoch: u64,
     state: JobState,
@@ -128,63 +101,43 @@ fn end_attempt(
     reason: Option<&str>,
     at: u64,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    tx.exec(
         "UPDATE attempts SET state = ?3, ended_ms = ?4, exit_code = ?5, signal = ?6, reason = ?7,
          started_ms = CASE WHEN ?5 IS NULL THEN started_ms ELSE coalesce(started_ms, ?4) END
          WHERE job = ?1 AND epoch = ?2",
-    )
-    .map_err(db)?
-    .execute(params![
-        job_id,
-        epoch as i64,
-        state.as_str(),
-        at as i64,
-        exit_code,
-        signal,
-        reason
-    ])
-    .map_err(db)?;
+        &[
+            P::T(job_id),
+            P::I(epoch as i64),
+            P::T(state.as_str()),
+            P::I(at as i64),
+            P::OI(exit_code.map(i64::from)),
+            P::OI(signal.map(i64::from)),
+            P::OT(reason),
+        ],
+    )?;
     Ok(())
 }
 
 /// Apply one change.
-pub(super) fn apply(
-    tx: &Transaction<'_>,
-    change: &Change,
-    log_cap: u64,
-) -> Result<Applied, StoreError> {
+pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Applied, StoreError> {
     match change {
         Change::Submit { job_id, spec, at } => {
             if let Some(key) = &spec.idempotency_key {
-                let first: Option<String> = tx
-                    .prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")
-                    .map_err(db)?
-                    .query_row([key], |r| r.get(0))
-                    .optional()
-                    .map_err(db)?;
+                let first = tx.row(
+                    "SELECT id FROM jobs WHERE idempotency_key = ?1",
+                    &[P::T(key)],
+                )?;
                 if let Some(first) = first {
                     return Ok(Applied::Submitted {
-                        job_id: first,
+                        job_id: first[0].text()?,
                         created: false,
                     });
                 }
             }
             let text =
                 serde_json::to_string(spec).map_err(|e| StoreError::Database(e.to_string()))?;
-            tx.prepare_cached(
-                "INSERT INTO jobs (id, idempotency_key, spec, state, priority, created_ms, updated_ms, max_attempts)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6)",
-            )
-            .map_err(db)?
-            .execute(params![
-                job_id,
-                spec.idempotency_key,
-                text,
-                spec.priority,
-                *at as i64,
-                spec.max_attempts
-            ])
-            .map_err(db)?;
+            tx.exec("INSERT INTO jobs (id, idempotency_key, spec, state, priority, created_ms, updated_ms, max_attempts)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6)", &[P::T(job_id), P::OT(spec.idempotency_key.as_deref()), P::T(&text), P::I(i64::from(spec.priority)), P::I(*at as i64), P::I(i64::from(spec.max_attempts))])?;
             Ok(Applied::Submitted {
                 job_id: job_id.clone(),
                 created: true,
@@ -198,18 +151,8 @@ pub(super) fn apply(
                 return Ok(Applied::Refused { state: h.state });
             }
             let (epoch, attempt) = (h.epoch + 1, h.attempts + 1);
-            tx.prepare_cached(
-                "UPDATE jobs SET state = 'assigned', epoch = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1",
-            )
-            .map_err(db)?
-            .execute(params![job_id, epoch as i64, attempt, *at as i64])
-            .map_err(db)?;
-            tx.prepare_cached(
-                "INSERT INTO attempts (job, attempt, agent, epoch, state) VALUES (?1, ?2, ?3, ?4, 'assigned')",
-            )
-            .map_err(db)?
-            .execute(params![job_id, attempt, agent, epoch as i64])
-            .map_err(db)?;
+            tx.exec("UPDATE jobs SET state = 'assigned', epoch = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1", &[P::T(job_id), P::I(epoch as i64), P::I(i64::from(attempt)), P::I(*at as i64)])?;
+            tx.exec("INSERT INTO attempts (job, attempt, agent, epoch, state) VALUES (?1, ?2, ?3, ?4, 'assigned')", &[P::T(job_id), P::I(i64::from(attempt)), P::T(agent), P::I(epoch as i64)])?;
             Ok(Applied::Assigned {
                 attempt,
                 epoch,
@@ -228,12 +171,7 @@ pub(super) fn apply(
                 other => return Ok(Applied::Refused { state: other }),
             }
             set_job(tx, job_id, JobState::Running, *at)?;
-            tx.prepare_cached(
-                "UPDATE attempts SET state = 'running', started_ms = ?3 WHERE job = ?1 AND epoch = ?2",
-            )
-            .map_err(db)?
-            .execute(params![job_id, *epoch as i64, *at as i64])
-            .map_err(db)?;
+            tx.exec("UPDATE attempts SET state = 'running', started_ms = ?3 WHERE job = ?1 AND epoch = ?2", &[P::T(job_id), P::I(*epoch as i64), P::I(*at as i64)])?;
             Ok(Applied::Done)
         }
         Change::End {
@@ -275,19 +213,17 @@ pub(super) fn apply(
                 (*state, *state)
             };
             let final_code = job_state.is_final().then_some(*exit_code).flatten();
-            tx.prepare_cached(
+            tx.exec(
                 "UPDATE jobs SET state = ?2, exit_code = ?3, failures = ?4, updated_ms = ?5,
                  migrate_requested = 0 WHERE id = ?1",
-            )
-            .map_err(db)?
-            .execute(params![
-                job_id,
-                job_state.as_str(),
-                final_code,
-                failures,
-                *at as i64
-            ])
-            .map_err(db)?;
+                &[
+                    P::T(job_id),
+                    P::T(job_state.as_str()),
+                    P::OI(final_code.map(i64::from)),
+                    P::I(i64::from(failures)),
+                    P::I(*at as i64),
+                ],
+            )?;
             end_attempt(
                 tx,
                 job_id,
@@ -341,10 +277,10 @@ pub(super) fn apply(
                 return Ok(Applied::Refused { state: h.state });
             }
             if h.active {
-                tx.prepare_cached("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")
-                    .map_err(db)?
-                    .execute([job_id])
-                    .map_err(db)?;
+                tx.exec(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
+                    &[P::T(job_id)],
+                )?;
                 return Ok(Applied::Moved {
                     state: h.state,
                     running: Some(h.epoch),
@@ -364,12 +300,10 @@ pub(super) fn apply(
                 return Ok(Applied::Refused { state: h.state });
             }
             if h.active {
-                tx.prepare_cached(
+                tx.exec(
                     "UPDATE jobs SET migrate_requested = 1, updated_ms = ?2 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![job_id, *at as i64])
-                .map_err(db)?;
+                    &[P::T(job_id), P::I(*at as i64)],
+                )?;
             }
             Ok(Applied::Moved {
                 state: h.state,
@@ -405,11 +339,14 @@ pub(super) fn apply(
             let state = if !h.active {
                 JobState::Queued
             } else {
-                let started: Option<i64> = tx
-                    .prepare_cached("SELECT started_ms FROM attempts WHERE job = ?1 AND epoch = ?2")
-                    .map_err(db)?
-                    .query_row(params![job_id, h.epoch as i64], |r| r.get(0))
-                    .map_err(db)?;
+                let started = tx
+                    .row(
+                        "SELECT started_ms FROM attempts WHERE job = ?1 AND epoch = ?2",
+                        &[P::T(job_id), P::I(h.epoch as i64)],
+                    )?
+                    .map(|r| r[0].opt_i64())
+                    .transpose()?
+                    .flatten();
                 let state = if started.is_some() {
                     JobState::Running
                 } else {
@@ -425,16 +362,13 @@ pub(super) fn apply(
             })
         }
         Change::Prune { before } => {
-            let chunks = tx
-                .prepare_cached(
-                    "DELETE FROM logs WHERE job IN (SELECT id FROM jobs WHERE updated_ms < ?1
+            let chunks = tx.exec(
+                "DELETE FROM logs WHERE job IN (SELECT id FROM jobs WHERE updated_ms < ?1
                      AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out'))",
-                )
-                .map_err(db)?
-                .execute([*before as i64])
-                .map_err(db)?;
+                &[P::I(*before as i64)],
+            )?;
             Ok(Applied::Pruned {
-                chunks: chunks as u64,
+                chunks,
             })
         }
         Change::Progress {
@@ -449,10 +383,10 @@ pub(super) fn apply(
             }
             let text =
                 serde_json::to_string(progress).map_err(|e| StoreError::Database(e.to_string()))?;
-            tx.prepare_cached("UPDATE jobs SET progress = ?2 WHERE id = ?1")
-                .map_err(db)?
-                .execute(params![job_id, text])
-                .map_err(db)?;
+            tx.exec(
+                "UPDATE jobs SET progress = ?2 WHERE id = ?1",
+                &[P::T(job_id), P::T(&text)],
+            )?;
             Ok(Applied::Done)
         }
         Change::Artifact {
@@ -466,20 +400,20 @@ pub(super) fn apply(
             if let Err(answer) = at_epoch(tx, job_id, *epoch)? {
                 return Ok(answer);
             }
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO artifacts (job, name, epoch, size, blake3, stored_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db)?
-            .execute(params![
-                job_id,
-                name,
-                *epoch as i64,
-                *size as i64,
-                blake3,
-                *at as i64
-            ])
-            .map_err(db)?;
+            tx.exec(
+                "INSERT INTO artifacts (job, name, epoch, size, blake3, stored_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (job, name) DO UPDATE SET epoch = excluded.epoch,
+                 size = excluded.size, blake3 = excluded.blake3, stored_ms = excluded.stored_ms",
+                &[
+                    P::T(job_id),
+                    P::T(name),
+                    P::I(*epoch as i64),
+                    P::I(*size as i64),
+                    P::T(blake3),
+                    P::I(*at as i64),
+                ],
+            )?;
             Ok(Applied::Done)
         }
         Change::Log {
@@ -499,7 +433,7 @@ pub(super) fn apply(
 
 /// Store the lines of a batch the job does not have yet.
 fn log(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     job_id: &str,
     h: &Head,
     first_seq: u64,
@@ -541,17 +475,20 @@ fn log(
         kept_last = Some(seq);
     }
     if let Some(kept) = kept_last {
-        tx.prepare_cached(
+        tx.exec(
             "INSERT INTO logs (job, first_seq, last_seq, text) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(db)?
-        .execute(params![job_id, from as i64, kept as i64, text])
-        .map_err(db)?;
+            &[
+                P::T(job_id),
+                P::I(from as i64),
+                P::I(kept as i64),
+                P::T(&text),
+            ],
+        )?;
     }
-    tx.prepare_cached("UPDATE jobs SET log_seq = ?2, log_bytes = ?3 WHERE id = ?1")
-        .map_err(db)?
-        .execute(params![job_id, last as i64, bytes as i64])
-        .map_err(db)?;
+    tx.exec(
+        "UPDATE jobs SET log_seq = ?2, log_bytes = ?3 WHERE id = ?1",
+        &[P::T(job_id), P::I(last as i64), P::I(bytes as i64)],
+    )?;
     Ok(Applied::Logged { acked: last })
 }
 
