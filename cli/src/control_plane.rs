@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use valkyrie_jobs::{Committer, ControlConfig, ControlPlane, Policy, SqliteStore};
+use valkyrie_jobs::{Committer, ControlConfig, ControlPlane, PgStore, Policy, SqliteStore};
 use valkyrie_runtime::Node;
 
 /// The control plane's flags.
@@ -16,9 +16,14 @@ pub(crate) struct ControlPlaneArgs {
     /// Listen URL (tcp://host:port or unix:///path); repeatable.
     #[arg(long = "listen", default_value = "tcp://127.0.0.1:7420")]
     listen: Vec<String>,
-    /// Where the store lives (created if missing): `DIR/jobs.db`, SQLite in WAL mode.
+    /// Where the store lives (created if missing): `DIR/jobs.db`, SQLite in WAL mode; and
+    /// the artifacts, `DIR/artifacts`.
     #[arg(long)]
     data: PathBuf,
+    /// Keep jobs in this PostgreSQL database instead (`postgres://USER@HOST:PORT/DB`; its
+    /// schema is made or migrated at start).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Shards (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
@@ -60,10 +65,21 @@ pub(crate) struct ControlPlaneArgs {
 pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data)?;
     let path = args.data.join("jobs.db");
-    let store = SqliteStore::open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .with_log_cap(args.log_cap);
-    let committer = Arc::new(Committer::spawn(store, args.store_queue));
+    let committer = Arc::new(match &args.store {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::connect(url)
+                .map_err(|e| format!("{url}: {e}"))?
+                .with_log_cap(args.log_cap);
+            Committer::spawn(store, args.store_queue)
+        }
+        Some(other) => return Err(format!("--store {other}: a postgres:// URL").into()),
+        None => {
+            let store = SqliteStore::open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .with_log_cap(args.log_cap);
+            Committer::spawn(store, args.store_queue)
+        }
+    });
     let policy = match args.placement.as_str() {
         "least-loaded" => Policy::LeastLoaded,
         "round-robin" => Policy::RoundRobin,

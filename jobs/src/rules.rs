@@ -103,7 +103,7 @@ fn end_attempt(
 ) -> Result<(), StoreError> {
     tx.exec(
         "UPDATE attempts SET state = ?3, ended_ms = ?4, exit_code = ?5, signal = ?6, reason = ?7,
-         started_ms = CASE WHEN ?5 IS NULL THEN started_ms ELSE coalesce(started_ms, ?4) END
+         started_ms = CASE WHEN CAST(?5 AS BIGINT) IS NULL THEN started_ms ELSE coalesce(started_ms, ?4) END
          WHERE job = ?1 AND epoch = ?2",
         &[
             P::T(job_id),
@@ -367,9 +367,7 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
                      AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out'))",
                 &[P::I(*before as i64)],
             )?;
-            Ok(Applied::Pruned {
-                chunks,
-            })
+            Ok(Applied::Pruned { chunks })
         }
         Change::Progress {
             job_id,

@@ -1,6 +1,6 @@
 //! The SQL the stores share: one text for each statement (`?1`-style parameters, upserts with
 //! `ON CONFLICT`, integers as 64-bit), run through [`Tx`] on SQLite or PostgreSQL. The rules of
-//! a job's life are written once against it (`crate::rules`), so both stores keep them alike.
+//! a job's life and the reads are written once against it, so both stores keep them alike.
 
 use crate::store::StoreError;
 
@@ -161,7 +161,10 @@ pub(crate) fn dollars(sql: &str) -> String {
 }
 
 fn pg(e: postgres::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    })
 }
 
 type PgParam = Box<dyn postgres::types::ToSql + Sync>;
