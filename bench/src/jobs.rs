@@ -55,8 +55,40 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Which store a round runs on.
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    Sqlite,
+    /// A fresh database on this server for each plane.
+    Postgres(&'a valkyrie_jobs::pg_temp::Pg),
+}
+
+/// A fresh store of `backend` in `dir` (a new database for PostgreSQL).
+fn open_store(backend: Backend<'_>, dir: &std::path::Path) -> Committer {
+    match backend {
+        Backend::Sqlite => Committer::spawn(
+            SqliteStore::open(&dir.join("jobs.db")).expect("store"),
+            65_536,
+        ),
+        Backend::Postgres(pg) => {
+            static DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = pg.database(&format!("bench_{n}"));
+            Committer::spawn(
+                valkyrie_jobs::PgStore::connect(&url).expect("store"),
+                65_536,
+            )
+        }
+    }
+}
+
 /// `n` jobs of `spec` in a fresh store; a control plane started on it afterwards.
 fn plane(tag: &str, spec: &JobSpec, n: usize) -> Plane {
+    plane_on(Backend::Sqlite, tag, spec, n)
+}
+
+/// The same on `backend`.
+fn plane_on(backend: Backend<'_>, tag: &str, spec: &JobSpec, n: usize) -> Plane {
     let dir = std::env::temp_dir().join(format!(
         "valkyrie-bench-jobs-{tag}-{}-{}",
         std::process::id(),
@@ -64,8 +96,7 @@ fn plane(tag: &str, spec: &JobSpec, n: usize) -> Plane {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let store = SqliteStore::open(&dir.join("jobs.db")).expect("store");
-    let store = Arc::new(Committer::spawn(store, 65_536));
+    let store = Arc::new(open_store(backend, &dir));
     submit_all(&store, spec, n, 0);
     let cp = ControlPlane::new(
         store.clone(),
@@ -163,7 +194,18 @@ fn wait_for(cp: &ControlPlane, state: JobState, n: u64, limit: Duration) -> bool
 
 /// Jobs per second: `n` jobs of `spec` queued, then two agents of `slots` each.
 fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32, cgroups: bool) -> f64 {
-    let p = plane("rate", spec, n);
+    dispatch_rate_on(Backend::Sqlite, spec, n, slots, cgroups)
+}
+
+/// The same on `backend`.
+fn dispatch_rate_on(
+    backend: Backend<'_>,
+    spec: &JobSpec,
+    n: usize,
+    slots: u32,
+    cgroups: bool,
+) -> f64 {
+    let p = plane_on(backend, "rate", spec, n);
     let t = Instant::now();
     let _agents = agents_with(&p, 2, slots, cgroups);
     assert!(
@@ -348,14 +390,11 @@ fn log_latency(lines: usize) -> f64 {
 /// The store's floor: what a no-op job commits on its way — its assignment and its end —
 /// for `n` jobs already submitted (as the dispatch figure's are), through the group-commit
 /// thread from one client, pipelined; jobs per second.
-fn store_jobs_floor(n: usize) -> f64 {
+fn store_jobs_floor(backend: Backend<'_>, n: usize) -> f64 {
     let dir = std::env::temp_dir().join(format!("valkyrie-bench-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let store = Committer::spawn(
-        SqliteStore::open(&dir.join("jobs.db")).expect("store"),
-        65_536,
-    );
+    let store = open_store(backend, &dir);
     let noop = JobSpec {
         builtin: Some("noop".into()),
         max_attempts: 1,
@@ -495,11 +534,24 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         max_attempts: 1,
         ..JobSpec::default()
     };
-    let mut m: [Vec<f64>; 10] = Default::default();
+    let mut m: [Vec<f64>; 12] = Default::default();
+    // A PostgreSQL of its own for the `store: postgres` rows, where its binaries are installed.
+    let pg = valkyrie_jobs::pg_temp::Pg::start();
     for _ in 0..rounds {
         let rate = dispatch_rate(&noop, n, 512, true);
         m[0].push(rate);
-        m[1].push(store_jobs_floor(n));
+        m[1].push(store_jobs_floor(Backend::Sqlite, n));
+        if let Some(pg) = &pg {
+            let n_pg = n / 4;
+            m[10].push(dispatch_rate_on(
+                Backend::Postgres(pg),
+                &noop,
+                n_pg,
+                512,
+                true,
+            ));
+            m[11].push(store_jobs_floor(Backend::Postgres(pg), n_pg));
+        }
         m[2].push(dispatch_rate(&truth, n_true, 4, true));
         m[8].push(dispatch_rate(&truth, n_true, 4, false));
         let (p99, reached) = assignment(rate / 10.0, 2.0 * scale.max(1.0));
@@ -565,6 +617,14 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         med[1],
         med[0] / med[1]
     );
+    if pg.is_some() {
+        println!(
+            "  no-op jobs/s, PostgreSQL store {:>6.0}   (its floor {:>10.0}: {:.2} of it)",
+            med[10],
+            med[11],
+            med[10] / med[11]
+        );
+    }
     println!(
         "  `true` jobs/s     {:>12.0}   (each in a cgroup of its own; {:.0} without)",
         med[2], med[8]

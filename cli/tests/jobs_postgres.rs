@@ -6,14 +6,12 @@
 use serde_json::json;
 
 mod common;
-#[path = "../../jobs/tests/common/pg.rs"]
-mod pg;
 
 use common::jobs::{Cluster, assert_numbered, lines_of};
 
 #[test]
 fn a_control_plane_on_postgres_runs_jobs_and_survives_kill_9() {
-    let Some(pg) = pg::Pg::start() else {
+    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
         eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
         return;
     };

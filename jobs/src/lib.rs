@@ -31,6 +31,7 @@ pub mod control;
 pub mod executor;
 pub mod model;
 pub mod pg;
+pub mod pg_temp;
 mod reads;
 pub mod rest;
 mod rules;

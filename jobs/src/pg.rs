@@ -8,6 +8,7 @@ use postgres::{Client, NoTls};
 
 use crate::model::{Job, JobState};
 use crate::reads;
+use crate::sql::{Pg, PgStatements};
 use crate::sqlite::DEFAULT_LOG_CAP;
 use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 
@@ -74,6 +75,7 @@ fn db(e: postgres::Error) -> StoreError {
 /// A store in a PostgreSQL database.
 pub struct PgStore {
     client: Client,
+    statements: PgStatements,
     log_cap: u64,
 }
 
@@ -122,8 +124,17 @@ impl PgStore {
         tx.commit().map_err(db)?;
         Ok(PgStore {
             client,
+            statements: PgStatements::new(),
             log_cap: DEFAULT_LOG_CAP,
         })
+    }
+
+    /// The client with its prepared statements.
+    fn on(&mut self) -> Pg<'_, Client> {
+        Pg {
+            client: &mut self.client,
+            statements: &mut self.statements,
+        }
     }
 
     /// Keep at most `bytes` of each job's output (as [`crate::SqliteStore::with_log_cap`]).
@@ -137,15 +148,21 @@ impl Store for PgStore {
     fn commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
         let mut tx = self.client.transaction().map_err(db)?;
         let mut out = Vec::with_capacity(changes.len());
-        for change in changes {
-            out.push(crate::rules::apply(&mut tx, change, self.log_cap)?);
+        {
+            let mut on = Pg {
+                client: &mut tx,
+                statements: &mut self.statements,
+            };
+            for change in changes {
+                out.push(crate::rules::apply(&mut on, change, self.log_cap)?);
+            }
         }
         tx.commit().map_err(db)?;
         Ok(out)
     }
 
     fn job(&mut self, job_id: &str) -> Result<Option<Job>, StoreError> {
-        reads::job(&mut self.client, job_id)
+        reads::job(&mut self.on(), job_id)
     }
 
     fn jobs(
@@ -154,18 +171,18 @@ impl Store for PgStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<Job>, StoreError> {
-        reads::jobs(&mut self.client, state, limit, after)
+        reads::jobs(&mut self.on(), state, limit, after)
     }
 
     fn logs(&mut self, job_id: &str, from: u64, max_bytes: usize) -> Result<LogPage, StoreError> {
-        reads::logs(&mut self.client, job_id, from, max_bytes)
+        reads::logs(&mut self.on(), job_id, from, max_bytes)
     }
 
     fn artifacts(&mut self, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
-        reads::artifacts(&mut self.client, job_id)
+        reads::artifacts(&mut self.on(), job_id)
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        reads::queued(&mut self.client, limit)
+        reads::queued(&mut self.on(), limit)
     }
 }

@@ -205,19 +205,31 @@ fn pg_value(row: &postgres::Row, i: usize) -> Result<V, StoreError> {
     v.map_err(pg)
 }
 
+/// Prepared statements of one PostgreSQL connection, by their SQL text (a statement is
+/// parsed once per connection, not on every run).
+pub(crate) type PgStatements = std::collections::HashMap<String, postgres::Statement>;
+
 fn pg_run<C: postgres::GenericClient>(
     c: &mut C,
+    cache: &mut PgStatements,
     sql: &str,
     params: &[P<'_>],
     read: bool,
 ) -> Result<(u64, Vec<Vec<V>>), StoreError> {
     let owned = pg_params(params);
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b).collect();
-    let sql = dollars(sql);
+    let stmt = match cache.get(sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = c.prepare(&dollars(sql)).map_err(pg)?;
+            cache.insert(sql.to_owned(), s.clone());
+            s
+        }
+    };
     if !read {
-        return Ok((c.execute(sql.as_str(), &refs).map_err(pg)?, Vec::new()));
+        return Ok((c.execute(&stmt, &refs).map_err(pg)?, Vec::new()));
     }
-    let rows = c.query(sql.as_str(), &refs).map_err(pg)?;
+    let rows = c.query(&stmt, &refs).map_err(pg)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let mut row = Vec::with_capacity(r.len());
@@ -229,21 +241,18 @@ fn pg_run<C: postgres::GenericClient>(
     Ok((0, out))
 }
 
-impl Tx for postgres::Transaction<'_> {
-    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
-        pg_run(self, sql, params, false).map(|(n, _)| n)
-    }
-    fn rows(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Vec<V>>, StoreError> {
-        pg_run(self, sql, params, true).map(|(_, r)| r)
-    }
+/// A PostgreSQL transaction or client with its connection's prepared statements.
+pub(crate) struct Pg<'a, C> {
+    pub(crate) client: &'a mut C,
+    pub(crate) statements: &'a mut PgStatements,
 }
 
-impl Tx for postgres::Client {
+impl<C: postgres::GenericClient> Tx for Pg<'_, C> {
     fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
-        pg_run(self, sql, params, false).map(|(n, _)| n)
+        pg_run(self.client, self.statements, sql, params, false).map(|(n, _)| n)
     }
     fn rows(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Vec<V>>, StoreError> {
-        pg_run(self, sql, params, true).map(|(_, r)| r)
+        pg_run(self.client, self.statements, sql, params, true).map(|(_, r)| r)
     }
 }
 

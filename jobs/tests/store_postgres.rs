@@ -7,8 +7,8 @@ use valkyrie_jobs::{Change, Committer, JobSpec, PgStore, Store, job_id};
 
 mod common;
 
-use common::pg::Pg;
 use common::rules;
+use valkyrie_jobs::pg_temp::Pg;
 
 #[test]
 fn every_rule_holds_on_postgres() {

@@ -1,6 +1,4 @@
-//! What the store tests share: the rules every store keeps, and a PostgreSQL server started
-//! for the test.
+//! What the store tests share: the rules every store keeps.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod pg;
 pub mod rules;
