@@ -68,6 +68,17 @@ fn at_epoch(
     Ok(Ok(h))
 }
 
+/// The job's row when it is not over; else the answer (no such job, or refused).
+fn not_over(tx: &mut dyn Tx, job_id: &str) -> Result<Result<Head, Applied>, StoreError> {
+    let Some(h) = head(tx, job_id)? else {
+        return Ok(Err(Applied::NotFound));
+    };
+    if h.state.is_final() {
+        return Ok(Err(Applied::Refused { state: h.state }));
+    }
+    Ok(Ok(h))
+}
+
 fn set_job(tx: &mut dyn Tx, job_id: &str, state: JobState, at: u64) -> Result<(), StoreError> {
     tx.exec(
         "UPDATE jobs SET state = ?2, updated_ms = ?3 WHERE id = ?1",
@@ -270,12 +281,10 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             Ok(Applied::Ended { state })
         }
         Change::Cancel { job_id, at } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match not_over(tx, job_id)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if h.state.is_final() {
-                return Ok(Applied::Refused { state: h.state });
-            }
             if h.active {
                 tx.exec(
                     "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
@@ -293,12 +302,10 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             })
         }
         Change::Migrate { job_id, at } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match not_over(tx, job_id)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if h.state.is_final() {
-                return Ok(Applied::Refused { state: h.state });
-            }
             if h.active {
                 tx.exec(
                     "UPDATE jobs SET migrate_requested = 1, updated_ms = ?2 WHERE id = ?1",
@@ -311,12 +318,10 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             })
         }
         Change::Pause { job_id, at } => {
-            let Some(h) = head(tx, job_id)? else {
-                return Ok(Applied::NotFound);
+            let h = match not_over(tx, job_id)? {
+                Ok(h) => h,
+                Err(answer) => return Ok(answer),
             };
-            if h.state.is_final() {
-                return Ok(Applied::Refused { state: h.state });
-            }
             let running = h.active.then_some(h.epoch);
             if h.state != JobState::Paused {
                 set_job(tx, job_id, JobState::Paused, *at)?;

@@ -80,6 +80,24 @@ pub(crate) struct Dispatcher {
     pub(super) next_token: u64,
 }
 
+/// Commit `change` (an attempt's end) and tell the dispatcher where the job is then.
+fn end_then_tell(hub: &Arc<Hub>, change: Change, job_id: String, rejected_by: Option<String>) {
+    let h = hub.clone();
+    // A store whose queue is full refuses: the attempt stays as it is until its lease says.
+    let _ = hub.store.try_change(
+        change,
+        Box::new(move |r| {
+            if let Ok(Applied::Ended { state }) = r {
+                h.dispatch(Event::Ended {
+                    job_id,
+                    state,
+                    rejected_by,
+                });
+            }
+        }),
+    );
+}
+
 pub(super) fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued {
     Queued {
         job_id: job_id.to_owned(),
@@ -279,26 +297,13 @@ impl Dispatcher {
                 agent,
                 reason,
             } => {
-                let h = hub.clone();
-                let id = job_id.clone();
                 let change = Change::Requeue {
-                    job_id,
+                    job_id: job_id.clone(),
                     epoch,
                     reason: format!("rejected by {agent}: {reason}"),
                     at: now_ms(),
                 };
-                let _ = hub.store.try_change(
-                    change,
-                    Box::new(move |r| {
-                        if let Ok(Applied::Ended { state }) = r {
-                            h.dispatch(Event::Ended {
-                                job_id: id,
-                                state,
-                                rejected_by: Some(agent),
-                            });
-                        }
-                    }),
-                );
+                end_then_tell(hub, change, job_id, Some(agent));
             }
             Event::Started {
                 job_id,
@@ -434,8 +439,6 @@ impl Dispatcher {
 
     /// End an attempt that cannot be sent (its secrets do not open): failed, for good.
     fn unrunnable(&mut self, hub: &Arc<Hub>, job_id: &str, epoch: u64, reason: String) {
-        let h = hub.clone();
-        let id = job_id.to_owned();
         let change = Change::End {
             job_id: job_id.to_owned(),
             epoch,
@@ -445,18 +448,7 @@ impl Dispatcher {
             reason: Some(reason),
             at: now_ms(),
         };
-        let _ = hub.store.try_change(
-            change,
-            Box::new(move |r| {
-                if let Ok(Applied::Ended { state }) = r {
-                    h.dispatch(Event::Ended {
-                        job_id: id,
-                        state,
-                        rejected_by: None,
-                    });
-                }
-            }),
-        );
+        end_then_tell(hub, change, job_id.to_owned(), None);
     }
 
     fn ended(
