@@ -1,6 +1,6 @@
 //! The embedded store through the committer, as the control plane will drive it: a job's
-//! life with its attempts and epochs, stale results refused, idempotent submission, paging,
-//! group commit under concurrent submitters, and durability — everything acknowledged is
+//! life with its attempts and epochs, stale results refused, idempotent submission, group
+//! commit under concurrent submitters, and durability — everything acknowledged is
 //! there after the store reopens, and after the process that wrote it is killed with
 //! SIGKILL mid-stream.
 
@@ -159,45 +159,6 @@ fn a_job_lives_through_its_attempts_and_stale_results_are_refused() {
         (job.attempts[1].started_at, job.attempts[1].ended_at),
         (Some(1005), Some(1007))
     );
-}
-
-#[test]
-fn the_queue_is_by_priority_then_age_and_lists_page_by_id() {
-    let dir = TempDir::new("queue");
-    let c = open(&dir.db());
-    for (i, prio) in [(1u32, 10u8), (2, 200), (3, 10), (4, 200), (5, 128)] {
-        let spec = JobSpec {
-            priority: prio,
-            ..spec("true")
-        };
-        c.apply(Change::Submit {
-            job_id: job_id(2000 + u64::from(i), i),
-            spec: Box::new(spec),
-            at: 2000 + u64::from(i),
-        })
-        .unwrap();
-    }
-    let order: Vec<String> = c
-        .read(|s| s.queued(10))
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .map(|j| j.job_id)
-        .collect();
-    let ids: Vec<String> = [2u32, 4, 5, 1, 3]
-        .iter()
-        .map(|&i| job_id(2000 + u64::from(i), i))
-        .collect();
-    assert_eq!(order, ids);
-    // Pages of two, by id.
-    let first = c.read(|s| s.jobs(None, 2, None)).unwrap().unwrap();
-    let after = first.last().unwrap().job_id.clone();
-    let second = c
-        .read(move |s| s.jobs(Some(JobState::Queued), 2, Some(&after)))
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.len() + second.len(), 4);
-    assert!(first[1].job_id < second[0].job_id);
 }
 
 #[test]

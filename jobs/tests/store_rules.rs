@@ -40,6 +40,7 @@ macro_rules! on_sqlite {
 }
 
 on_sqlite!(
+    the_queue_is_by_priority_then_age_and_lists_page_by_id,
     failures_are_retried_up_to_max_attempts_and_rejections_do_not_count,
     cancel_and_pause_apply_now_to_queued_jobs_and_wait_for_running_ones,
     output_has_no_gap_and_no_duplicate_and_reads_back_from_any_line,

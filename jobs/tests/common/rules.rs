@@ -1,7 +1,7 @@
 //! The store's rules, as every store must keep them: retries counted against `max_attempts`
-//! (a rejected attempt is not a failure), cancels, pauses and migrations of queued and running
-//! jobs, a job's output numbered without gap or duplicate, capped, pruned, and read back from
-//! any line. Each takes a committer on a fresh store (`store_rules.rs` runs them on SQLite,
+//! (a rejected attempt is not a failure), the queue by priority then age and lists paged by id,
+//! cancels, pauses and migrations of queued and running jobs, a job's output numbered without
+//! gap or duplicate, capped, pruned, and read back from any line. Each takes a committer on a fresh store (`store_rules.rs` runs them on SQLite,
 //! `store_postgres.rs` on PostgreSQL).
 #![allow(dead_code)]
 
@@ -380,11 +380,53 @@ pub fn output_of_jobs_ended_before_the_retention_is_pruned_and_the_rest_kept(c: 
     );
 }
 
+pub fn the_queue_is_by_priority_then_age_and_lists_page_by_id(c: &Committer) {
+    for (i, prio) in [(1u32, 10u8), (2, 200), (3, 10), (4, 200), (5, 128)] {
+        let spec = JobSpec {
+            priority: prio,
+            command: vec!["true".into()],
+            max_attempts: 3,
+            ..JobSpec::default()
+        };
+        c.apply(Change::Submit {
+            job_id: job_id(2000 + u64::from(i), i),
+            spec: Box::new(spec),
+            at: 2000 + u64::from(i),
+        })
+        .unwrap();
+    }
+    let order: Vec<String> = c
+        .read(|s| s.queued(10))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    let ids: Vec<String> = [2u32, 4, 5, 1, 3]
+        .iter()
+        .map(|&i| job_id(2000 + u64::from(i), i))
+        .collect();
+    assert_eq!(order, ids);
+    // Pages of two, by id.
+    let first = c.read(|s| s.jobs(None, 2, None)).unwrap().unwrap();
+    let after = first.last().unwrap().job_id.clone();
+    let second = c
+        .read(move |s| s.jobs(Some(JobState::Queued), 2, Some(&after)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len() + second.len(), 4);
+    assert!(first[1].job_id < second[0].job_id);
+}
+
 /// A rule: it panics when the store breaks it.
 pub type Rule = fn(&Committer);
 
 /// Every rule, by name.
 pub const ALL: &[(&str, Rule)] = &[
+    (
+        "the_queue_is_by_priority_then_age_and_lists_page_by_id",
+        the_queue_is_by_priority_then_age_and_lists_page_by_id,
+    ),
     (
         "failures_are_retried_up_to_max_attempts_and_rejections_do_not_count",
         failures_are_retried_up_to_max_attempts_and_rejections_do_not_count,
