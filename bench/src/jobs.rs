@@ -45,6 +45,12 @@ struct Plane {
 impl Drop for Plane {
     fn drop(&mut self) {
         self.node.take();
+        // What the agents' jobs left in cgroups (a job thread still ending as its agent went).
+        for i in 0..4 {
+            let work = self.dir.join(format!("work-{i}"));
+            let cfg = AgentConfig::new(&format!("agent-{i}"), ["tcp://127.0.0.1:1"], work);
+            valkyrie_jobs::cgroup::sweep(&cfg.cgroup_prefix());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

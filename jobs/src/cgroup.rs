@@ -220,14 +220,28 @@ pub fn sweep(prefix: &str) -> usize {
     found.len()
 }
 
+/// Remove a cgroup's directory: the kernel may hold it busy for a moment after its last
+/// process is gone, so a few tries, 100 ms at most.
+fn remove(dir: &Path) {
+    for _ in 0..20 {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "a job's cgroup stayed busy: left in place");
+}
+
 impl Drop for JobCgroup {
     fn drop(&mut self) {
         self.kill_all();
         for (_, d) in &self.v1 {
-            let _ = std::fs::remove_dir(d);
+            remove(d);
         }
         if let Some(d) = &self.v2 {
-            let _ = std::fs::remove_dir(d);
+            remove(d);
         }
     }
 }
