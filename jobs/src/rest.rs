@@ -14,7 +14,7 @@ use valkyrie_runtime::http::{Method, Request, Response};
 use valkyrie_runtime::{ConnRef, Ctx, HttpAnswer};
 
 use crate::control::event::{Event, Op};
-use crate::control::{Hub, Inbox, JobsService, now_ms};
+use crate::control::{Hub, JobsService, now_ms};
 use crate::job_id;
 use crate::model::{Job, JobSpec, JobState};
 use crate::store::{Applied, Change, StoreError};
@@ -56,7 +56,7 @@ fn busy() -> HttpAnswer {
 /// What hands an answer built on the store's thread back to the connection's shard.
 fn answerer(hub: &Arc<Hub>, conn: ConnRef) -> impl FnOnce(Response) + Send + 'static {
     let hub = hub.clone();
-    move |resp| hub.post(conn.shard as usize, Inbox::Http(conn, resp))
+    move |resp| hub.http(conn, resp)
 }
 
 /// The query's `key=value` pairs.

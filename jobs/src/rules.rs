@@ -68,6 +68,22 @@ fn at_epoch(
     Ok(Ok(h))
 }
 
+/// The job's row when `epoch` is its current attempt's and that attempt is still on an
+/// agent; else the answer (no such job, a stale attempt, or refused: over, or ended).
+fn live_attempt(
+    tx: &mut dyn Tx,
+    job_id: &str,
+    epoch: u64,
+) -> Result<Result<Head, Applied>, StoreError> {
+    Ok(at_epoch(tx, job_id, epoch)?.and_then(|h| {
+        if h.state.is_final() || !h.active {
+            Err(Applied::Refused { state: h.state })
+        } else {
+            Ok(h)
+        }
+    }))
+}
+
 /// The job's row when it is not over; else the answer (no such job, or refused).
 fn not_over(tx: &mut dyn Tx, job_id: &str) -> Result<Result<Head, Applied>, StoreError> {
     let Some(h) = head(tx, job_id)? else {
@@ -194,13 +210,10 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             reason,
             at,
         } => {
-            let h = match at_epoch(tx, job_id, *epoch)? {
+            let h = match live_attempt(tx, job_id, *epoch)? {
                 Ok(h) => h,
                 Err(answer) => return Ok(answer),
             };
-            if h.state.is_final() || !h.active {
-                return Ok(Applied::Refused { state: h.state });
-            }
             let mut failures = h.failures;
             let mut reason = reason.clone();
             let (job_state, attempt_state) = if *state == JobState::Succeeded {
@@ -253,13 +266,10 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             reason,
             at,
         } => {
-            let h = match at_epoch(tx, job_id, *epoch)? {
+            let h = match live_attempt(tx, job_id, *epoch)? {
                 Ok(h) => h,
                 Err(answer) => return Ok(answer),
             };
-            if h.state.is_final() || !h.active {
-                return Ok(Applied::Refused { state: h.state });
-            }
             let state = if h.cancel_requested {
                 JobState::Cancelled
             } else if h.state == JobState::Paused {

@@ -139,6 +139,11 @@ pub fn parse_log_ack(entry: &LogEntry) -> Option<u64> {
     entry.fields.get("acked").and_then(Value::as_u64)
 }
 
+/// An artifact upload's transfer id: `JOB:EPOCH:NAME`.
+pub fn transfer_id(job_id: &str, epoch: u64, name: &str) -> String {
+    format!("{job_id}:{epoch}:{name}")
+}
+
 /// `JOB:EPOCH:NAME` of an artifact upload's transfer id.
 pub fn parse_transfer(id: &str) -> Option<(String, u64, String)> {
     let mut parts = id.splitn(3, ':');

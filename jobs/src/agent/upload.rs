@@ -55,10 +55,6 @@ impl Active {
 }
 
 impl AgentService {
-    fn transfer_id(job_id: &str, epoch: u64, name: &str) -> String {
-        format!("{job_id}:{epoch}:{name}")
-    }
-
     fn take_stream(&mut self) -> u32 {
         let s = self.next_stream;
         self.next_stream = if s + 2 > LAST_STREAM {
@@ -102,7 +98,7 @@ impl AgentService {
         let Some(up) = &mut run.upload else {
             return;
         };
-        let tid = Self::transfer_id(id, epoch, &up.file.name);
+        let tid = crate::wire::transfer_id(id, epoch, &up.file.name);
         let stream = up.stream;
         match up.phase {
             Phase::Start if up.in_flight == 0 => {

@@ -23,7 +23,7 @@ use valkyrie_runtime::{ConnRef, Ctx};
 
 use super::{JobsService, Reply, now_ms};
 use crate::store::{Applied, Change};
-use crate::wire::{parse_transfer, valid_name};
+use crate::wire::{parse_transfer, transfer_id, valid_name};
 
 /// An upload under way on one stream of one connection.
 pub(crate) struct Upload {
@@ -79,7 +79,7 @@ impl JobsService {
         let refuse = |ctx: &mut Ctx<'_>, code: ErrorCode, m: &str| {
             let _ = ctx.send_error(conn, code, m, h.stream_id, h.correlation_id);
         };
-        match frame.msg_type() {
+        let queued = match frame.msg_type() {
             MessageType::FileTransferStart => {
                 let start = match FileTransferStart::from_bytes(&frame.payload) {
                     Ok(s) => s,
@@ -129,7 +129,7 @@ impl JobsService {
                 let hub = self.hub.clone();
                 let id = start.transfer_id;
                 let size = start.size;
-                let queued = self.hub.store.try_read(
+                self.hub.store.try_read(
                     move |s| {
                         let current = s.job(&job_id).ok().flatten().map(|j| j.epoch);
                         if current != Some(epoch) {
@@ -160,11 +160,7 @@ impl JobsService {
                         ),
                         Err((code, m)) => hub.refuse(to, code, m),
                     },
-                );
-                if !queued {
-                    refuse(ctx, ErrorCode(503), "the store is busy: send it again");
-                }
-                true
+                )
             }
             MessageType::FileTransferChunk => {
                 let Some(up) = self.local.uploads.get(&(conn, h.stream_id)) else {
@@ -194,9 +190,9 @@ impl JobsService {
                     return true;
                 };
                 let (_, part) = paths(&dir, &up.job_id, &up.name);
-                let id = format!("{}:{}:{}", up.job_id, up.epoch, up.name);
+                let id = transfer_id(&up.job_id, up.epoch, &up.name);
                 let hub = self.hub.clone();
-                let queued = self.hub.store.try_read(
+                self.hub.store.try_read(
                     move |_| {
                         let n = held(&part);
                         // Only where the file ends: a chunk sent again, or ahead of a gap,
@@ -216,11 +212,7 @@ impl JobsService {
                         ),
                         Err(e) => hub.refuse(to, ErrorCode(500), e.to_string()),
                     },
-                );
-                if !queued {
-                    refuse(ctx, ErrorCode(503), "the store is busy: send it again");
-                }
-                true
+                )
             }
             MessageType::FileTransferComplete => {
                 let Some(up) = self.local.uploads.get(&(conn, h.stream_id)) else {
@@ -245,20 +237,21 @@ impl JobsService {
                     (up.job_id.clone(), up.epoch, up.name.clone(), up.size);
                 let hub = self.hub.clone();
                 let payload = frame.payload.clone();
-                let queued = self.hub.store.try_read(
+                self.hub.store.try_read(
                     move |s| finish(s, &dir, job_id, epoch, name, size, claimed),
                     move |r| match r {
                         Ok(()) => hub.answer(to, MessageType::FileTransferComplete, payload),
                         Err((code, m)) => hub.refuse(to, code, m),
                     },
-                );
-                if !queued {
-                    refuse(ctx, ErrorCode(503), "the store is busy: send it again");
-                }
-                true
+                )
             }
-            _ => false,
+            _ => return false,
+        };
+        // Each step's file work waits for the store's thread; a full queue is said so.
+        if !queued {
+            refuse(ctx, ErrorCode(503), "the store is busy: send it again");
         }
+        true
     }
 
     /// The agent finished an upload's stream: finish ours, forget the upload.

@@ -24,7 +24,7 @@ use valkyrie_runtime::http::Response;
 use valkyrie_runtime::{ConnRef, Ctx};
 
 use super::event::{Event, Op};
-use super::{Hub, Inbox, now_ms};
+use super::{Hub, now_ms};
 use crate::model::{Job, JobSpec, JobState};
 use crate::scheduler::{AgentInfo, Queued, Scheduler};
 use crate::store::{Applied, Change, StoreError};
@@ -340,7 +340,7 @@ impl Dispatcher {
                 if conn.shard == 0 {
                     let _ = ctx.http_respond(conn, resp);
                 } else {
-                    hub.post(conn.shard as usize, Inbox::Http(conn, resp));
+                    hub.http(conn, resp);
                 }
             }
         }

@@ -72,7 +72,7 @@ impl JobsService {
                         Ok(list) => Response::json(200, json!({ "artifacts": list }).to_string()),
                         Err(e) => error(503, 504, &e.to_string()),
                     };
-                    hub.post(conn.shard as usize, Inbox::Http(conn, resp));
+                    hub.http(conn, resp);
                 },
             ),
             Some(name) => {

@@ -69,7 +69,7 @@ impl JobsService {
                     Ok(None) => error(404, 404, "no such job"),
                     Err(e) => error(503, 504, &e.to_string()),
                 };
-                hub.post(conn.shard as usize, Inbox::Http(conn, resp));
+                hub.http(conn, resp);
             },
         );
         if queued {

@@ -185,6 +185,11 @@ impl Hub {
         }
     }
 
+    /// The answer to an HTTP request, handed to the shard that holds its connection.
+    pub(crate) fn http(&self, conn: ConnRef, resp: Response) {
+        self.post(conn.shard as usize, Inbox::Http(conn, resp));
+    }
+
     /// An answer to an agent's request, from the store's thread.
     pub(crate) fn answer(&self, to: Reply, msg_type: MessageType, payload: Bytes) {
         self.post(
