@@ -21,7 +21,9 @@ pub(crate) struct ControlPlaneArgs {
     #[arg(long)]
     data: PathBuf,
     /// Keep jobs in this PostgreSQL database instead (`postgres://USER@HOST:PORT/DB`; its
-    /// schema is made or migrated at start).
+    /// schema is made or migrated at start). Several control planes may share it, each with
+    /// its own --node-id: they claim jobs, hold them under leases (--lease-ms) and take over
+    /// each other's when one goes quiet.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// Shards (default: one per core).
@@ -54,7 +56,8 @@ pub(crate) struct ControlPlaneArgs {
     /// probes and scrapers on the pod network).
     #[arg(long)]
     open_probes: bool,
-    /// Its node id (in HELLO, and in its answers to agents).
+    /// Its node id (in HELLO, in its answers to agents, and as the holder of its jobs in a
+    /// shared store: unique among the control planes on one database).
     #[arg(long, default_value = "control-plane")]
     node_id: String,
     #[command(flatten)]
@@ -69,14 +72,16 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let store = PgStore::connect(url)
                 .map_err(|e| format!("{url}: {e}"))?
-                .with_log_cap(args.log_cap);
+                .with_log_cap(args.log_cap)
+                .with_holder(&args.node_id, Duration::from_millis(args.lease_ms));
             Committer::spawn(store, args.store_queue)
         }
         Some(other) => return Err(format!("--store {other}: a postgres:// URL").into()),
         None => {
             let store = SqliteStore::open(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))?
-                .with_log_cap(args.log_cap);
+                .with_log_cap(args.log_cap)
+                .with_holder(&args.node_id, Duration::from_millis(args.lease_ms));
             Committer::spawn(store, args.store_queue)
         }
     });
@@ -115,6 +120,15 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
         None => Vec::new(),
     };
     let open_probes = args.open_probes;
+    // Other control planes on the same database say what they queued or signalled.
+    let _listener = match &args.store {
+        Some(url) => {
+            let to = cp.clone();
+            Some(valkyrie_jobs::notice::listen(url, move |n| to.notice(n))?)
+        }
+        None => None,
+    };
+    let serving = cp.clone();
     let mut b = Node::builder()
         .configure(|c| {
             c.http.open_probes = open_probes;
@@ -122,6 +136,7 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
         })
         .protocol(protocol)
         .collector(cp.collector())
+        .ready_when(move || serving.serving())
         .service(move |shard| cp.service(shard));
     if let Some(tls) = args.security.tls_server()? {
         b = b.tls(tls);
@@ -134,7 +149,11 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
     }
     let node = b.start()?;
     for ep in node.endpoints() {
-        tracing::info!(%ep, store = %path.display(), "control plane listening");
+        let store = match &args.store {
+            Some(_) => "postgres".to_owned(),
+            None => path.display().to_string(),
+        };
+        tracing::info!(%ep, %store, node = %args.node_id, "control plane listening");
     }
     node.run_until_signal()?;
     Ok(())

@@ -31,6 +31,7 @@ pub struct Committer {
     tx: Option<Sender<Request>>,
     thread: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    shared: bool,
 }
 
 impl std::fmt::Debug for Committer {
@@ -44,6 +45,7 @@ impl std::fmt::Debug for Committer {
 impl Committer {
     /// Start the thread that owns `store`, with room for `capacity` requests waiting.
     pub fn spawn<S: Store>(store: S, capacity: usize) -> Committer {
+        let shared = store.shared();
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
@@ -55,7 +57,13 @@ impl Committer {
             tx: Some(tx),
             thread: Some(thread),
             commits,
+            shared,
         }
+    }
+
+    /// Whether its store is shared with other control planes ([`Store::shared`]).
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     fn sender(&self) -> Result<&Sender<Request>, StoreError> {

@@ -1,19 +1,47 @@
 //! The PostgreSQL store: the same rules and reads as the embedded store (one SQL text for both,
-//! `crate::sql`), on a database several control planes can share (issue 19 builds the sharing:
-//! claims with `FOR UPDATE SKIP LOCKED`, leases in columns, `LISTEN/NOTIFY`). Its schema is
-//! versioned in `valkyrie_schema` and migrated when it connects. The client is synchronous and
-//! lives on the store's thread (the [`crate::Committer`]), never on a shard.
+//! `crate::sql`), on a database several control planes share — each claims jobs with
+//! `FOR UPDATE SKIP LOCKED`, holds them under leases it renews, and reaps the ones whose
+//! holder went quiet (`crate::holding`); a committed batch tells the others what it queued
+//! or signalled ([`crate::notice`]). Its schema is versioned in `valkyrie_schema` and
+//! migrated when it connects. The client is synchronous and lives on the store's thread (the
+//! [`crate::Committer`]), never on a shard; a broken connection is made again on the next
+//! use, and a transaction that lost a race with another node's runs again.
 
-use postgres::{Client, NoTls};
+use std::time::{Duration, Instant};
 
+use postgres::{Client, Config, NoTls};
+
+use crate::holding::Terms;
 use crate::model::{Job, JobState};
+use crate::notice::{self, CHANNEL};
 use crate::reads;
-use crate::sql::{Pg, PgStatements};
+use crate::sql::{P, Pg, PgStatements, Tx};
 use crate::sqlite::DEFAULT_LOG_CAP;
 use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 
+/// How often a transaction that lost a race runs again before its error is given back.
+const CONFLICT_TRIES: usize = 5;
+
+/// How long a connection may take to be made, and data sent to the database may go
+/// unacknowledged, before the connection counts as broken (a partition shows in seconds,
+/// not in the kernel's minutes).
+const NET_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connect to the database `config` names, with [`NET_TIMEOUT`] and TCP keepalives.
+pub(crate) fn connect(config: &Config) -> Result<Client, postgres::Error> {
+    let mut config = config.clone();
+    config
+        .connect_timeout(NET_TIMEOUT)
+        .tcp_user_timeout(NET_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(2))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3);
+    config.connect(NoTls)
+}
+
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = ["
 CREATE TABLE jobs (
     id TEXT COLLATE \"C\" PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -63,20 +91,25 @@ CREATE TABLE artifacts (
     stored_ms BIGINT NOT NULL,
     PRIMARY KEY (job, name)
 );
+",
+    // Who holds a job, until when, and the agent of its current attempt (`crate::holding`).
+    "
+ALTER TABLE jobs ADD COLUMN holder TEXT COLLATE \"C\", ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN agent TEXT;
+CREATE INDEX jobs_leases ON jobs (lease_ms) WHERE holder IS NOT NULL;
 "];
 
-fn db(e: postgres::Error) -> StoreError {
-    StoreError::Database(match e.as_db_error() {
-        Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
-    })
-}
+use crate::sql::pg as db;
 
 /// A store in a PostgreSQL database.
 pub struct PgStore {
-    client: Client,
+    config: Config,
+    /// None while the connection is broken (made again on the next use).
+    client: Option<Client>,
     statements: PgStatements,
-    log_cap: u64,
+    terms: Terms,
+    /// When the connection was last tried, failing.
+    failed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -90,7 +123,10 @@ impl PgStore {
     /// (each migration in a transaction of its own, under an advisory lock so that control
     /// planes starting together migrate once).
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let mut client = Client::connect(url, NoTls).map_err(db)?;
+        let config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("{url}: {e}")))?;
+        let mut client = connect(&config).map_err(db)?;
         let mut tx = client.transaction().map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock(7420)", &[])
             .map_err(db)?;
@@ -123,30 +159,79 @@ impl PgStore {
         }
         tx.commit().map_err(db)?;
         Ok(PgStore {
-            client,
+            config,
+            client: Some(client),
             statements: PgStatements::new(),
-            log_cap: DEFAULT_LOG_CAP,
+            terms: Terms {
+                node: "control-plane".into(),
+                lease_ms: 3000,
+                log_cap: DEFAULT_LOG_CAP,
+            },
+            failed_at: None,
         })
     }
 
-    /// The client with its prepared statements.
-    fn on(&mut self) -> Pg<'_, Client> {
-        Pg {
-            client: &mut self.client,
-            statements: &mut self.statements,
+    /// The client, connected again if its connection broke (at most one try in
+    /// [`NET_TIMEOUT`]: a database that is away is not hammered).
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
         }
+        if self.client.is_none() {
+            if self
+                .failed_at
+                .is_some_and(|t| t.elapsed() < NET_TIMEOUT / 3)
+            {
+                return Err(StoreError::Database("the database is unreachable".into()));
+            }
+            match connect(&self.config) {
+                Ok(c) => {
+                    tracing::info!("connected to the database again");
+                    self.statements.clear();
+                    self.failed_at = None;
+                    self.client = Some(c);
+                }
+                Err(e) => {
+                    self.failed_at = Some(Instant::now());
+                    return Err(db(e));
+                }
+            }
+        }
+        Ok(self.client.as_mut().expect("connected"))
+    }
+
+    /// Run `f` on the client with its prepared statements.
+    fn on<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.client()?;
+        let client = self.client.as_mut().expect("connected");
+        f(&mut Pg {
+            client,
+            statements: &mut self.statements,
+        })
     }
 
     /// Keep at most `bytes` of each job's output (as [`crate::SqliteStore::with_log_cap`]).
     pub fn with_log_cap(mut self, bytes: u64) -> PgStore {
-        self.log_cap = bytes;
+        self.terms.log_cap = bytes;
         self
     }
-}
 
-impl Store for PgStore {
-    fn commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.client.transaction().map_err(db)?;
+    /// Hold jobs as control plane `node` (unique among those sharing the database), for
+    /// `lease` at a time unrenewed (default `control-plane`, 3 s).
+    pub fn with_holder(mut self, node: &str, lease: Duration) -> PgStore {
+        self.terms.node = node.to_owned();
+        self.terms.lease_ms = lease.as_millis() as u64;
+        self
+    }
+
+    /// One try of the batch: its changes and notices in one transaction.
+    fn try_commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+        self.client()?;
+        let client = self.client.as_mut().expect("connected");
+        let mut tx = client.transaction().map_err(db)?;
         let mut out = Vec::with_capacity(changes.len());
         {
             let mut on = Pg {
@@ -154,15 +239,36 @@ impl Store for PgStore {
                 statements: &mut self.statements,
             };
             for change in changes {
-                out.push(crate::rules::apply(&mut on, change, self.log_cap)?);
+                out.push(crate::rules::apply(&mut on, change, &self.terms)?);
+            }
+            for n in notice::of_batch(&self.terms.node, changes, &out) {
+                on.exec(
+                    "SELECT pg_notify(?1, ?2)",
+                    &[P::T(CHANNEL), P::T(&n.payload())],
+                )?;
             }
         }
         tx.commit().map_err(db)?;
         Ok(out)
     }
+}
+
+impl Store for PgStore {
+    fn commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.try_commit(changes) {
+                Err(StoreError::Conflict(e)) if tries + 1 < CONFLICT_TRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "a transaction lost a race: again");
+                }
+                r => return r,
+            }
+        }
+    }
 
     fn job(&mut self, job_id: &str) -> Result<Option<Job>, StoreError> {
-        reads::job(&mut self.on(), job_id)
+        self.on(|tx| reads::job(tx, job_id))
     }
 
     fn jobs(
@@ -171,18 +277,27 @@ impl Store for PgStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<Job>, StoreError> {
-        reads::jobs(&mut self.on(), state, limit, after)
+        self.on(|tx| reads::jobs(tx, state, limit, after))
     }
 
     fn logs(&mut self, job_id: &str, from: u64, max_bytes: usize) -> Result<LogPage, StoreError> {
-        reads::logs(&mut self.on(), job_id, from, max_bytes)
+        self.on(|tx| reads::logs(tx, job_id, from, max_bytes))
     }
 
     fn artifacts(&mut self, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
-        reads::artifacts(&mut self.on(), job_id)
+        self.on(|tx| reads::artifacts(tx, job_id))
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        reads::queued(&mut self.on(), limit)
+        self.on(|tx| reads::queued(tx, limit))
+    }
+
+    fn held(&mut self) -> Result<Vec<Job>, StoreError> {
+        let node = self.terms.node.clone();
+        self.on(|tx| reads::held(tx, Some(&node)))
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }

@@ -140,3 +140,22 @@ pub(crate) fn queued(tx: &mut dyn Tx, limit: usize) -> Result<Vec<Job>, StoreErr
     );
     read_jobs(tx, &sql, &[P::I(limit as i64)])
 }
+
+/// The jobs with an attempt on an agent, held by `node` or by nobody (every one such when
+/// `node` is none), in id order.
+pub(crate) fn held(tx: &mut dyn Tx, node: Option<&str>) -> Result<Vec<Job>, StoreError> {
+    const ACTIVE: &str = "state IN ('assigned', 'running', 'paused')";
+    match node {
+        Some(node) => {
+            let sql = format!(
+                "{JOB_COLUMNS} WHERE {ACTIVE} AND (holder IS NULL OR holder = ?1) ORDER BY id"
+            );
+            read_jobs(tx, &sql, &[P::T(node)])
+        }
+        None => read_jobs(
+            tx,
+            &format!("{JOB_COLUMNS} WHERE {ACTIVE} ORDER BY id"),
+            &[],
+        ),
+    }
+}

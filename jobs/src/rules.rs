@@ -3,6 +3,7 @@
 //! fencing stale attempts, retries counted against `max_attempts`, cancels and migrations that
 //! wait for a running attempt) and its output's numbering (no gap, no duplicate).
 
+use crate::holding::{self, Terms};
 use crate::model::JobState;
 use crate::sql::{P, Tx};
 use crate::store::{Applied, Change, LogLine, StoreError};
@@ -12,9 +13,9 @@ pub(crate) fn parse_state(s: &str) -> Result<JobState, StoreError> {
 }
 
 /// A job's row, as the rules need it.
-struct Head {
-    state: JobState,
-    epoch: u64,
+pub(crate) struct Head {
+    pub(crate) state: JobState,
+    pub(crate) epoch: u64,
     attempts: u32,
     failures: u32,
     max_attempts: u32,
@@ -23,16 +24,25 @@ struct Head {
     log_seq: u64,
     log_bytes: u64,
     /// Whether the attempt of `epoch` is still on an agent (not ended).
-    active: bool,
+    pub(crate) active: bool,
+    /// The control plane that holds the job, and until when (Unix milliseconds).
+    pub(crate) holder: Option<String>,
+    pub(crate) lease_ms: u64,
+    /// Whether the attempt of `epoch` has started.
+    pub(crate) started: bool,
 }
 
-fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
+/// The job's row, locked until the transaction ends (on PostgreSQL: two control planes
+/// changing one job take turns).
+pub(crate) fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
+    // Locked (LOCK) until the transaction ends.
     let Some(r) = tx.row(
         "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
                 j.log_seq, j.log_bytes,
                 (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
-                j.migrate_requested
-         FROM jobs j WHERE j.id = ?1",
+                j.migrate_requested, j.holder, j.lease_ms,
+                (SELECT a.started_ms IS NOT NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch)
+         FROM jobs j WHERE j.id = ?1 FOR UPDATE",
         &[P::T(job_id)],
     )?
     else {
@@ -49,12 +59,15 @@ fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
         log_bytes: r[7].i64()? as u64,
         active: r[8].flag(),
         migrate_requested: r[9].flag(),
+        holder: r[10].opt_text()?,
+        lease_ms: r[11].i64()? as u64,
+        started: r[12].flag(),
     }))
 }
 
 /// The job's row when `epoch` is its current attempt's; else the answer (no such job, or
 /// a stale attempt).
-fn at_epoch(
+pub(crate) fn at_epoch(
     tx: &mut dyn Tx,
     job_id: &str,
     epoch: u64,
@@ -70,7 +83,7 @@ fn at_epoch(
 
 /// The job's row when `epoch` is its current attempt's and that attempt is still on an
 /// agent; else the answer (no such job, a stale attempt, or refused: over, or ended).
-fn live_attempt(
+pub(crate) fn live_attempt(
     tx: &mut dyn Tx,
     job_id: &str,
     epoch: u64,
@@ -99,6 +112,29 @@ fn set_job(tx: &mut dyn Tx, job_id: &str, state: JobState, at: u64) -> Result<()
     tx.exec(
         "UPDATE jobs SET state = ?2, updated_ms = ?3 WHERE id = ?1",
         &[P::T(job_id), P::T(state.as_str()), P::I(at as i64)],
+    )?;
+    Ok(())
+}
+
+/// Set the job's state after its attempt (or its wait) is over, with who holds it then
+/// ([`Terms::after`]).
+fn set_held(
+    tx: &mut dyn Tx,
+    terms: &Terms,
+    job_id: &str,
+    state: JobState,
+    at: u64,
+) -> Result<(), StoreError> {
+    let (holder, lease) = terms.after(state, at);
+    tx.exec(
+        "UPDATE jobs SET state = ?2, updated_ms = ?3, holder = ?4, lease_ms = ?5 WHERE id = ?1",
+        &[
+            P::T(job_id),
+            P::T(state.as_str()),
+            P::I(at as i64),
+            P::OT(holder),
+            P::I(lease),
+        ],
     )?;
     Ok(())
 }
@@ -146,8 +182,22 @@ fn end_attempt(
 }
 
 /// Apply one change.
-pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Applied, StoreError> {
+pub(crate) fn apply(
+    tx: &mut dyn Tx,
+    change: &Change,
+    terms: &Terms,
+) -> Result<Applied, StoreError> {
     match change {
+        Change::Claim { limit, at } => holding::claim(tx, terms, *limit, *at),
+        Change::Renew { at } => holding::renew(tx, terms, *at),
+        Change::Reap { limit, at } => holding::reap(tx, terms, *limit, *at),
+        Change::Adopt {
+            job_id,
+            epoch,
+            agent,
+            at,
+        } => holding::adopt(tx, terms, job_id, *epoch, agent, *at),
+        Change::Lose { job_id, epoch, at } => holding::lose(tx, terms, job_id, *epoch, *at),
         Change::Submit { job_id, spec, at } => {
             if let Some(key) = &spec.idempotency_key {
                 let first = tx.row(
@@ -163,8 +213,21 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             }
             let text =
                 serde_json::to_string(spec).map_err(|e| StoreError::Database(e.to_string()))?;
-            tx.exec("INSERT INTO jobs (id, idempotency_key, spec, state, priority, created_ms, updated_ms, max_attempts)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6)", &[P::T(job_id), P::OT(spec.idempotency_key.as_deref()), P::T(&text), P::I(i64::from(spec.priority)), P::I(*at as i64), P::I(i64::from(spec.max_attempts))])?;
+            // Two control planes given the same key at once: one inserts, the other finds it.
+            let made = tx.exec("INSERT INTO jobs (id, idempotency_key, spec, state, priority, created_ms, updated_ms, max_attempts)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6) ON CONFLICT (idempotency_key) DO NOTHING", &[P::T(job_id), P::OT(spec.idempotency_key.as_deref()), P::T(&text), P::I(i64::from(spec.priority)), P::I(*at as i64), P::I(i64::from(spec.max_attempts))])?;
+            if made == 0
+                && let Some(key) = &spec.idempotency_key
+                && let Some(first) = tx.row(
+                    "SELECT id FROM jobs WHERE idempotency_key = ?1",
+                    &[P::T(key)],
+                )?
+            {
+                return Ok(Applied::Submitted {
+                    job_id: first[0].text()?,
+                    created: false,
+                });
+            }
             Ok(Applied::Submitted {
                 job_id: job_id.clone(),
                 created: true,
@@ -174,11 +237,24 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             let Some(h) = head(tx, job_id)? else {
                 return Ok(Applied::NotFound);
             };
-            if h.state != JobState::Queued {
+            // Queued, and not claimed by another control plane whose claim still holds.
+            if h.state != JobState::Queued || !holding::free_for(&h, terms, *at) {
                 return Ok(Applied::Refused { state: h.state });
             }
             let (epoch, attempt) = (h.epoch + 1, h.attempts + 1);
-            tx.exec("UPDATE jobs SET state = 'assigned', epoch = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1", &[P::T(job_id), P::I(epoch as i64), P::I(i64::from(attempt)), P::I(*at as i64)])?;
+            tx.exec(
+                "UPDATE jobs SET state = 'assigned', epoch = ?2, attempts = ?3, updated_ms = ?4,
+                     holder = ?5, lease_ms = ?6, agent = ?7 WHERE id = ?1",
+                &[
+                    P::T(job_id),
+                    P::I(epoch as i64),
+                    P::I(i64::from(attempt)),
+                    P::I(*at as i64),
+                    P::T(&terms.node),
+                    P::I(terms.until(*at)),
+                    P::T(agent),
+                ],
+            )?;
             tx.exec("INSERT INTO attempts (job, attempt, agent, epoch, state) VALUES (?1, ?2, ?3, ?4, 'assigned')", &[P::T(job_id), P::I(i64::from(attempt)), P::T(agent), P::I(epoch as i64)])?;
             Ok(Applied::Assigned {
                 attempt,
@@ -237,15 +313,18 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
                 (*state, *state)
             };
             let final_code = job_state.is_final().then_some(*exit_code).flatten();
+            let (holder, lease) = terms.after(job_state, *at);
             tx.exec(
                 "UPDATE jobs SET state = ?2, exit_code = ?3, failures = ?4, updated_ms = ?5,
-                 migrate_requested = 0 WHERE id = ?1",
+                 migrate_requested = 0, holder = ?6, lease_ms = ?7 WHERE id = ?1",
                 &[
                     P::T(job_id),
                     P::T(job_state.as_str()),
                     P::OI(final_code.map(i64::from)),
                     P::I(i64::from(failures)),
                     P::I(*at as i64),
+                    P::OT(holder),
+                    P::I(lease),
                 ],
             )?;
             end_attempt(
@@ -277,7 +356,7 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
             } else {
                 JobState::Queued
             };
-            set_job(tx, job_id, state, *at)?;
+            set_held(tx, terms, job_id, state, *at)?;
             end_attempt(
                 tx,
                 job_id,
@@ -305,7 +384,7 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
                     running: Some(h.epoch),
                 });
             }
-            set_job(tx, job_id, JobState::Cancelled, *at)?;
+            set_held(tx, terms, job_id, JobState::Cancelled, *at)?;
             Ok(Applied::Moved {
                 state: JobState::Cancelled,
                 running: None,
@@ -370,7 +449,15 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
                 set_attempt(tx, job_id, h.epoch, state)?;
                 state
             };
-            set_job(tx, job_id, state, *at)?;
+            if state == JobState::Queued {
+                // Back in the queue: any control plane may take it.
+                tx.exec(
+                    "UPDATE jobs SET state = 'queued', updated_ms = ?2, holder = NULL WHERE id = ?1",
+                    &[P::T(job_id), P::I(*at as i64)],
+                )?;
+            } else {
+                set_job(tx, job_id, state, *at)?;
+            }
             Ok(Applied::Moved {
                 state,
                 running: h.active.then_some(h.epoch),
@@ -439,7 +526,7 @@ pub(crate) fn apply(tx: &mut dyn Tx, change: &Change, log_cap: u64) -> Result<Ap
                 Ok(h) => h,
                 Err(answer) => return Ok(answer),
             };
-            log(tx, job_id, &h, *first_seq, lines, log_cap)
+            log(tx, job_id, &h, *first_seq, lines, terms.log_cap)
         }
     }
 }

@@ -90,9 +90,27 @@ fn lite_params(params: &[P<'_>]) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
+/// Row locks PostgreSQL takes for a read that is written after ([`LOCK`], [`SKIP_LOCKED`]);
+/// SQLite has none to take (a write transaction holds the whole database) and leaves them out.
+fn lite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    if sql.contains(" FOR UPDATE") {
+        std::borrow::Cow::Owned(sql.replace(SKIP_LOCKED, "").replace(LOCK, ""))
+    } else {
+        std::borrow::Cow::Borrowed(sql)
+    }
+}
+
+/// The clause that locks the rows a PostgreSQL read selects until its transaction ends (two
+/// control planes changing one job take turns). Written last in a statement or subquery.
+pub(crate) const LOCK: &str = " FOR UPDATE";
+
+/// The clause that locks the rows a PostgreSQL read selects, passing over rows another
+/// transaction holds (claims: two control planes never take the same jobs, nor wait).
+pub(crate) const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+
 fn lite_exec(c: &rusqlite::Connection, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
     let n = c
-        .prepare_cached(sql)
+        .prepare_cached(&lite_sql(sql))
         .map_err(lite)?
         .execute(rusqlite::params_from_iter(lite_params(params)))
         .map_err(lite)?;
@@ -105,7 +123,7 @@ fn lite_rows(
     params: &[P<'_>],
 ) -> Result<Vec<Vec<V>>, StoreError> {
     use rusqlite::types::ValueRef;
-    let mut stmt = c.prepare_cached(sql).map_err(lite)?;
+    let mut stmt = c.prepare_cached(&lite_sql(sql)).map_err(lite)?;
     let n = stmt.column_count();
     let mut rows = stmt
         .query(rusqlite::params_from_iter(lite_params(params)))
@@ -160,11 +178,23 @@ pub(crate) fn dollars(sql: &str) -> String {
     out
 }
 
-fn pg(e: postgres::Error) -> StoreError {
-    StoreError::Database(match e.as_db_error() {
-        Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
-    })
+/// A PostgreSQL error as the store's: a deadlock or serialization failure is a
+/// [`StoreError::Conflict`] (run the transaction again).
+pub(crate) fn pg(e: postgres::Error) -> StoreError {
+    use postgres::error::SqlState;
+    match e.as_db_error() {
+        Some(d)
+            if [
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+            ]
+            .contains(d.code()) =>
+        {
+            StoreError::Conflict(d.message().to_owned())
+        }
+        Some(d) => StoreError::Database(format!("{} ({})", d.message(), d.code().code())),
+        None => StoreError::Database(e.to_string()),
+    }
 }
 
 type PgParam = Box<dyn postgres::types::ToSql + Sync>;

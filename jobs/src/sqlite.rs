@@ -8,12 +8,13 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+use crate::holding::Terms;
 use crate::model::{Job, JobState};
 use crate::reads;
 use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -79,6 +80,13 @@ CREATE TABLE artifacts (
     "
 ALTER TABLE jobs ADD COLUMN progress TEXT;
 ",
+    // Who holds a job, until when, and the agent of its current attempt (`crate::holding`).
+    "
+ALTER TABLE jobs ADD COLUMN holder TEXT;
+ALTER TABLE jobs ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN agent TEXT;
+CREATE INDEX jobs_leases ON jobs (lease_ms) WHERE holder IS NOT NULL;
+",
 ];
 
 /// Log bytes kept per job unless told otherwise ([`SqliteStore::with_log_cap`]).
@@ -91,7 +99,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 /// The embedded store, in one file.
 pub struct SqliteStore {
     conn: Connection,
-    log_cap: u64,
+    terms: Terms,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -131,14 +139,27 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn,
-            log_cap: DEFAULT_LOG_CAP,
+            terms: Terms {
+                node: "control-plane".into(),
+                lease_ms: 3000,
+                log_cap: DEFAULT_LOG_CAP,
+            },
         })
     }
 
     /// Keep at most `bytes` of each job's output: lines past it are acknowledged but not
     /// kept, and one line says so.
     pub fn with_log_cap(mut self, bytes: u64) -> SqliteStore {
-        self.log_cap = bytes;
+        self.terms.log_cap = bytes;
+        self
+    }
+
+    /// Hold jobs as control plane `node`, for `lease` at a time (default `control-plane`,
+    /// 3 s). One control plane owns an SQLite store; the holds still say which attempt it
+    /// runs.
+    pub fn with_holder(mut self, node: &str, lease: std::time::Duration) -> SqliteStore {
+        self.terms.node = node.to_owned();
+        self.terms.lease_ms = lease.as_millis() as u64;
         self
     }
 }
@@ -148,7 +169,7 @@ impl Store for SqliteStore {
         let mut tx = self.conn.transaction().map_err(db)?;
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            out.push(crate::rules::apply(&mut tx, change, self.log_cap)?);
+            out.push(crate::rules::apply(&mut tx, change, &self.terms)?);
         }
         tx.commit().map_err(db)?;
         Ok(out)
@@ -177,5 +198,10 @@ impl Store for SqliteStore {
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError> {
         reads::queued(&mut self.conn, limit)
+    }
+
+    fn held(&mut self) -> Result<Vec<Job>, StoreError> {
+        // One control plane owns the file: every job on an agent is its own.
+        reads::held(&mut self.conn, None)
     }
 }

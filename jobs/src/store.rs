@@ -1,6 +1,7 @@
 //! The store trait: what the control plane asks of its durable store, in batches so that one
 //! commit (one fsync) can acknowledge many changes (the committer's group commit). The
-//! embedded SQLite store implements it; a PostgreSQL one follows in its own issue.
+//! embedded SQLite store implements it, and the PostgreSQL one ([`crate::PgStore`]) that several
+//! control planes share (who holds which job: `crate::holding`).
 //!
 //! Every change a job goes through is one [`Change`]; a result from an attempt carries that
 //! attempt's epoch, and one whose epoch is not the job's current one is refused
@@ -15,6 +16,10 @@ pub enum StoreError {
     /// The database said no.
     #[error("store: {0}")]
     Database(String),
+    /// The transaction lost a race with another control plane's (a deadlock or a
+    /// serialization failure): nothing of it happened, and it may simply run again.
+    #[error("store: a concurrent transaction won: {0}")]
+    Conflict(String),
     /// A stored row could not be read back (a spec or state that does not parse).
     #[error("store holds a row it cannot read: {0}")]
     Corrupt(String),
@@ -150,6 +155,51 @@ pub enum Change {
         /// Now.
         at: u64,
     },
+    /// Claim up to `limit` queued jobs that no control plane holds (or whose holder's lease
+    /// ran out) for this store's control plane, first by priority then age
+    /// ([`Applied::Claimed`]). Two control planes claiming at once get different jobs.
+    Claim {
+        /// Jobs at most.
+        limit: usize,
+        /// Now.
+        at: u64,
+    },
+    /// Renew the leases of the jobs this store's control plane holds on agents.
+    Renew {
+        /// Now.
+        at: u64,
+    },
+    /// End, as lost, the attempts of up to `limit` jobs whose holder's lease ran out
+    /// (whichever control plane holds them): the jobs are queued again for anyone.
+    Reap {
+        /// Jobs at most.
+        limit: usize,
+        /// Now.
+        at: u64,
+    },
+    /// `agent`, which runs the attempt of `epoch`, now speaks to this store's control plane
+    /// (it failed over): the job is held here ([`Applied::Adopted`]).
+    Adopt {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// The agent that says it runs it.
+        agent: String,
+        /// Now.
+        at: u64,
+    },
+    /// This store's control plane lost the agent of the attempt of `epoch`: the attempt ends
+    /// as lost (a failure when it had started, a plain requeue when not) — refused when
+    /// another control plane holds the job now.
+    Lose {
+        /// The job.
+        job_id: String,
+        /// The attempt's epoch.
+        epoch: u64,
+        /// Now.
+        at: u64,
+    },
     /// Lines of a job's output from the attempt of `epoch`, numbered from `first_seq` on.
     /// Lines the store already holds are skipped (a batch sent again after a reconnect);
     /// a batch that would leave a gap is refused.
@@ -219,6 +269,26 @@ pub enum Applied {
         /// The highest line number stored.
         acked: u64,
     },
+    /// Jobs claimed ([`Change::Claim`]), with their attempts, first by priority then age.
+    Claimed {
+        /// The jobs.
+        jobs: Vec<Job>,
+    },
+    /// Leases renewed: how many jobs.
+    Renewed {
+        /// Jobs whose lease was renewed.
+        jobs: u64,
+    },
+    /// Jobs whose holder's lease ran out, and where each is now (`Queued` again, or over).
+    Reaped {
+        /// Each job and its state now.
+        jobs: Vec<(String, JobState)>,
+    },
+    /// The job is held here now: it, with its attempts.
+    Adopted {
+        /// The job.
+        job: Box<Job>,
+    },
     /// Done.
     Done,
     /// The epoch is not the job's current one: refused, nothing changed.
@@ -287,4 +357,15 @@ pub trait Store: Send + 'static {
     /// The queued jobs a scheduler should consider first: highest priority, then oldest;
     /// at most `limit`.
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// The jobs with an attempt on an agent (assigned, running, paused) that this store's
+    /// control plane holds or nobody holds: what a control plane takes up again when it
+    /// starts.
+    fn held(&mut self) -> Result<Vec<Job>, StoreError>;
+
+    /// Whether several control planes may share this store (they then claim jobs, renew
+    /// leases and reap each other's expired ones).
+    fn shared(&self) -> bool {
+        false
+    }
 }

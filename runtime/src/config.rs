@@ -149,6 +149,8 @@ pub struct NodeConfig {
     /// More metrics written with the node's own at `/metrics` (a service's, a program's):
     /// [`NodeBuilder::collector`](crate::NodeBuilder::collector).
     pub collectors: Vec<std::sync::Arc<dyn prometheus_client::collector::Collector>>,
+    /// Conditions `/readyz` also requires ([`NodeBuilder::ready_when`](crate::NodeBuilder::ready_when)).
+    pub ready_when: Vec<ReadyCheck>,
 }
 
 /// An optional [`TraceHook`](crate::request_span::TraceHook) (shown as set or not).
@@ -247,6 +249,17 @@ impl Default for NodeConfig {
             http: HttpSettings::default(),
             trace_hook: TraceHookSlot::default(),
             collectors: Vec::new(),
+            ready_when: Vec::new(),
         }
+    }
+}
+
+/// A condition `/readyz` requires besides the node's own ([`NodeBuilder::ready_when`](crate::NodeBuilder::ready_when)).
+#[derive(Clone)]
+pub struct ReadyCheck(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ReadyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyCheck")
     }
 }

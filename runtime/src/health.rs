@@ -30,6 +30,8 @@ pub(crate) struct NodeState {
     pub(crate) wakers: Arc<Vec<crate::mesh::Waker>>,
     /// More metrics written with the node's.
     pub(crate) collectors: Vec<Arc<dyn prometheus_client::collector::Collector>>,
+    /// Conditions of the node's services that readiness also requires.
+    pub(crate) ready_when: Vec<crate::config::ReadyCheck>,
 }
 
 impl NodeState {
@@ -73,8 +75,10 @@ impl NodeState {
     pub(crate) fn readiness(&self) -> (bool, String) {
         let serving = self.ready.load(Ordering::SeqCst);
         let connections = self.connections();
-        let ready = serving && connections < self.max_connections;
+        let services = self.ready_when.iter().all(|f| (f.0)());
+        let ready = serving && services && connections < self.max_connections;
         let body = serde_json::json!({"ready": ready, "draining": !serving,
+            "services_ready": services,
             "connections": connections, "max_connections": self.max_connections});
         (ready, body.to_string())
     }

@@ -69,7 +69,9 @@ mod uring;
 pub mod url;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use config::{BearerKeys, BusyPoll, HttpSettings, NodeConfig, RecvMode, TraceHookSlot};
+pub use config::{
+    BearerKeys, BusyPoll, HttpSettings, NodeConfig, ReadyCheck, RecvMode, TraceHookSlot,
+};
 pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;

@@ -298,6 +298,20 @@ impl Link {
         self.restart(now)
     }
 
+    /// The peer closed the established connection saying "going away" (it drains, or it
+    /// cannot serve for now): connect again at once, from the next URL on (the one that sent
+    /// it away is tried last).
+    pub(crate) fn sent_away(&mut self, now: Instant, reason: &str) -> Next {
+        if !self.opts.reconnect {
+            self.stop(format!("connection ended ({reason}); reconnect is off"));
+            return Next::Stop;
+        }
+        let n = self.opts.urls.len();
+        self.opts.urls.rotate_left((self.url + 1) % n);
+        self.url = 0;
+        self.begin(now)
+    }
+
     /// Connect again from the first URL, at once (whatever `reconnect` says: asked for).
     pub(crate) fn restart(&mut self, now: Instant) -> Next {
         self.url = 0;
@@ -374,6 +388,26 @@ mod tests {
             l.state(),
             LinkState::Connecting { attempt: 1, .. }
         ));
+    }
+
+    #[test]
+    fn a_peer_that_sends_the_link_away_is_tried_last() {
+        let t0 = Instant::now();
+        let mut l = Link::new(opts(&[
+            "tcp://127.0.0.1:1",
+            "tcp://127.0.0.1:2",
+            "tcp://127.0.0.1:3",
+        ]));
+        assert_eq!(l.begin(t0), Next::Connect(0));
+        l.up(t0, conn());
+        assert!(matches!(l.sent_away(t0, "going away"), Next::Connect(_)));
+        assert_eq!(l.url().to_string(), "tcp://127.0.0.1:2");
+        l.up(t0, conn());
+        l.sent_away(t0, "going away");
+        assert_eq!(l.url().to_string(), "tcp://127.0.0.1:3");
+        l.up(t0, conn());
+        l.sent_away(t0, "going away");
+        assert_eq!(l.url().to_string(), "tcp://127.0.0.1:1", "round the list");
     }
 
     #[test]

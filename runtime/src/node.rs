@@ -131,6 +131,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Make `/readyz` also require `ready` (a service that cannot serve for now — a control
+    /// plane whose store is away — takes the node out of its load balancer's rotation).
+    pub fn ready_when(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.cfg
+            .ready_when
+            .push(crate::config::ReadyCheck(Arc::new(ready)));
+        self
+    }
+
     /// Listen nowhere (a node that only connects out, such as the embedded runtime of
     /// [`ClientHandle`](crate::ClientHandle)); without it and without [`listen`](Self::listen),
     /// a node listens on `tcp://127.0.0.1:7420`.
@@ -355,6 +364,7 @@ impl Node {
             max_connections: (cfg.max_connections_per_shard as i64).saturating_mul(n as i64),
             wakers: wakers.clone(),
             collectors: cfg.collectors.clone(),
+            ready_when: cfg.ready_when.clone(),
         });
         // All online cores: `core_affinity::get_core_ids` would give only those the calling
         // thread may run on (a caller pinned to one core would stack every shard there).

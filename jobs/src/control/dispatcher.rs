@@ -24,6 +24,7 @@ use valkyrie_runtime::http::Response;
 use valkyrie_runtime::{ConnRef, Ctx};
 
 use super::event::{Event, Op};
+use super::sharing::Sharing;
 use super::{Hub, now_ms};
 use crate::model::{Job, JobSpec, JobState};
 use crate::scheduler::{AgentInfo, Queued, Scheduler};
@@ -78,6 +79,9 @@ pub(crate) struct Dispatcher {
     /// Timers: a retry's backoff (false) or a rejection's (true) running out.
     pub(super) retries: HashMap<u64, (String, bool)>,
     pub(super) next_token: u64,
+    /// Whether other control planes share the store ([`crate::Store::shared`]).
+    pub(super) shared: bool,
+    pub(super) sharing: Sharing,
 }
 
 /// Commit `change` (an attempt's end) and tell the dispatcher where the job is then.
@@ -110,20 +114,6 @@ pub(super) fn queued_of(job_id: &str, spec: &JobSpec, created_at: u64) -> Queued
     }
 }
 
-/// Every job in `state`, page by page.
-fn all_in(s: &mut dyn crate::Store, state: JobState) -> Result<Vec<Job>, StoreError> {
-    let mut out: Vec<Job> = Vec::new();
-    loop {
-        let after = out.last().map(|j| j.job_id.clone());
-        let page = s.jobs(Some(state), 1000, after.as_deref())?;
-        let n = page.len();
-        out.extend(page);
-        if n < 1000 {
-            return Ok(out);
-        }
-    }
-}
-
 impl Dispatcher {
     pub(crate) fn new(hub: &Hub) -> Dispatcher {
         Dispatcher {
@@ -135,24 +125,35 @@ impl Dispatcher {
             loading: false,
             retries: HashMap::new(),
             next_token: RETRY_TOKENS,
+            shared: hub.store.shared(),
+            sharing: Sharing::new(),
         }
     }
 
-    /// Read what the store holds (once, when the shard starts).
+    /// Read what the store says this control plane holds, and claim queued jobs (when the
+    /// shard starts, and again after the store was away).
     pub(crate) fn start(&mut self, hub: &Arc<Hub>) {
-        let room = self.sched.room();
+        self.loading = true;
+        let (limit, shared) = (self.claim_limit(), self.shared);
         let h = hub.clone();
         let read = hub.store.try_read(
             move |s| {
-                let mut active = Vec::new();
-                for st in [JobState::Assigned, JobState::Running, JobState::Paused] {
-                    active.extend(all_in(s, st)?);
+                let at = now_ms();
+                if shared {
+                    // Its holds first, before anyone reaps them.
+                    s.commit(&[Change::Renew { at }])?;
                 }
-                Ok((active, s.queued(room)?))
+                let active = s.held()?;
+                let queued = match s.commit(&[Change::Claim { limit, at }])?.pop() {
+                    Some(Applied::Claimed { jobs }) => jobs,
+                    _ => Vec::new(),
+                };
+                Ok((active, queued))
             },
             move |r| h.dispatch(Event::Recovered(r)),
         );
         if !read {
+            self.loading = false;
             tracing::error!("the store's queue is full at start: dispatch waits for a retry");
         }
     }
@@ -160,7 +161,7 @@ impl Dispatcher {
     /// Decide and commit what can be assigned now; load more from the store when there is
     /// room.
     pub(crate) fn pump(&mut self, ctx: &mut Ctx<'_>, hub: &Arc<Hub>) {
-        if !self.recovered {
+        if !self.recovered || !self.dispatching(ctx.now(), hub) {
             return;
         }
         for a in self.sched.assign(PASS) {
@@ -186,18 +187,25 @@ impl Dispatcher {
                 }
             }
         }
-        let room = self.sched.room();
-        if self.more_in_store && !self.loading && room > 0 {
+        let limit = self.claim_limit();
+        if self.more_in_store && !self.loading && limit > 0 {
             self.loading = true;
             let h = hub.clone();
-            if !hub.store.try_read(
-                move |s| s.queued(room),
-                move |r| h.dispatch(Event::Loaded(r)),
-            ) {
+            let reply = Box::new(move |r: Result<Applied, StoreError>| {
+                let r = r.map(|a| match a {
+                    Applied::Claimed { jobs } => jobs,
+                    _ => Vec::new(),
+                });
+                h.dispatch(Event::Loaded { limit, jobs: r });
+            });
+            let claim = Change::Claim {
+                limit,
+                at: now_ms(),
+            };
+            if hub.store.try_change(claim, reply).is_err() {
                 self.loading = false;
             }
         }
-        let _ = ctx;
     }
 
     /// Hold `job` (known to be queued in the store) and queue it.
@@ -248,11 +256,11 @@ impl Dispatcher {
                 self.track_queued(&job, Some(at));
             }
             Event::Recovered(r) => self.recovered(ctx, hub, r),
-            Event::Loaded(r) => {
+            Event::Loaded { limit, jobs } => {
                 self.loading = false;
-                match r {
+                match jobs {
                     Ok(jobs) => {
-                        self.more_in_store = jobs.len() >= self.sched.room().max(1);
+                        self.more_in_store = jobs.len() >= limit.max(1);
                         for j in &jobs {
                             self.track_queued(j, None);
                         }
@@ -316,7 +324,21 @@ impl Dispatcher {
                 {
                     t.started = true;
                     t.confirm_by = None;
+                } else if !self.jobs.contains_key(&job_id) {
+                    self.adopt(hub, job_id, epoch, agent);
                 }
+            }
+            Event::Adopted {
+                job_id,
+                agent,
+                result,
+            } => self.adopted(job_id, agent, result),
+            Event::Renewed(ok) => self.renewed(ctx, hub, ok),
+            Event::Reaped(r) => self.reaped(ctx, hub, r),
+            Event::Notified(n) => self.notified(ctx, hub, n),
+            Event::Released { job_id } => {
+                self.sched.job_done(&job_id);
+                self.jobs.remove(&job_id);
             }
             Event::ListAgents { conn } => {
                 let agents: Vec<_> = self
@@ -451,7 +473,7 @@ impl Dispatcher {
         end_then_tell(hub, change, job_id.to_owned(), None);
     }
 
-    fn ended(
+    pub(super) fn ended(
         &mut self,
         ctx: &mut Ctx<'_>,
         hub: &Arc<Hub>,
@@ -559,7 +581,7 @@ impl Dispatcher {
         }
     }
 
-    fn moved(
+    pub(super) fn moved(
         &mut self,
         ctx: &mut Ctx<'_>,
         job_id: String,

@@ -29,8 +29,25 @@ pub(crate) enum Event {
     },
     /// The jobs on agents and the first queued jobs, read when the control plane starts.
     Recovered(Result<(Vec<Job>, Vec<Job>), StoreError>),
-    /// More queued jobs read from the store.
-    Loaded(Result<Vec<Job>, StoreError>),
+    /// Queued jobs claimed from the store (`limit` were asked for).
+    Loaded {
+        limit: usize,
+        jobs: Result<Vec<Job>, StoreError>,
+    },
+    /// An adoption's commit (an agent that failed over claimed an attempt).
+    Adopted {
+        job_id: String,
+        agent: String,
+        result: Result<Applied, StoreError>,
+    },
+    /// A renewal of this node's leases: whether the store answered.
+    Renewed(bool),
+    /// Jobs whose holder's lease ran out, reaped.
+    Reaped(Result<Vec<(String, JobState)>, StoreError>),
+    /// A notice from another control plane.
+    Notified(crate::notice::Notice),
+    /// The dispatcher lets a job go (another control plane holds it, or it ended otherwise).
+    Released { job_id: String },
     /// An assignment's commit.
     Assigned {
         job_id: String,

@@ -121,6 +121,15 @@ pub(crate) fn on_agent_frame(
         Some(Ok(s)) => s,
     };
     if let Said::Status(s) = &said {
+        if hub.cut.load(std::sync::atomic::Ordering::Relaxed) {
+            // Its store is away: the agent goes to another control plane.
+            let _ = ctx.close(
+                conn,
+                ErrorCode::SHUTTING_DOWN.0,
+                "going away: this control plane lost its store",
+            );
+            return;
+        }
         let mut info = wire::agent_info(s);
         // What its authenticated identity is granted, not what it says.
         if let Some(policy) = &hub.config.grants {

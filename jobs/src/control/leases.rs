@@ -18,7 +18,7 @@ use crate::store::{Applied, Change, StoreError};
 impl Dispatcher {
     /// Every `tick`: leases, claims, loads that failed.
     pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>, hub: &Arc<Hub>) {
-        if !self.recovered && !self.loading {
+        if !self.recovered && !self.loading && self.dispatching(ctx.now(), hub) {
             self.start(hub);
         }
         let now = ctx.now();
@@ -38,6 +38,9 @@ impl Dispatcher {
             for job in self.sched.agent_down(&id) {
                 self.lose(hub, &job);
             }
+        }
+        if self.shared {
+            self.share_tick(ctx, hub);
         }
         let unclaimed: Vec<String> = self
             .jobs
@@ -59,24 +62,10 @@ impl Dispatcher {
         };
         t.losing = true;
         t.confirm_by = None;
-        let (epoch, at) = (t.epoch, now_ms());
-        let change = if t.started {
-            Change::End {
-                job_id: job_id.to_owned(),
-                epoch,
-                state: JobState::Queued,
-                exit_code: None,
-                signal: None,
-                reason: Some("agent lost".into()),
-                at,
-            }
-        } else {
-            Change::Requeue {
-                job_id: job_id.to_owned(),
-                epoch,
-                reason: "agent lost before it started".into(),
-                at,
-            }
+        let change = Change::Lose {
+            job_id: job_id.to_owned(),
+            epoch: t.epoch,
+            at: now_ms(),
         };
         let h = hub.clone();
         let id = job_id.to_owned();
@@ -86,9 +75,9 @@ impl Dispatcher {
             Box::new(move |r| {
                 let state = match r {
                     Ok(Applied::Ended { state }) => state,
-                    // Stale or refused: the attempt ended otherwise meanwhile; the store
-                    // says where the job is, and the dispatcher lets it go.
-                    Ok(_) => JobState::Cancelled,
+                    // Stale or refused: the attempt ended otherwise meanwhile, or another
+                    // control plane adopted it; the dispatcher lets it go.
+                    Ok(_) => return h.dispatch(Event::Released { job_id: id }),
                     Err(_) => JobState::Assigned,
                 };
                 h.dispatch(Event::Ended {
@@ -106,6 +95,7 @@ impl Dispatcher {
         hub: &Arc<Hub>,
         r: Result<(Vec<Job>, Vec<Job>), StoreError>,
     ) {
+        self.loading = false;
         let (active, queued) = match r {
             Ok(v) => v,
             Err(e) => {

@@ -11,6 +11,7 @@
 //! through each shard's lane: a bounded queue the shard drains when its [`Nudger`] wakes it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ mod frames;
 mod leases;
 mod metrics;
 mod service;
+mod sharing;
 
 pub use service::JobsService;
 
@@ -135,6 +137,8 @@ pub(crate) struct Hub {
     pub(crate) config: ControlConfig,
     pub(crate) metrics: Arc<metrics::JobsMetrics>,
     lanes: OnceLock<Vec<Lane>>,
+    /// The shared store has not answered for a lease: agents are sent away.
+    pub(crate) cut: AtomicBool,
 }
 
 impl Hub {
@@ -256,6 +260,7 @@ impl ControlPlane {
                 config,
                 metrics: Arc::default(),
                 lanes: OnceLock::new(),
+                cut: AtomicBool::new(false),
             }),
         }
     }
@@ -284,6 +289,18 @@ impl ControlPlane {
     /// counts, for a percentile finer than its buckets.
     pub fn assignment_samples(&self) -> Vec<u64> {
         self.hub.metrics.samples()
+    }
+
+    /// Hand the dispatcher a notice from another control plane sharing the store (give this
+    /// to [`crate::notice::listen`]).
+    pub fn notice(&self, notice: crate::notice::Notice) {
+        self.hub.dispatch(Event::Notified(notice));
+    }
+
+    /// Whether the control plane serves agents: false while its shared store has not
+    /// answered for a lease (its agents are sent to the others).
+    pub fn serving(&self) -> bool {
+        !self.hub.cut.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The control plane's metrics, for [`NodeBuilder::collector`](valkyrie_runtime::NodeBuilder::collector).

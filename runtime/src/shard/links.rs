@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use slab::Slab;
 use valkyrie_protocol::security::mtls::TlsSession;
-use valkyrie_protocol::{CloseReason, Connection, Side, Tick};
+use valkyrie_protocol::{CloseReason, Connection, ErrorCode, Side, Tick};
 
 use super::Shard;
 use crate::conn::recv::Recv;
@@ -466,7 +466,12 @@ impl Shard {
         e.io = LinkIo::Idle;
         let (next, retry) = match e.link.state() {
             LinkState::Stopped { .. } => (Next::Stop, 0),
-            LinkState::Up { .. } => (e.link.lost(now, &reason.to_string()), 1),
+            LinkState::Up { .. } => match reason {
+                CloseReason::Peer { code, .. } if *code == ErrorCode::SHUTTING_DOWN.0 => {
+                    (e.link.sent_away(now, &reason.to_string()), 1)
+                }
+                _ => (e.link.lost(now, &reason.to_string()), 1),
+            },
             _ => {
                 let error = format!("{}: {reason}", e.link.url());
                 ShardMetrics::add(&self.metrics.link_failures, 1);
