@@ -292,6 +292,11 @@ impl Store for PgStore {
         self.on(|tx| reads::queued(tx, limit))
     }
 
+    fn holds(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        let node = self.terms.node.clone();
+        self.on(|tx| reads::holds(tx, &node))
+    }
+
     fn held(&mut self) -> Result<Vec<Job>, StoreError> {
         let node = self.terms.node.clone();
         self.on(|tx| reads::held(tx, Some(&node)))

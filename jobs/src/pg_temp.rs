@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 pub struct Pg {
     dir: PathBuf,
     server: Child,
-    /// Its loopback port.
+    /// Its port.
     pub port: u16,
+    /// The address it listens on.
+    pub host: String,
+    /// The network namespace it runs in (`ip netns`), when not this process's.
+    netns: Option<String>,
+    bin: PathBuf,
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -52,8 +57,14 @@ fn as_postgres(program: PathBuf) -> Command {
 }
 
 impl Pg {
-    /// Start one (a few hundred milliseconds).
+    /// Start one on loopback (a few hundred milliseconds).
     pub fn start() -> Option<Pg> {
+        Pg::start_in(None, "127.0.0.1")
+    }
+
+    /// Start one listening on `host`, inside network namespace `netns` when given (made by
+    /// the caller with `ip netns`; `host` must be reachable from this process).
+    pub fn start_in(netns: Option<&str>, host: &str) -> Option<Pg> {
         let bin = bin_dir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
@@ -64,10 +75,9 @@ impl Pg {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).ok()?;
         let _ = Command::new("chown").arg("postgres").arg(&dir).status();
-        let data = dir.join("data");
         let ok = as_postgres(bin.join("initdb"))
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-A", "trust", "-U", "valkyrie", "-E", "UTF8", "--no-sync"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,31 +89,79 @@ impl Pg {
             let _ = std::fs::remove_dir_all(&dir);
             return None;
         }
-        let server = as_postgres(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-k")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let pg = Pg { dir, server, port };
+        let netns = netns.map(str::to_owned);
+        let server = spawn_server(&bin, &dir, host, port, netns.as_deref())?;
+        let pg = Pg {
+            dir,
+            server,
+            port,
+            host: host.to_owned(),
+            netns,
+            bin,
+        };
+        pg.answers().then_some(pg)
+    }
+
+    /// Whether it answers within 20 s.
+    fn answers(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).is_err() {
+        while postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err() {
             if Instant::now() >= deadline {
-                tracing::warn!("PostgreSQL did not start in 20 s");
-                return None;
+                tracing::warn!("PostgreSQL did not answer in 20 s");
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(pg)
+        true
+    }
+
+    /// Stop it (a fast shutdown: every connection is cut) and start it again on the same
+    /// data and port; true once it answers.
+    pub fn restart(&mut self) -> bool {
+        self.stop();
+        match spawn_server(
+            &self.bin,
+            &self.dir,
+            &self.host,
+            self.port,
+            self.netns.as_deref(),
+        ) {
+            Some(server) => {
+                self.server = server;
+                self.answers()
+            }
+            None => false,
+        }
+    }
+
+    /// A fast shutdown (SIGINT to the postmaster, whose pid its data directory names),
+    /// waited for.
+    fn stop(&mut self) {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let postmaster = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        let signalled = postmaster.is_some_and(|pid| {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .is_ok()
+        });
+        if signalled {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pidfile.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            let _ = self.server.kill();
+        }
+        let _ = self.server.wait();
     }
 
     /// The URL of database `db` on it.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://valkyrie@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://valkyrie@{}:{}/{db}", self.host, self.port)
     }
 
     /// A new, empty database; its URL.
@@ -118,8 +176,37 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The server on `dir`'s cluster, listening on `host:port` (its socket in `dir`).
+fn spawn_server(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    host: &str,
+    port: u16,
+    netns: Option<&str>,
+) -> Option<Child> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"])
+                .arg(bin.join("postgres"));
+            c
+        }
+        None => as_postgres(bin.join("postgres")),
+    };
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string()])
+        .arg("-c")
+        .arg(format!("listen_addresses={host}"))
+        .arg("-k")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }

@@ -159,3 +159,14 @@ pub(crate) fn held(tx: &mut dyn Tx, node: Option<&str>) -> Result<Vec<Job>, Stor
         ),
     }
 }
+
+/// The ids and epochs of the jobs with an attempt on an agent that `node` holds.
+pub(crate) fn holds(tx: &mut dyn Tx, node: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    tx.rows(
+        "SELECT id, epoch FROM jobs WHERE holder = ?1 AND state IN ('assigned', 'running', 'paused')",
+        &[P::T(node)],
+    )?
+    .iter()
+    .map(|r| Ok((r[0].text()?, r[1].i64()? as u64)))
+    .collect()
+}

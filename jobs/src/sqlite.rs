@@ -200,6 +200,10 @@ impl Store for SqliteStore {
         reads::queued(&mut self.conn, limit)
     }
 
+    fn holds(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        reads::holds(&mut self.conn, &self.terms.node)
+    }
+
     fn held(&mut self) -> Result<Vec<Job>, StoreError> {
         // One control plane owns the file: every job on an agent is its own.
         reads::held(&mut self.conn, None)

@@ -363,6 +363,10 @@ pub trait Store: Send + 'static {
     /// starts.
     fn held(&mut self) -> Result<Vec<Job>, StoreError>;
 
+    /// The jobs with an attempt on an agent that this store's control plane holds, by id
+    /// and epoch (what it checks against the jobs it knows it dispatched).
+    fn holds(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Whether several control planes may share this store (they then claim jobs, renew
     /// leases and reap each other's expired ones).
     fn shared(&self) -> bool {

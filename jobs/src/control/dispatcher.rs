@@ -265,7 +265,7 @@ impl Dispatcher {
                             self.track_queued(j, None);
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "loading queued jobs failed"),
+                    Err(e) => tracing::debug!(error = %e, "claiming queued jobs failed"),
                 }
             }
             Event::Assigned {
@@ -335,6 +335,7 @@ impl Dispatcher {
             } => self.adopted(job_id, agent, result),
             Event::Renewed(ok) => self.renewed(ctx, hub, ok),
             Event::Reaped(r) => self.reaped(ctx, hub, r),
+            Event::Holds(r) => self.check_holds(hub, r),
             Event::Notified(n) => self.notified(ctx, hub, n),
             Event::Released { job_id } => {
                 self.sched.job_done(&job_id);
@@ -393,7 +394,7 @@ impl Dispatcher {
             if let Err(e) = &result {
                 // Queued again after a pause, not at once: a store that fails now is
                 // likely to fail again right away.
-                tracing::error!(job = %job_id, error = %e, "assignment not committed");
+                tracing::debug!(job = %job_id, error = %e, "assignment not committed");
                 self.later(ctx, job_id, false, STORE_RETRY);
             } else {
                 self.jobs.remove(&job_id);

@@ -44,6 +44,8 @@ pub(crate) enum Event {
     Renewed(bool),
     /// Jobs whose holder's lease ran out, reaped.
     Reaped(Result<Vec<(String, JobState)>, StoreError>),
+    /// The jobs the store says this node holds on agents, by id and epoch.
+    Holds(Result<Vec<(String, u64)>, StoreError>),
     /// A notice from another control plane.
     Notified(crate::notice::Notice),
     /// The dispatcher lets a job go (another control plane holds it, or it ended otherwise).

@@ -49,10 +49,14 @@ impl std::fmt::Debug for JobsService {
 impl JobsService {
     pub(crate) fn new(hub: Arc<Hub>, shard: usize) -> JobsService {
         let dispatcher = (shard == 0).then(|| Dispatcher::new(&hub));
+        // Ids are made from the time and this sequence: starting it at random keeps two
+        // control planes on one store from making the same id in the same millisecond.
+        let mut seed = [0u8; 4];
+        let _ = getrandom::fill(&mut seed);
         JobsService {
             hub,
             shard,
-            seq: 0,
+            seq: u32::from_le_bytes(seed),
             local: Local::default(),
             dispatcher,
             following: false,

@@ -30,6 +30,9 @@ use crate::store::{Applied, Change, StoreError};
 /// Jobs one reap ends at most.
 const REAP: usize = 256;
 
+/// Ticks between checks of what the store says this node holds (a tick is a quarter lease).
+const CHECK_EVERY: u32 = 4;
+
 /// The reason agents are sent away with.
 const SENT_AWAY: &str = "going away: this control plane lost its store";
 
@@ -45,6 +48,9 @@ pub(super) struct Sharing {
     cut: bool,
     /// Jobs whose adoption is being committed.
     adopting: HashSet<String>,
+    /// Ticks since the holds were last checked.
+    ticks: u32,
+    checking: bool,
 }
 
 impl Sharing {
@@ -56,6 +62,8 @@ impl Sharing {
             reaping: false,
             cut: false,
             adopting: HashSet::new(),
+            ticks: 0,
+            checking: false,
         }
     }
 }
@@ -127,15 +135,57 @@ impl Dispatcher {
                 self.sharing.reaping = false;
             }
         }
+        self.sharing.ticks += 1;
+        if steady && !self.sharing.checking && self.sharing.ticks >= CHECK_EVERY {
+            self.sharing.ticks = 0;
+            self.sharing.checking = true;
+            let h = hub.clone();
+            if !hub
+                .store
+                .try_read(|s| s.holds(), move |r| h.dispatch(Event::Holds(r)))
+            {
+                self.sharing.checking = false;
+            }
+        }
         // Jobs queued elsewhere whose notice was missed, or whose claim ran out.
         self.more_in_store = true;
+    }
+
+    /// What the store says this node holds, against what it knows it dispatched: an attempt
+    /// it holds but does not know (its assignment was committed though the commit's answer
+    /// was lost with the connection) reached no agent, and is ended as lost.
+    pub(super) fn check_holds(
+        &mut self,
+        hub: &Arc<Hub>,
+        r: Result<Vec<(String, u64)>, StoreError>,
+    ) {
+        self.sharing.checking = false;
+        let Ok(holds) = r else { return };
+        for (job_id, epoch) in holds {
+            if self.jobs.contains_key(&job_id) || self.sharing.adopting.contains(&job_id) {
+                continue;
+            }
+            tracing::warn!(job = %job_id, epoch, "an attempt held here reached no agent: lost");
+            let h = hub.clone();
+            let change = Change::Lose {
+                job_id,
+                epoch,
+                at: now_ms(),
+            };
+            let _ = hub.store.try_change(
+                change,
+                Box::new(move |_| h.dispatch(Event::Notified(Notice::Queued))),
+            );
+        }
     }
 
     /// A renewal's answer.
     pub(super) fn renewed(&mut self, ctx: &mut Ctx<'_>, hub: &Arc<Hub>, ok: bool) {
         self.sharing.renewing = false;
         if !ok {
-            self.sharing.ok_since = None;
+            if self.sharing.ok_since.take().is_some() {
+                tracing::warn!("the store does not answer: dispatch waits for it");
+            }
             return;
         }
         let now = ctx.now();
