@@ -36,7 +36,10 @@ pub(crate) fn connect(config: &Config) -> Result<Client, postgres::Error> {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(2))
         .keepalives_interval(Duration::from_secs(1))
-        .keepalives_retries(3);
+        .keepalives_retries(3)
+        // A node cut off mid-transaction must not hold its rows' locks for long: the server
+        // ends such a session, and nobody waits on a lock for ever.
+        .options("-c idle_in_transaction_session_timeout=5000 -c lock_timeout=5000");
     config.connect(NoTls)
 }
 

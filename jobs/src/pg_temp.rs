@@ -89,6 +89,13 @@ impl Pg {
             let _ = std::fs::remove_dir_all(&dir);
             return None;
         }
+        if host != "127.0.0.1" {
+            // initdb trusts loopback only: let the hosts of the listening address's subnet in.
+            use std::io::Write;
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut f = std::fs::OpenOptions::new().append(true).open(hba).ok()?;
+            writeln!(f, "host all all samenet trust").ok()?;
+        }
         let netns = netns.map(str::to_owned);
         let server = spawn_server(&bin, &dir, host, port, netns.as_deref())?;
         let pg = Pg {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod jobs;
+pub mod netns;
+pub mod relay;
 
 /// A loopback port nothing listens on (bound, then let go).
 pub fn free_port() -> u16 {

@@ -137,7 +137,7 @@ pub(crate) struct Hub {
     pub(crate) config: ControlConfig,
     pub(crate) metrics: Arc<metrics::JobsMetrics>,
     lanes: OnceLock<Vec<Lane>>,
-    /// The shared store has not answered for a lease: agents are sent away.
+    /// The shared store has not answered for half a lease: agents are sent away.
     pub(crate) cut: AtomicBool,
 }
 
@@ -298,7 +298,7 @@ impl ControlPlane {
     }
 
     /// Whether the control plane serves agents: false while its shared store has not
-    /// answered for a lease (its agents are sent to the others).
+    /// answered for half a lease (its agents are sent to the others).
     pub fn serving(&self) -> bool {
         !self.hub.cut.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -5,8 +5,8 @@
 //! another node says it queued some); it adopts the attempts of agents that failed over to
 //! it; it passes a cancel, pause, resume or migration asked of another node on to its agent.
 //!
-//! A control plane whose store does not answer stops dispatching at once; after a lease it
-//! sends its agents away ("going away": they connect to the next control plane on their
+//! A control plane whose store does not answer stops dispatching at once; after half a lease
+//! it sends its agents away ("going away": they connect to the next control plane on their
 //! list) and refuses them until the store is back — by then its leases have run out and the
 //! others reap or adopt its jobs. When the store answers again it starts over from what the
 //! store says it holds.
@@ -44,7 +44,7 @@ pub(super) struct Sharing {
     ok_since: Option<Instant>,
     renewing: bool,
     reaping: bool,
-    /// Agents were sent away: the store has not answered for a lease.
+    /// Agents were sent away: the store has not answered for half a lease.
     cut: bool,
     /// Jobs whose adoption is being committed.
     adopting: HashSet<String>,
@@ -110,7 +110,9 @@ impl Dispatcher {
                 self.sharing.renewing = false;
             }
         }
-        if !self.sharing.cut && now.duration_since(self.sharing.last_ok) > lease {
+        // Half a lease: its agents reach another node while its holds still stand there,
+        // so their attempts are adopted rather than reaped and run again.
+        if !self.sharing.cut && now.duration_since(self.sharing.last_ok) > lease / 2 {
             self.cut_off(ctx, hub);
         }
         let steady = self
@@ -199,10 +201,10 @@ impl Dispatcher {
         }
     }
 
-    /// The store has not answered for a lease: stop, and send the agents away.
+    /// The store has not answered for half a lease: stop, and send the agents away.
     fn cut_off(&mut self, ctx: &mut Ctx<'_>, hub: &Hub) {
         tracing::warn!(
-            "the store has not answered for a lease: dispatch stops, agents are sent to other control planes"
+            "the store has not answered for half a lease: dispatch stops, agents are sent to other control planes"
         );
         self.sharing.cut = true;
         hub.cut.store(true, Relaxed);
