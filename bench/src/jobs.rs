@@ -16,187 +16,19 @@
 //!   submitted beforehand as the dispatch figure's are) and the same log batches, through the
 //!   same group-commit thread, from one client, no network.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
-use valkyrie_jobs::agent::{Agent, AgentConfig};
-use valkyrie_jobs::{
-    Applied, Change, Committer, ControlConfig, ControlPlane, JobSpec, JobState, LogLine,
-    SqliteStore, job_id,
+use valkyrie_jobs::{Applied, Change, Committer, JobSpec, JobState, LogLine, SqliteStore, job_id};
+
+use valkyrie_jobs::ControlPlane;
+
+use crate::jobs_plane::{
+    Backend, Http, Plane, agents, agents_with, now_ms, open_store, plane, plane_on, submit_all,
+    wait_for, wait_for_all,
 };
-use valkyrie_runtime::Node;
-
 use crate::report::{Report, median, progress};
-
-/// A control plane on a fresh store in a directory of its own (removed when dropped).
-struct Plane {
-    node: Option<Node>,
-    cp: ControlPlane,
-    store: Arc<Committer>,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        self.node.take();
-        // What the agents' jobs left in cgroups (a job thread still ending as its agent went).
-        for i in 0..4 {
-            let work = self.dir.join(format!("work-{i}"));
-            let cfg = AgentConfig::new(&format!("agent-{i}"), ["tcp://127.0.0.1:1"], work);
-            valkyrie_jobs::cgroup::sweep(&cfg.cgroup_prefix());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Which store a round runs on.
-#[derive(Clone, Copy)]
-enum Backend<'a> {
-    Sqlite,
-    /// A fresh database on this server for each plane.
-    Postgres(&'a valkyrie_jobs::pg_temp::Pg),
-}
-
-/// A fresh store of `backend` in `dir` (a new database for PostgreSQL).
-fn open_store(backend: Backend<'_>, dir: &std::path::Path) -> Committer {
-    match backend {
-        Backend::Sqlite => Committer::spawn(
-            SqliteStore::open(&dir.join("jobs.db")).expect("store"),
-            65_536,
-        ),
-        Backend::Postgres(pg) => {
-            static DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let url = pg.database(&format!("bench_{n}"));
-            Committer::spawn(
-                valkyrie_jobs::PgStore::connect(&url).expect("store"),
-                65_536,
-            )
-        }
-    }
-}
-
-/// `n` jobs of `spec` in a fresh store; a control plane started on it afterwards.
-fn plane(tag: &str, spec: &JobSpec, n: usize) -> Plane {
-    plane_on(Backend::Sqlite, tag, spec, n)
-}
-
-/// The same on `backend`.
-fn plane_on(backend: Backend<'_>, tag: &str, spec: &JobSpec, n: usize) -> Plane {
-    let dir = std::env::temp_dir().join(format!(
-        "valkyrie-bench-jobs-{tag}-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let store = Arc::new(open_store(backend, &dir));
-    submit_all(&store, spec, n, 0);
-    let cp = ControlPlane::new(
-        store.clone(),
-        ControlConfig {
-            lease: Duration::from_secs(10),
-            ..ControlConfig::default()
-        },
-    );
-    let service = cp.clone();
-    let node = Node::builder()
-        .listen("tcp://127.0.0.1:0")
-        .expect("endpoint")
-        .shards(1)
-        .pin(false)
-        .collector(cp.collector())
-        .service(move |shard| service.service(shard))
-        .start()
-        .expect("control plane");
-    let port = node
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    Plane {
-        node: Some(node),
-        cp,
-        store,
-        dir,
-        port,
-    }
-}
-
-/// Submit `n` jobs of `spec` through the store (pipelined); wait until all are durable.
-fn submit_all(store: &Committer, spec: &JobSpec, n: usize, base: u32) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for i in 0..n {
-        let tx = tx.clone();
-        let change = Change::Submit {
-            job_id: job_id(now_ms(), base + i as u32),
-            spec: Box::new(spec.clone()),
-            at: now_ms(),
-        };
-        store
-            .change(change, move |r| {
-                let _ = tx.send(r.is_ok());
-            })
-            .expect("store");
-    }
-    for _ in 0..n {
-        assert!(rx.recv().expect("reply"), "a submission failed");
-    }
-}
-
-/// `n` agents of `slots` slots each, connected to `plane` (jobs in cgroups where the host
-/// offers them).
-fn agents(plane: &Plane, n: usize, slots: u32) -> Vec<Node> {
-    agents_with(plane, n, slots, true)
-}
-
-/// The same, choosing whether jobs get cgroups.
-fn agents_with(plane: &Plane, n: usize, slots: u32, cgroups: bool) -> Vec<Node> {
-    (0..n)
-        .map(|i| {
-            let mut cfg = AgentConfig::new(
-                &format!("agent-{i}"),
-                [format!("tcp://127.0.0.1:{}", plane.port)],
-                plane.dir.join(format!("work-{i}")),
-            );
-            cfg.slots = slots;
-            cfg.cgroups = cgroups;
-            let agent = Agent::new(cfg);
-            Node::builder()
-                .without_listeners()
-                .shards(1)
-                .pin(false)
-                .service(move |s| agent.service(s))
-                .start()
-                .expect("agent")
-        })
-        .collect()
-}
-
-/// Wait until `n` jobs ended `state` (or `limit` passes: then false).
-fn wait_for(cp: &ControlPlane, state: JobState, n: u64, limit: Duration) -> bool {
-    let t = Instant::now();
-    while cp.count(state) < n {
-        if t.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
-}
 
 /// Jobs per second: `n` jobs of `spec` queued, then two agents of `slots` each.
 fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32, cgroups: bool) -> f64 {
@@ -204,7 +36,7 @@ fn dispatch_rate(spec: &JobSpec, n: usize, slots: u32, cgroups: bool) -> f64 {
 }
 
 /// The same on `backend`.
-fn dispatch_rate_on(
+pub(crate) fn dispatch_rate_on(
     backend: Backend<'_>,
     spec: &JobSpec,
     n: usize,
@@ -227,67 +59,24 @@ fn dispatch_rate_on(
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// A keep-alive HTTP/1.1 connection.
-struct Http {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Http {
-    fn connect(port: u16) -> Http {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        Http {
-            s,
-            buf: Vec::with_capacity(64 * 1024),
-        }
-    }
-
-    /// One request; the status and the body.
-    fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
-        write!(
-            self.s,
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        self.buf.clear();
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            let n = self.s.read(&mut chunk).expect("read");
-            assert!(n > 0, "the control plane closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let Ok(httparse::Status::Complete(head)) = resp.parse(&self.buf) {
-                let len = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                    .unwrap_or(0usize);
-                if self.buf.len() >= head + len {
-                    let status = resp.code.unwrap_or(0);
-                    return (status, self.buf[head..head + len].to_vec());
-                }
-            }
-        }
-    }
-}
-
 /// Submission → JOB_ACCEPT at `rate` jobs/s for `secs`, over four connections: the p99, µs,
 /// and the rate reached.
 fn assignment(rate: f64, secs: f64) -> (f64, f64) {
     let p = plane("assign", &JobSpec::default(), 0);
     let _agents = agents(&p, 2, 256);
     std::thread::sleep(Duration::from_millis(200));
+    assignment_on(&[&p], rate, secs)
+}
+
+/// The same through `planes` (agents connected): the four connections spread over them.
+pub(crate) fn assignment_on(planes: &[&Plane], rate: f64, secs: f64) -> (f64, f64) {
     let conns = 4;
     let per = rate / conns as f64;
     let total = (rate * secs) as usize;
     let t = Instant::now();
     std::thread::scope(|s| {
         for c in 0..conns {
-            let port = p.port;
+            let port = planes[c % planes.len()].port;
             s.spawn(move || {
                 let mut h = Http::connect(port);
                 let gap = Duration::from_secs_f64(1.0 / per);
@@ -304,20 +93,22 @@ fn assignment(rate: f64, secs: f64) -> (f64, f64) {
         }
     });
     let n = (total / conns * conns) as u64;
-    assert!(wait_for(
-        &p.cp,
+    let cps: Vec<&ControlPlane> = planes.iter().map(|p| &p.cp).collect();
+    assert!(wait_for_all(
+        &cps,
         JobState::Succeeded,
         n,
         Duration::from_secs(60)
     ));
     let reached = n as f64 / t.elapsed().as_secs_f64();
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    for us in p.cp.assignment_samples() {
+    for us in cps.iter().flat_map(|cp| cp.assignment_samples()) {
         h.saturating_record(us);
     }
     if std::env::var_os("VALKYRIE_BENCH_VERBOSE").is_some() {
         eprintln!(
-            "  assignment: p50 {} p90 {} p99 {} max {} us over {}",
+            "  assignment ({} nodes): p50 {} p90 {} p99 {} max {} us over {}",
+            planes.len(),
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.9),
             h.value_at_quantile(0.99),
@@ -396,7 +187,7 @@ fn log_latency(lines: usize) -> f64 {
 /// The store's floor: what a no-op job commits on its way — its assignment and its end —
 /// for `n` jobs already submitted (as the dispatch figure's are), through the group-commit
 /// thread from one client, pipelined; jobs per second.
-fn store_jobs_floor(backend: Backend<'_>, n: usize) -> f64 {
+pub(crate) fn store_jobs_floor(backend: Backend<'_>, n: usize) -> f64 {
     let dir = std::env::temp_dir().join(format!("valkyrie-bench-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -540,24 +331,11 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         max_attempts: 1,
         ..JobSpec::default()
     };
-    let mut m: [Vec<f64>; 12] = Default::default();
-    // A PostgreSQL of its own for the `store: postgres` rows, where its binaries are installed.
-    let pg = valkyrie_jobs::pg_temp::Pg::start();
+    let mut m: [Vec<f64>; 10] = Default::default();
     for _ in 0..rounds {
         let rate = dispatch_rate(&noop, n, 512, true);
         m[0].push(rate);
         m[1].push(store_jobs_floor(Backend::Sqlite, n));
-        if let Some(pg) = &pg {
-            let n_pg = n / 4;
-            m[10].push(dispatch_rate_on(
-                Backend::Postgres(pg),
-                &noop,
-                n_pg,
-                512,
-                true,
-            ));
-            m[11].push(store_jobs_floor(Backend::Postgres(pg), n_pg));
-        }
         m[2].push(dispatch_rate(&truth, n_true, 4, true));
         m[8].push(dispatch_rate(&truth, n_true, 4, false));
         let (p99, reached) = assignment(rate / 10.0, 2.0 * scale.max(1.0));
@@ -623,14 +401,6 @@ pub(crate) fn scenario(report: &mut Report, rounds: usize, scale: f64) {
         med[1],
         med[0] / med[1]
     );
-    if pg.is_some() {
-        println!(
-            "  no-op jobs/s, PostgreSQL store {:>6.0}   (its floor {:>10.0}: {:.2} of it)",
-            med[10],
-            med[11],
-            med[10] / med[11]
-        );
-    }
     println!(
         "  `true` jobs/s     {:>12.0}   (each in a cgroup of its own; {:.0} without)",
         med[2], med[8]

@@ -12,6 +12,8 @@ mod handshake;
 mod http;
 mod idle_memory;
 mod jobs;
+mod jobs_plane;
+mod jobs_postgres;
 mod latency;
 mod memory;
 mod peers;
@@ -72,6 +74,10 @@ struct Cli {
     /// adaptive[:MICROS] or always.
     #[arg(long, default_value = "off")]
     node_busy_poll: BusyPoll,
+    /// The jobs scenario's store: sqlite (embedded, default) or postgres (control planes
+    /// sharing one PostgreSQL database the bench starts, with one and with two nodes).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
     /// Connections for the idle-memory and connections scenarios.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -243,7 +249,11 @@ fn main() {
     }
     peers::unpin();
     if wants("jobs") {
-        jobs::scenario(&mut report, rounds, if cli.full { 5.0 } else { 1.0 });
+        let scale = if cli.full { 5.0 } else { 1.0 };
+        match cli.store.as_str() {
+            "postgres" => jobs_postgres::scenario(&mut report, rounds, scale),
+            _ => jobs::scenario(&mut report, rounds, scale),
+        }
     }
     peers::unpin();
     if wants("shm") {
