@@ -103,3 +103,48 @@ fn an_upload_cut_by_a_kill_goes_on_from_what_was_held() {
     );
     eprintln!("the upload was cut at {held} of 40000000 bytes and went on from there");
 }
+
+#[test]
+fn an_artifact_uploaded_through_one_control_plane_is_served_by_another() {
+    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
+        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+        return;
+    };
+    let url = pg.database("shared_files");
+    let on = |i: usize| {
+        let url = url.clone();
+        move |_: &std::path::Path| {
+            vec!["--store".into(), url, "--node-id".into(), format!("cp-{i}")]
+        }
+    };
+    let (c0, c1) = (
+        Cluster::start_with("files-0", 2000, on(0)),
+        Cluster::start_with("files-1", 2000, on(1)),
+    );
+    let _a = c0.agent("a", &[], 1);
+    let id = c0.submit(&json!({
+        "command": ["sh", "-c", "head -c 2500000 /dev/urandom > big.bin"],
+        "artifacts": ["big.bin"],
+    }));
+    c0.wait_state(&id, "succeeded", 30);
+    let made = std::fs::read(c0.dir.join("work/a/big.bin")).unwrap();
+    // The other node never saw the upload: the bytes come from the database.
+    let (code, got) = download(&c1, &format!("/api/v1/jobs/{id}/artifacts/big.bin"));
+    assert_eq!(code, 200);
+    assert!(
+        got == made,
+        "{} bytes served, {} made",
+        got.len(),
+        made.len()
+    );
+    assert!(
+        !c0.dir
+            .join("data/artifacts")
+            .join(&id)
+            .join("big.bin")
+            .exists(),
+        "no copy kept beside a shared store"
+    );
+    let (code, again) = download(&c0, &format!("/api/v1/jobs/{id}/artifacts/big.bin"));
+    assert_eq!((code, again.len()), (200, made.len()));
+}

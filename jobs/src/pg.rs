@@ -17,7 +17,7 @@ use crate::notice::{self, CHANNEL};
 use crate::reads;
 use crate::sql::{P, Pg, PgStatements, Tx};
 use crate::sqlite::DEFAULT_LOG_CAP;
-use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
+use crate::store::{Applied, Artifact, Change, FILE_PIECE, LogPage, Store, StoreError};
 
 /// How often a transaction that lost a race runs again before its error is given back.
 const CONFLICT_TRIES: usize = 5;
@@ -44,7 +44,7 @@ pub(crate) fn connect(config: &Config) -> Result<Client, postgres::Error> {
 }
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = ["
+const MIGRATIONS: [&str; 3] = ["
 CREATE TABLE jobs (
     id TEXT COLLATE \"C\" PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -100,6 +100,16 @@ CREATE TABLE artifacts (
 ALTER TABLE jobs ADD COLUMN holder TEXT COLLATE \"C\", ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN agent TEXT;
 CREATE INDEX jobs_leases ON jobs (lease_ms) WHERE holder IS NOT NULL;
+",
+    // Artifacts' bytes, in pieces of `FILE_PIECE`: any control plane serves them.
+    "
+CREATE TABLE artifact_pieces (
+    job TEXT COLLATE \"C\" NOT NULL REFERENCES jobs (id),
+    name TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (job, name, seq)
+);
 "];
 
 use crate::sql::pg as db;
@@ -307,5 +317,63 @@ impl Store for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn put_file(
+        &mut self,
+        job_id: &str,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<bool, StoreError> {
+        use std::io::Read;
+        let io = |e: std::io::Error| StoreError::Database(format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let client = self.client()?;
+        let mut tx = client.transaction().map_err(db)?;
+        tx.execute(
+            "DELETE FROM artifact_pieces WHERE job = $1 AND name = $2",
+            &[&job_id, &name],
+        )
+        .map_err(db)?;
+        let insert = tx
+            .prepare("INSERT INTO artifact_pieces (job, name, seq, data) VALUES ($1, $2, $3, $4)")
+            .map_err(db)?;
+        let mut piece = vec![0u8; FILE_PIECE as usize];
+        for seq in 0i64.. {
+            let mut n = 0;
+            while n < piece.len() {
+                match file.read(&mut piece[n..]).map_err(io)? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            if n == 0 && seq > 0 {
+                break;
+            }
+            tx.execute(&insert, &[&job_id, &name, &seq, &&piece[..n]])
+                .map_err(db)?;
+            if n < piece.len() {
+                break;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn file_piece(
+        &mut self,
+        job_id: &str,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let seq = (offset / FILE_PIECE) as i64;
+        let row = self
+            .client()?
+            .query_opt(
+                "SELECT data FROM artifact_pieces WHERE job = $1 AND name = $2 AND seq = $3",
+                &[&job_id, &name, &seq],
+            )
+            .map_err(db)?;
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
 }

@@ -328,6 +328,10 @@ pub struct LogPage {
     pub next: u64,
 }
 
+/// The pieces a store keeps an artifact's bytes in, and reads them back by
+/// ([`Store::file_piece`]).
+pub const FILE_PIECE: u64 = 1024 * 1024;
+
 /// A durable store of jobs and their attempts.
 pub trait Store: Send + 'static {
     /// Apply `changes` in order in one transaction, durable on disk when this returns
@@ -366,6 +370,31 @@ pub trait Store: Send + 'static {
     /// The jobs with an attempt on an agent that this store's control plane holds, by id
     /// and epoch (what it checks against the jobs it knows it dispatched).
     fn holds(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Keep the bytes of a job's artifact `name` from the file at `path` in the store itself
+    /// (a shared store: any control plane serves it), replacing what it held under that
+    /// name; `Ok(false)` when the store keeps no files (they stay beside it, on disk).
+    fn put_file(
+        &mut self,
+        job_id: &str,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<bool, StoreError> {
+        let _ = (job_id, name, path);
+        Ok(false)
+    }
+
+    /// [`FILE_PIECE`] bytes (fewer at the end) of a job's artifact `name` the store keeps,
+    /// from `offset` (a multiple of [`FILE_PIECE`]); none when it keeps no such file.
+    fn file_piece(
+        &mut self,
+        job_id: &str,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (job_id, name, offset);
+        Ok(None)
+    }
 
     /// Whether several control planes may share this store (they then claim jobs, renew
     /// leases and reap each other's expired ones).

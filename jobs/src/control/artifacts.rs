@@ -8,8 +8,10 @@
 //! request) has the file synced, hashed with BLAKE3, compared with the agent's hash, renamed
 //! into place and recorded in the store, then echoed — or refused with ERROR 403 (the hash
 //! differs: the agent starts over) or 400 (the attempt is not the job's). Both sides then
-//! finish the stream. Files live in the artifacts directory, `JOB/NAME`; every file operation
-//! runs on the store's thread, never on a shard.
+//! finish the stream. Uploads are received in the artifacts directory, `JOB/NAME.part`; a
+//! whole file stays there as `JOB/NAME`, or, on a store shared by several control planes, goes
+//! into the store ([`crate::Store::put_file`]) so that any of them serves it. Every file
+//! operation runs on the store's thread, never on a shard.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -292,9 +294,18 @@ fn finish(
             format!("BLAKE3 {found} is not the agent's: send it again"),
         ));
     }
-    std::fs::rename(&part, &path).map_err(io)?;
-    if let Some(d) = path.parent() {
-        File::open(d).and_then(|f| f.sync_all()).map_err(io)?;
+    // A shared store keeps the bytes itself (any control plane serves them); else the file
+    // stays here, beside the store.
+    if s.put_file(&job_id, &name, &part)
+        .map_err(|e| (ErrorCode(503), e.to_string()))?
+    {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(&path);
+    } else {
+        std::fs::rename(&part, &path).map_err(io)?;
+        if let Some(d) = path.parent() {
+            File::open(d).and_then(|f| f.sync_all()).map_err(io)?;
+        }
     }
     let change = Change::Artifact {
         job_id,

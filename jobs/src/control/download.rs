@@ -14,14 +14,17 @@ use super::{Inbox, JobsService};
 use crate::rest::error;
 use crate::wire::valid_name;
 
-/// Bytes read and sent at a time.
-const PIECE: u64 = 1024 * 1024;
+/// Bytes read and sent at a time (the pieces a shared store keeps files in).
+const PIECE: u64 = crate::store::FILE_PIECE;
 
 /// Downloads one shard serves at once, at most.
 const MAX_DOWNLOADS: usize = 1024;
 
 /// A piece of a file read on the store's thread.
 pub(crate) struct Piece {
+    /// The job and the artifact's name.
+    pub(crate) job_id: String,
+    pub(crate) name: String,
     pub(crate) path: PathBuf,
     pub(crate) size: u64,
     pub(crate) offset: u64,
@@ -30,6 +33,8 @@ pub(crate) struct Piece {
 
 /// A download under way.
 pub(crate) struct Download {
+    job_id: String,
+    name: String,
     path: PathBuf,
     size: u64,
     /// Bytes read so far.
@@ -37,14 +42,38 @@ pub(crate) struct Download {
     pending: Option<Vec<u8>>,
 }
 
-/// Read `PIECE` bytes of `path` from `offset`.
-fn read_piece(path: PathBuf, size: u64, offset: u64) -> Result<Piece, Response> {
-    let f = std::fs::File::open(&path).map_err(|e| error(500, 500, &e.to_string()))?;
-    let n = PIECE.min(size - offset) as usize;
-    let mut data = vec![0u8; n];
-    f.read_exact_at(&mut data, offset)
-        .map_err(|e| error(500, 500, &e.to_string()))?;
+/// Read `PIECE` bytes of artifact `name` of `job_id` from `offset`: from the store when it
+/// keeps the file, else from `path`.
+fn read_piece(
+    s: &mut dyn crate::Store,
+    job_id: String,
+    name: String,
+    path: PathBuf,
+    size: u64,
+    offset: u64,
+) -> Result<Piece, Response> {
+    let fail = |e: String| error(500, 500, &e);
+    let data = match s
+        .file_piece(&job_id, &name, offset)
+        .map_err(|e| error(503, 504, &e.to_string()))?
+    {
+        Some(data) => data,
+        None => {
+            let f = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+            let mut data = vec![0u8; PIECE.min(size - offset) as usize];
+            f.read_exact_at(&mut data, offset)
+                .map_err(|e| fail(e.to_string()))?;
+            data
+        }
+    };
+    if data.len() as u64 != PIECE.min(size - offset) {
+        return Err(fail(format!(
+            "{name}: a piece of the wrong size at {offset}"
+        )));
+    }
     Ok(Piece {
+        job_id,
+        name,
         path,
         size,
         offset,
@@ -89,7 +118,8 @@ impl JobsService {
                             .into_iter()
                             .find(|a| a.name == name)
                             .ok_or_else(|| error(404, 404, "no such artifact"))?;
-                        read_piece(paths(&dir, &id, &name).0, a.size, 0)
+                        let path = paths(&dir, &id, &name).0;
+                        read_piece(s, id, name, path, a.size, 0)
                     },
                     move |piece| hub.post(conn.shard as usize, Inbox::Download { conn, piece }),
                 )
@@ -130,6 +160,8 @@ impl JobsService {
             self.local.downloads.insert(
                 conn,
                 Download {
+                    job_id: piece.job_id,
+                    name: piece.name,
                     path: piece.path,
                     size: piece.size,
                     next: 0,
@@ -168,10 +200,11 @@ impl JobsService {
             self.local.downloads.remove(&conn);
             return;
         }
-        let (path, size, offset) = (d.path.clone(), d.size, d.next);
+        let (job_id, name, path) = (d.job_id.clone(), d.name.clone(), d.path.clone());
+        let (size, offset) = (d.size, d.next);
         let hub = self.hub.clone();
         let queued = self.hub.store.try_read(
-            move |_| read_piece(path, size, offset),
+            move |s| read_piece(s, job_id, name, path, size, offset),
             move |piece| hub.post(conn.shard as usize, Inbox::Download { conn, piece }),
         );
         if !queued {
