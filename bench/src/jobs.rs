@@ -184,9 +184,9 @@ fn log_latency(lines: usize) -> f64 {
     h.value_at_quantile(0.99) as f64
 }
 
-/// The store's floor: what a no-op job commits on its way — its assignment and its end —
-/// for `n` jobs already submitted (as the dispatch figure's are), through the group-commit
-/// thread from one client, pipelined; jobs per second.
+/// The store's floor: what a no-op job commits on its way — its claim (512 at a time), its
+/// assignment and its end — for `n` jobs already submitted (as the dispatch figure's are),
+/// through the group-commit thread from one client, pipelined; jobs per second.
 pub(crate) fn store_jobs_floor(backend: Backend<'_>, n: usize) -> f64 {
     let dir = std::env::temp_dir().join(format!("valkyrie-bench-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -217,23 +217,32 @@ pub(crate) fn store_jobs_floor(backend: Backend<'_>, n: usize) -> f64 {
             })
             .expect("store");
     };
-    for id in &ids {
-        send(Change::Assign {
-            job_id: id.clone(),
-            agent: "a".into(),
+    // As a control plane does: claim what its agents have room for, then assign and end.
+    let mut claims = 0;
+    for chunk in ids.chunks(512) {
+        send(Change::Claim {
+            limit: chunk.len(),
             at: now_ms(),
         });
-        send(Change::End {
-            job_id: id.clone(),
-            epoch: 1,
-            state: JobState::Succeeded,
-            exit_code: Some(0),
-            signal: None,
-            reason: None,
-            at: now_ms(),
-        });
+        claims += 1;
+        for id in chunk {
+            send(Change::Assign {
+                job_id: id.clone(),
+                agent: "a".into(),
+                at: now_ms(),
+            });
+            send(Change::End {
+                job_id: id.clone(),
+                epoch: 1,
+                state: JobState::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                reason: None,
+                at: now_ms(),
+            });
+        }
     }
-    for _ in 0..n * 2 {
+    for _ in 0..n * 2 + claims {
         let r = rx.recv().expect("reply").expect("commit");
         assert!(
             !matches!(r, Applied::NotFound | Applied::Refused { .. }),

@@ -11,7 +11,7 @@
 
 use crate::model::JobState;
 use crate::reads;
-use crate::rules::{self, Head, head, live_attempt};
+use crate::row::{Head, live_attempt};
 use crate::sql::{P, Tx};
 use crate::store::{Applied, Change, StoreError};
 
@@ -55,18 +55,25 @@ pub(crate) fn free_for(h: &Head, terms: &Terms, at: u64) -> bool {
 }
 
 /// Claim up to `limit` queued jobs nobody holds (or whose holder's lease ran out), first by
-/// priority then age, for a lease: the jobs, with their attempts.
+/// priority then age, for a lease: the jobs (in one statement, without their attempts).
 pub(crate) fn claim(
     tx: &mut dyn Tx,
     terms: &Terms,
     limit: usize,
     at: u64,
 ) -> Result<Applied, StoreError> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "UPDATE jobs SET holder = ?1, lease_ms = ?2 WHERE id IN (
+                 SELECT id FROM jobs WHERE state = 'queued' AND (holder IS NULL OR lease_ms < ?3)
+                 ORDER BY priority DESC, created_ms, id LIMIT ?4 FOR UPDATE SKIP LOCKED)
+             RETURNING {}",
+            reads::COLUMNS
+        )
+    });
     let rows = tx.rows(
-        "UPDATE jobs SET holder = ?1, lease_ms = ?2 WHERE id IN (
-             SELECT id FROM jobs WHERE state = 'queued' AND (holder IS NULL OR lease_ms < ?3)
-             ORDER BY priority DESC, created_ms, id LIMIT ?4 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
+        sql,
         &[
             P::T(&terms.node),
             P::I(terms.until(at)),
@@ -74,12 +81,10 @@ pub(crate) fn claim(
             P::I(limit as i64),
         ],
     )?;
-    let mut jobs = Vec::with_capacity(rows.len());
-    for r in rows {
-        if let Some(job) = reads::job(tx, &r[0].text()?)? {
-            jobs.push(job);
-        }
-    }
+    let mut jobs = rows
+        .iter()
+        .map(|r| reads::job_of_row(r))
+        .collect::<Result<Vec<_>, _>>()?;
     jobs.sort_by(|a, b| {
         b.spec
             .priority
@@ -100,47 +105,31 @@ pub(crate) fn renew(tx: &mut dyn Tx, terms: &Terms, at: u64) -> Result<Applied, 
     Ok(Applied::Renewed { jobs })
 }
 
-/// End the attempt of a job whose holder's lease ran out, as lost: up to `limit` of them,
-/// the longest expired first, passing over jobs another transaction holds.
-pub(crate) fn reap(
+/// The jobs on agents whose holder's lease ran out before `at` (up to `limit`, the longest
+/// expired first, passing over rows another transaction holds): id, epoch, holder.
+pub(crate) fn expired(
     tx: &mut dyn Tx,
-    terms: &Terms,
     limit: usize,
     at: u64,
-) -> Result<Applied, StoreError> {
-    let rows = tx.rows(
+) -> Result<Vec<(String, u64, String)>, StoreError> {
+    tx.rows(
         "SELECT id, epoch, holder FROM jobs
          WHERE holder IS NOT NULL AND lease_ms < ?1 AND state IN ('assigned', 'running', 'paused')
          ORDER BY lease_ms LIMIT ?2 FOR UPDATE SKIP LOCKED",
         &[P::I(at as i64), P::I(limit as i64)],
+    )?
+    .iter()
+    .map(|r| Ok((r[0].text()?, r[1].i64()? as u64, r[2].text()?)))
+    .collect()
+}
+
+/// Nobody holds the job any more: any control plane may take it.
+pub(crate) fn release(tx: &mut dyn Tx, job_id: &str) -> Result<(), StoreError> {
+    tx.exec(
+        "UPDATE jobs SET holder = NULL WHERE id = ?1",
+        &[P::T(job_id)],
     )?;
-    let mut jobs = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (job_id, epoch, holder) = (r[0].text()?, r[1].i64()? as u64, r[2].text()?);
-        let Some(h) = head(tx, &job_id)? else {
-            continue;
-        };
-        if !h.active {
-            // A paused job off its agent: nothing to end; anyone may resume it.
-            tx.exec(
-                "UPDATE jobs SET holder = NULL WHERE id = ?1",
-                &[P::T(&job_id)],
-            )?;
-            continue;
-        }
-        let reason = format!("its control plane {holder} stopped renewing the lease");
-        if let Applied::Ended { state } = end_lost(tx, terms, &job_id, epoch, &h, reason, at)? {
-            if state == JobState::Queued {
-                // Any control plane may take it at once (this one too).
-                tx.exec(
-                    "UPDATE jobs SET holder = NULL WHERE id = ?1",
-                    &[P::T(&job_id)],
-                )?;
-            }
-            jobs.push((job_id, state));
-        }
-    }
-    Ok(Applied::Reaped { jobs })
+    Ok(())
 }
 
 /// An agent that runs the attempt of `epoch` now speaks to this control plane (it failed
@@ -183,45 +172,35 @@ pub(crate) fn adopt(
     }
 }
 
-/// This control plane lost the agent of the attempt of `epoch` (its lease ran out): the
-/// attempt ends as lost — unless another control plane holds the job now (the agent failed
-/// over to it).
-pub(crate) fn lose(
+/// This control plane lost the agent of the attempt of `epoch`: the job's row when the
+/// attempt may be ended as lost here — live, and not held by another control plane now (the
+/// agent failed over to it) — else the answer.
+pub(crate) fn losable(
     tx: &mut dyn Tx,
     terms: &Terms,
     job_id: &str,
     epoch: u64,
-    at: u64,
-) -> Result<Applied, StoreError> {
-    let h = match live_attempt(tx, job_id, epoch)? {
-        Ok(h) => h,
-        Err(answer) => return Ok(answer),
-    };
-    if h.holder.as_deref().is_some_and(|n| n != terms.node) {
-        return Ok(Applied::Refused { state: h.state });
-    }
-    end_lost(tx, terms, job_id, epoch, &h, "agent lost".into(), at)
+) -> Result<Result<Head, Applied>, StoreError> {
+    Ok(live_attempt(tx, job_id, epoch)?.and_then(|h| {
+        if h.holder.as_deref().is_some_and(|n| n != terms.node) {
+            Err(Applied::Refused { state: h.state })
+        } else {
+            Ok(h)
+        }
+    }))
 }
 
-/// End a lost attempt: a failure when it had started (retried while attempts are left), a
-/// plain requeue when it had not.
-fn end_lost(
-    tx: &mut dyn Tx,
-    terms: &Terms,
-    job_id: &str,
-    epoch: u64,
-    h: &Head,
-    reason: String,
-    at: u64,
-) -> Result<Applied, StoreError> {
-    let change = if h.started {
+/// How a lost attempt ends: a failure when it had started (retried while attempts are
+/// left), a plain requeue when it had not.
+pub(crate) fn lost(job_id: &str, epoch: u64, h: &Head, reason: &str, at: u64) -> Change {
+    if h.started {
         Change::End {
             job_id: job_id.to_owned(),
             epoch,
             state: JobState::Queued,
             exit_code: None,
             signal: None,
-            reason: Some(reason),
+            reason: Some(reason.to_owned()),
             at,
         }
     } else {
@@ -231,7 +210,5 @@ fn end_lost(
             reason: format!("{reason} before it started"),
             at,
         }
-    };
-    // Whoever reaps the job holds it no more than the lease (nobody, once it is over).
-    rules::apply(tx, &change, terms)
+    }
 }

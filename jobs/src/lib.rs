@@ -1,7 +1,10 @@
 //! Valkyrie's job control plane: the job model ([`model`]), and its durable store — a
-//! [`Store`] trait, the embedded SQLite store ([`SqliteStore`]: WAL, `synchronous=FULL`), and
-//! the [`Committer`] thread that owns a store and commits what is waiting in one transaction
-//! (group commit), telling each change's sender only once its commit is on disk.
+//! [`Store`] trait, the embedded SQLite store ([`SqliteStore`]: WAL, `synchronous=FULL`), the
+//! PostgreSQL store that several control planes share ([`PgStore`]: claims, leases, reaping,
+//! adoption; [`notice`] for what they tell each other), and the [`Committer`] thread that owns
+//! a store and commits what is waiting in one transaction (group commit), telling each
+//! change's sender only once its commit is on disk. The control plane on the runtime is
+//! [`ControlPlane`]; the agent is [`agent::Agent`].
 //!
 //! ```
 //! use valkyrie_jobs::{Applied, Change, Committer, JobSpec, JobState, SqliteStore, job_id};
@@ -33,9 +36,11 @@ mod holding;
 pub mod model;
 pub mod notice;
 pub mod pg;
+mod pg_client;
 pub mod pg_temp;
 mod reads;
 pub mod rest;
+mod row;
 mod rules;
 pub mod scheduler;
 pub mod secrets;

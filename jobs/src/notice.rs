@@ -148,7 +148,7 @@ pub fn listen(url: &str, on: impl Fn(Notice) + Send + 'static) -> Result<Listene
         .name("valkyrie-listen".into())
         .spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                match crate::pg::connect(&config) {
+                match crate::pg_client::connect(&config) {
                     Ok(mut client) => {
                         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
                             tracing::warn!(error = %e, "LISTEN failed");

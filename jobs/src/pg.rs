@@ -9,11 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
 use crate::holding::Terms;
 use crate::model::{Job, JobState};
 use crate::notice::{self, CHANNEL};
+use crate::pg_client::{NET_TIMEOUT, connect};
 use crate::reads;
 use crate::sql::{P, Pg, PgStatements, Tx};
 use crate::sqlite::DEFAULT_LOG_CAP;
@@ -21,27 +22,6 @@ use crate::store::{Applied, Artifact, Change, FILE_PIECE, LogPage, Store, StoreE
 
 /// How often a transaction that lost a race runs again before its error is given back.
 const CONFLICT_TRIES: usize = 5;
-
-/// How long a connection may take to be made, and data sent to the database may go
-/// unacknowledged, before the connection counts as broken (a partition shows in seconds,
-/// not in the kernel's minutes).
-const NET_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Connect to the database `config` names, with [`NET_TIMEOUT`] and TCP keepalives.
-pub(crate) fn connect(config: &Config) -> Result<Client, postgres::Error> {
-    let mut config = config.clone();
-    config
-        .connect_timeout(NET_TIMEOUT)
-        .tcp_user_timeout(NET_TIMEOUT)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(2))
-        .keepalives_interval(Duration::from_secs(1))
-        .keepalives_retries(3)
-        // A node cut off mid-transaction must not hold its rows' locks for long: the server
-        // ends such a session, and nobody waits on a lock for ever.
-        .options("-c idle_in_transaction_session_timeout=5000 -c lock_timeout=5000");
-    config.connect(NoTls)
-}
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: [&str; 3] = ["

@@ -2,9 +2,12 @@
 //! queue — in the SQL both stores share ([`crate::sql`]).
 
 use crate::model::{Attempt, Job, JobSpec, JobState};
-use crate::rules::parse_state;
+use crate::row::parse_state;
 use crate::sql::{P, Tx, V};
 use crate::store::{Artifact, LogPage, StoreError};
+
+/// A job's columns, in the order [`job_of_row`] reads them.
+pub(crate) const COLUMNS: &str = "id, spec, state, epoch, exit_code, created_ms, progress";
 
 const JOB_COLUMNS: &str =
     "SELECT id, spec, state, epoch, exit_code, created_ms, progress FROM jobs";
@@ -16,22 +19,29 @@ const CHUNKS: i64 = 256;
 fn read_jobs(tx: &mut dyn Tx, sql: &str, params: &[P<'_>]) -> Result<Vec<Job>, StoreError> {
     let rows = tx.rows(sql, params)?;
     let mut jobs = Vec::with_capacity(rows.len());
-    for r in rows {
-        let job_id = r[0].text()?;
-        let spec: JobSpec = serde_json::from_str(&r[1].text()?)
-            .map_err(|e| StoreError::Corrupt(format!("{job_id}: {e}")))?;
-        jobs.push(Job {
-            attempts: attempts(tx, &job_id)?,
-            spec,
-            state: parse_state(&r[2].text()?)?,
-            epoch: r[3].i64()? as u64,
-            exit_code: r[4].opt_i64()?.map(|c| c as i32),
-            created_at: r[5].i64()? as u64,
-            progress: r[6].opt_text()?.and_then(|p| serde_json::from_str(&p).ok()),
-            job_id,
-        });
+    for r in &rows {
+        let mut job = job_of_row(r)?;
+        job.attempts = attempts(tx, &job.job_id)?;
+        jobs.push(job);
     }
     Ok(jobs)
+}
+
+/// A job from a row of [`COLUMNS`], without its attempts.
+pub(crate) fn job_of_row(r: &[V]) -> Result<Job, StoreError> {
+    let job_id = r[0].text()?;
+    let spec: JobSpec = serde_json::from_str(&r[1].text()?)
+        .map_err(|e| StoreError::Corrupt(format!("{job_id}: {e}")))?;
+    Ok(Job {
+        attempts: Vec::new(),
+        spec,
+        state: parse_state(&r[2].text()?)?,
+        epoch: r[3].i64()? as u64,
+        exit_code: r[4].opt_i64()?.map(|c| c as i32),
+        created_at: r[5].i64()? as u64,
+        progress: r[6].opt_text()?.and_then(|p| serde_json::from_str(&p).ok()),
+        job_id,
+    })
 }
 
 fn attempts(tx: &mut dyn Tx, job_id: &str) -> Result<Vec<Attempt>, StoreError> {

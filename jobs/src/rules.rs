@@ -5,108 +5,9 @@
 
 use crate::holding::{self, Terms};
 use crate::model::JobState;
+use crate::row::{Head, at_epoch, head, live_attempt, not_over};
 use crate::sql::{P, Tx};
 use crate::store::{Applied, Change, LogLine, StoreError};
-
-pub(crate) fn parse_state(s: &str) -> Result<JobState, StoreError> {
-    JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
-}
-
-/// A job's row, as the rules need it.
-pub(crate) struct Head {
-    pub(crate) state: JobState,
-    pub(crate) epoch: u64,
-    attempts: u32,
-    failures: u32,
-    max_attempts: u32,
-    cancel_requested: bool,
-    migrate_requested: bool,
-    log_seq: u64,
-    log_bytes: u64,
-    /// Whether the attempt of `epoch` is still on an agent (not ended).
-    pub(crate) active: bool,
-    /// The control plane that holds the job, and until when (Unix milliseconds).
-    pub(crate) holder: Option<String>,
-    pub(crate) lease_ms: u64,
-    /// Whether the attempt of `epoch` has started.
-    pub(crate) started: bool,
-}
-
-/// The job's row, locked until the transaction ends (on PostgreSQL: two control planes
-/// changing one job take turns).
-pub(crate) fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
-    // Locked (LOCK) until the transaction ends.
-    let Some(r) = tx.row(
-        "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
-                j.log_seq, j.log_bytes,
-                (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
-                j.migrate_requested, j.holder, j.lease_ms,
-                (SELECT a.started_ms IS NOT NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch)
-         FROM jobs j WHERE j.id = ?1 FOR UPDATE",
-        &[P::T(job_id)],
-    )?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Head {
-        state: parse_state(&r[0].text()?)?,
-        epoch: r[1].i64()? as u64,
-        attempts: r[2].i64()? as u32,
-        failures: r[3].i64()? as u32,
-        max_attempts: (r[4].i64()? as u32).max(1),
-        cancel_requested: r[5].flag(),
-        log_seq: r[6].i64()? as u64,
-        log_bytes: r[7].i64()? as u64,
-        active: r[8].flag(),
-        migrate_requested: r[9].flag(),
-        holder: r[10].opt_text()?,
-        lease_ms: r[11].i64()? as u64,
-        started: r[12].flag(),
-    }))
-}
-
-/// The job's row when `epoch` is its current attempt's; else the answer (no such job, or
-/// a stale attempt).
-pub(crate) fn at_epoch(
-    tx: &mut dyn Tx,
-    job_id: &str,
-    epoch: u64,
-) -> Result<Result<Head, Applied>, StoreError> {
-    let Some(h) = head(tx, job_id)? else {
-        return Ok(Err(Applied::NotFound));
-    };
-    if epoch != h.epoch {
-        return Ok(Err(Applied::Stale { current: h.epoch }));
-    }
-    Ok(Ok(h))
-}
-
-/// The job's row when `epoch` is its current attempt's and that attempt is still on an
-/// agent; else the answer (no such job, a stale attempt, or refused: over, or ended).
-pub(crate) fn live_attempt(
-    tx: &mut dyn Tx,
-    job_id: &str,
-    epoch: u64,
-) -> Result<Result<Head, Applied>, StoreError> {
-    Ok(at_epoch(tx, job_id, epoch)?.and_then(|h| {
-        if h.state.is_final() || !h.active {
-            Err(Applied::Refused { state: h.state })
-        } else {
-            Ok(h)
-        }
-    }))
-}
-
-/// The job's row when it is not over; else the answer (no such job, or refused).
-fn not_over(tx: &mut dyn Tx, job_id: &str) -> Result<Result<Head, Applied>, StoreError> {
-    let Some(h) = head(tx, job_id)? else {
-        return Ok(Err(Applied::NotFound));
-    };
-    if h.state.is_final() {
-        return Ok(Err(Applied::Refused { state: h.state }));
-    }
-    Ok(Ok(h))
-}
 
 fn set_job(tx: &mut dyn Tx, job_id: &str, state: JobState, at: u64) -> Result<(), StoreError> {
     tx.exec(
@@ -190,14 +91,21 @@ pub(crate) fn apply(
     match change {
         Change::Claim { limit, at } => holding::claim(tx, terms, *limit, *at),
         Change::Renew { at } => holding::renew(tx, terms, *at),
-        Change::Reap { limit, at } => holding::reap(tx, terms, *limit, *at),
+        Change::Reap { limit, at } => reap(tx, terms, *limit, *at),
         Change::Adopt {
             job_id,
             epoch,
             agent,
             at,
         } => holding::adopt(tx, terms, job_id, *epoch, agent, *at),
-        Change::Lose { job_id, epoch, at } => holding::lose(tx, terms, job_id, *epoch, *at),
+        Change::Lose { job_id, epoch, at } => match holding::losable(tx, terms, job_id, *epoch)? {
+            Ok(h) => apply(
+                tx,
+                &holding::lost(job_id, *epoch, &h, "agent lost", *at),
+                terms,
+            ),
+            Err(answer) => Ok(answer),
+        },
         Change::Submit { job_id, spec, at } => {
             if let Some(key) = &spec.idempotency_key {
                 let first = tx.row(
@@ -529,6 +437,31 @@ pub(crate) fn apply(
             log(tx, job_id, &h, *first_seq, lines, terms.log_cap)
         }
     }
+}
+
+/// End, as lost, the attempts of up to `limit` jobs whose holder's lease ran out; those
+/// queued again are free for anyone at once.
+fn reap(tx: &mut dyn Tx, terms: &Terms, limit: usize, at: u64) -> Result<Applied, StoreError> {
+    let mut jobs = Vec::new();
+    for (job_id, epoch, holder) in holding::expired(tx, limit, at)? {
+        let Some(h) = head(tx, &job_id)? else {
+            continue;
+        };
+        if !h.active {
+            // A paused job off its agent: nothing to end; anyone may resume it.
+            holding::release(tx, &job_id)?;
+            continue;
+        }
+        let reason = format!("its control plane {holder} stopped renewing the lease");
+        let change = holding::lost(&job_id, epoch, &h, &reason, at);
+        if let Applied::Ended { state } = apply(tx, &change, terms)? {
+            if state == JobState::Queued {
+                holding::release(tx, &job_id)?;
+            }
+            jobs.push((job_id, state));
+        }
+    }
+    Ok(Applied::Reaped { jobs })
 }
 
 /// Store the lines of a batch the job does not have yet.

@@ -1,7 +1,7 @@
 //! The store trait: what the control plane asks of its durable store, in batches so that one
 //! commit (one fsync) can acknowledge many changes (the committer's group commit). The
 //! embedded SQLite store implements it, and the PostgreSQL one ([`crate::PgStore`]) that several
-//! control planes share (who holds which job: `crate::holding`).
+//! control planes share (who holds which job: its claims and leases).
 //!
 //! Every change a job goes through is one [`Change`]; a result from an attempt carries that
 //! attempt's epoch, and one whose epoch is not the job's current one is refused
@@ -269,7 +269,8 @@ pub enum Applied {
         /// The highest line number stored.
         acked: u64,
     },
-    /// Jobs claimed ([`Change::Claim`]), with their attempts, first by priority then age.
+    /// Jobs claimed ([`Change::Claim`]), first by priority then age (without their
+    /// attempts: a claim reads one row per job).
     Claimed {
         /// The jobs.
         jobs: Vec<Job>,

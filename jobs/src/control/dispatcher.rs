@@ -11,20 +11,19 @@
 //! job it does not claim within a lease of its return (or of the control plane's own start)
 //! is lost the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use valkyrie_protocol::message::{JobCancel, JobMigrate, JobPause, JobRequest, JobResume, Payload};
+use valkyrie_protocol::message::{JobRequest, Payload};
 use valkyrie_protocol::retry::ExponentialBackoff;
 use valkyrie_protocol::{MessageType, SendOptions};
 use valkyrie_runtime::http::Response;
 use valkyrie_runtime::{ConnRef, Ctx};
 
-use super::event::{Event, Op};
-use super::sharing::Sharing;
+use super::event::Event;
 use super::{Hub, now_ms};
 use crate::model::{Job, JobSpec, JobState};
 use crate::scheduler::{AgentInfo, Queued, Scheduler};
@@ -35,7 +34,7 @@ use crate::wire::{JOB_STREAM, spec_value};
 pub(crate) const RETRY_TOKENS: u64 = 1 << 32;
 
 /// How long an agent's rejection of a job keeps the job from it.
-const REJECTION_LASTS: Duration = Duration::from_secs(1);
+pub(super) const REJECTION_LASTS: Duration = Duration::from_secs(1);
 
 /// How long a job whose assignment the store failed waits before it is queued again.
 const STORE_RETRY: Duration = Duration::from_millis(100);
@@ -534,7 +533,7 @@ impl Dispatcher {
 
     /// In `after`: queue `job` again (`forgive` false), or let agents that refused it be
     /// asked again (true). With no room for a timer, at once rather than never.
-    fn later(&mut self, ctx: &mut Ctx<'_>, job: String, forgive: bool, after: Duration) {
+    pub(super) fn later(&mut self, ctx: &mut Ctx<'_>, job: String, forgive: bool, after: Duration) {
         let token = self.next_token;
         self.next_token += 1;
         self.retries.insert(token, (job, forgive));
@@ -561,100 +560,36 @@ impl Dispatcher {
             self.more_in_store = true;
         }
     }
+}
 
-    /// Pin a job to `target` (or keep it from the agent it is on, for a while); one still
-    /// queued is queued again so, one running is queued again so once its attempt ends.
-    fn migrate(&mut self, ctx: &mut Ctx<'_>, job_id: &str, running: bool, target: Option<String>) {
-        let Some(t) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        t.queued.pinned = target.clone();
-        t.migrating = running;
-        let (queued, agent) = (t.queued.clone(), t.agent.clone());
-        if target.is_none()
-            && let Some(agent) = agent
-        {
-            self.sched.avoid(job_id, &agent);
-            self.later(ctx, job_id.to_owned(), true, REJECTION_LASTS);
-        }
-        if !running && self.sched.dequeue(job_id) {
-            self.sched.enqueue(queued);
-        }
-    }
+/// Where the dispatcher stands with a shared store.
+pub(super) struct Sharing {
+    /// When the store last renewed this node's leases.
+    pub(super) last_ok: Instant,
+    /// Since when it has answered every renewal (none: it just failed).
+    pub(super) ok_since: Option<Instant>,
+    pub(super) renewing: bool,
+    pub(super) reaping: bool,
+    /// Agents were sent away: the store has not answered for half a lease.
+    pub(super) cut: bool,
+    /// Jobs whose adoption is being committed.
+    pub(super) adopting: HashSet<String>,
+    /// Ticks since the holds were last checked.
+    pub(super) ticks: u32,
+    pub(super) checking: bool,
+}
 
-    pub(super) fn moved(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        job_id: String,
-        state: JobState,
-        running: Option<u64>,
-        op: Op,
-        target: Option<String>,
-    ) {
-        if op == Op::Migrate {
-            self.migrate(ctx, &job_id, running.is_some(), target.clone());
-        }
-        if let Some(epoch) = running {
-            let conn = self
-                .jobs
-                .get(&job_id)
-                .filter(|t| t.epoch == epoch)
-                .and_then(|t| t.agent.as_ref())
-                .and_then(|a| self.agents.get(a))
-                .and_then(|a| a.conn);
-            let Some(conn) = conn else {
-                // Its agent is away. A cancel is held by the store (the attempt ends
-                // cancelled however it ends); a pause or resume is not sent again.
-                return;
-            };
-            let (ty, payload) = match op {
-                Op::Cancel => (
-                    MessageType::JobCancel,
-                    JobCancel {
-                        job_id,
-                        reason: "cancelled through the API".into(),
-                    }
-                    .to_bytes(),
-                ),
-                Op::Pause => (
-                    MessageType::JobPause,
-                    JobPause {
-                        job_id,
-                        reason: "paused through the API".into(),
-                    }
-                    .to_bytes(),
-                ),
-                Op::Resume => (MessageType::JobResume, JobResume { job_id }.to_bytes()),
-                Op::Migrate => (
-                    MessageType::JobMigrate,
-                    JobMigrate {
-                        job_id,
-                        target_node: target.unwrap_or_default(),
-                        reason: "migrated through the API".into(),
-                    }
-                    .to_bytes(),
-                ),
-            };
-            let _ = ctx.send(conn, JOB_STREAM, ty, payload, SendOptions::default());
-            return;
-        }
-        match state {
-            JobState::Cancelled => {
-                self.sched.dequeue(&job_id);
-                self.jobs.remove(&job_id);
-            }
-            JobState::Paused => {
-                self.sched.dequeue(&job_id);
-            }
-            JobState::Queued => match self.jobs.get(&job_id) {
-                Some(t) => {
-                    if !self.sched.enqueue(t.queued.clone()) {
-                        self.more_in_store = true;
-                    }
-                }
-                None => self.more_in_store = true,
-            },
-            _ => {}
+impl Sharing {
+    pub(super) fn new() -> Sharing {
+        Sharing {
+            last_ok: Instant::now(),
+            ok_since: None,
+            renewing: false,
+            reaping: false,
+            cut: false,
+            adopting: HashSet::new(),
+            ticks: 0,
+            checking: false,
         }
     }
 }

@@ -33,6 +33,7 @@ mod follow;
 mod frames;
 mod leases;
 mod metrics;
+mod ops;
 mod service;
 mod sharing;
 

@@ -11,7 +11,6 @@
 //! others reap or adopt its jobs. When the store answers again it starts over from what the
 //! store says it holds.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -35,38 +34,6 @@ const CHECK_EVERY: u32 = 4;
 
 /// The reason agents are sent away with.
 const SENT_AWAY: &str = "going away: this control plane lost its store";
-
-/// Where the dispatcher stands with a shared store.
-pub(super) struct Sharing {
-    /// When the store last renewed this node's leases.
-    last_ok: Instant,
-    /// Since when it has answered every renewal (none: it just failed).
-    ok_since: Option<Instant>,
-    renewing: bool,
-    reaping: bool,
-    /// Agents were sent away: the store has not answered for half a lease.
-    cut: bool,
-    /// Jobs whose adoption is being committed.
-    adopting: HashSet<String>,
-    /// Ticks since the holds were last checked.
-    ticks: u32,
-    checking: bool,
-}
-
-impl Sharing {
-    pub(super) fn new() -> Sharing {
-        Sharing {
-            last_ok: Instant::now(),
-            ok_since: None,
-            renewing: false,
-            reaping: false,
-            cut: false,
-            adopting: HashSet::new(),
-            ticks: 0,
-            checking: false,
-        }
-    }
-}
 
 impl Dispatcher {
     /// Whether to assign jobs now: always on a store of its own; on a shared store only
@@ -167,17 +134,20 @@ impl Dispatcher {
             if self.jobs.contains_key(&job_id) || self.sharing.adopting.contains(&job_id) {
                 continue;
             }
-            tracing::warn!(job = %job_id, epoch, "an attempt held here reached no agent: lost");
             let h = hub.clone();
             let change = Change::Lose {
-                job_id,
+                job_id: job_id.clone(),
                 epoch,
                 at: now_ms(),
             };
-            let _ = hub.store.try_change(
-                change,
-                Box::new(move |_| h.dispatch(Event::Notified(Notice::Queued))),
-            );
+            // Ended only if it is still so when the commit looks (not ended meanwhile).
+            let reply = Box::new(move |r: Result<Applied, StoreError>| {
+                if let Ok(Applied::Ended { state }) = r {
+                    tracing::warn!(job = %job_id, epoch, ?state, "an attempt held here reached no agent: ended as lost");
+                    h.dispatch(Event::Notified(Notice::Queued));
+                }
+            });
+            let _ = hub.store.try_change(change, reply);
         }
     }
 
