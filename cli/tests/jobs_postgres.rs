@@ -47,3 +47,47 @@ fn a_control_plane_on_postgres_runs_jobs_and_survives_kill_9() {
     let more = c.submit(&json!({"command": ["echo", "after"]}));
     c.wait_state(&more, "succeeded", 30);
 }
+
+#[test]
+fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() {
+    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
+        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+        return;
+    };
+    let url = pg.database("signals");
+    let on = |i: usize| {
+        let url = url.clone();
+        move |_: &std::path::Path| {
+            vec![
+                "--store".into(),
+                url,
+                "--node-id".into(),
+                format!("cp-{i}"),
+            ]
+        }
+    };
+    let (c0, c1) = (
+        Cluster::start_with("signals-0", 2000, on(0)),
+        Cluster::start_with("signals-1", 2000, on(1)),
+    );
+    // The only agent is on cp-0; the API calls go to cp-1, which tells cp-0 (NOTIFY).
+    let _a = c0.agent("a", &[], 2);
+    let long = json!({"command": ["sh", "-c", "for i in $(seq 1 300); do echo $i; sleep 0.1; done"]});
+    let (doomed, paused) = (c1.submit(&long), c1.submit(&long));
+    c1.wait_state(&doomed, "running", 30);
+    c1.wait_state(&paused, "running", 30);
+    assert_eq!(c1.post(&paused, "pause").0, 200);
+    c1.wait_state(&paused, "paused", 10);
+    let lines = c1.logs(&paused).len();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(c1.logs(&paused).len(), lines, "no output while paused");
+    assert_eq!(c1.post(&paused, "resume").0, 200);
+    c1.wait_state(&paused, "running", 10);
+    let (code, _) = c1.post(&doomed, "cancel");
+    assert!(code == 200 || code == 202, "{code}");
+    let j = c1.wait_state(&doomed, "cancelled", 10);
+    assert_eq!(j["attempts"][0]["agent"], "a");
+    let more = c1.logs(&paused).len();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(c1.logs(&paused).len() > more, "output again after the resume");
+}
