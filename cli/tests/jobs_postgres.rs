@@ -58,12 +58,7 @@ fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() 
     let on = |i: usize| {
         let url = url.clone();
         move |_: &std::path::Path| {
-            vec![
-                "--store".into(),
-                url,
-                "--node-id".into(),
-                format!("cp-{i}"),
-            ]
+            vec!["--store".into(), url, "--node-id".into(), format!("cp-{i}")]
         }
     };
     let (c0, c1) = (
@@ -72,7 +67,8 @@ fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() 
     );
     // The only agent is on cp-0; the API calls go to cp-1, which tells cp-0 (NOTIFY).
     let _a = c0.agent("a", &[], 2);
-    let long = json!({"command": ["sh", "-c", "for i in $(seq 1 300); do echo $i; sleep 0.1; done"]});
+    let long =
+        json!({"command": ["sh", "-c", "for i in $(seq 1 300); do echo $i; sleep 0.1; done"]});
     let (doomed, paused) = (c1.submit(&long), c1.submit(&long));
     c1.wait_state(&doomed, "running", 30);
     c1.wait_state(&paused, "running", 30);
@@ -89,5 +85,8 @@ fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() 
     assert_eq!(j["attempts"][0]["agent"], "a");
     let more = c1.logs(&paused).len();
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert!(c1.logs(&paused).len() > more, "output again after the resume");
+    assert!(
+        c1.logs(&paused).len() > more,
+        "output again after the resume"
+    );
 }

@@ -54,8 +54,8 @@ pub(crate) fn free_for(h: &Head, terms: &Terms, at: u64) -> bool {
     }
 }
 
-/// Claim up to `limit` queued jobs nobody holds (or whose holder's lease ran out), first by
-/// priority then age, for a lease: the jobs (in one statement, without their attempts).
+/// Claim up to `limit` queued jobs nobody holds (or whose holder's lease ran out) and that
+/// are not waiting out a retry's backoff, first by priority then age, for a lease: the jobs (in one statement, without their attempts).
 pub(crate) fn claim(
     tx: &mut dyn Tx,
     terms: &Terms,
@@ -67,6 +67,7 @@ pub(crate) fn claim(
         format!(
             "UPDATE jobs SET holder = ?1, lease_ms = ?2 WHERE id IN (
                  SELECT id FROM jobs WHERE state = 'queued' AND (holder IS NULL OR lease_ms < ?3)
+                     AND not_before_ms <= ?3
                  ORDER BY priority DESC, created_ms, id LIMIT ?4 FOR UPDATE SKIP LOCKED)
              RETURNING {}",
             reads::COLUMNS

@@ -24,7 +24,7 @@ use crate::store::{Applied, Artifact, Change, FILE_PIECE, LogPage, Store, StoreE
 const CONFLICT_TRIES: usize = 5;
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = ["
+const MIGRATIONS: [&str; 4] = ["
 CREATE TABLE jobs (
     id TEXT COLLATE \"C\" PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -90,6 +90,10 @@ CREATE TABLE artifact_pieces (
     data BYTEA NOT NULL,
     PRIMARY KEY (job, name, seq)
 );
+",
+    // A retried job's backoff, kept by every control plane that claims it.
+    "
+ALTER TABLE jobs ADD COLUMN not_before_ms BIGINT NOT NULL DEFAULT 0;
 "];
 
 use crate::sql::pg as db;

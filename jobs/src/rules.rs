@@ -222,9 +222,15 @@ pub(crate) fn apply(
             };
             let final_code = job_state.is_final().then_some(*exit_code).flatten();
             let (holder, lease) = terms.after(job_state, *at);
+            // A failure retried waits out its backoff, on whichever control plane claims it.
+            let not_before = if failures > h.failures && job_state == JobState::Queued {
+                at + retry_delay(tx, job_id, failures - 1)?
+            } else {
+                0
+            };
             tx.exec(
                 "UPDATE jobs SET state = ?2, exit_code = ?3, failures = ?4, updated_ms = ?5,
-                 migrate_requested = 0, holder = ?6, lease_ms = ?7 WHERE id = ?1",
+                 migrate_requested = 0, holder = ?6, lease_ms = ?7, not_before_ms = ?8 WHERE id = ?1",
                 &[
                     P::T(job_id),
                     P::T(job_state.as_str()),
@@ -233,6 +239,7 @@ pub(crate) fn apply(
                     P::I(*at as i64),
                     P::OT(holder),
                     P::I(lease),
+                    P::I(not_before as i64),
                 ],
             )?;
             end_attempt(
@@ -437,6 +444,21 @@ pub(crate) fn apply(
             log(tx, job_id, &h, *first_seq, lines, terms.log_cap)
         }
     }
+}
+
+/// The backoff before a job's retry after `failures_before` failures, milliseconds: its
+/// spec's `backoff_ms`, doubling per failure up to a minute (what the dispatcher waits).
+fn retry_delay(tx: &mut dyn Tx, job_id: &str, failures_before: u32) -> Result<u64, StoreError> {
+    let Some(r) = tx.row("SELECT spec FROM jobs WHERE id = ?1", &[P::T(job_id)])? else {
+        return Ok(0);
+    };
+    let spec: crate::model::JobSpec = serde_json::from_str(&r[0].text()?)
+        .map_err(|e| StoreError::Corrupt(format!("{job_id}: {e}")))?;
+    let backoff = valkyrie_protocol::retry::ExponentialBackoff::new(
+        std::time::Duration::from_millis(spec.backoff_ms),
+        std::time::Duration::from_secs(60),
+    );
+    Ok(backoff.base_delay(failures_before).as_millis() as u64)
 }
 
 /// End, as lost, the attempts of up to `limit` jobs whose holder's lease ran out; those

@@ -14,7 +14,7 @@ use crate::reads;
 use crate::store::{Applied, Artifact, Change, LogPage, Store, StoreError};
 
 /// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     "
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -86,6 +86,10 @@ ALTER TABLE jobs ADD COLUMN holder TEXT;
 ALTER TABLE jobs ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN agent TEXT;
 CREATE INDEX jobs_leases ON jobs (lease_ms) WHERE holder IS NOT NULL;
+",
+    // A retried job's backoff (claims wait it out).
+    "
+ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 

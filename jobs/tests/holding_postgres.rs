@@ -388,3 +388,65 @@ fn commits_tell_the_other_nodes_what_they_queued_and_signalled() {
         "nothing else"
     );
 }
+
+#[test]
+fn a_retried_failure_waits_out_its_backoff_on_every_node() {
+    let Some(pg) = start() else { return };
+    let url = pg.database("backoff");
+    let (mut a, mut b) = (node(&url, "a", 1_000), node(&url, "b", 1_000));
+    let spec = JobSpec {
+        command: vec!["false".into()],
+        max_attempts: 3,
+        backoff_ms: 500,
+        ..JobSpec::default()
+    };
+    let j = job_id(1_000, 7);
+    one(
+        &mut a,
+        Change::Submit {
+            job_id: j.clone(),
+            spec: Box::new(spec),
+            at: 1_000,
+        },
+    );
+    one(
+        &mut a,
+        Change::Assign {
+            job_id: j.clone(),
+            agent: "agent-a".into(),
+            at: 2_000,
+        },
+    );
+    let fail = Change::End {
+        job_id: j.clone(),
+        epoch: 1,
+        state: JobState::Queued,
+        exit_code: Some(1),
+        signal: None,
+        reason: None,
+        at: 2_100,
+    };
+    assert_eq!(
+        one(&mut a, fail),
+        Applied::Ended {
+            state: JobState::Queued
+        }
+    );
+    // a's hold ran out at 3,100; the backoff (500 ms after the first failure) at 2,600.
+    let early = claimed(one(
+        &mut b,
+        Change::Claim {
+            limit: 9,
+            at: 2_500,
+        },
+    ));
+    assert!(early.is_empty(), "claimed during its backoff: {early:?}");
+    let late = claimed(one(
+        &mut b,
+        Change::Claim {
+            limit: 9,
+            at: 3_200,
+        },
+    ));
+    assert_eq!(late, vec![j]);
+}
