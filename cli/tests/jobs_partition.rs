@@ -1,6 +1,7 @@
 //! Control planes, their database and agents on separate hosts — network namespaces made by
 //! the test, joined by a bridge, with a user-space relay adding 10 ms each way between the
-//! control planes and PostgreSQL and 1 ms between agents and control planes. One control
+//! control planes and PostgreSQL and 1 ms between agents and control planes, and 2 % of the
+//! agents' packets dropped (iptables `statistic`). One control
 //! plane is then partitioned from the database (iptables in its namespace): it stops
 //! dispatching, leaves /readyz, sends its agents to the other node, and its leases run out
 //! and move — its attempts adopted there or reaped and run again — while every job succeeds
@@ -163,6 +164,8 @@ fn a_control_plane_cut_off_from_its_database_hands_its_jobs_and_agents_over() {
     wait("agents on both nodes", 20, || {
         connected_agents(&a) == 2 && connected_agents(&b) == 1
     });
+    // 2 % of what the agents send is lost on the way, all along.
+    net.loss("ag", &net.here(), 2, true);
 
     // Jobs through both nodes; wait until cp-a holds some on its agents.
     let mut ids: Vec<String> = (0..12)

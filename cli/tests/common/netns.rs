@@ -115,6 +115,37 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Drop `percent` % of `host`'s TCP packets to `addr` (iptables' `statistic` match), or
+    /// stop (`on` false).
+    pub fn loss(&self, host: &str, addr: &str, percent: u32, on: bool) {
+        let op = if on { "-A" } else { "-D" };
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        let ok = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(host),
+            "iptables",
+            op,
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            addr,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ]);
+        assert!(ok, "iptables {op} loss in {host}");
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for h in &self.hosts {
