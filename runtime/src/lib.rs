@@ -68,7 +68,7 @@ pub mod transport;
 mod uring;
 pub mod url;
 
-pub use client::{Client, ClientConfig, ClientError};
+pub use client::{Client, ClientConfig, ClientError, transport_rank};
 pub use config::{
     BearerKeys, BusyPoll, HttpSettings, NodeConfig, ReadyCheck, RecvMode, TraceHookSlot,
 };

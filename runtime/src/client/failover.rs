@@ -19,14 +19,16 @@ use crate::url::Endpoint;
 
 /// A blocking client's link: its options and policy, and what it has done.
 pub(super) struct Failover {
-    link: Link,
+    pub(super) link: Link,
     /// Settings of every attempt (the options' protocol and TLS folded in).
-    cfg: ClientConfig,
+    pub(super) cfg: ClientConfig,
     rng: SmallRng,
     /// The URL of the connection now.
-    connected: Option<Endpoint>,
+    pub(super) connected: Option<Endpoint>,
     reconnects: u64,
-    retried: u64,
+    pub(super) retried: u64,
+    /// Made by [`Client::connect_any`]: re-probes and resends on a broken connection.
+    pub(super) selector: Option<super::selector::Selector>,
 }
 
 impl Failover {
@@ -119,6 +121,7 @@ impl Client {
             connected: None,
             reconnects: 0,
             retried: 0,
+            selector: None,
         });
         let first = f.link.begin(Instant::now());
         let mut client = f.walk(first, Instant::now() + wait)?;
@@ -192,7 +195,9 @@ impl Client {
     /// Send a request and wait up to `timeout` for its response frame. An ERROR answering it
     /// is returned as [`ClientError::Peer`]. Made from [`ConnectOptions`], the client connects
     /// again first when its connection has ended, and sends the request again on the next
-    /// connection when its node goes away before answering, all within `timeout`.
+    /// connection when its node goes away before answering, all within `timeout`; made by
+    /// [`Client::connect_any`], also when the connection broke under it, and it first moves
+    /// to a better transport that answers again.
     pub fn request(
         &mut self,
         stream_id: u32,
@@ -204,8 +209,13 @@ impl Client {
         // Each turn is one connection: bounded by the deadline (a reconnect waits within it).
         loop {
             self.revive(deadline)?;
+            self.reprobe();
+            let resend_broken = self.failover.as_ref().is_some_and(|f| f.selector.is_some());
             match self.request_once(stream_id, msg_type, payload.clone(), deadline) {
-                Err(e) if e.is_going_away() && self.failover.is_some() => {
+                Err(e)
+                    if (e.is_going_away() || (resend_broken && e.is_broken()))
+                        && self.failover.is_some() =>
+                {
                     if let Some(f) = self.failover.as_mut() {
                         f.retried += 1;
                     }

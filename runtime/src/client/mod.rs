@@ -29,6 +29,9 @@ use failover::Failover;
 use valkyrie_protocol::security::mtls::TlsSession;
 
 mod failover;
+mod selector;
+
+pub use selector::transport_rank;
 
 /// Bytes taken from the connection's queues into one write.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -160,7 +163,10 @@ impl Client {
 
     /// Connect to `endpoint` (the TCP connect bounded by `cfg.connect_timeout`) and complete
     /// the handshake.
-    fn connect_to(endpoint: &Endpoint, cfg: ClientConfig) -> Result<Client, ClientError> {
+    pub(crate) fn connect_to(
+        endpoint: &Endpoint,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
         let sock = match (
             transport::for_endpoint(endpoint).connect(endpoint, cfg.connect_timeout)?,
             &cfg.tls,
