@@ -73,7 +73,9 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
             let store = PgStore::connect(url)
                 .map_err(|e| format!("{url}: {e}"))?
                 .with_log_cap(args.log_cap)
-                .with_holder(&args.node_id, Duration::from_millis(args.lease_ms));
+                .with_holder(&args.node_id, Duration::from_millis(args.lease_ms))
+                .lock_node()
+                .map_err(|e| format!("{url}: {e}"))?;
             Committer::spawn(store, args.store_queue)
         }
         Some(other) => return Err(format!("--store {other}: a postgres:// URL").into()),

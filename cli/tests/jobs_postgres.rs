@@ -90,3 +90,37 @@ fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() 
         "output again after the resume"
     );
 }
+
+#[test]
+fn two_control_planes_cannot_share_a_node_id() {
+    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
+        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+        return;
+    };
+    let url = pg.database("same_name");
+    let args = |_: &std::path::Path| {
+        vec![
+            "--store".to_owned(),
+            url.clone(),
+            "--node-id".into(),
+            "cp-x".into(),
+        ]
+    };
+    let first = Cluster::start_with("same-name-0", 2000, args);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_valkyrie"))
+        .args(["control-plane", "--listen", "tcp://127.0.0.1:0", "--data"])
+        .arg(first.dir.join("second"))
+        .args(["--store", &url, "--node-id", "cp-x"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another control plane runs as node \"cp-x\""),
+        "{err}"
+    );
+    // The first one is unharmed.
+    let id = first.submit(&json!({"command": ["true"]}));
+    let _a = first.agent("a", &[], 1);
+    first.wait_state(&id, "succeeded", 30);
+}

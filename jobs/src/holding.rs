@@ -25,6 +25,9 @@ pub(crate) struct Terms {
     pub(crate) lease_ms: u64,
     /// Output bytes kept per job.
     pub(crate) log_cap: u64,
+    /// The store is this control plane's alone (SQLite): whoever a job's hold names — an
+    /// earlier `--node-id` of this same control plane — it is this one's.
+    pub(crate) exclusive: bool,
 }
 
 impl Terms {
@@ -50,12 +53,13 @@ impl Terms {
 pub(crate) fn free_for(h: &Head, terms: &Terms, at: u64) -> bool {
     match &h.holder {
         None => true,
-        Some(node) => *node == terms.node || h.lease_ms < at,
+        Some(node) => terms.exclusive || *node == terms.node || h.lease_ms < at,
     }
 }
 
 /// Claim up to `limit` queued jobs nobody holds (or whose holder's lease ran out) and that
-/// are not waiting out a retry's backoff, first by priority then age, for a lease: the jobs (in one statement, without their attempts).
+/// are not waiting out a retry's backoff, first by priority then age, for a lease: the jobs
+/// (in one statement, without their attempts).
 pub(crate) fn claim(
     tx: &mut dyn Tx,
     terms: &Terms,
@@ -183,7 +187,7 @@ pub(crate) fn losable(
     epoch: u64,
 ) -> Result<Result<Head, Applied>, StoreError> {
     Ok(live_attempt(tx, job_id, epoch)?.and_then(|h| {
-        if h.holder.as_deref().is_some_and(|n| n != terms.node) {
+        if !terms.exclusive && h.holder.as_deref().is_some_and(|n| n != terms.node) {
             Err(Applied::Refused { state: h.state })
         } else {
             Ok(h)

@@ -98,6 +98,22 @@ ALTER TABLE jobs ADD COLUMN not_before_ms BIGINT NOT NULL DEFAULT 0;
 
 use crate::sql::pg as db;
 
+/// Lock `node` to the session of `client` (see [`PgStore::lock_node`]).
+fn take_node_lock(client: &mut Client, node: &str) -> Result<(), StoreError> {
+    let key = format!("valkyrie-node:{node}");
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
+        .map_err(db)?
+        .get(0);
+    if got {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "another control plane runs as node {node:?} on this database: give each its own --node-id"
+        )))
+    }
+}
+
 /// A store in a PostgreSQL database.
 pub struct PgStore {
     config: Config,
@@ -107,6 +123,8 @@ pub struct PgStore {
     terms: Terms,
     /// When the connection was last tried, failing.
     failed_at: Option<Instant>,
+    /// The node id is locked to this store's connection ([`PgStore::lock_node`]).
+    node_locked: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -163,9 +181,22 @@ impl PgStore {
                 node: "control-plane".into(),
                 lease_ms: 3000,
                 log_cap: DEFAULT_LOG_CAP,
+                exclusive: false,
             },
             failed_at: None,
+            node_locked: false,
         })
+    }
+
+    /// Make sure no other control plane on the database runs under this store's node id (two
+    /// would each take the other's holds for its own): a session advisory lock on the id,
+    /// held by the store's connection — taken again after a reconnect, and an error then if
+    /// another control plane took the id meanwhile.
+    pub fn lock_node(mut self) -> Result<PgStore, StoreError> {
+        let client = self.client.as_mut().ok_or(StoreError::Stopped)?;
+        take_node_lock(client, &self.terms.node)?;
+        self.node_locked = true;
+        Ok(self)
     }
 
     /// The client, connected again if its connection broke (at most one try in
@@ -182,7 +213,10 @@ impl PgStore {
                 return Err(StoreError::Database("the database is unreachable".into()));
             }
             match connect(&self.config) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    if self.node_locked {
+                        take_node_lock(&mut c, &self.terms.node)?;
+                    }
                     tracing::info!("connected to the database again");
                     self.statements.clear();
                     self.failed_at = None;

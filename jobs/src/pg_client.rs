@@ -24,6 +24,11 @@ pub(crate) fn connect(config: &Config) -> Result<Client, postgres::Error> {
         .keepalives_retries(3)
         // A node cut off mid-transaction must not hold its rows' locks for long: the server
         // ends such a session, and nobody waits on a lock for ever.
-        .options("-c idle_in_transaction_session_timeout=5000 -c lock_timeout=5000");
+        // The server probes the node too, and ends the session of one that vanished (~11 s):
+        // its locks, the node id's among them, go with it.
+        .options(
+            "-c idle_in_transaction_session_timeout=5000 -c lock_timeout=5000 \
+             -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+        );
     config.connect(NoTls)
 }

@@ -147,6 +147,7 @@ impl SqliteStore {
                 node: "control-plane".into(),
                 lease_ms: 3000,
                 log_cap: DEFAULT_LOG_CAP,
+                exclusive: true,
             },
         })
     }

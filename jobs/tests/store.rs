@@ -283,3 +283,54 @@ fn what_was_acknowledged_survives_kill_9() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[test]
+fn a_control_plane_started_again_under_another_node_id_still_owns_its_embedded_store() {
+    let dir = TempDir::new("renamed");
+    let id = job_id(1_000, 1);
+    {
+        let s = SqliteStore::open(&dir.db())
+            .unwrap()
+            .with_holder("old-name", Duration::from_secs(60));
+        let c = Committer::spawn(s, 16);
+        c.apply(Change::Submit {
+            job_id: id.clone(),
+            spec: Box::new(spec("true")),
+            at: 1_000,
+        })
+        .unwrap();
+        c.apply(Change::Assign {
+            job_id: id.clone(),
+            agent: "a".into(),
+            at: 2_000,
+        })
+        .unwrap();
+    }
+    let s = SqliteStore::open(&dir.db())
+        .unwrap()
+        .with_holder("new-name", Duration::from_secs(60));
+    let c = Committer::spawn(s, 16);
+    // Its agent never came back: the new name ends the old name's attempt.
+    let lost = c
+        .apply(Change::Lose {
+            job_id: id.clone(),
+            epoch: 1,
+            at: 3_000,
+        })
+        .unwrap();
+    assert_eq!(
+        lost,
+        Applied::Ended {
+            state: JobState::Queued
+        }
+    );
+    assert!(matches!(
+        c.apply(Change::Assign {
+            job_id: id,
+            agent: "b".into(),
+            at: 3_001,
+        })
+        .unwrap(),
+        Applied::Assigned { epoch: 2, .. }
+    ));
+}
