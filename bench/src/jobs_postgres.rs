@@ -25,6 +25,10 @@ use crate::jobs_plane::{
 };
 use crate::report::{Report, median, progress};
 
+/// Store connections per control plane (`valkyrie control-plane --store-connections`'s
+/// default).
+const CONNECTIONS: usize = 2;
+
 /// `nodes` control planes on one new database holding `n` jobs of `spec`, each hearing the
 /// others' notices.
 fn planes(pg: &Pg, nodes: usize, spec: &JobSpec, n: usize) -> Vec<Plane> {
@@ -38,12 +42,16 @@ fn planes(pg: &Pg, nodes: usize, spec: &JobSpec, n: usize) -> Vec<Plane> {
     (0..nodes)
         .map(|i| {
             let node_id = format!("cp-{i}");
-            let store = PgStore::connect(&url)
-                .expect("store")
-                .with_holder(&node_id, LEASE);
+            let stores = (0..CONNECTIONS)
+                .map(|_| {
+                    PgStore::connect(&url)
+                        .expect("store")
+                        .with_holder(&node_id, LEASE)
+                })
+                .collect();
             let mut p = start_plane(
                 fresh_dir(&format!("pg-{i}")),
-                Arc::new(Committer::spawn(store, 65_536)),
+                Arc::new(Committer::spawn_pool(stores, 65_536)),
                 &node_id,
             );
             let cp = p.cp.clone();

@@ -29,6 +29,10 @@ pub(crate) struct ControlPlaneArgs {
     /// Shards (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// Connections to a PostgreSQL store, each with a thread committing its own batches (a
+    /// job's changes always on the same one).
+    #[arg(long, default_value_t = 2)]
+    store_connections: usize,
     /// Changes and reads waiting for the store's thread, at most.
     #[arg(long, default_value_t = 65_536)]
     store_queue: usize,
@@ -70,13 +74,20 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
     let path = args.data.join("jobs.db");
     let committer = Arc::new(match &args.store {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = PgStore::connect(url)
-                .map_err(|e| format!("{url}: {e}"))?
-                .with_log_cap(args.log_cap)
-                .with_holder(&args.node_id, Duration::from_millis(args.lease_ms))
-                .lock_node()
-                .map_err(|e| format!("{url}: {e}"))?;
-            Committer::spawn(store, args.store_queue)
+            let mut stores = Vec::new();
+            for i in 0..args.store_connections.max(1) {
+                let store = PgStore::connect(url)
+                    .map_err(|e| format!("{url}: {e}"))?
+                    .with_log_cap(args.log_cap)
+                    .with_holder(&args.node_id, Duration::from_millis(args.lease_ms));
+                // The node id is locked once, by the first connection's session.
+                stores.push(if i == 0 {
+                    store.lock_node().map_err(|e| format!("{url}: {e}"))?
+                } else {
+                    store
+                });
+            }
+            Committer::spawn_pool(stores, args.store_queue)
         }
         Some(other) => return Err(format!("--store {other}: a postgres:// URL").into()),
         None => {

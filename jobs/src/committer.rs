@@ -4,6 +4,10 @@
 //! is called only after its transaction is on disk, so nobody is told of a state change that
 //! a crash could undo. Reads go through the same thread, in order with the changes before
 //! them.
+//!
+//! A store a server keeps (PostgreSQL) may be given several connections
+//! ([`Committer::spawn_pool`]): a thread each, a job's changes always on the same one (so
+//! they stay in order), the others' transactions committing meanwhile.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +30,10 @@ enum Request {
     Read(Read),
 }
 
-/// The store's thread, and the queue to it.
+/// The store's thread (or threads), and the queue to each.
 pub struct Committer {
-    tx: Option<Sender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    lanes: Vec<Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     shared: bool,
 }
@@ -45,17 +49,35 @@ impl std::fmt::Debug for Committer {
 impl Committer {
     /// Start the thread that owns `store`, with room for `capacity` requests waiting.
     pub fn spawn<S: Store>(store: S, capacity: usize) -> Committer {
-        let shared = store.shared();
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Committer::spawn_pool(vec![store], capacity)
+    }
+
+    /// Start a thread for each of `stores` (connections to one database), each with room for
+    /// `capacity` requests waiting: a change goes to the thread its job's id picks (a job's
+    /// changes stay in order), changes of no job and every read to the first (reads run one
+    /// after another, each after what was queued on that thread before it).
+    ///
+    /// # Panics
+    /// With no store.
+    pub fn spawn_pool<S: Store>(stores: Vec<S>, capacity: usize) -> Committer {
+        assert!(!stores.is_empty(), "a committer needs a store");
+        let shared = stores[0].shared();
         let commits = Arc::new(AtomicU64::new(0));
-        let counted = commits.clone();
-        let thread = std::thread::Builder::new()
-            .name("valkyrie-store".into())
-            .spawn(move || run(store, rx, counted))
-            .expect("the store's thread starts");
+        let mut lanes = Vec::with_capacity(stores.len());
+        let mut threads = Vec::with_capacity(stores.len());
+        for (i, store) in stores.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+            let counted = commits.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("valkyrie-store-{i}"))
+                .spawn(move || run(store, rx, counted))
+                .expect("the store's thread starts");
+            lanes.push(tx);
+            threads.push(thread);
+        }
         Committer {
-            tx: Some(tx),
-            thread: Some(thread),
+            lanes,
+            threads,
             commits,
             shared,
         }
@@ -66,8 +88,25 @@ impl Committer {
         self.shared
     }
 
-    fn sender(&self) -> Result<&Sender<Request>, StoreError> {
-        self.tx.as_ref().ok_or(StoreError::Stopped)
+    /// The queue `change` goes to: its job's, by a hash of the id.
+    fn lane_of(&self, change: &Change) -> Result<&Sender<Request>, StoreError> {
+        let n = self.lanes.len();
+        let i = match job_of(change) {
+            Some(id) if n > 1 => {
+                let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                (h % n as u64) as usize
+            }
+            _ => 0,
+        };
+        self.lanes.get(i).ok_or(StoreError::Stopped)
+    }
+
+    /// The queue reads go to: the first, so that they run one after another (an upload's
+    /// file steps rely on it), each after the changes of no job queued before it.
+    fn read_lane(&self) -> Result<&Sender<Request>, StoreError> {
+        self.lanes.first().ok_or(StoreError::Stopped)
     }
 
     /// Queue `change`; `reply` is called on the store's thread once it is durable. Blocks
@@ -77,7 +116,7 @@ impl Committer {
         change: Change,
         reply: impl FnOnce(Result<Applied, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.sender()?
+        self.lane_of(&change)?
             .send(Request::Change(change, Box::new(reply)))
             .map_err(|_| StoreError::Stopped)
     }
@@ -85,7 +124,7 @@ impl Committer {
     /// Queue `change` without waiting: `Err` gives it back when the queue is full (a caller
     /// that must not block — a shard — holds it and tries again).
     pub fn try_change(&self, change: Change, reply: Reply) -> Result<(), (Change, Reply)> {
-        let Ok(tx) = self.sender() else {
+        let Ok(tx) = self.lane_of(&change) else {
             return Err((change, reply));
         };
         match tx.try_send(Request::Change(change, reply)) {
@@ -111,7 +150,7 @@ impl Committer {
         f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.sender()?
+        self.read_lane()?
             .send(Request::Read(Box::new(move |s| {
                 let _ = tx.send(f(s));
             })))
@@ -127,7 +166,7 @@ impl Committer {
         f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
         reply: impl FnOnce(T) + Send + 'static,
     ) -> bool {
-        let Ok(tx) = self.sender() else {
+        let Ok(tx) = self.read_lane() else {
             return false;
         };
         tx.try_send(Request::Read(Box::new(move |s| reply(f(s)))))
@@ -142,11 +181,35 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once everything queued is committed.
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
+        // Closing the queues ends the threads once everything queued is committed.
+        self.lanes.clear();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// The job a change is about, if one.
+fn job_of(change: &Change) -> Option<&str> {
+    match change {
+        Change::Submit { job_id, .. }
+        | Change::Assign { job_id, .. }
+        | Change::Start { job_id, .. }
+        | Change::End { job_id, .. }
+        | Change::Requeue { job_id, .. }
+        | Change::Cancel { job_id, .. }
+        | Change::Migrate { job_id, .. }
+        | Change::Pause { job_id, .. }
+        | Change::Resume { job_id, .. }
+        | Change::Progress { job_id, .. }
+        | Change::Artifact { job_id, .. }
+        | Change::Adopt { job_id, .. }
+        | Change::Lose { job_id, .. }
+        | Change::Log { job_id, .. } => Some(job_id),
+        Change::Claim { .. }
+        | Change::Renew { .. }
+        | Change::Reap { .. }
+        | Change::Prune { .. } => None,
     }
 }
 

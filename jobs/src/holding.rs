@@ -102,9 +102,12 @@ pub(crate) fn claim(
 
 /// Renew the leases of the jobs this control plane holds on agents.
 pub(crate) fn renew(tx: &mut dyn Tx, terms: &Terms, at: u64) -> Result<Applied, StoreError> {
+    // Rows another transaction holds right now are passed over (renewed at the next tick):
+    // waiting for them could deadlock with a batch that locks them in another order.
     let jobs = tx.exec(
-        "UPDATE jobs SET lease_ms = ?2
-         WHERE holder = ?1 AND state IN ('assigned', 'running', 'paused')",
+        "UPDATE jobs SET lease_ms = ?2 WHERE id IN (
+             SELECT id FROM jobs WHERE holder = ?1 AND state IN ('assigned', 'running', 'paused')
+             FOR UPDATE SKIP LOCKED)",
         &[P::T(&terms.node), P::I(terms.until(at))],
     )?;
     Ok(Applied::Renewed { jobs })

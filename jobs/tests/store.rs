@@ -334,3 +334,53 @@ fn a_control_plane_started_again_under_another_node_id_still_owns_its_embedded_s
         Applied::Assigned { epoch: 2, .. }
     ));
 }
+
+#[test]
+fn a_pool_keeps_each_jobs_changes_in_order() {
+    let dir = TempDir::new("pool");
+    let stores = (0..3)
+        .map(|_| SqliteStore::open(&dir.db()).unwrap())
+        .collect();
+    let c = Committer::spawn_pool(stores, 4096);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = 200u32;
+    for i in 0..n {
+        let id = job_id(1_000, i);
+        for change in [
+            Change::Submit {
+                job_id: id.clone(),
+                spec: Box::new(spec("true")),
+                at: 1,
+            },
+            Change::Assign {
+                job_id: id.clone(),
+                agent: "a".into(),
+                at: 2,
+            },
+            Change::End {
+                job_id: id.clone(),
+                epoch: 1,
+                state: JobState::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                reason: None,
+                at: 3,
+            },
+        ] {
+            let tx = tx.clone();
+            c.change(change, move |r| tx.send(r).unwrap()).unwrap();
+        }
+    }
+    for _ in 0..n * 3 {
+        let r = rx.recv().unwrap().unwrap();
+        assert!(
+            !matches!(r, Applied::NotFound | Applied::Refused { .. }),
+            "{r:?}"
+        );
+    }
+    let done = c
+        .read(|s| s.jobs(Some(JobState::Succeeded), 1000, None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.len(), n as usize);
+}
