@@ -106,20 +106,13 @@ fn an_upload_cut_by_a_kill_goes_on_from_what_was_held() {
 
 #[test]
 fn an_artifact_uploaded_through_one_control_plane_is_served_by_another() {
-    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
-        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    let Some(pg) = common::jobs::postgres() else {
         return;
     };
     let url = pg.database("shared_files");
-    let on = |i: usize| {
-        let url = url.clone();
-        move |_: &std::path::Path| {
-            vec!["--store".into(), url, "--node-id".into(), format!("cp-{i}")]
-        }
-    };
     let (c0, c1) = (
-        Cluster::start_with("files-0", 2000, on(0)),
-        Cluster::start_with("files-1", 2000, on(1)),
+        Cluster::on_postgres("files-0", 2000, &url, "cp-0"),
+        Cluster::on_postgres("files-1", 2000, &url, "cp-1"),
     );
     let _a = c0.agent("a", &[], 1);
     let id = c0.submit(&json!({

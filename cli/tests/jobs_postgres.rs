@@ -11,8 +11,7 @@ use common::jobs::{Cluster, assert_numbered, lines_of};
 
 #[test]
 fn a_control_plane_on_postgres_runs_jobs_and_survives_kill_9() {
-    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
-        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    let Some(pg) = common::jobs::postgres() else {
         return;
     };
     let url = pg.database("plane");
@@ -50,20 +49,13 @@ fn a_control_plane_on_postgres_runs_jobs_and_survives_kill_9() {
 
 #[test]
 fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() {
-    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
-        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    let Some(pg) = common::jobs::postgres() else {
         return;
     };
     let url = pg.database("signals");
-    let on = |i: usize| {
-        let url = url.clone();
-        move |_: &std::path::Path| {
-            vec!["--store".into(), url, "--node-id".into(), format!("cp-{i}")]
-        }
-    };
     let (c0, c1) = (
-        Cluster::start_with("signals-0", 2000, on(0)),
-        Cluster::start_with("signals-1", 2000, on(1)),
+        Cluster::on_postgres("signals-0", 2000, &url, "cp-0"),
+        Cluster::on_postgres("signals-1", 2000, &url, "cp-1"),
     );
     // The only agent is on cp-0; the API calls go to cp-1, which tells cp-0 (NOTIFY).
     let _a = c0.agent("a", &[], 2);
@@ -93,20 +85,11 @@ fn a_job_on_one_control_plane_is_paused_resumed_and_cancelled_through_another() 
 
 #[test]
 fn two_control_planes_cannot_share_a_node_id() {
-    let Some(pg) = valkyrie_jobs::pg_temp::Pg::start() else {
-        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    let Some(pg) = common::jobs::postgres() else {
         return;
     };
     let url = pg.database("same_name");
-    let args = |_: &std::path::Path| {
-        vec![
-            "--store".to_owned(),
-            url.clone(),
-            "--node-id".into(),
-            "cp-x".into(),
-        ]
-    };
-    let first = Cluster::start_with("same-name-0", 2000, args);
+    let first = Cluster::on_postgres("same-name-0", 2000, &url, "cp-x");
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_valkyrie"))
         .args(["control-plane", "--listen", "tcp://127.0.0.1:0", "--data"])
         .arg(first.dir.join("second"))

@@ -102,22 +102,12 @@ fn submit_all(port: u16, ns: impl Iterator<Item = usize>) {
 
 #[test]
 fn three_control_planes_on_one_database_lose_nothing_to_a_kill_or_a_database_restart() {
-    let Some(mut pg) = valkyrie_jobs::pg_temp::Pg::start() else {
-        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    let Some(mut pg) = common::jobs::postgres() else {
         return;
     };
     let url = pg.database("scale");
     let planes: Vec<Cluster> = (0..3)
-        .map(|i| {
-            Cluster::start_with(&format!("scale-{i}"), 3000, |_| {
-                vec![
-                    "--store".into(),
-                    url.clone(),
-                    "--node-id".into(),
-                    format!("cp-{i}"),
-                ]
-            })
-        })
+        .map(|i| Cluster::on_postgres(&format!("scale-{i}"), 3000, &url, &format!("cp-{i}")))
         .collect();
     let ports: Vec<u16> = planes.iter().map(|p| p.port).collect();
     let agents: Vec<Proc> = (0..6)

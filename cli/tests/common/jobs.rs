@@ -61,7 +61,29 @@ pub struct Cluster {
     plane: Option<Proc>,
 }
 
+/// A PostgreSQL started for the test; none (the test says SKIPPED) where its server binaries
+/// are not installed (`.ci/run` installs them).
+pub fn postgres() -> Option<valkyrie_jobs::pg_temp::Pg> {
+    let pg = valkyrie_jobs::pg_temp::Pg::start();
+    if pg.is_none() {
+        eprintln!("SKIPPED: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin");
+    }
+    pg
+}
+
 impl Cluster {
+    /// A control plane named `node` on the PostgreSQL database at `url`.
+    pub fn on_postgres(name: &str, lease_ms: u64, url: &str, node: &str) -> Cluster {
+        Cluster::start_with(name, lease_ms, |_| {
+            vec![
+                "--store".into(),
+                url.to_owned(),
+                "--node-id".into(),
+                node.to_owned(),
+            ]
+        })
+    }
+
     /// A control plane (two shards) on a free port with `lease_ms`.
     pub fn start(name: &str, lease_ms: u64) -> Cluster {
         Cluster::start_with(name, lease_ms, |_| Vec::new())
