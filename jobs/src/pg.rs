@@ -199,18 +199,20 @@ impl PgStore {
         Ok(self)
     }
 
-    /// The client, connected again if its connection broke (at most one try in
-    /// [`NET_TIMEOUT`]: a database that is away is not hammered).
+    /// The client, connected again if its connection broke (tries a third of [`NET_TIMEOUT`]
+    /// apart: a database that is away is not hammered).
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
         if self.client.is_none() {
-            if self
-                .failed_at
-                .is_some_and(|t| t.elapsed() < NET_TIMEOUT / 3)
-            {
-                return Err(StoreError::Database("the database is unreachable".into()));
+            // Tried a moment ago: wait the rest of the moment, then try (the store's thread
+            // has nothing else it could do meanwhile; what waits for it is bounded).
+            if let Some(t) = self.failed_at {
+                let pause = NET_TIMEOUT / 3;
+                if t.elapsed() < pause {
+                    std::thread::sleep(pause - t.elapsed());
+                }
             }
             match connect(&self.config) {
                 Ok(mut c) => {
@@ -261,25 +263,52 @@ impl PgStore {
     /// One try of the batch: its changes and notices in one transaction.
     fn try_commit(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
         self.client()?;
-        let client = self.client.as_mut().expect("connected");
-        let mut tx = client.transaction().map_err(db)?;
-        let mut out = Vec::with_capacity(changes.len());
-        {
-            let mut on = Pg {
-                client: &mut tx,
-                statements: &mut self.statements,
-            };
-            for change in changes {
-                out.push(crate::rules::apply(&mut on, change, &self.terms)?);
+        // A connection that died while idle (a partition, the database restarted) shows at
+        // BEGIN: nothing of the batch was sent, so it runs on a new connection.
+        let begun = self
+            .client
+            .as_mut()
+            .expect("connected")
+            .batch_execute("BEGIN");
+        if let Err(e) = begun {
+            if e.as_db_error().is_some() {
+                return Err(db(e));
             }
-            for n in notice::of_batch(&self.terms.node, changes, &out) {
-                on.exec(
-                    "SELECT pg_notify(?1, ?2)",
-                    &[P::T(CHANNEL), P::T(&n.payload())],
-                )?;
+            self.client = None;
+            self.client()?.batch_execute("BEGIN").map_err(db)?;
+        }
+        let result = self.batch(changes);
+        let client = self.client.as_mut().expect("connected");
+        match result {
+            Ok(out) => {
+                client.batch_execute("COMMIT").map_err(db)?;
+                Ok(out)
+            }
+            Err(e) => {
+                // The transaction is void; a broken connection is made again next time.
+                let _ = client.batch_execute("ROLLBACK");
+                Err(e)
             }
         }
-        tx.commit().map_err(db)?;
+    }
+
+    /// The batch's changes and notices, inside the transaction begun on the client.
+    fn batch(&mut self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+        let client = self.client.as_mut().expect("connected");
+        let mut on = Pg {
+            client,
+            statements: &mut self.statements,
+        };
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            out.push(crate::rules::apply(&mut on, change, &self.terms)?);
+        }
+        for n in notice::of_batch(&self.terms.node, changes, &out) {
+            on.exec(
+                "SELECT pg_notify(?1, ?2)",
+                &[P::T(CHANNEL), P::T(&n.payload())],
+            )?;
+        }
         Ok(out)
     }
 }

@@ -33,14 +33,25 @@ pub(crate) struct Head {
 /// The job's row, locked until the transaction ends (on PostgreSQL: two control planes
 /// changing one job take turns).
 pub(crate) fn head(tx: &mut dyn Tx, job_id: &str) -> Result<Option<Head>, StoreError> {
-    // Locked (LOCK) until the transaction ends.
+    // Lock the row first (PostgreSQL; SQLite holds the whole database), then read it and its
+    // attempt in a statement of its own: a read that waited for the lock inside one
+    // statement would see the job's new row but the attempt as it was before the wait.
+    if tx
+        .row(
+            "SELECT id FROM jobs WHERE id = ?1 FOR UPDATE",
+            &[P::T(job_id)],
+        )?
+        .is_none()
+    {
+        return Ok(None);
+    }
     let Some(r) = tx.row(
         "SELECT j.state, j.epoch, j.attempts, j.failures, j.max_attempts, j.cancel_requested,
                 j.log_seq, j.log_bytes,
                 (SELECT a.ended_ms IS NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch),
                 j.migrate_requested, j.holder, j.lease_ms,
                 (SELECT a.started_ms IS NOT NULL FROM attempts a WHERE a.job = j.id AND a.epoch = j.epoch)
-         FROM jobs j WHERE j.id = ?1 FOR UPDATE",
+         FROM jobs j WHERE j.id = ?1",
         &[P::T(job_id)],
     )?
     else {

@@ -3,8 +3,9 @@
 //! assignment, leases that run out and are reaped by another node (whose reports are then
 //! fenced by the epoch), renewals that keep them, adoption by the node an agent failed over
 //! to (after which the old holder cannot end the attempt), and the notices a commit sends
-//! (`LISTEN/NOTIFY`). Against a real PostgreSQL the test starts; skipped, saying so, where
-//! its server binaries are not installed.
+//! (`LISTEN/NOTIFY`), retried failures waiting out their backoff, and a pool of connections
+//! keeping each job's changes in order. Against a real PostgreSQL the test starts; skipped,
+//! saying so, where its server binaries are not installed.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -449,4 +450,56 @@ fn a_retried_failure_waits_out_its_backoff_on_every_node() {
         },
     ));
     assert_eq!(late, vec![j]);
+}
+
+#[test]
+fn a_pool_keeps_each_jobs_changes_in_order() {
+    let Some(pg) = start() else { return };
+    let url = pg.database("pool");
+    let stores = (0..3).map(|_| node(&url, "a", 60_000)).collect();
+    let c = valkyrie_jobs::Committer::spawn_pool(stores, 4096);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = 200u32;
+    for i in 0..n {
+        let id = job_id(1_000, i);
+        for change in [
+            Change::Submit {
+                job_id: id.clone(),
+                spec: Box::new(JobSpec {
+                    command: vec!["true".into()],
+                    ..JobSpec::default()
+                }),
+                at: 1,
+            },
+            Change::Assign {
+                job_id: id.clone(),
+                agent: "a".into(),
+                at: 2,
+            },
+            Change::End {
+                job_id: id.clone(),
+                epoch: 1,
+                state: JobState::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                reason: None,
+                at: 3,
+            },
+        ] {
+            let tx = tx.clone();
+            c.change(change, move |r| tx.send(r).unwrap()).unwrap();
+        }
+    }
+    for _ in 0..n * 3 {
+        let r = rx.recv().unwrap().unwrap();
+        assert!(
+            !matches!(r, Applied::NotFound | Applied::Refused { .. }),
+            "{r:?}"
+        );
+    }
+    let done = c
+        .read(|s| s.jobs(Some(JobState::Succeeded), 1000, None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.len(), n as usize);
 }

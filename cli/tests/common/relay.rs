@@ -35,6 +35,14 @@ impl Relay {
                         };
                         for s in [&inbound, &outbound] {
                             let _ = s.set_nodelay(true);
+                            // A peer that vanished (its packets dropped) is found out in
+                            // seconds, as a real proxy's timeouts would: the other side's
+                            // connection is then ended too.
+                            let ka = socket2::TcpKeepalive::new()
+                                .with_time(Duration::from_secs(2))
+                                .with_interval(Duration::from_secs(1))
+                                .with_retries(3);
+                            let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
                         }
                         pipe(
                             inbound.try_clone().unwrap(),
@@ -66,6 +74,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => {
                     let _ = tx.send((Instant::now() + delay, Vec::new()));
+                    // Both ways end: the far side learns at once.
+                    let _ = from.shutdown(Shutdown::Both);
                     return;
                 }
                 Ok(n) => {
