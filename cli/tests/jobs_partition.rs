@@ -13,40 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use valkyrie_jobs::{JobState, PgStore, Store};
 
 mod common;
 
-use common::jobs::Proc;
+use common::curl_at as curl;
+use common::jobs::{Proc, submit_with};
 use common::netns::Net;
 use common::relay::Relay;
+use common::wait_secs as wait;
 
 const LEASE_MS: u64 = 1500;
-
-/// curl against `addr`: the status and the JSON body.
-fn curl(addr: &str, args: &[&str], path: &str) -> (u16, Value) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out ({secs} s): {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn spawn(mut cmd: std::process::Command, log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
@@ -59,26 +37,12 @@ fn spawn(mut cmd: std::process::Command, log: &Path) -> Proc {
 }
 
 fn submit(addr: &str, n: usize) -> String {
-    let body = json!({
+    let spec = json!({
         "command": ["sh", "-c", format!("sleep 2; echo done {n}")],
         "max_attempts": 5,
         "idempotency_key": format!("k{n}"),
-    })
-    .to_string();
-    let (code, r) = curl(
-        addr,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-        ],
-        "/api/v1/jobs",
-    );
-    assert!(code == 201 || code == 200, "{code} {r}");
-    r["job_id"].as_str().unwrap().to_owned()
+    });
+    submit_with(|args, path| curl(addr, args, path), &spec)
 }
 
 fn connected_agents(addr: &str) -> usize {

@@ -6,11 +6,18 @@ use crate::row::parse_state;
 use crate::sql::{P, Tx, V};
 use crate::store::{Artifact, LogPage, StoreError};
 
-/// A job's columns, in the order [`job_of_row`] reads them.
-pub(crate) const COLUMNS: &str = "id, spec, state, epoch, exit_code, created_ms, progress";
+/// A job's columns, in the order [`job_of_row`] reads them (a macro, so that the statements
+/// below are made of the one list at compile time).
+macro_rules! columns {
+    () => {
+        "id, spec, state, epoch, exit_code, created_ms, progress"
+    };
+}
 
-const JOB_COLUMNS: &str =
-    "SELECT id, spec, state, epoch, exit_code, created_ms, progress FROM jobs";
+/// A job's columns, in the order [`job_of_row`] reads them.
+pub(crate) const COLUMNS: &str = columns!();
+
+const JOB_COLUMNS: &str = concat!("SELECT ", columns!(), " FROM jobs");
 
 /// Log chunks one read looks at, at most (each holds up to 1,024 lines).
 const CHUNKS: i64 = 256;

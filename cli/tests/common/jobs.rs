@@ -61,6 +61,25 @@ pub struct Cluster {
     plane: Option<Proc>,
 }
 
+/// Submit `spec` through `curl` (a control plane's, with its address and credentials); the
+/// job's id.
+pub fn submit_with(curl: impl FnOnce(&[&str], &str) -> (u16, Value), spec: &Value) -> String {
+    let body = spec.to_string();
+    let (code, r) = curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+        ],
+        "/api/v1/jobs",
+    );
+    assert!(code == 201 || code == 200, "{code} {r}");
+    r["job_id"].as_str().unwrap().to_owned()
+}
+
 /// A PostgreSQL started for the test; none (the test says SKIPPED) where its server binaries
 /// are not installed (`.ci/run` installs them).
 pub fn postgres() -> Option<valkyrie_jobs::pg_temp::Pg> {
@@ -217,20 +236,7 @@ impl Cluster {
 
     /// Submit `spec`; its id.
     pub fn submit(&self, spec: &Value) -> String {
-        let body = spec.to_string();
-        let (code, r) = self.curl(
-            &[
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-                "-d",
-                &body,
-            ],
-            "/api/v1/jobs",
-        );
-        assert!(code == 201 || code == 200, "{code} {r}");
-        r["job_id"].as_str().unwrap().to_owned()
+        submit_with(|args, path| self.curl(args, path), spec)
     }
 
     /// `POST /api/v1/jobs/{id}/{verb}`: the status and the answer.

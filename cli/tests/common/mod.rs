@@ -21,12 +21,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Wait (10 s at most) until `f` holds.
-pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_secs(what, 10, f);
+}
+
+/// Wait (`secs` at most) until `f` holds.
+pub fn wait_secs(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what} ({secs} s)"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -53,10 +58,15 @@ where
 /// `curl` with `args` against `path` on loopback `port`: the status and the JSON body (Null
 /// when it is not JSON).
 pub fn curl(port: u16, args: &[&str], path: &str) -> (u16, serde_json::Value) {
+    curl_at(&format!("127.0.0.1:{port}"), args, path)
+}
+
+/// The same against `addr` (`HOST:PORT`).
+pub fn curl_at(addr: &str, args: &[&str], path: &str) -> (u16, serde_json::Value) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
         .args(args)
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(format!("http://{addr}{path}"))
         .output()
         .expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

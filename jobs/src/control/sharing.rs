@@ -39,9 +39,12 @@ impl Dispatcher {
     /// Whether to assign jobs now: always on a store of its own; on a shared store only
     /// while it answers.
     pub(super) fn dispatching(&self, now: Instant, hub: &Hub) -> bool {
-        !self.shared
-            || (!self.sharing.cut
-                && now.duration_since(self.sharing.last_ok) <= hub.config.lease / 2)
+        !self.shared || (!self.sharing.cut && !self.store_quiet(now, hub))
+    }
+
+    /// Whether the store has not renewed this node's leases for half a lease.
+    fn store_quiet(&self, now: Instant, hub: &Hub) -> bool {
+        now.duration_since(self.sharing.last_ok) > hub.config.lease / 2
     }
 
     /// How many queued jobs to claim: the room left on a store of its own; on a shared one
@@ -79,7 +82,7 @@ impl Dispatcher {
         }
         // Half a lease: its agents reach another node while its holds still stand there,
         // so their attempts are adopted rather than reaped and run again.
-        if !self.sharing.cut && now.duration_since(self.sharing.last_ok) > lease / 2 {
+        if !self.sharing.cut && self.store_quiet(now, hub) {
             self.cut_off(ctx, hub);
         }
         let steady = self
