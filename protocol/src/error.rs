@@ -119,6 +119,9 @@ codes! {
     DOWNGRADE = 704, "downgrade attempt";
     /// 705: the record layer's nonce space is exhausted without a key update.
     NONCE_EXHAUSTED = 705, "nonce exhausted";
+    /// 706: a frame that could be replayed arrived in QUIC 0-RTT early data; it is dropped
+    /// and may be sent again once the handshake is confirmed (non-fatal).
+    TOO_EARLY = 706, "too early";
 }
 
 impl ErrorCode {
@@ -142,11 +145,12 @@ impl ErrorCode {
     /// connection cannot continue safely: handshake and heartbeat timeouts, failed
     /// negotiation, authentication failures (2xx), overload refusal at accept time (501),
     /// shutdown (502), slow consumers (505) and every security code (7xx) except 701, which
-    /// denies one message and leaves the connection usable.
+    /// denies one message and leaves the connection usable, and 706, which refuses one frame
+    /// sent too early.
     pub const fn is_fatal(self) -> bool {
         matches!(
             self.0,
-            100 | 101 | 102 | 105 | 107 | 108 | 109 | 200..=299 | 501 | 502 | 505 | 700 | 702..=799
+            100 | 101 | 102 | 105 | 107 | 108 | 109 | 200..=299 | 501 | 502 | 505 | 700 | 702..=705 | 707..=799
         )
     }
 

@@ -1457,3 +1457,53 @@ fn a_server_that_closes_during_the_handshake_ends_the_attempt_with_its_code() {
         p.client_events
     );
 }
+
+#[test]
+fn early_data_carries_hello_ping_and_health_check_only_the_rest_gets_706() {
+    let mut p = Pair::new(Config::new("a"), Config::new("b"));
+    p.server.set_early_data(true);
+    let mut wire = drain(&mut p.client);
+    let mut ping = raw(MessageType::Ping, 0, &b"0rtt"[..]);
+    ping[16..20].copy_from_slice(&7u32.to_be_bytes());
+    wire.extend(ping);
+    wire.extend(raw(MessageType::HealthCheck, 0, &b""[..]));
+    let mut job = raw(MessageType::JobRequest, 0, &b"build"[..]);
+    job[16..20].copy_from_slice(&9u32.to_be_bytes());
+    wire.extend(job.clone());
+    let (events, out) = inject(&mut p.server, &wire, p.now);
+    let frames = frames_of(&out);
+    let types: Vec<MessageType> = frames.iter().map(|f| f.msg_type()).collect();
+    assert_eq!(types[0], MessageType::HelloAck, "{types:?}");
+    assert!(types.contains(&MessageType::Pong), "{types:?}");
+    let error = frames
+        .iter()
+        .find(|f| f.msg_type() == MessageType::Error)
+        .expect("the JOB_REQUEST is refused");
+    assert_eq!(
+        error.header.correlation_id, 9,
+        "the ERROR answers the request"
+    );
+    assert_eq!(error_codes(&out), vec![ErrorCode::TOO_EARLY.0]);
+    assert!(!ErrorCode::TOO_EARLY.is_fatal());
+    let delivered: Vec<MessageType> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Frame(f) => Some(f.msg_type()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !delivered.contains(&MessageType::JobRequest),
+        "an early request reached the application: {delivered:?}"
+    );
+    // The handshake confirmed: the same request is taken.
+    p.server.set_early_data(false);
+    let (events, out) = inject(&mut p.server, &job, p.now);
+    assert!(error_codes(&out).is_empty());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Frame(f) if f.msg_type() == MessageType::JobRequest))
+    );
+    assert!(p.server.is_established());
+}

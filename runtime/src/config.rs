@@ -140,6 +140,12 @@ pub struct NodeConfig {
     /// the `mtls` mode, optional under `token`. Unix and shared-memory endpoints stay local
     /// and unencrypted.
     pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
+    /// TLS of the `quic://` listeners (QUIC's own TLS 1.3; [`NodeBuilder::quic_tls`](crate::NodeBuilder::quic_tls)):
+    /// when unset, [`NodeConfig::tls`]. A `quic://` listener without either is refused.
+    pub quic_tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
+    /// The QUIC TLS requires client certificates: a resumed client's early data then waits
+    /// for the handshake that proves its identity.
+    pub quic_client_auth: bool,
     /// HTTP/1.1 on the node's TCP and Unix listeners, told apart from Valkyrie frames by the
     /// first byte.
     pub http: HttpSettings,
@@ -246,6 +252,8 @@ impl Default for NodeConfig {
             guard: None,
             audit: None,
             tls: None,
+            quic_tls: None,
+            quic_client_auth: false,
             http: HttpSettings::default(),
             trace_hook: TraceHookSlot::default(),
             collectors: Vec::new(),

@@ -58,6 +58,9 @@ pub mod link;
 mod mesh;
 pub mod metrics;
 mod node;
+#[allow(unsafe_code)]
+// UDP message headers and control messages: every unsafe block carries a SAFETY comment.
+pub mod quic;
 pub mod request_span;
 pub mod service;
 mod shard;

@@ -40,6 +40,14 @@ pub(crate) enum MeshMsg {
         ip: std::net::IpAddr,
         until: std::time::Instant,
     },
+    /// A QUIC datagram for a connection the receiving shard owns (its connection id says
+    /// so), received by another shard's socket on the same listener.
+    Datagram {
+        listener: u8,
+        from: std::net::SocketAddr,
+        ecn: Option<u8>,
+        data: bytes::BytesMut,
+    },
     /// A message for the receiving shard's service.
     User {
         from: usize,

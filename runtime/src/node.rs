@@ -201,6 +201,21 @@ impl NodeBuilder {
         self
     }
 
+    /// TLS for the `quic://` listeners (a certificate is required there; TCP listeners stay
+    /// as [`NodeBuilder::tls`] leaves them). `client_auth`: the configuration requires
+    /// client certificates (`mtls::server_config`), so HELLO negotiates `mtls` with their
+    /// identity; without, only the node is authenticated
+    /// (`mtls::server_config_without_client_auth`).
+    pub fn quic_tls(
+        mut self,
+        config: Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+        client_auth: bool,
+    ) -> Self {
+        self.cfg.quic_tls = Some(config);
+        self.cfg.quic_client_auth = client_auth;
+        self
+    }
+
     /// Ring geometry of accepted shared-memory connections.
     pub fn shm(mut self, cfg: ShmConfig) -> Self {
         self.cfg.shm = cfg;
@@ -310,10 +325,45 @@ impl Node {
         // Bind: the first TCP bind of an address picks the port (port 0); the other shards bind
         // the same port with SO_REUSEPORT. A Unix socket is bound once and shared.
         let mut per_shard: Vec<Vec<(OwnedFd, u8)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut quic_per_shard: Vec<Vec<crate::shard::quic::QuicSetup>> =
+            (0..n).map(|_| Vec::new()).collect();
         let mut endpoints = Vec::new();
         for ep in &cfg.listen {
             let t = transport::for_endpoint(ep);
             match ep {
+                Endpoint::Quic(_) => {
+                    // One UDP socket per shard on the same port (SO_REUSEPORT), each with its
+                    // own endpoint; they share the handshake configuration.
+                    let (tls, client_auth) = match (&cfg.quic_tls, &cfg.tls) {
+                        (Some(t), _) => (t.clone(), cfg.quic_client_auth),
+                        (None, Some(t)) => (t.clone(), true),
+                        (None, None) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!(
+                                    "{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"
+                                ),
+                            ));
+                        }
+                    };
+                    let server = crate::quic::server_config(&tls)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                    let first = t.listen(ep, true, 0)?;
+                    let bound = Endpoint::Quic(transport::local_addr(&first)?);
+                    for (i, socks) in quic_per_shard.iter_mut().enumerate() {
+                        let fd = if i == 0 {
+                            crate::sys::dup(&first)?
+                        } else {
+                            t.listen(&bound, true, 0)?
+                        };
+                        socks.push(crate::shard::quic::QuicSetup {
+                            fd,
+                            server: server.clone(),
+                            client_auth,
+                        });
+                    }
+                    endpoints.push(bound);
+                }
                 Endpoint::Tcp(_) => {
                     let first = t.listen(ep, true, 4096)?;
                     let bound = Endpoint::Tcp(transport::local_addr(&first)?);
@@ -373,6 +423,8 @@ impl Node {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) =
             std::sync::mpsc::channel::<io::Result<(usize, crate::RingFeatures)>>();
+        let cid_key = crate::quic::cid::CidKey::default();
+        let mut quic_per_shard = quic_per_shard.into_iter();
         for (id, (listeners, mesh_tx)) in per_shard.into_iter().zip(producers).enumerate() {
             let mesh_rx: Vec<_> = consumers[id].iter_mut().filter_map(Option::take).collect();
             let init = ShardInit {
@@ -386,6 +438,8 @@ impl Node {
                 node: state.clone(),
                 shutdown: shutdown.clone(),
                 table_size,
+                quic: quic_per_shard.next().unwrap_or_default(),
+                cid_key: cid_key.clone(),
             };
             let factory = factory.clone();
             let core = (cfg.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -56,7 +56,7 @@ pub(crate) fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
 }
 
 /// `addr` as a C sockaddr and its length.
-fn encode_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn encode_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let mut storage = sockaddr_storage();
     let len = match addr {
         SocketAddr::V4(a) => {
@@ -104,7 +104,7 @@ fn stream_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn setsockopt_int(
+pub(crate) fn setsockopt_int(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -229,9 +229,9 @@ pub(crate) fn outbound_socket(
                 Box::new(ConnectAddr { storage, len }),
             ))
         }
-        Endpoint::Shm(_) => Err(io::Error::new(
+        Endpoint::Shm(_) | Endpoint::Quic(_) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "a shard does not connect to shared memory yet (the blocking Client does)",
+            "a shard does not connect to shared memory or QUIC yet (the blocking Client does)",
         )),
     }
 }
@@ -330,6 +330,24 @@ pub(crate) fn wait_readable_or_writable(
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: poll on one live pollfd.
     match cvt(unsafe { libc::poll(&mut p, 1, ms) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Wait until `fd` may be read, at most `timeout` (to the microsecond).
+pub(crate) fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: ppoll on one live pollfd with a live timespec and no signal mask.
+    match cvt(unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) }) {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
         r => r.map(|_| ()),
     }

@@ -46,6 +46,8 @@ pub enum ClientSocket {
     Shm(Box<ShmSocket>),
     /// TLS 1.3 over TCP (`mtls`, or token inside TLS).
     Tls(Box<TlsSocket>),
+    /// QUIC: the connection's first bidirectional stream.
+    Quic(Box<crate::quic::QuicSocket>),
 }
 
 impl ClientSocket {
@@ -54,10 +56,10 @@ impl ClientSocket {
         Ok(match self {
             ClientSocket::Tcp(s) => ClientSocket::Tcp(s.try_clone()?),
             ClientSocket::Unix(s) => ClientSocket::Unix(s.try_clone()?),
-            ClientSocket::Shm(_) | ClientSocket::Tls(_) => {
+            ClientSocket::Shm(_) | ClientSocket::Tls(_) | ClientSocket::Quic(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "a shared-memory or TLS connection has one reader and one writer: it is not cloned",
+                    "a shared-memory, TLS or QUIC connection has one reader and one writer: it is not cloned",
                 ));
             }
         })
@@ -73,6 +75,10 @@ impl ClientSocket {
                 Ok(())
             }
             ClientSocket::Tls(s) => s.tcp.set_nonblocking(on),
+            ClientSocket::Quic(s) => {
+                s.set_nonblocking(on);
+                Ok(())
+            }
         }
     }
 
@@ -86,6 +92,7 @@ impl ClientSocket {
             ClientSocket::Unix(s) => crate::sys::send_nonblocking(s, buf),
             ClientSocket::Shm(s) => s.try_write(buf),
             ClientSocket::Tls(s) => s.try_write(buf),
+            ClientSocket::Quic(s) => s.try_write(buf),
         }
     }
 
@@ -97,6 +104,7 @@ impl ClientSocket {
             ClientSocket::Unix(s) => crate::sys::recv_nonblocking(s, buf),
             ClientSocket::Shm(s) => s.try_read(buf),
             ClientSocket::Tls(s) => s.try_read(buf),
+            ClientSocket::Quic(s) => s.try_read(buf),
         }
     }
 
@@ -115,6 +123,7 @@ impl ClientSocket {
             ClientSocket::Tcp(s) => crate::sys::wait_readable_or_writable(s, timeout),
             ClientSocket::Unix(s) => crate::sys::wait_readable_or_writable(s, timeout),
             ClientSocket::Tls(s) => crate::sys::wait_readable_or_writable(&s.tcp, timeout),
+            ClientSocket::Quic(s) => s.wait_io(timeout),
             ClientSocket::Shm(_) => {
                 std::thread::sleep(timeout.min(std::time::Duration::from_micros(50)));
                 Ok(())
@@ -132,6 +141,10 @@ impl ClientSocket {
                 Ok(())
             }
             ClientSocket::Tls(s) => s.tcp.set_read_timeout(t),
+            ClientSocket::Quic(s) => {
+                s.set_read_timeout(t);
+                Ok(())
+            }
         }
     }
 }
@@ -143,6 +156,7 @@ impl io::Read for ClientSocket {
             ClientSocket::Unix(s) => s.read(buf),
             ClientSocket::Shm(s) => s.read(buf),
             ClientSocket::Tls(s) => s.read(buf),
+            ClientSocket::Quic(s) => s.read(buf),
         }
     }
 }
@@ -154,6 +168,7 @@ impl io::Write for ClientSocket {
             ClientSocket::Unix(s) => s.write(buf),
             ClientSocket::Shm(s) => s.write(buf),
             ClientSocket::Tls(s) => s.write(buf),
+            ClientSocket::Quic(s) => s.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
@@ -161,6 +176,7 @@ impl io::Write for ClientSocket {
             ClientSocket::Tcp(s) => s.write_vectored(bufs),
             ClientSocket::Unix(s) => s.write_vectored(bufs),
             ClientSocket::Tls(s) => s.write_vectored(bufs),
+            ClientSocket::Quic(s) => s.write_vectored(bufs),
             ClientSocket::Shm(s) => {
                 let first = bufs
                     .iter()
@@ -274,6 +290,35 @@ impl Transport for ShmTransport {
         };
         let stream = ShmStream::connect(name).map_err(shm_io)?;
         Ok(ClientSocket::Shm(Box::new(ShmSocket::new(stream))))
+    }
+}
+
+/// QUIC (`quic://host:port`): a node's listener is a UDP socket per shard (made here); a
+/// client's connection needs TLS, so [`crate::Client`] makes it from its configuration
+/// ([`crate::quic::QuicSocket::connect`]) rather than through [`Transport::connect`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QuicTransport;
+
+impl Transport for QuicTransport {
+    fn scheme(&self) -> &'static str {
+        "quic"
+    }
+
+    fn listen(&self, endpoint: &Endpoint, reuse_port: bool, _backlog: i32) -> io::Result<OwnedFd> {
+        let Endpoint::Quic(addr) = endpoint else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a quic endpoint",
+            ));
+        };
+        crate::quic::udp::bind(addr, reuse_port)
+    }
+
+    fn connect(&self, _endpoint: &Endpoint, _timeout: Duration) -> io::Result<ClientSocket> {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a quic:// connection needs TLS: connect with Client and ClientConfig::tls",
+        ))
     }
 }
 
@@ -640,5 +685,6 @@ pub fn for_endpoint(endpoint: &Endpoint) -> &'static dyn Transport {
         Endpoint::Tcp(_) => &TcpTransport,
         Endpoint::Unix(_) => &UnixTransport,
         Endpoint::Shm(_) => &ShmTransport,
+        Endpoint::Quic(_) => &QuicTransport,
     }
 }

@@ -1,4 +1,5 @@
-//! Listen and connect addresses: `tcp://host:port`, `unix:///path` and `shm://name`.
+//! Listen and connect addresses: `tcp://host:port`, `quic://host:port`, `unix:///path` and
+//! `shm://name`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,11 +16,15 @@ pub enum Endpoint {
     /// A shared-memory rendezvous name (see `valkyrie-shm`): the two processes meet through an
     /// abstract Unix socket of that name and then talk through shared rings.
     Shm(String),
+    /// A QUIC address (UDP): ALPN `valkyrie/2`, the frames on the first bidirectional stream.
+    Quic(SocketAddr),
 }
 
-/// A URL that is not `tcp://host:port`, `unix:///path` or `shm://name`.
+/// A URL that is not `tcp://host:port`, `quic://host:port`, `unix:///path` or `shm://name`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad endpoint {url:?}: {reason} (expected tcp://host:port, unix:///path or shm://name)")]
+#[error(
+    "bad endpoint {url:?}: {reason} (expected tcp://host:port, quic://host:port, unix:///path or shm://name)"
+)]
 pub struct EndpointError {
     /// The URL given.
     pub url: String,
@@ -35,13 +40,16 @@ impl FromStr for Endpoint {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        if let Some(rest) = url.strip_prefix("tcp://") {
-            let addr = rest
-                .to_socket_addrs()
+        let resolve = |rest: &str| {
+            rest.to_socket_addrs()
                 .map_err(|e| err(&e.to_string()))?
                 .next()
-                .ok_or_else(|| err("host resolves to no address"))?;
-            Ok(Endpoint::Tcp(addr))
+                .ok_or_else(|| err("host resolves to no address"))
+        };
+        if let Some(rest) = url.strip_prefix("tcp://") {
+            Ok(Endpoint::Tcp(resolve(rest)?))
+        } else if let Some(rest) = url.strip_prefix("quic://") {
+            Ok(Endpoint::Quic(resolve(rest)?))
         } else if let Some(path) = url.strip_prefix("unix://") {
             if path.is_empty() {
                 return Err(err("empty path"));
@@ -64,17 +72,19 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
             Endpoint::Shm(n) => write!(f, "shm://{n}"),
+            Endpoint::Quic(a) => write!(f, "quic://{a}"),
         }
     }
 }
 
 impl Endpoint {
-    /// The transport label used in metrics (`"tcp"`, `"unix"`, `"shm"`).
+    /// The transport label used in metrics (`"tcp"`, `"unix"`, `"shm"`, `"quic"`).
     pub fn transport(&self) -> &'static str {
         match self {
             Endpoint::Tcp(_) => "tcp",
             Endpoint::Unix(_) => "unix",
             Endpoint::Shm(_) => "shm",
+            Endpoint::Quic(_) => "quic",
         }
     }
 }

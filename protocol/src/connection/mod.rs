@@ -177,6 +177,9 @@ pub struct Connection {
     stats: Counters,
     /// The capabilities agreed in NEGOTIATE, and whether it happened (`negotiate.rs`).
     features: u32,
+    /// Input arrives as early data (QUIC 0-RTT) that could be replayed: only HELLO, PING and
+    /// HEALTH_CHECK are taken, anything else is answered with 706 (too early).
+    early: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -226,6 +229,7 @@ impl Connection {
             protector: None,
             stats: Counters::default(),
             features: 0,
+            early: false,
             config,
         };
         if side == Side::Client {

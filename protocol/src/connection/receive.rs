@@ -8,7 +8,24 @@ use crate::frame::{Flags, Frame, MessageType, TRACE_CONTEXT_LEN};
 use crate::message::{ErrorPayload, MAX_PING_PAYLOAD, Payload, SecurityMode, StreamAck};
 use crate::{CloseReason, Event, Side};
 
+/// The types a replay of early data (QUIC 0-RTT) cannot turn into a second effect: the
+/// greeting and liveness probes.
+fn is_early_safe(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::Hello | MessageType::Ping | MessageType::HealthCheck
+    )
+}
+
 impl Connection {
+    /// Whether the input handed in from now on is early data (QUIC 0-RTT, which an attacker
+    /// may replay): while it is, frames other than HELLO, PING and HEALTH_CHECK are answered
+    /// with ERROR 706 (too early, non-fatal) and dropped; the peer sends them again once the
+    /// handshake is confirmed, and the transport says so by calling this with `false`.
+    pub fn set_early_data(&mut self, early: bool) {
+        self.early = early;
+    }
+
     pub(super) fn on_frame(&mut self, mut frame: Frame) {
         self.stats.frames_rx += 1;
         if let Some(p) = &mut self.protector {
@@ -29,6 +46,17 @@ impl Connection {
             self.nonfatal(
                 ErrorCode::UNKNOWN_MESSAGE_TYPE,
                 format!("unknown message type 0x{:02X}", h.msg_type.to_u8()),
+                &h,
+            );
+            return;
+        }
+        if self.early && !is_early_safe(h.msg_type) {
+            self.nonfatal(
+                ErrorCode::TOO_EARLY,
+                format!(
+                    "{} in 0-RTT early data: send it again once the handshake is confirmed",
+                    h.msg_type
+                ),
                 &h,
             );
             return;

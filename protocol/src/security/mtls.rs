@@ -149,6 +149,35 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// A TLS 1.3 server configuration that authenticates the server alone (no client
+/// certificate asked for): what a `quic://` listener without a client CA uses. ALPN as
+/// [`server_config`].
+pub fn server_config_without_client_auth(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ServerConfig>, SecurityError> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| config_error("key", e))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| config_error("protocol versions", e))?
+        .with_no_client_auth()
+        .with_single_cert(certs(chain_pem, "certificate")?, key)
+        .map_err(|e| config_error("certificate and key", e))?;
+    cfg.alpn_protocols = vec![ALPN_VALKYRIE.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A TLS 1.3 client configuration that trusts servers issued by `ca_pem` and presents no
+/// certificate of its own (server authentication only).
+pub fn server_only_client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, SecurityError> {
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| config_error("protocol versions", e))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// The identity of a certificate: `x509:` and its first DNS name, else its first URI name,
 /// else its subject common name. `None` when the certificate does not parse or names nothing.
 pub fn certificate_identity(der: &[u8]) -> Option<String> {

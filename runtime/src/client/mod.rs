@@ -167,6 +167,23 @@ impl Client {
         endpoint: &Endpoint,
         cfg: ClientConfig,
     ) -> Result<Client, ClientError> {
+        if let Endpoint::Quic(addr) = endpoint {
+            let Some(tls) = &cfg.tls else {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "quic:// needs TLS: set ClientConfig::tls (the node's CA, and a client certificate for mtls)",
+                )));
+            };
+            let quic = crate::quic::client_config(tls).map_err(|e| {
+                ClientError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            let name = cfg
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string());
+            let sock = crate::quic::QuicSocket::connect(*addr, &name, quic, cfg.connect_timeout)?;
+            return Self::over(ClientSocket::Quic(Box::new(sock)), cfg);
+        }
         let sock = match (
             transport::for_endpoint(endpoint).connect(endpoint, cfg.connect_timeout)?,
             &cfg.tls,
@@ -206,6 +223,11 @@ impl Client {
         {
             conn.set_transport_identity(id);
         }
+        if let ClientSocket::Quic(q) = &sock
+            && let Some(id) = q.peer_identity()
+        {
+            conn.set_transport_identity(id);
+        }
         let mut c = Client {
             sock,
             conn,
@@ -233,6 +255,12 @@ impl Client {
         // What establishment queued (the capability offer, NEGOTIATE) leaves now.
         c.flush()?;
         Ok(c)
+    }
+
+    /// The socket underneath (a QUIC client moves to a new port through it:
+    /// [`QuicSocket::rebind`](crate::quic::QuicSocket::rebind)).
+    pub fn socket_mut(&mut self) -> &mut ClientSocket {
+        &mut self.sock
     }
 
     /// What was agreed with the node.

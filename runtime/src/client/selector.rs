@@ -28,6 +28,7 @@ pub fn transport_rank(endpoint: &Endpoint) -> u8 {
     match endpoint {
         Endpoint::Shm(_) => 0,
         Endpoint::Unix(_) => 1,
+        Endpoint::Quic(_) => 2,
         Endpoint::Tcp(_) => 3,
     }
 }
@@ -37,7 +38,7 @@ pub fn transport_rank(endpoint: &Endpoint) -> u8 {
 fn reachable(endpoint: &Endpoint) -> bool {
     match endpoint {
         Endpoint::Unix(path) => path.exists(),
-        Endpoint::Shm(_) | Endpoint::Tcp(_) => true,
+        Endpoint::Shm(_) | Endpoint::Tcp(_) | Endpoint::Quic(_) => true,
     }
 }
 

@@ -111,12 +111,33 @@ impl ShmIo {
     }
 }
 
+/// A QUIC connection's I/O: the first bidirectional stream of a QUIC connection that the
+/// shard's endpoint holds (`shard/quic.rs`).
+pub(crate) struct QuicIo {
+    /// The shard's QUIC listener and the connection's handle in its endpoint.
+    pub(crate) listener: u8,
+    pub(crate) handle: u32,
+    /// A frame taken from the protocol that the stream did not take whole yet.
+    pub(crate) pending: Option<(Transmit, usize)>,
+    /// Since when the stream's flow control has held a frame back (slow-consumer timer).
+    pub(crate) blocked_since: Option<Tick>,
+    /// Reading the stream stopped because the connection wants no input: QUIC's flow
+    /// control then slows the peer.
+    pub(crate) rx_held: bool,
+    /// The bytes so far arrived as 0-RTT early data.
+    pub(crate) early: bool,
+    /// Early data is left unread until the handshake is confirmed.
+    pub(crate) hold_early: bool,
+}
+
 /// A connection's I/O.
 pub(crate) enum Io {
     /// TCP or Unix, through the ring.
     Socket(Socket),
     /// Shared memory (boxed: most connections are sockets).
     Shm(Box<ShmIo>),
+    /// A QUIC stream.
+    Quic(Box<QuicIo>),
 }
 
 /// One connection of a shard.
@@ -219,7 +240,7 @@ impl Conn {
     pub(crate) fn socket(&mut self) -> Option<&mut Socket> {
         match &mut self.io {
             Io::Socket(s) => Some(s),
-            Io::Shm(_) => None,
+            Io::Shm(_) | Io::Quic(_) => None,
         }
     }
 
@@ -228,6 +249,7 @@ impl Conn {
         match &self.io {
             Io::Socket(s) => s.send.started(),
             Io::Shm(s) => s.blocked_since,
+            Io::Quic(q) => q.blocked_since,
         }
     }
 
@@ -238,6 +260,8 @@ impl Conn {
         match (&self.life, &self.io) {
             (Life::Closing { fd_closed, .. }, Io::Socket(s)) => *fd_closed && !s.send.in_kernel(),
             (Life::Closing { .. }, Io::Shm(s)) => !s.in_flight(),
+            // The QUIC connection lives on in the endpoint until its stream is acknowledged.
+            (Life::Closing { .. }, Io::Quic(_)) => true,
             _ => false,
         }
     }

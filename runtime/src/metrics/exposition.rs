@@ -237,6 +237,17 @@ impl NodeMetrics {
         )?;
         counters(
             enc,
+            "valkyrie_quic_datagrams",
+            "QUIC datagrams forwarded to the shard owning their connection (forwarded), dropped on a full mesh ring (dropped), and Retry packets sent to unvalidated clients (retry)",
+            ["event"],
+            [
+                (["forwarded"], self.sum(|s| s.quic_forwarded.load(Relaxed))),
+                (["dropped"], self.sum(|s| s.quic_dropped.load(Relaxed))),
+                (["retry"], self.sum(|s| s.quic_retries.load(Relaxed))),
+            ],
+        )?;
+        counters(
+            enc,
             "valkyrie_recv_buffer_shortages",
             "Receives that found every provided receive buffer in use (re-armed; raise recv_buffers if this grows)",
             [],

@@ -25,7 +25,7 @@ use valkyrie_protocol::{Flags, MessageType, Transmit};
 pub(crate) const RECENT_EVENTS: usize = 32;
 
 /// Transports counted separately.
-pub(crate) const TRANSPORTS: [&str; 4] = ["tcp", "unix", "shm", "ws"];
+pub(crate) const TRANSPORTS: [&str; 5] = ["tcp", "unix", "shm", "ws", "quic"];
 /// The transport index of a WebSocket connection (one that was TCP or Unix until its
 /// upgrade).
 pub(crate) const WS: u8 = 3;
@@ -44,7 +44,7 @@ fn priority_band(p: u8) -> usize {
 /// Counters of one shard.
 #[derive(Debug)]
 pub struct ShardMetrics {
-    pub(crate) connections_active: [AtomicI64; 4],
+    pub(crate) connections_active: [AtomicI64; 5],
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
@@ -113,6 +113,11 @@ pub struct ShardMetrics {
     /// Retries of outbound links: a connect after a failed attempt, a reconnect after an
     /// established connection was lost.
     pub(crate) retries: [AtomicU64; 2],
+    /// QUIC datagrams forwarded to the shard that issued their connection id, those dropped
+    /// because that shard's mesh ring was full, and Retry packets sent to unvalidated clients.
+    pub(crate) quic_forwarded: AtomicU64,
+    pub(crate) quic_dropped: AtomicU64,
+    pub(crate) quic_retries: AtomicU64,
 }
 
 /// Where an answer's latency is looked up while a connection's frames are written: the
@@ -149,6 +154,9 @@ impl ShardMetrics {
             input_holds: AtomicU64::new(0),
             input_resumes: AtomicU64::new(0),
             input_rests: AtomicU64::new(0),
+            quic_forwarded: AtomicU64::new(0),
+            quic_dropped: AtomicU64::new(0),
+            quic_retries: AtomicU64::new(0),
             recv_buffer_shortages: AtomicU64::new(0),
             link_attempts: AtomicU64::new(0),
             link_failures: AtomicU64::new(0),
@@ -302,6 +310,18 @@ impl ShardMetrics {
     /// until its send in flight was done (output waited: the light form of back-pressure).
     pub fn input_rests(&self) -> u64 {
         self.input_rests.load(Relaxed)
+    }
+
+    /// QUIC datagrams this shard received for a connection of another shard and forwarded
+    /// to it (a client whose address changed, which the kernel hashed elsewhere).
+    pub fn quic_forwarded(&self) -> u64 {
+        self.quic_forwarded.load(Relaxed)
+    }
+
+    /// Retry packets sent to clients whose address was not validated (many handshakes
+    /// half-open).
+    pub fn quic_retries(&self) -> u64 {
+        self.quic_retries.load(Relaxed)
     }
 
     /// Times a held connection's input was resumed.

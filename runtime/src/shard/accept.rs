@@ -281,7 +281,10 @@ impl Shard {
                     break;
                 };
                 match ShmStream::serve(sock, &self.cfg.shm) {
-                    Ok(stream) => self.add_conn(u32::MAX, SHM, Some(stream), None, None),
+                    Ok(stream) => {
+                        let io = Io::Shm(Box::new(ShmIo::new(stream)));
+                        self.add_conn(u32::MAX, SHM, Some(io), None, None);
+                    }
                     Err(e) => tracing::debug!(shard = self.id, error = %e, "shm rendezvous failed"),
                 }
             }
@@ -289,16 +292,36 @@ impl Shard {
         self.rearm_accept(li, more);
     }
 
-    /// Register an accepted connection: refused with ERROR 501 at the limit or while shutting
-    /// down (702 when banned), otherwise armed for input.
+    /// A Valkyrie connection on a QUIC connection's first stream (`io`), its client's
+    /// certificate identity when it presented one. Returns its slot (the caller reads the
+    /// stream).
+    pub(super) fn add_quic_conn(&mut self, io: Io, identity: Option<String>) -> u32 {
+        let slot = self.add_conn(u32::MAX, super::quic::QUIC, Some(io), None, None);
+        if let Some(id) = identity
+            && let Some(c) = self.conns.get_mut(slot)
+        {
+            c.proto.set_transport_identity(id);
+        }
+        if let Some(c) = self.conns.get_mut(slot)
+            && let Io::Quic(q) = &c.io
+            && q.early
+        {
+            c.proto.set_early_data(true);
+        }
+        slot
+    }
+
+    /// Register an accepted connection (a socket in direct-descriptor slot `fixed`, or the
+    /// given shared-memory or QUIC `io`): refused with ERROR 501 at the limit or while
+    /// shutting down (702 when banned), otherwise armed for input. Returns its slot.
     fn add_conn(
         &mut self,
         fixed: u32,
         transport: u8,
-        shm: Option<ShmStream>,
+        io: Option<Io>,
         ip: Option<IpAddr>,
         banned: Option<String>,
-    ) {
+    ) -> u32 {
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
         // Accepted while the node drains (it was queued before the listeners closed): told to
         // go away (ERROR 502) before its handshake, so that its client connects again, to the
@@ -313,8 +336,8 @@ impl Shard {
             self.now,
             self.unix_now(),
         );
-        let io = match shm {
-            Some(stream) => Io::Shm(Box::new(ShmIo::new(stream))),
+        let io = match io {
+            Some(io) => io,
             None => {
                 let tls = match &self.cfg.tls {
                     Some(cfg) if transport == TCP && !refused => {
@@ -344,6 +367,7 @@ impl Shard {
         // Under TLS the first byte tells a handshake from a frame sent in the clear.
         let sniffing = !refused
             && transport != SHM
+            && transport != super::quic::QUIC
             && matches!(&io, Io::Socket(s) if s.tls.is_some() || self.cfg.http.enabled);
         let opened_us = self.now_us();
         let slot = self.conns.insert(|generation| Conn {
@@ -373,16 +397,20 @@ impl Shard {
                 (None, false) => Refusal::Limit,
             };
             self.refuse(slot, refusal);
-            return;
+            return slot;
         }
         self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
-        if transport == SHM {
-            self.arm_shm_hup(slot);
-            self.shm_recv(slot);
-        } else {
-            self.arm_recv(slot);
+        match transport {
+            SHM => {
+                self.arm_shm_hup(slot);
+                self.shm_recv(slot);
+            }
+            // The caller reads the stream once it knows the slot.
+            super::quic::QUIC => {}
+            _ => self.arm_recv(slot),
         }
         self.mark(slot);
+        slot
     }
 
     /// Send a refused connection its ERROR (702 with the reason when banned, 502 when the
@@ -441,6 +469,17 @@ impl Shard {
             Io::Shm(shm) => {
                 // The frame is in the ring before the close: the peer reads it, then the close.
                 let _ = shm.stream.try_send(&frame);
+                self.start_close(slot);
+            }
+            Io::Quic(qi) => {
+                // Written into the stream before it is finished: the peer reads it, then the
+                // end of the stream.
+                let (li, h) = (qi.listener, qi.handle);
+                if let Some(q) = self.quic.conn(li, h)
+                    && let Some(id) = q.stream
+                {
+                    let _ = q.conn.send_stream(id).write(&frame);
+                }
                 self.start_close(slot);
             }
             Io::Socket(_) => {

@@ -83,6 +83,11 @@ impl Shard {
                 }
                 self.remove_if_released(slot);
             }
+            Io::Quic(qi) => {
+                let (li, h) = (qi.listener, qi.handle);
+                self.quic_close(li, h);
+                self.remove_if_released(slot);
+            }
             Io::Socket(s) => {
                 let fixed = s.fixed;
                 if s.send.orphan() {
@@ -181,13 +186,17 @@ impl Shard {
                 .user_data(ud(Op::Cancel, 0, 0));
             self.ring.push(cancel);
         }
+        self.stop_quic();
         let deadline = Instant::now() + STOP_GRACE;
-        while (!self.conns.is_empty() || self.wake.armed) && Instant::now() < deadline {
+        while (!self.conns.is_empty() || self.wake.armed || self.quic.in_kernel())
+            && Instant::now() < deadline
+        {
             self.ring.push_backlog();
             let _ = self.ring.submit_and_wait(Some(Duration::from_millis(10)));
             self.reap();
         }
         self.bufs.unregister(self.ring.inner());
+        self.unregister_quic();
         tracing::info!(shard = self.id, "shard stopped");
     }
 }

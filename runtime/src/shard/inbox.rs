@@ -63,6 +63,15 @@ impl Shard {
                     g.ban(ip, until, self.now);
                 }
             }
+            MeshMsg::Datagram {
+                listener,
+                from,
+                ecn,
+                data,
+            } => {
+                let ecn = ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
+                self.quic_datagram(listener, from, ecn, data, false);
+            }
             MeshMsg::User { from, msg } => {
                 let (service, mut ctx) = self.ctx();
                 service.on_message(&mut ctx, from, msg);

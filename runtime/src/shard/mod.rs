@@ -18,6 +18,8 @@ mod linger;
 pub(crate) mod links;
 mod output;
 mod process;
+pub(crate) mod quic;
+mod quic_stream;
 mod shm;
 mod socket;
 mod status_feed;
@@ -60,6 +62,9 @@ pub(crate) struct ShardInit {
     pub(crate) node: Arc<crate::health::NodeState>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) table_size: u32,
+    /// The shard's `quic://` listeners, and the key of the node's connection ids.
+    pub(crate) quic: Vec<quic::QuicSetup>,
+    pub(crate) cid_key: crate::quic::cid::CidKey,
 }
 
 /// Completions handled per batch taken from the ring.
@@ -125,6 +130,8 @@ pub(crate) struct Shard {
     followers: status_feed::Followers,
     /// When the loop turn is next stamped into the metrics for `/healthz`.
     next_stamp: Instant,
+    /// QUIC listeners, their endpoints and connections.
+    quic: quic::Quic,
 }
 
 impl Shard {
@@ -166,7 +173,8 @@ impl Shard {
             busy_poll = ?init.cfg.busy_poll,
             "shard ring ready (multishot accept into direct descriptors, multishot recv with a provided buffer ring)"
         );
-        Ok(Shard {
+        let mut shard = Shard {
+            quic: quic::Quic::new(init.id, init.quic, init.cid_key),
             id: init.id,
             ring: Ring::new(ring),
             features,
@@ -207,7 +215,9 @@ impl Shard {
                 unix ^ (init.id as u64) << 32 ^ u64::from(now.elapsed().subsec_nanos()),
             ),
             cfg: init.cfg,
-        })
+        };
+        shard.start_quic()?;
+        Ok(shard)
     }
 
     /// The ring features in use.
@@ -232,6 +242,9 @@ impl Shard {
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
             work |= self.run_service_timers();
+            work |= self.run_quic_timers();
+            // QUIC connections left to drive by the last turn's bounded passes.
+            work |= self.drive_quic();
             work |= self.feed_followers();
             work |= self.run_links();
             work |= self.drain_shm_more();
@@ -274,6 +287,14 @@ impl Shard {
                 std::hint::spin_loop();
             }
             self.process_dirty();
+            // QUIC connections that received or were written to, then what their streams
+            // gave the Valkyrie connections (bounded: each pass handles what the last left).
+            for _ in 0..4 {
+                if !self.drive_quic() {
+                    break;
+                }
+                self.process_dirty();
+            }
             // Links the service made or let go while it was called this turn.
             self.run_links();
         }
@@ -313,6 +334,7 @@ impl Shard {
                 self.links.next_timer().map(|t| self.timers.at(t)),
                 self.service_timers.next().map(|t| self.timers.at(t)),
                 self.followers.next(),
+                self.quic.next_timer(),
             ]
             .into_iter()
             .flatten()
@@ -375,6 +397,8 @@ impl Shard {
             Ok(Op::Connect) => self.on_link_connect(slot, generation, res),
             Ok(Op::Install) => self.on_link_install(slot, generation, res),
             Ok(Op::Shutdown) => self.on_shutdown(slot, generation),
+            Ok(Op::UdpRecv) => self.on_udp_recv(slot as u8, res, flags),
+            Ok(Op::UdpSend) => self.on_udp_send(slot, res),
             Ok(Op::Cancel) => {}
             Err(unknown) => {
                 debug_assert!(false, "a completion for unknown op {unknown}");

@@ -63,6 +63,7 @@ impl Shard {
         let output_waits = match &c.io {
             Io::Socket(s) => s.send.in_kernel(),
             Io::Shm(s) => s.pending.is_some(),
+            Io::Quic(q) => q.pending.is_some(),
         };
         if c.proto.stream_report_due() {
             self.report_streams(slot, false);

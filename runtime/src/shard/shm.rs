@@ -31,15 +31,18 @@ fn futex_wait(word: valkyrie_shm::FutexWord, user_data: u64) -> squeue::Entry {
 }
 
 impl Shard {
-    /// Continue the shared-memory connections that had more input than one turn's budget.
+    /// Continue the shared-memory (and QUIC) connections that had more input than one turn's
+    /// budget.
     pub(super) fn drain_shm_more(&mut self) -> bool {
         if self.shm_more.is_empty() {
             return false;
         }
         let more = std::mem::take(&mut self.shm_more);
         for &(slot, generation) in &more {
-            if self.conns.live(slot, generation).is_some() {
-                self.shm_recv(slot);
+            match self.conns.live(slot, generation).map(|c| &c.io) {
+                Some(Io::Shm(_)) => self.shm_recv(slot),
+                Some(Io::Quic(_)) => self.quic_recv(slot),
+                _ => {}
             }
         }
         true

@@ -165,6 +165,13 @@ impl Shard {
                     self.shm_recv(slot);
                 }
             }
+            Io::Quic(q) => {
+                if wants && q.rx_held {
+                    q.rx_held = false;
+                    ShardMetrics::add(&self.metrics.input_resumes, 1);
+                    self.quic_recv(slot);
+                }
+            }
         }
     }
 
@@ -327,9 +334,16 @@ impl Shard {
             return;
         };
         let closing = c.is_closing();
-        let Io::Socket(s) = &mut c.io else {
-            self.shm_flush(slot);
-            return;
+        let s = match &mut c.io {
+            Io::Socket(s) => s,
+            Io::Shm(_) => {
+                self.shm_flush(slot);
+                return;
+            }
+            Io::Quic(_) => {
+                self.quic_flush(slot);
+                return;
+            }
         };
         if s.send.in_kernel() || closing {
             return;

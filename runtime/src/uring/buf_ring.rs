@@ -65,6 +65,17 @@ impl BufRing {
         }
     }
 
+    /// Register `entries` (a power of two) buffers of `buf_size` bytes, each taken whole by
+    /// one completion (what a multishot `recvmsg` needs: a datagram with its header).
+    pub(crate) fn whole(
+        ring: &IoUring,
+        bgid: u16,
+        entries: u16,
+        buf_size: u32,
+    ) -> io::Result<BufRing> {
+        BufRing::register(ring, bgid, entries, buf_size, false)
+    }
+
     /// Whether buffers are consumed incrementally.
     pub(crate) fn incremental(&self) -> bool {
         !self.used.is_empty()

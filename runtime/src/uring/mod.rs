@@ -102,6 +102,10 @@ pub(crate) enum Op {
     Install = 13,
     /// The sending side of a lingering connection shut down.
     Shutdown = 14,
+    /// A QUIC listener's multishot UDP receive (the slot is the listener's index).
+    UdpRecv = 15,
+    /// A UDP send (the slot is the send buffer's index).
+    UdpSend = 16,
 }
 
 impl TryFrom<u8> for Op {
@@ -123,6 +127,8 @@ impl TryFrom<u8> for Op {
             12 => Op::Connect,
             13 => Op::Install,
             14 => Op::Shutdown,
+            15 => Op::UdpRecv,
+            16 => Op::UdpSend,
             other => return Err(other),
         })
     }

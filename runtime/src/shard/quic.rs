@@ -1,0 +1,762 @@
+//! A shard's QUIC: one UDP socket and one `quinn-proto` endpoint per `quic://` listener,
+//! driven by the shard's own ring — a multishot `recvmsg` into provided 64 KiB buffers (GRO
+//! coalesces a burst into one), `sendmsg` with `UDP_SEGMENT` for a batch (GSO, off for good
+//! after the kernel refuses it with `EIO`), ECN both ways.
+//!
+//! A datagram whose connection id another shard issued (`quic::cid`) is forwarded to that
+//! shard over the mesh before any endpoint sees it. New handshakes are admitted like
+//! accepted sockets (refused at the connection limit and while draining); while many are
+//! half-open, a client whose address is not yet validated is sent a Retry first.
+//!
+//! A QUIC connection becomes a Valkyrie connection when its first bidirectional stream
+//! opens; that stream's bytes go through `quic_stream.rs`. The Valkyrie connection's end
+//! finishes the stream; the QUIC connection closes once the peer has it all (or after
+//! [`FINISH_GRACE`]) and leaves the endpoint once drained.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use io_uring::cqueue;
+use quinn_proto::{
+    ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event,
+    StreamEvent, StreamId, Transmit, VarInt,
+};
+
+use super::Shard;
+use crate::conn::{Io, QuicIo};
+use crate::mesh::MeshMsg;
+use crate::metrics::ShardMetrics;
+use crate::quic::cid::{self, CidKey, ShardCids};
+use crate::quic::udp::{MAX_GSO_SEGMENTS, RecvHeader, UdpSend};
+use crate::uring::{BufRing, Op, ud};
+
+/// The transport index of QUIC connections (see `metrics::TRANSPORTS`).
+pub(super) const QUIC: u8 = 4;
+/// The provided-buffer group of the UDP receives (group 0 is the stream sockets').
+const UDP_BGID: u16 = 1;
+/// Each receive buffer: a GRO burst of up to 64 KiB, with the header, address and control
+/// messages in front.
+const UDP_BUF: u32 = 65_536 + 512;
+/// Receive buffers per shard.
+const UDP_BUFS: u16 = 32;
+/// Sends a shard has in the kernel at once; a connection with more to send waits for one.
+const MAX_SENDS: usize = 128;
+/// Half-open handshakes on a listener above which new clients are asked to prove their
+/// address (Retry) before the node spends a handshake on them.
+const RETRY_ABOVE: usize = 256;
+/// How long a finished stream waits for the peer's acknowledgement before the QUIC
+/// connection closes anyway.
+pub(super) const FINISH_GRACE: Duration = Duration::from_secs(2);
+/// The application close code when the Valkyrie connection ended (QUIC's "no error").
+const CLOSED: u32 = 0;
+
+/// One QUIC connection in a listener's endpoint.
+pub(super) struct QConn {
+    pub(super) conn: quinn_proto::Connection,
+    /// The Valkyrie connection on its first stream (slot, generation), once it opened.
+    pub(super) slot: Option<(u32, u32)>,
+    pub(super) stream: Option<StreamId>,
+    /// In the shard's list of connections to drive this turn.
+    dirty: bool,
+    /// Its timer as last scheduled.
+    timer: Option<Instant>,
+    /// Counted among the listener's half-open handshakes.
+    half_open: bool,
+    /// The Valkyrie connection ended and its stream was finished at this time.
+    pub(super) finished: Option<Instant>,
+}
+
+/// One `quic://` listener of a shard.
+pub(super) struct QuicListener {
+    fd: OwnedFd,
+    endpoint: Endpoint,
+    hdr: RecvHeader,
+    armed: bool,
+    /// Connections by handle (the endpoint's own index).
+    pub(super) conns: Vec<Option<Box<QConn>>>,
+    half_open: usize,
+    /// Whether the listener asks clients for certificates (its TLS has a client CA): their
+    /// early data then waits for the handshake, which proves the identity.
+    client_auth: bool,
+}
+
+/// A shard's QUIC state.
+pub(super) struct Quic {
+    pub(super) listeners: Vec<QuicListener>,
+    bufs: Option<BufRing>,
+    key: CidKey,
+    /// Connections to drive at the end of the turn (listener, handle).
+    dirty: Vec<(u8, u32)>,
+    timers: BinaryHeap<Reverse<(Instant, u8, u32)>>,
+    /// Boxed: the kernel reads a send's header and bytes in place while the vector grows.
+    #[allow(clippy::vec_box)]
+    sends: Vec<Box<UdpSend>>,
+    free_sends: Vec<u32>,
+    /// Connections that had datagrams to send when every send was in the kernel.
+    starved: Vec<(u8, u32)>,
+    gso: bool,
+    /// What a send holds while in flight: its index's segment size (for the EIO fallback).
+    send_segmented: Vec<bool>,
+    scratch: Vec<u8>,
+}
+
+/// A listener for a shard: its socket and the configuration of its handshakes.
+pub(crate) struct QuicSetup {
+    pub(crate) fd: OwnedFd,
+    pub(crate) server: Arc<quinn_proto::ServerConfig>,
+    pub(crate) client_auth: bool,
+}
+
+impl Quic {
+    pub(super) fn new(shard: usize, setups: Vec<QuicSetup>, key: CidKey) -> Quic {
+        let listeners = setups
+            .into_iter()
+            .map(|s| {
+                let k = key.clone();
+                let mut ec = EndpointConfig::default();
+                ec.cid_generator(move || Box::new(ShardCids::new(shard, k.clone())));
+                QuicListener {
+                    fd: s.fd,
+                    endpoint: Endpoint::new(Arc::new(ec), Some(s.server), true, None),
+                    hdr: RecvHeader::new(),
+                    armed: false,
+                    conns: Vec::new(),
+                    half_open: 0,
+                    client_auth: s.client_auth,
+                }
+            })
+            .collect();
+        Quic {
+            listeners,
+            bufs: None,
+            key,
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            starved: Vec::new(),
+            gso: true,
+            send_segmented: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The earliest QUIC timer.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Whether the kernel still holds anything of QUIC's (a receive armed, a send).
+    pub(super) fn in_kernel(&self) -> bool {
+        self.listeners.iter().any(|l| l.armed) || self.free_sends.len() < self.sends.len()
+    }
+
+    pub(super) fn conn(&mut self, li: u8, h: u32) -> Option<&mut QConn> {
+        qconn(&mut self.listeners, li, h)
+    }
+
+    pub(super) fn mark(&mut self, li: u8, h: u32) {
+        if let Some(q) = self.conn(li, h)
+            && !q.dirty
+        {
+            q.dirty = true;
+            self.dirty.push((li, h));
+        }
+    }
+}
+
+impl Shard {
+    /// Register the UDP receive buffers and arm every QUIC listener's receive.
+    pub(super) fn start_quic(&mut self) -> std::io::Result<()> {
+        if self.quic.listeners.is_empty() {
+            return Ok(());
+        }
+        self.quic.bufs = Some(BufRing::whole(
+            self.ring.inner(),
+            UDP_BGID,
+            UDP_BUFS,
+            UDP_BUF,
+        )?);
+        for li in 0..self.quic.listeners.len() {
+            self.arm_udp_recv(li as u8);
+        }
+        Ok(())
+    }
+
+    fn arm_udp_recv(&mut self, li: u8) {
+        if self.stopping {
+            return;
+        }
+        let Some(l) = self.quic.listeners.get_mut(li as usize) else {
+            return;
+        };
+        if l.armed {
+            return;
+        }
+        l.armed = true;
+        let e = l
+            .hdr
+            .entry(&l.fd, UDP_BGID, ud(Op::UdpRecv, u32::from(li), 0));
+        self.ring.push(e);
+    }
+
+    /// A UDP receive completed: each datagram goes to its owner shard or this endpoint.
+    pub(super) fn on_udp_recv(&mut self, li: u8, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more && let Some(l) = self.quic.listeners.get_mut(li as usize) {
+            l.armed = false;
+        }
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if res > 0 {
+                self.udp_datagrams(li, bid, res as usize);
+            }
+            if let Some(b) = self.quic.bufs.as_mut() {
+                b.release(bid, res.max(0) as usize, flags);
+            }
+        } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
+            tracing::debug!(shard = self.id, error = res, "udp receive");
+        }
+        if !more {
+            self.arm_udp_recv(li);
+        }
+    }
+
+    fn udp_datagrams(&mut self, li: u8, bid: u16, len: usize) {
+        let Some(bufs) = self.quic.bufs.as_ref() else {
+            return;
+        };
+        let buf = bufs.data(bid, len);
+        let Some(l) = self.quic.listeners.get(li as usize) else {
+            return;
+        };
+        let Some(got) = l.hdr.parse(buf) else {
+            return;
+        };
+        ShardMetrics::add(&self.metrics.bytes_in, got.payload.len() as u64);
+        let seg = got.segment.unwrap_or(got.payload.len()).max(1);
+        // One copy of the burst; each datagram is a view of it (QUIC decrypts in place).
+        let mut all = BytesMut::from(got.payload);
+        let (from, ecn) = (got.from, got.ecn);
+        while !all.is_empty() {
+            let d = all.split_to(seg.min(all.len()));
+            self.quic_datagram(li, from, ecn, d, true);
+        }
+    }
+
+    /// One datagram: forwarded to the shard that issued its connection id, or handled here.
+    pub(super) fn quic_datagram(
+        &mut self,
+        li: u8,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: BytesMut,
+        may_forward: bool,
+    ) {
+        if may_forward
+            && let Some(owner) = cid::route(&self.quic.key, &data)
+            && owner != self.id
+        {
+            if self.mesh.reaches(owner) {
+                let msg = MeshMsg::Datagram {
+                    listener: li,
+                    from,
+                    ecn: ecn.map(|e| e as u8),
+                    data,
+                };
+                match self.mesh.push(owner, msg) {
+                    Ok(()) => ShardMetrics::add(&self.metrics.quic_forwarded, 1),
+                    // A full ring drops the datagram, as a full socket buffer would: QUIC
+                    // sends it again.
+                    Err(_) => ShardMetrics::add(&self.metrics.quic_dropped, 1),
+                }
+            }
+            return;
+        }
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.quic.scratch);
+        buf.clear();
+        let Some(l) = self.quic.listeners.get_mut(li as usize) else {
+            return;
+        };
+        let ev = l.endpoint.handle(now, from, None, ecn, data, &mut buf);
+        match ev {
+            Some(DatagramEvent::ConnectionEvent(h, e)) => {
+                if let Some(Some(q)) = l.conns.get_mut(h.0) {
+                    q.conn.handle_event(e);
+                    self.quic.mark(li, h.0 as u32);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.quic_incoming(li, incoming, buf),
+            Some(DatagramEvent::Response(t)) => {
+                self.udp_send(li, t, &buf);
+            }
+            None => {}
+        }
+        if self.quic.scratch.capacity() == 0 {
+            self.quic.scratch = Vec::with_capacity(1500);
+        }
+    }
+
+    /// A client's first packet: admitted, asked to prove its address, or refused.
+    fn quic_incoming(&mut self, li: u8, incoming: quinn_proto::Incoming, mut buf: Vec<u8>) {
+        let full = self.conns.len() >= self.cfg.max_connections_per_shard;
+        let draining = self.shutdown_deadline.is_some();
+        let Some(l) = self.quic.listeners.get_mut(li as usize) else {
+            return;
+        };
+        buf.clear();
+        if full || draining {
+            ShardMetrics::add(&self.metrics.connections_refused, 1);
+            let t = l.endpoint.refuse(incoming, &mut buf);
+            self.udp_send(li, t, &buf);
+            return;
+        }
+        if l.half_open >= RETRY_ABOVE && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                match l.endpoint.retry(incoming, &mut buf) {
+                    Ok(t) => {
+                        ShardMetrics::add(&self.metrics.quic_retries, 1);
+                        self.udp_send(li, t, &buf);
+                    }
+                    Err(e) => l.endpoint.ignore(e.into_incoming()),
+                }
+            } else {
+                l.endpoint.ignore(incoming);
+            }
+            return;
+        }
+        match l.endpoint.accept(incoming, self.now, &mut buf, None) {
+            Ok((h, conn)) => {
+                ShardMetrics::add(&self.metrics.connections_accepted, 1);
+                if l.conns.len() <= h.0 {
+                    l.conns.resize_with(h.0 + 1, || None);
+                }
+                l.conns[h.0] = Some(Box::new(QConn {
+                    conn,
+                    slot: None,
+                    stream: None,
+                    dirty: false,
+                    timer: None,
+                    half_open: true,
+                    finished: None,
+                }));
+                l.half_open += 1;
+                self.quic.mark(li, h.0 as u32);
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    self.udp_send(li, t, &buf);
+                }
+            }
+        }
+    }
+
+    /// Hand `buf[..t.size]` to the kernel as one send (several datagrams with GSO).
+    fn udp_send(&mut self, li: u8, t: Transmit, buf: &[u8]) -> bool {
+        let Some(i) = self.take_send() else {
+            return false;
+        };
+        let s = &mut self.quic.sends[i as usize];
+        s.buf.clear();
+        s.buf.extend_from_slice(&buf[..t.size]);
+        self.submit_udp_send(li, i, t);
+        true
+    }
+
+    fn take_send(&mut self) -> Option<u32> {
+        if let Some(i) = self.quic.free_sends.pop() {
+            return Some(i);
+        }
+        if self.quic.sends.len() >= MAX_SENDS {
+            return None;
+        }
+        self.quic.sends.push(UdpSend::new());
+        self.quic.send_segmented.push(false);
+        Some(self.quic.sends.len() as u32 - 1)
+    }
+
+    fn submit_udp_send(&mut self, li: u8, i: u32, t: Transmit) {
+        let Some(l) = self.quic.listeners.get(li as usize) else {
+            self.quic.free_sends.push(i);
+            return;
+        };
+        let segment = t.segment_size.filter(|&s| s < t.size);
+        self.quic.send_segmented[i as usize] = segment.is_some();
+        ShardMetrics::add(&self.metrics.bytes_out, t.size as u64);
+        let e = self.quic.sends[i as usize].entry(
+            &l.fd,
+            t.destination,
+            t.ecn,
+            segment,
+            ud(Op::UdpSend, i, 0),
+        );
+        self.ring.push(e);
+    }
+
+    /// A UDP send completed: its buffer is free again, and a connection waiting for one
+    /// goes on.
+    pub(super) fn on_udp_send(&mut self, i: u32, res: i32) {
+        if res == -libc::EIO && self.quic.send_segmented.get(i as usize) == Some(&true) {
+            // The device cannot segment: send one datagram at a time from now on (the lost
+            // batch is sent again by QUIC).
+            if self.quic.gso {
+                tracing::info!(shard = self.id, "UDP GSO refused (EIO): off");
+            }
+            self.quic.gso = false;
+        } else if res < 0 {
+            tracing::debug!(shard = self.id, error = res, "udp send");
+        }
+        self.quic.free_sends.push(i);
+        if let Some((li, h)) = self.quic.starved.pop() {
+            self.quic.mark(li, h);
+        }
+    }
+
+    /// Fire the QUIC timers that are due.
+    pub(super) fn run_quic_timers(&mut self) -> bool {
+        let mut any = false;
+        while let Some(Reverse((t, li, h))) = self.quic.timers.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.quic.timers.pop();
+            if self.quic.conn(li, h).is_some_and(|q| q.timer == Some(t)) {
+                if let Some(q) = self.quic.conn(li, h) {
+                    q.timer = None;
+                    q.conn.handle_timeout(self.now);
+                }
+                self.quic.mark(li, h);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Drive every QUIC connection that something happened to. Returns whether any was.
+    pub(super) fn drive_quic(&mut self) -> bool {
+        if self.quic.dirty.is_empty() {
+            return false;
+        }
+        // Driving marks Valkyrie connections, never QUIC ones: one pass takes them all.
+        let dirty = std::mem::take(&mut self.quic.dirty);
+        for &(li, h) in &dirty {
+            if let Some(q) = self.quic.conn(li, h) {
+                q.dirty = false;
+            }
+            self.drive_qconn(li, h);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.quic.dirty.is_empty() {
+            self.quic.dirty = dirty;
+        }
+        true
+    }
+
+    fn drive_qconn(&mut self, li: u8, h: u32) {
+        let now = self.now;
+        let Some(l) = self.quic.listeners.get_mut(li as usize) else {
+            return;
+        };
+        let Some(Some(q)) = l.conns.get_mut(h as usize) else {
+            return;
+        };
+        while let Some(ev) = q.conn.poll_endpoint_events() {
+            if let Some(back) = l.endpoint.handle_event(ConnectionHandle(h as usize), ev) {
+                q.conn.handle_event(back);
+            }
+        }
+        if let Some(at) = q.finished
+            && now.saturating_duration_since(at) >= FINISH_GRACE
+            && !q.conn.is_closed()
+        {
+            q.conn.close(now, VarInt::from_u32(CLOSED), Bytes::new());
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = q.conn.poll() {
+            events.push(ev);
+        }
+        for ev in events {
+            self.quic_event(li, h, ev);
+        }
+        let Some(q) = self.quic.conn(li, h) else {
+            return;
+        };
+        if q.half_open && !q.conn.is_handshaking() {
+            q.half_open = false;
+            if let Some(l) = self.quic.listeners.get_mut(li as usize) {
+                l.half_open -= 1;
+            }
+            self.quic_confirmed(li, h);
+        }
+        self.quic_transmit(li, h);
+        let Some(q) = qconn(&mut self.quic.listeners, li, h) else {
+            return;
+        };
+        let next = q.conn.poll_timeout();
+        if next != q.timer {
+            q.timer = next;
+            if let Some(t) = next {
+                self.quic.timers.push(Reverse((t, li, h)));
+            }
+        }
+        if q.conn.is_drained() {
+            let slot = q.slot.take();
+            let half_open = q.half_open;
+            // The endpoint forgot it when it drained (its `Drained` event above).
+            if let Some(l) = self.quic.listeners.get_mut(li as usize) {
+                l.conns[h as usize] = None;
+                if half_open {
+                    l.half_open -= 1;
+                }
+            }
+            if let Some((slot, generation)) = slot {
+                self.quic_gone(slot, generation);
+            }
+        }
+    }
+
+    fn quic_event(&mut self, li: u8, h: u32, ev: Event) {
+        match ev {
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.quic_streams_opened(li, h),
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if let Some(q) = self.quic.conn(li, h)
+                    && q.stream == Some(id)
+                    && let Some((slot, generation)) = q.slot
+                    && self.conns.live(slot, generation).is_some()
+                {
+                    self.quic_recv(slot);
+                }
+            }
+            Event::Stream(StreamEvent::Writable { id }) => {
+                if let Some(q) = self.quic.conn(li, h)
+                    && q.stream == Some(id)
+                    && let Some((slot, generation)) = q.slot
+                    && self.conns.live(slot, generation).is_some()
+                {
+                    self.mark(slot);
+                }
+            }
+            Event::Stream(StreamEvent::Finished { id }) => {
+                // Everything the Valkyrie connection sent has been acknowledged.
+                if let Some(q) = self.quic.conn(li, h)
+                    && q.stream == Some(id)
+                    && q.finished.is_some()
+                {
+                    q.conn
+                        .close(self.now, VarInt::from_u32(CLOSED), Bytes::new());
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                if let Some(q) = self.quic.conn(li, h)
+                    && q.stream == Some(id)
+                    && let Some((slot, generation)) = q.slot
+                {
+                    self.quic_gone(slot, generation);
+                }
+            }
+            Event::ConnectionLost { reason } => {
+                tracing::debug!(shard = self.id, error = %reason, "quic connection lost");
+                if let Some(q) = self.quic.conn(li, h)
+                    && let Some((slot, generation)) = q.slot.take()
+                {
+                    self.quic_gone(slot, generation);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The peer opened bidirectional streams: the first carries the Valkyrie connection;
+    /// others are refused (Valkyrie streams do not get QUIC streams of their own here).
+    fn quic_streams_opened(&mut self, li: u8, h: u32) {
+        loop {
+            let Some(q) = self.quic.conn(li, h) else {
+                return;
+            };
+            let Some(id) = q.conn.streams().accept(Dir::Bi) else {
+                return;
+            };
+            if q.stream.is_some() || q.finished.is_some() {
+                let _ = q.conn.recv_stream(id).stop(VarInt::from_u32(CLOSED));
+                let _ = q.conn.send_stream(id).reset(VarInt::from_u32(CLOSED));
+                continue;
+            }
+            q.stream = Some(id);
+            let early = q.conn.is_handshaking();
+            let identity = peer_identity(&q.conn);
+            let client_auth = self.quic.listeners[li as usize].client_auth;
+            let io = Io::Quic(Box::new(QuicIo {
+                listener: li,
+                handle: h,
+                pending: None,
+                blocked_since: None,
+                rx_held: false,
+                early,
+                // A listener that requires certificates reads nothing before the handshake
+                // has proved the client's (a resumed session may not carry it).
+                hold_early: early && client_auth && identity.is_none(),
+            }));
+            let slot = self.add_quic_conn(io, identity);
+            let generation = self.conns.get(slot).map_or(0, |c| c.generation);
+            if let Some(q) = self.quic.conn(li, h) {
+                q.slot = Some((slot, generation));
+            }
+            self.quic_recv(slot);
+        }
+    }
+
+    /// The handshake is confirmed: the Valkyrie connection's input is no longer early data.
+    fn quic_confirmed(&mut self, li: u8, h: u32) {
+        let Some(q) = self.quic.conn(li, h) else {
+            return;
+        };
+        let identity = peer_identity(&q.conn);
+        let Some((slot, generation)) = q.slot else {
+            return;
+        };
+        let Some(c) = self.conns.live(slot, generation) else {
+            return;
+        };
+        if let Io::Quic(qi) = &mut c.io
+            && qi.early
+        {
+            qi.early = false;
+            c.proto.set_early_data(false);
+            if let Some(id) = identity {
+                c.proto.set_transport_identity(id);
+            }
+            self.quic_recv(slot);
+        }
+    }
+
+    /// Send what the QUIC connection has to send, a GSO batch at a time.
+    fn quic_transmit(&mut self, li: u8, h: u32) {
+        let max = if self.quic.gso { MAX_GSO_SEGMENTS } else { 1 };
+        loop {
+            let Some(i) = self.take_send() else {
+                if !self.quic.starved.contains(&(li, h)) {
+                    self.quic.starved.push((li, h));
+                }
+                return;
+            };
+            let now = self.now;
+            let Some(q) = qconn(&mut self.quic.listeners, li, h) else {
+                self.quic.free_sends.push(i);
+                return;
+            };
+            let mut buf = std::mem::take(&mut self.quic.sends[i as usize].buf);
+            buf.clear();
+            let t = q.conn.poll_transmit(now, max, &mut buf);
+            self.quic.sends[i as usize].buf = buf;
+            match t {
+                Some(t) => self.submit_udp_send(li, i, t),
+                None => {
+                    self.quic.free_sends.push(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The QUIC side of a Valkyrie connection ended (lost, stopped, drained): the Valkyrie
+    /// connection sees the end of its stream.
+    fn quic_gone(&mut self, slot: u32, generation: u32) {
+        let now = self.now;
+        if let Some(c) = self.conns.live(slot, generation) {
+            c.proto.handle_eof(now);
+            // Nothing more reaches the peer: a frame the stream held back goes with it.
+            if let Io::Quic(qi) = &mut c.io {
+                qi.pending = None;
+                qi.blocked_since = None;
+            }
+            self.mark(slot);
+        }
+    }
+
+    /// The Valkyrie connection on `qi` is closing: finish its stream (what was written is
+    /// still delivered), close the QUIC connection once the peer acknowledged it all.
+    pub(super) fn quic_close(&mut self, li: u8, h: u32) {
+        let now = self.now;
+        if let Some(q) = self.quic.conn(li, h) {
+            q.slot = None;
+            q.finished = Some(now);
+            match q.stream {
+                Some(id) => {
+                    let _ = q.conn.recv_stream(id).stop(VarInt::from_u32(CLOSED));
+                    if q.conn.send_stream(id).finish().is_err() {
+                        q.conn.close(now, VarInt::from_u32(CLOSED), Bytes::new());
+                    }
+                }
+                None => q.conn.close(now, VarInt::from_u32(CLOSED), Bytes::new()),
+            }
+            // Wake up for the grace period's end if nothing else happens.
+            let at = now + FINISH_GRACE;
+            self.quic.timers.push(Reverse((at, li, h)));
+            if let Some(q) = self.quic.conn(li, h) {
+                q.timer = Some(at).min(q.timer.or(Some(at)));
+            }
+            self.quic.mark(li, h);
+        }
+    }
+
+    /// Stop QUIC at shutdown: close every connection (the peers are told now) and cancel
+    /// the receives.
+    pub(super) fn stop_quic(&mut self) {
+        for li in 0..self.quic.listeners.len() {
+            let handles: Vec<u32> = self.quic.listeners[li]
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(h, c)| c.as_ref().map(|_| h as u32))
+                .collect();
+            for h in handles {
+                if let Some(q) = self.quic.conn(li as u8, h) {
+                    q.conn.close(
+                        self.now,
+                        VarInt::from_u32(CLOSED),
+                        Bytes::from_static(b"going away"),
+                    );
+                }
+                self.quic_transmit(li as u8, h);
+            }
+            if self.quic.listeners[li].armed {
+                let e = io_uring::opcode::AsyncCancel::new(ud(Op::UdpRecv, li as u32, 0))
+                    .build()
+                    .user_data(ud(Op::Cancel, 0, 0));
+                self.ring.push(e);
+            }
+        }
+    }
+
+    /// Unregister the UDP receive buffers (before the ring goes).
+    pub(super) fn unregister_quic(&mut self) {
+        if let Some(b) = &self.quic.bufs {
+            b.unregister(self.ring.inner());
+        }
+    }
+}
+
+/// Connection `h` of listener `li` (a function of the list alone, for code that holds other
+/// parts of the shard's QUIC state borrowed).
+fn qconn(listeners: &mut [QuicListener], li: u8, h: u32) -> Option<&mut QConn> {
+    listeners
+        .get_mut(li as usize)?
+        .conns
+        .get_mut(h as usize)?
+        .as_deref_mut()
+}
+
+/// The verified identity of the client's certificate, if it presented one.
+fn peer_identity(conn: &quinn_proto::Connection) -> Option<String> {
+    let any = conn.crypto_session().peer_identity()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    valkyrie_protocol::security::mtls::certificate_identity(certs.first()?)
+}
