@@ -28,7 +28,8 @@ struct Cli {
 enum Cmd {
     /// Run a node until SIGINT or SIGTERM.
     Node {
-        /// Listen URL (tcp://host:port or unix:///path); repeatable.
+        /// Listen URL (tcp://host:port, quic://host:port with --tls-cert/--tls-key, unix:///path
+        /// or shm://name); repeatable.
         #[arg(long = "listen", default_value = "tcp://127.0.0.1:7420")]
         listen: Vec<String>,
         /// Shards (default: one per core).
@@ -332,6 +333,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 });
             for url in &listen {
                 b = b.listen(url)?;
+            }
+            if listen.iter().any(|u| u.starts_with("quic://")) {
+                let (tls, client_auth) = security.quic_server()?;
+                b = b.quic_tls(tls, client_auth);
             }
             if let Some(n) = shards {
                 b = b.shards(n);

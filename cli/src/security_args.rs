@@ -15,7 +15,9 @@ pub(crate) struct SecurityArgs {
     /// mtls: our private key, PEM (NAME.key).
     #[arg(long)]
     tls_key: Option<std::path::PathBuf>,
-    /// mtls: the CA certificate the peer's certificate must chain to, PEM.
+    /// mtls: the CA certificate the peer's certificate must chain to, PEM. A node without it
+    /// authenticates itself alone (QUIC, token inside TLS); a client with it alone checks the
+    /// node's certificate and presents none.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
     /// mtls client: the name the server's certificate must carry (default: its IP address).
@@ -190,8 +192,41 @@ impl SecurityArgs {
         if self.security != "mtls" && self.tls_cert.is_none() {
             return Ok(None);
         }
+        if self.security != "mtls"
+            && self.tls_ca.is_none()
+            && let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key)
+        {
+            // Token (or plaintext) inside TLS that authenticates the node alone.
+            return Ok(Some(
+                valkyrie_runtime::keys::tls_server_without_client_auth(c, k)?,
+            ));
+        }
         let (c, k, a) = self.tls_files()?;
         Ok(Some(valkyrie_runtime::keys::tls_server(c, k, a)?))
+    }
+
+    /// TLS for a node's `quic://` listeners (QUIC always has it): --tls-cert and --tls-key,
+    /// and with --tls-ca client certificates are required (`mtls`). The flag says whether
+    /// they are.
+    pub(crate) fn quic_server(
+        &self,
+    ) -> Result<
+        (
+            std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+            bool,
+        ),
+        Box<dyn std::error::Error>,
+    > {
+        let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) else {
+            return Err("a quic:// listener needs --tls-cert and --tls-key (and --tls-ca to require client certificates)".into());
+        };
+        Ok(match &self.tls_ca {
+            Some(a) => (valkyrie_runtime::keys::tls_server(c, k, a)?, true),
+            None => (
+                valkyrie_runtime::keys::tls_server_without_client_auth(c, k)?,
+                false,
+            ),
+        })
     }
 
     /// TLS for a client, in the same cases.
@@ -201,8 +236,17 @@ impl SecurityArgs {
         Option<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>>,
         Box<dyn std::error::Error>,
     > {
-        if self.security != "mtls" && self.tls_cert.is_none() {
+        if self.security != "mtls" && self.tls_cert.is_none() && self.tls_ca.is_none() {
             return Ok(None);
+        }
+        if self.security != "mtls"
+            && self.tls_cert.is_none()
+            && let Some(a) = &self.tls_ca
+        {
+            // The node alone is authenticated (QUIC, or token inside TLS).
+            return Ok(Some(
+                valkyrie_runtime::keys::tls_client_without_certificate(a)?,
+            ));
         }
         let (c, k, a) = self.tls_files()?;
         Ok(Some(valkyrie_runtime::keys::tls_client(c, k, a)?))

@@ -224,6 +224,27 @@ pub fn tls_server(
     .map_err(security_io)
 }
 
+/// A TLS server configuration from PEM files that asks for no client certificate: our
+/// chain and key (a `quic://` listener without a client CA, or token inside TLS).
+pub fn tls_server_without_client_auth(
+    cert: &Path,
+    key: &Path,
+) -> io::Result<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>> {
+    valkyrie_protocol::security::mtls::server_config_without_client_auth(
+        &fs::read(cert)?,
+        &fs::read(key)?,
+    )
+    .map_err(security_io)
+}
+
+/// A TLS client configuration that trusts the CA in `ca` and presents no certificate.
+pub fn tls_client_without_certificate(
+    ca: &Path,
+) -> io::Result<std::sync::Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>> {
+    valkyrie_protocol::security::mtls::server_only_client_config(&fs::read(ca)?)
+        .map_err(security_io)
+}
+
 /// A TLS client configuration from PEM files: our chain and key, and the CA that issues
 /// server certificates.
 pub fn tls_client(
