@@ -183,3 +183,141 @@ fn a_resumed_client_sends_its_hello_in_0rtt() {
     };
     assert!(q.early_accepted(), "the node refused the early data");
 }
+
+/// The first datagram of `n` new handshakes (real Initial packets, each with its own
+/// connection id), from a client that never answers what comes back.
+fn initials(n: usize, addr: std::net::SocketAddr, pki: &DevPki) -> Vec<Vec<u8>> {
+    let quic = valkyrie_runtime::quic::client_config(
+        &mtls::server_only_client_config(&pki.ca_pem).unwrap(),
+    )
+    .unwrap();
+    let mut ep = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let now = std::time::Instant::now();
+    (0..n)
+        .map(|_| {
+            let (_, mut conn) = ep.connect(now, quic.clone(), addr, "node-a").unwrap();
+            let mut buf = Vec::new();
+            let t = conn.poll_transmit(now, 1, &mut buf).unwrap();
+            buf.truncate(t.size);
+            buf
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_spoofed_ids_and_an_initial_flood_leave_the_node_serving_others() {
+    let pki = DevPki::generate(&["node-a"], &[]).unwrap();
+    let node = server_only_node(&pki, 2);
+    let addr = match &node.endpoints()[0] {
+        valkyrie_runtime::url::Endpoint::Quic(a) => *a,
+        other => panic!("{other}"),
+    };
+    let url = node.endpoints()[0].to_string();
+    let mut before = Client::connect_with(&url, server_only_client(&pki)).unwrap();
+    before.ping(b"before").unwrap();
+
+    let flood = initials(2000, addr, &pki);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let mut sent = 0u64;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Garbage of any size, including empty and larger than any QUIC packet.
+                let len = (next() % 1600) as usize;
+                let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let _ = sock.send_to(&junk, addr);
+                // Short-header packets whose connection id names a shard but is forged.
+                let mut spoof = vec![0x40 | (next() as u8 & 0x3F), (next() % 2) as u8];
+                spoof.extend((0..60).map(|_| next() as u8));
+                let _ = sock.send_to(&spoof, addr);
+                // Real Initials of handshakes never finished.
+                let _ = sock.send_to(&flood[i % flood.len()], addr);
+                i += 1;
+                sent += 3;
+                if i % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Under the flood: the established client and new ones are served.
+    for i in 0..20 {
+        before.ping(b"during").unwrap();
+        let mut c = Client::connect_with(&url, server_only_client(&pki))
+            .unwrap_or_else(|e| panic!("new client {i} under the flood: {e}"));
+        assert_eq!(&job(&mut c, b"served")[..], b"served");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = attacker.join().unwrap();
+    assert!(sent > 3000, "the attacker sent only {sent} datagrams");
+    let retries: u64 = node.shard_metrics().iter().map(|m| m.quic_retries()).sum();
+    assert!(
+        retries > 0,
+        "no Retry while thousands of handshakes were half-open"
+    );
+    before.ping(b"after").unwrap();
+}
+
+#[test]
+fn ten_thousand_quic_connections_over_two_shards_all_ping() {
+    const N: usize = 10_000;
+    let pki = DevPki::generate(&["node-a"], &[]).unwrap();
+    let tls =
+        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
+            .unwrap();
+    let node = Node::builder()
+        .listen("quic://127.0.0.1:0")
+        .unwrap()
+        .quic_tls(tls, false)
+        .shards(2)
+        // The clients are driven one at a time: the node's heartbeat must not close those
+        // waiting their turn.
+        .heartbeat(Duration::from_secs(120))
+        .service(|_| common::Accept)
+        .start()
+        .unwrap();
+    let url = node.endpoints()[0].to_string();
+    let mut cfg = server_only_client(&pki);
+    cfg.protocol.heartbeat = Duration::from_secs(120);
+    let mut clients = Vec::with_capacity(N);
+    for i in 0..N {
+        clients.push(
+            Client::connect_with(&url, cfg.clone())
+                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
+        );
+    }
+    let per_shard: Vec<i64> = node
+        .shard_metrics()
+        .iter()
+        .map(|m| m.connections())
+        .collect();
+    assert_eq!(per_shard.iter().sum::<i64>(), N as i64, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 1000),
+        "one shard took almost all: {per_shard:?}"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.ping(b"all").unwrap_or_else(|e| panic!("ping {i}: {e}"));
+    }
+    // And once more, the last first.
+    for c in clients.iter_mut().rev() {
+        c.ping(b"again").unwrap();
+    }
+}
