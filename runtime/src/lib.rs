@@ -58,6 +58,7 @@ pub mod link;
 mod mesh;
 pub mod metrics;
 mod node;
+mod node_listeners;
 #[allow(unsafe_code)]
 // UDP message headers and control messages: every unsafe block carries a SAFETY comment.
 pub mod quic;

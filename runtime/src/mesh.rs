@@ -41,18 +41,23 @@ pub(crate) enum MeshMsg {
         until: std::time::Instant,
     },
     /// A QUIC datagram for a connection the receiving shard owns (its connection id says
-    /// so), received by another shard's socket on the same listener.
-    Datagram {
-        listener: u8,
-        from: std::net::SocketAddr,
-        ecn: Option<u8>,
-        data: bytes::BytesMut,
-    },
+    /// so), received by another shard's socket on the same listener (boxed: a message
+    /// stays one cache line; forwarding is the rare path of a client whose address changed).
+    Datagram(Box<Forwarded>),
     /// A message for the receiving shard's service.
     User {
         from: usize,
         msg: Box<dyn Any + Send>,
     },
+}
+
+/// A forwarded QUIC datagram: the listener (its index in the shards' QUIC listeners), the
+/// sender, its ECN bits, its bytes.
+pub(crate) struct Forwarded {
+    pub(crate) listener: u8,
+    pub(crate) from: std::net::SocketAddr,
+    pub(crate) ecn: Option<u8>,
+    pub(crate) data: bytes::BytesMut,
 }
 
 /// Wakes one shard.
@@ -67,6 +72,24 @@ pub(crate) struct Waker {
     /// turn; `reloaded` says one waits.
     reload: std::sync::Mutex<Option<Arc<crate::config::NodeConfig>>>,
     reloaded: AtomicBool,
+    /// Listeners to close or open (`Node::close_listener`, `Node::open_listener`), taken at
+    /// its next turn; `commanded` says some wait.
+    commands: std::sync::Mutex<Vec<ListenerCommand>>,
+    pub(crate) commanded: AtomicBool,
+}
+
+/// A change to a shard's listeners while the node runs.
+#[derive(Debug)]
+pub(crate) enum ListenerCommand {
+    /// Stop accepting on the listener of node endpoint `endpoint` and send the connections
+    /// accepted through it away (CLOSE 502, going away).
+    Close { endpoint: u8 },
+    /// Accept on `fd` (of transport index `transport`) for node endpoint `endpoint`.
+    Open {
+        endpoint: u8,
+        transport: u8,
+        fd: OwnedFd,
+    },
 }
 
 impl Waker {
@@ -77,6 +100,8 @@ impl Waker {
             nudged: AtomicBool::new(false),
             reload: std::sync::Mutex::new(None),
             reloaded: AtomicBool::new(false),
+            commands: std::sync::Mutex::new(Vec::new()),
+            commanded: AtomicBool::new(false),
         })
     }
 
@@ -93,6 +118,25 @@ impl Waker {
             return None;
         }
         self.reload.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Hand the shard a change to its listeners and wake it.
+    pub(crate) fn command(&self, cmd: ListenerCommand) {
+        self.commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd);
+        self.commanded.store(true, Ordering::SeqCst);
+        self.wake(true);
+    }
+
+    /// The listener changes waiting for the shard (a relaxed load when none).
+    pub(crate) fn take_commands(&self) -> Vec<ListenerCommand> {
+        if !self.commanded.load(Ordering::Relaxed) || !self.commanded.swap(false, Ordering::SeqCst)
+        {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.commands.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Raise the nudge and wake the shard if it sleeps.

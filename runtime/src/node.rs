@@ -276,17 +276,68 @@ impl NodeBuilder {
     }
 }
 
+/// Bind a stream listener (TCP, Unix, shared memory) for `n` shards: the endpoint as bound
+/// (a TCP port 0 made real), its transport index, and one descriptor per shard. TCP binds
+/// the address once per shard with `SO_REUSEPORT` (the kernel spreads connections); a Unix
+/// or shared-memory rendezvous socket is bound once and shared.
+pub(crate) fn bind_stream_listener(
+    ep: &Endpoint,
+    n: usize,
+    shm: ShmConfig,
+) -> io::Result<(Endpoint, u8, Vec<OwnedFd>)> {
+    let t = transport::for_endpoint(ep);
+    match ep {
+        Endpoint::Tcp(_) => {
+            let first = t.listen(ep, true, 4096)?;
+            let bound = Endpoint::Tcp(transport::local_addr(&first)?);
+            let mut fds = vec![first];
+            for _ in 1..n {
+                fds.push(t.listen(&bound, true, 4096)?);
+            }
+            Ok((bound, 0, fds))
+        }
+        Endpoint::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let fd = t.listen(ep, false, 4096)?;
+            let fds = (0..n)
+                .map(|_| crate::sys::dup(&fd))
+                .collect::<io::Result<_>>()?;
+            Ok((ep.clone(), 1, fds))
+        }
+        Endpoint::Shm(name) => {
+            // One rendezvous socket, polled by every shard; each accepted connection gets
+            // its own segment from the shard that accepted it.
+            let l = valkyrie_shm::ShmListener::bind_with(name, shm)
+                .map_err(crate::transport::shm_io)?
+                .into_listener();
+            l.set_nonblocking(true)?;
+            let fds = (0..n)
+                .map(|_| l.try_clone().map(OwnedFd::from))
+                .collect::<io::Result<_>>()?;
+            Ok((ep.clone(), 2, fds))
+        }
+        Endpoint::Quic(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a stream listener",
+        )),
+    }
+}
+
 /// A running node. Dropping it shuts it down and waits for the shards.
 pub struct Node {
     threads: Vec<JoinHandle<()>>,
     shutdown: Arc<AtomicBool>,
     /// Readiness (false once draining), every shard's counters: what the probes report.
     state: Arc<NodeState>,
-    wakers: Arc<Vec<Waker>>,
-    endpoints: Vec<Endpoint>,
+    pub(crate) wakers: Arc<Vec<Waker>>,
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// The endpoints as the builder was given them (a TCP port 0 before binding).
+    pub(crate) requested: Vec<Endpoint>,
+    /// Whether each endpoint is listened on (`Node::close_listener`).
+    pub(crate) listening: Vec<bool>,
     features: Vec<crate::RingFeatures>,
     /// The configuration new connections use (replaced by a reload).
-    cfg: std::sync::Mutex<Arc<NodeConfig>>,
+    pub(crate) cfg: std::sync::Mutex<Arc<NodeConfig>>,
     reloader: Option<Reloader>,
 }
 
@@ -324,12 +375,13 @@ impl Node {
 
         // Bind: the first TCP bind of an address picks the port (port 0); the other shards bind
         // the same port with SO_REUSEPORT. A Unix socket is bound once and shared.
-        let mut per_shard: Vec<Vec<(OwnedFd, u8)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<(OwnedFd, u8, u8)>> = (0..n).map(|_| Vec::new()).collect();
         let mut quic_per_shard: Vec<Vec<crate::shard::quic::QuicSetup>> =
             (0..n).map(|_| Vec::new()).collect();
         let mut endpoints = Vec::new();
         for ep in &cfg.listen {
             let t = transport::for_endpoint(ep);
+            let index = endpoints.len().min(u8::MAX as usize) as u8;
             match ep {
                 Endpoint::Quic(_) => {
                     // One UDP socket per shard on the same port (SO_REUSEPORT), each with its
@@ -360,38 +412,17 @@ impl Node {
                             fd,
                             server: server.clone(),
                             client_auth,
+                            endpoint: index,
                         });
                     }
                     endpoints.push(bound);
                 }
-                Endpoint::Tcp(_) => {
-                    let first = t.listen(ep, true, 4096)?;
-                    let bound = Endpoint::Tcp(transport::local_addr(&first)?);
-                    per_shard[0].push((first, 0));
-                    for fds in per_shard.iter_mut().skip(1) {
-                        fds.push((t.listen(&bound, true, 4096)?, 0));
+                _ => {
+                    let (bound, transport, fds) = bind_stream_listener(ep, n, cfg.shm)?;
+                    for (shard, fd) in per_shard.iter_mut().zip(fds) {
+                        shard.push((fd, transport, index));
                     }
                     endpoints.push(bound);
-                }
-                Endpoint::Unix(path) => {
-                    let _ = std::fs::remove_file(path);
-                    let fd = t.listen(ep, false, 4096)?;
-                    for fds in per_shard.iter_mut() {
-                        fds.push((crate::sys::dup(&fd)?, 1));
-                    }
-                    endpoints.push(ep.clone());
-                }
-                Endpoint::Shm(name) => {
-                    // One rendezvous socket, polled by every shard; each accepted connection
-                    // gets its own segment from the shard that accepted it.
-                    let l = valkyrie_shm::ShmListener::bind_with(name, cfg.shm)
-                        .map_err(crate::transport::shm_io)?
-                        .into_listener();
-                    l.set_nonblocking(true)?;
-                    for fds in per_shard.iter_mut() {
-                        fds.push((OwnedFd::from(l.try_clone()?), 2));
-                    }
-                    endpoints.push(ep.clone());
                 }
             }
         }
@@ -470,6 +501,8 @@ impl Node {
             shutdown,
             state,
             wakers,
+            listening: vec![true; endpoints.len()],
+            requested: cfg.listen.clone(),
             endpoints,
             features: vec![crate::RingFeatures::default(); n],
             cfg: std::sync::Mutex::new(cfg),

@@ -175,12 +175,15 @@ pub struct Connection {
     next_correlation: u32,
     protector: Option<Box<dyn RecordProtector>>,
     stats: Counters,
-    /// The capabilities agreed in NEGOTIATE, and whether it happened (`negotiate.rs`).
+    /// The capabilities agreed in NEGOTIATE, and whether it happened (`negotiate.rs`); and
+    /// [`EARLY_DATA`]: input arrives as early data (QUIC 0-RTT) that could be replayed, so
+    /// only HELLO, PING and HEALTH_CHECK are taken (in this word: the struct's size is
+    /// what an idle connection costs).
     features: u32,
-    /// Input arrives as early data (QUIC 0-RTT) that could be replayed: only HELLO, PING and
-    /// HEALTH_CHECK are taken, anything else is answered with 706 (too early).
-    early: bool,
 }
+
+/// The bit of `Connection::features` that says input is early data (`receive.rs`).
+pub(super) const EARLY_DATA: u32 = 1 << 30;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,7 +232,6 @@ impl Connection {
             protector: None,
             stats: Counters::default(),
             features: 0,
-            early: false,
             config,
         };
         if side == Side::Client {

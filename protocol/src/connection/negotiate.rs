@@ -57,7 +57,7 @@ impl Connection {
         }
         let agreed = FeatureSet::from_names(&self.config.features)
             .intersect(&FeatureSet::from_names(&theirs.features));
-        self.features = agreed.bits() | NEGOTIATED;
+        self.features = agreed.bits() | NEGOTIATED | (self.features & super::EARLY_DATA);
         self.push_event(Event::Negotiated { features: agreed });
     }
 }

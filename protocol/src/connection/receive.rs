@@ -23,7 +23,11 @@ impl Connection {
     /// with ERROR 706 (too early, non-fatal) and dropped; the peer sends them again once the
     /// handshake is confirmed, and the transport says so by calling this with `false`.
     pub fn set_early_data(&mut self, early: bool) {
-        self.early = early;
+        if early {
+            self.features |= super::EARLY_DATA;
+        } else {
+            self.features &= !super::EARLY_DATA;
+        }
     }
 
     pub(super) fn on_frame(&mut self, mut frame: Frame) {
@@ -50,7 +54,7 @@ impl Connection {
             );
             return;
         }
-        if self.early && !is_early_safe(h.msg_type) {
+        if self.features & super::EARLY_DATA != 0 && !is_early_safe(h.msg_type) {
             self.nonfatal(
                 ErrorCode::TOO_EARLY,
                 format!(

@@ -143,8 +143,11 @@ pub(crate) enum Io {
 /// One connection of a shard.
 pub(crate) struct Conn {
     pub(crate) generation: u32,
-    /// The transport index (see `metrics::TRANSPORTS`).
-    pub(crate) transport: u8,
+    /// Its transport index (see `metrics::TRANSPORTS`; low 3 bits) and the node endpoint it
+    /// was accepted on (its index in `Node::endpoints`, high 5 bits; [`NO_ENDPOINT`] for an
+    /// outbound connection or an endpoint past the 31st): one byte, so that the connection
+    /// stays 392 bytes. Read with [`Conn::transport`] and [`Conn::endpoint`].
+    pub(crate) origin: u8,
     pub(crate) life: Life,
     pub(crate) proto: Connection,
     pub(crate) io: Io,
@@ -185,7 +188,32 @@ pub(crate) struct Extra {
     pub(crate) ws: Option<Box<ws::WsConn>>,
 }
 
+/// The endpoint part of [`Conn::origin`] that names none.
+pub(crate) const NO_ENDPOINT: u8 = 31;
+
+/// A connection's [`Conn::origin`]: its transport index and the node endpoint it came through.
+pub(crate) fn origin(transport: u8, endpoint: u8) -> u8 {
+    debug_assert!(transport < 8);
+    (endpoint.min(NO_ENDPOINT) << 3) | (transport & 7)
+}
+
 impl Conn {
+    /// Its transport index (see `metrics::TRANSPORTS`).
+    pub(crate) fn transport(&self) -> u8 {
+        self.origin & 7
+    }
+
+    /// Change its transport (a socket that became a WebSocket), keeping its endpoint.
+    pub(crate) fn set_transport(&mut self, transport: u8) {
+        self.origin = (self.origin & !7) | (transport & 7);
+    }
+
+    /// The node endpoint it was accepted on, if known.
+    pub(crate) fn endpoint(&self) -> Option<u8> {
+        let e = self.origin >> 3;
+        (e != NO_ENDPOINT).then_some(e)
+    }
+
     /// Whether the connection is served (not refused, not closing).
     pub(crate) fn is_open(&self) -> bool {
         self.life == Life::Open

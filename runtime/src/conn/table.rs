@@ -125,7 +125,7 @@ mod tests {
     fn conn(generation: u32) -> Conn {
         Conn {
             generation,
-            transport: 0,
+            origin: 0,
             life: Life::Open,
             proto: Connection::new(Side::Server, Arc::new(Config::default()), Instant::now(), 0),
             io: Io::Socket(Socket {

@@ -24,7 +24,7 @@
 //! cfg.tls = Some(mtls::server_only_client_config(&ca).unwrap());
 //! cfg.tls_server_name = Some("node-a".into());
 //! let mut client = Client::connect_with("quic://127.0.0.1:7421", cfg).unwrap();
-//! client.ping().unwrap();
+//! client.ping(b"hello").unwrap();
 //! ```
 
 pub(crate) mod cid;

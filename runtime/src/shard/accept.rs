@@ -48,42 +48,65 @@ const TCP: u8 = 0;
 const SHM_ACCEPT_BATCH: usize = 64;
 
 /// One listening socket.
-struct Listener {
+pub(super) struct Listener {
     /// `None` once closed (the node drains: new connections go to the other listeners of
     /// its `SO_REUSEPORT` group, such as a node started to replace this one).
-    fd: Option<OwnedFd>,
-    transport: u8,
-    armed: bool,
+    pub(super) fd: Option<OwnedFd>,
+    pub(super) transport: u8,
+    /// The node endpoint it serves (its index in `Node::endpoints`).
+    pub(super) endpoint: u8,
+    pub(super) armed: bool,
     /// Peer address of the single-shot accept used when intrusion detection is on (the
     /// kernel writes it; it does not move while the accept is armed).
     addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
+impl Listener {
+    pub(super) fn new(fd: OwnedFd, transport: u8, endpoint: u8) -> Listener {
+        Listener {
+            fd: Some(fd),
+            transport,
+            endpoint,
+            armed: false,
+            addr: Box::new((crate::sys::sockaddr_storage(), 0)),
+        }
+    }
+
+    /// The op its accept is armed as.
+    pub(super) fn accept_op(&self) -> Op {
+        if self.transport == SHM {
+            Op::ShmAccept
+        } else {
+            Op::Accept
+        }
+    }
+}
+
 /// A shard's listeners and the direct-descriptor table they fill.
 pub(super) struct Listeners {
-    list: Vec<Listener>,
+    pub(super) list: Vec<Listener>,
     /// Accepts are cancelled until the table drains.
-    paused: bool,
+    pub(super) paused: bool,
     table_size: u32,
     table_used: u32,
 }
 
 impl Listeners {
-    pub(super) fn new(fds: Vec<(OwnedFd, u8)>, table_size: u32) -> Listeners {
+    pub(super) fn new(fds: Vec<(OwnedFd, u8, u8)>, table_size: u32) -> Listeners {
         Listeners {
             list: fds
                 .into_iter()
-                .map(|(fd, transport)| Listener {
-                    fd: Some(fd),
-                    transport,
-                    armed: false,
-                    addr: Box::new((crate::sys::sockaddr_storage(), 0)),
-                })
+                .map(|(fd, transport, endpoint)| Listener::new(fd, transport, endpoint))
                 .collect(),
             paused: false,
             table_size,
             table_used: 0,
         }
+    }
+
+    /// The node endpoint listener `li` serves.
+    pub(super) fn endpoint(&self, li: usize) -> u8 {
+        self.list.get(li).map_or(u8::MAX, |l| l.endpoint)
     }
 
     /// A direct descriptor was released.
@@ -157,12 +180,7 @@ impl Shard {
         for i in 0..self.listeners.list.len() {
             let l = &self.listeners.list[i];
             if l.armed {
-                let op = if l.transport == SHM {
-                    Op::ShmAccept
-                } else {
-                    Op::Accept
-                };
-                let e = opcode::AsyncCancel::new(ud(op, i as u32, 0))
+                let e = opcode::AsyncCancel::new(ud(l.accept_op(), i as u32, 0))
                     .build()
                     .user_data(ud(Op::Cancel, 0, 0));
                 self.ring.push(e);
@@ -232,7 +250,8 @@ impl Shard {
             _ => None,
         };
         let banned = ip.and_then(|ip| self.admission_verdict(ip));
-        self.add_conn(fixed, transport, None, ip, banned);
+        let endpoint = self.listeners.endpoint(li);
+        self.add_conn(fixed, (transport, endpoint), None, ip, banned);
         if full {
             self.pause_accepts();
         }
@@ -283,7 +302,8 @@ impl Shard {
                 match ShmStream::serve(sock, &self.cfg.shm) {
                     Ok(stream) => {
                         let io = Io::Shm(Box::new(ShmIo::new(stream)));
-                        self.add_conn(u32::MAX, SHM, Some(io), None, None);
+                        let endpoint = self.listeners.endpoint(li);
+                        self.add_conn(u32::MAX, (SHM, endpoint), Some(io), None, None);
                     }
                     Err(e) => tracing::debug!(shard = self.id, error = %e, "shm rendezvous failed"),
                 }
@@ -295,8 +315,14 @@ impl Shard {
     /// A Valkyrie connection on a QUIC connection's first stream (`io`), its client's
     /// certificate identity when it presented one. Returns its slot (the caller reads the
     /// stream).
-    pub(super) fn add_quic_conn(&mut self, io: Io, identity: Option<String>) -> u32 {
-        let slot = self.add_conn(u32::MAX, super::quic::QUIC, Some(io), None, None);
+    pub(super) fn add_quic_conn(&mut self, io: Io, endpoint: u8, identity: Option<String>) -> u32 {
+        let slot = self.add_conn(
+            u32::MAX,
+            (super::quic::QUIC, endpoint),
+            Some(io),
+            None,
+            None,
+        );
         if let Some(id) = identity
             && let Some(c) = self.conns.get_mut(slot)
         {
@@ -312,12 +338,13 @@ impl Shard {
     }
 
     /// Register an accepted connection (a socket in direct-descriptor slot `fixed`, or the
-    /// given shared-memory or QUIC `io`): refused with ERROR 501 at the limit or while
-    /// shutting down (702 when banned), otherwise armed for input. Returns its slot.
+    /// given shared-memory or QUIC `io`), with its transport and the node endpoint it came
+    /// through: refused with ERROR 501 at the limit or while shutting down (702 when banned),
+    /// otherwise armed for input. Returns its slot.
     fn add_conn(
         &mut self,
         fixed: u32,
-        transport: u8,
+        (transport, endpoint): (u8, u8),
         io: Option<Io>,
         ip: Option<IpAddr>,
         banned: Option<String>,
@@ -372,7 +399,7 @@ impl Shard {
         let opened_us = self.now_us();
         let slot = self.conns.insert(|generation| Conn {
             generation,
-            transport,
+            origin: crate::conn::origin(transport, endpoint),
             life,
             proto,
             io,

@@ -130,14 +130,14 @@ impl Shard {
             let lived = self.now.saturating_duration_since(c.proto.created_at());
             self.metrics
                 .durations
-                .observe(c.transport as usize, lived.as_micros() as u64);
+                .observe(c.transport() as usize, lived.as_micros() as u64);
         }
         if let Io::Socket(_) = c.io {
             self.listeners.slot_freed();
         }
         // A refused connection was never counted as active.
         if let Life::Closing { refused: false, .. } = c.life {
-            self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
+            self.metrics.connections_active[c.transport() as usize].fetch_sub(1, Ordering::Relaxed);
         }
         self.maybe_resume_accepts();
     }

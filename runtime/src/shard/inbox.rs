@@ -63,14 +63,9 @@ impl Shard {
                     g.ban(ip, until, self.now);
                 }
             }
-            MeshMsg::Datagram {
-                listener,
-                from,
-                ecn,
-                data,
-            } => {
-                let ecn = ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
-                self.quic_datagram(listener, from, ecn, data, false);
+            MeshMsg::Datagram(d) => {
+                let ecn = d.ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
+                self.quic_datagram(d.listener, d.from, ecn, d.data, false);
             }
             MeshMsg::User { from, msg } => {
                 let (service, mut ctx) = self.ctx();

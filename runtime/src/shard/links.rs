@@ -404,7 +404,7 @@ impl Shard {
         let opened_us = self.now_us();
         let slot = self.conns.insert(|generation| Conn {
             generation,
-            transport,
+            origin: crate::conn::origin(transport, crate::conn::NO_ENDPOINT),
             life: Life::Open,
             proto,
             io: Io::Socket(Socket {

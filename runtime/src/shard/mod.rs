@@ -16,6 +16,7 @@ mod http;
 mod inbox;
 mod linger;
 pub(crate) mod links;
+mod listener_ops;
 mod output;
 mod process;
 pub(crate) mod quic;
@@ -52,7 +53,7 @@ use timers::Timers;
 pub(crate) struct ShardInit {
     pub(crate) id: usize,
     pub(crate) cfg: Arc<NodeConfig>,
-    pub(crate) listeners: Vec<(OwnedFd, u8)>,
+    pub(crate) listeners: Vec<(OwnedFd, u8, u8)>,
     pub(crate) mesh_rx: Vec<rtrb::Consumer<MeshMsg>>,
     pub(crate) mesh_tx: Vec<Option<rtrb::Producer<MeshMsg>>>,
     pub(crate) wakers: Arc<Vec<Waker>>,
@@ -238,6 +239,7 @@ impl Shard {
             self.stamp_turn();
             let mut work = self.drain_mesh();
             work |= self.take_reload();
+            work |= self.take_listener_commands();
             work |= self.take_nudge();
             work |= self.run_timers();
             work |= self.run_link_timers(self.now);
@@ -321,6 +323,7 @@ impl Shard {
         // must not be missed.
         let pending = self.mesh_rx.iter().any(|c| !c.is_empty())
             || waker.nudged.load(Ordering::SeqCst)
+            || waker.commanded.load(Ordering::SeqCst)
             || (self.shutdown.load(Ordering::SeqCst) && self.shutdown_deadline.is_none());
         if pending {
             // Still enter the kernel (without waiting): with DEFER_TASKRUN, completions are

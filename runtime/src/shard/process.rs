@@ -132,7 +132,7 @@ impl Shard {
             Event::Frame(f) => {
                 self.metrics.frame_in(&f.header, f.payload.len());
                 if f.header.flags.contains(Flags::TRACE) {
-                    let via = crate::metrics::TRANSPORTS[c.transport as usize];
+                    let via = crate::metrics::TRANSPORTS[c.transport() as usize];
                     span = self
                         .spans
                         .begin(self.id, slot, conn.generation, f, via, true);

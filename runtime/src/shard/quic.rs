@@ -83,6 +83,8 @@ pub(super) struct QuicListener {
     /// Whether the listener asks clients for certificates (its TLS has a client CA): their
     /// early data then waits for the handshake, which proves the identity.
     client_auth: bool,
+    /// The node endpoint it serves (its index in `Node::endpoints`).
+    node_endpoint: u8,
 }
 
 /// A shard's QUIC state.
@@ -110,6 +112,8 @@ pub(crate) struct QuicSetup {
     pub(crate) fd: OwnedFd,
     pub(crate) server: Arc<quinn_proto::ServerConfig>,
     pub(crate) client_auth: bool,
+    /// The node endpoint (its index in `Node::endpoints`).
+    pub(crate) endpoint: u8,
 }
 
 impl Quic {
@@ -128,6 +132,7 @@ impl Quic {
                     conns: Vec::new(),
                     half_open: 0,
                     client_auth: s.client_auth,
+                    node_endpoint: s.endpoint,
                 }
             })
             .collect();
@@ -262,12 +267,12 @@ impl Shard {
             && owner != self.id
         {
             if self.mesh.reaches(owner) {
-                let msg = MeshMsg::Datagram {
+                let msg = MeshMsg::Datagram(Box::new(crate::mesh::Forwarded {
                     listener: li,
                     from,
                     ecn: ecn.map(|e| e as u8),
                     data,
-                };
+                }));
                 match self.mesh.push(owner, msg) {
                     Ok(()) => ShardMetrics::add(&self.metrics.quic_forwarded, 1),
                     // A full ring drops the datagram, as a full socket buffer would: QUIC
@@ -591,6 +596,7 @@ impl Shard {
             let early = q.conn.is_handshaking();
             let identity = peer_identity(&q.conn);
             let client_auth = self.quic.listeners[li as usize].client_auth;
+            let endpoint = self.quic.listeners[li as usize].node_endpoint;
             let io = Io::Quic(Box::new(QuicIo {
                 listener: li,
                 handle: h,
@@ -602,7 +608,7 @@ impl Shard {
                 // has proved the client's (a resumed session may not carry it).
                 hold_early: early && client_auth && identity.is_none(),
             }));
-            let slot = self.add_quic_conn(io, identity);
+            let slot = self.add_quic_conn(io, endpoint, identity);
             let generation = self.conns.get(slot).map_or(0, |c| c.generation);
             if let Some(q) = self.quic.conn(li, h) {
                 q.slot = Some((slot, generation));

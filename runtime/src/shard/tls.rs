@@ -53,7 +53,7 @@ impl Shard {
         }
         // From served to refused: no longer counted as active, closed once the ERROR is out.
         c.life = Life::Refused;
-        self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections_active[c.transport() as usize].fetch_sub(1, Ordering::Relaxed);
         let mut record = serde_json::json!({"event": AuditEvent::AuthFailure.as_str(),
             "mode": "tls", "code": ErrorCode::AUTH_REQUIRED.0,
             "reason": "a frame in the clear on a listener that requires TLS"});

@@ -76,8 +76,8 @@ impl Shard {
             c.proto.set_transport_identity(identity);
         }
         c.opened_us = opened_us;
-        self.metrics.connections_active[c.transport as usize].fetch_sub(1, Ordering::Relaxed);
-        c.transport = WS;
+        self.metrics.connections_active[c.transport() as usize].fetch_sub(1, Ordering::Relaxed);
+        c.set_transport(WS);
         self.metrics.connections_active[WS as usize].fetch_add(1, Ordering::Relaxed);
         c.extra.get_or_insert_with(Box::default).ws = Some(Box::new(w));
         // Frames a client sent right behind its handshake.

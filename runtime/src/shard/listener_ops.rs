@@ -1,0 +1,94 @@
+//! Closing and opening one listener while the node runs (`Node::close_listener`,
+//! `Node::open_listener`): a closed listener stops accepting and the connections accepted
+//! through it are sent away (CLOSE 502, going away: a client connects again elsewhere, to
+//! the node's other endpoints or another node, and sends again what was not answered); an
+//! opened one accepts on a new socket for its endpoint. The other listeners and their
+//! connections go on as they were.
+
+use io_uring::opcode;
+
+use super::Shard;
+use super::accept::{GOING_AWAY, GOING_AWAY_REASON, Listener};
+use crate::conn::Life;
+use crate::mesh::ListenerCommand;
+use crate::uring::{Op, ud};
+
+impl Shard {
+    /// Apply the listener changes the node handed this shard. Returns whether there were any.
+    pub(super) fn take_listener_commands(&mut self) -> bool {
+        let commands = self.mesh.waker(self.id).take_commands();
+        if commands.is_empty() {
+            return false;
+        }
+        for cmd in commands {
+            match cmd {
+                ListenerCommand::Close { endpoint } => self.close_listener(endpoint),
+                ListenerCommand::Open {
+                    endpoint,
+                    transport,
+                    fd,
+                } => self.open_listener(endpoint, transport, fd),
+            }
+        }
+        true
+    }
+
+    fn close_listener(&mut self, endpoint: u8) {
+        for i in 0..self.listeners.list.len() {
+            let l = &mut self.listeners.list[i];
+            if l.endpoint != endpoint || l.fd.is_none() {
+                continue;
+            }
+            if l.armed {
+                let e = opcode::AsyncCancel::new(ud(l.accept_op(), i as u32, 0))
+                    .build()
+                    .user_data(ud(Op::Cancel, 0, 0));
+                self.ring.push(e);
+            }
+            // The ring holds its own reference while the accept is armed.
+            l.fd = None;
+        }
+        tracing::info!(
+            shard = self.id,
+            endpoint,
+            "listener closed: its connections are sent away"
+        );
+        for slot in self.conns.slots() {
+            if let Some(c) = self.conns.get_mut(slot)
+                && c.life == Life::Open
+                && c.endpoint() == Some(endpoint)
+            {
+                match c.http() {
+                    Some(h) => h.close_when_idle(),
+                    None => c.proto.close(GOING_AWAY.0, GOING_AWAY_REASON),
+                }
+                self.mark(slot);
+            }
+        }
+    }
+
+    fn open_listener(&mut self, endpoint: u8, transport: u8, fd: std::os::fd::OwnedFd) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let reuse = self
+            .listeners
+            .list
+            .iter_mut()
+            .find(|l| l.endpoint == endpoint && l.fd.is_none() && !l.armed);
+        match reuse {
+            Some(l) => {
+                l.fd = Some(fd);
+                l.transport = transport;
+            }
+            None => self
+                .listeners
+                .list
+                .push(Listener::new(fd, transport, endpoint)),
+        }
+        tracing::info!(shard = self.id, endpoint, "listener opened");
+        if !self.listeners.paused {
+            self.arm_accepts();
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Closing and opening one listener of a running node: its connections are sent away (CLOSE
+//! 502) while the node's other listeners and connections go on. The transport selector
+//! (`Client::connect_any`) on a node listening on shared memory and TCP: when the
+//! shared-memory listener closes, the client moves to TCP without losing a request; while it
+//! is closed the client keeps probing it (every two heartbeat intervals of its calls) and
+//! stays on TCP; when it opens again the client moves back. With QUIC beside TCP, the
+//! selector ranks QUIC first.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use valkyrie_protocol::MessageType;
+use valkyrie_protocol::security::mtls::{self, DevPki};
+use valkyrie_runtime::{Client, ClientConfig, Node};
+
+fn ask(c: &mut Client, n: u32) {
+    let body = Bytes::from(format!("request {n}"));
+    let f = c
+        .request(
+            0,
+            MessageType::JobRequest,
+            body.clone(),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("request {n}: {e}"));
+    assert_eq!(f.msg_type(), MessageType::JobAccept);
+    assert_eq!(f.payload, body, "answer to {n}");
+}
+
+fn on(c: &Client) -> String {
+    c.url().map(ToString::to_string).unwrap_or_default()
+}
+
+#[test]
+fn the_selector_leaves_a_closed_shm_listener_for_tcp_and_returns_when_it_opens() {
+    let shm = format!("shm://listeners-{}", std::process::id());
+    let mut node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .listen(&shm)
+        .unwrap()
+        .shards(2)
+        .service(|_| common::Accept)
+        .start()
+        .unwrap();
+    let tcp = node.endpoints()[0].to_string();
+    let mut cfg = ClientConfig::default();
+    let heartbeat = Duration::from_millis(100);
+    cfg.protocol.heartbeat = heartbeat;
+    let mut c =
+        Client::connect_any(&[tcp.as_str(), shm.as_str()], cfg, Duration::from_secs(5)).unwrap();
+    assert_eq!(on(&c), shm, "TCP listed first, shared memory taken");
+    // Another client straight over TCP: closing shm must not touch it.
+    let mut bystander = Client::connect(&tcp).unwrap();
+    let mut n = 0;
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+
+    node.close_listener(&shm).unwrap();
+    assert!(!node.is_listening(&shm.parse().unwrap()));
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+    assert_eq!(on(&c), tcp, "the client did not move to TCP");
+    bystander.ping(b"still here").unwrap();
+    assert_eq!(bystander.reconnects(), 0);
+
+    // Closed for ten heartbeat intervals of calls: the probes find nothing, the client stays.
+    let t = Instant::now();
+    while t.elapsed() < heartbeat * 10 {
+        ask(&mut c, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(on(&c), tcp);
+
+    node.open_listener(&shm).unwrap();
+    let t = Instant::now();
+    while on(&c) != shm {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "never moved back to shm"
+        );
+        ask(&mut c, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let back = t.elapsed();
+    assert!(
+        back <= heartbeat * 2 + Duration::from_millis(150),
+        "back on shm after {back:?}, more than two heartbeat intervals"
+    );
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+    eprintln!(
+        "{n} requests, every one answered ({} sent again); back on shm {back:?} after it opened",
+        c.retried()
+    );
+}
+
+#[test]
+fn a_new_listener_opens_on_a_running_node_and_closes_alone() {
+    let mut node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .shards(2)
+        .service(|_| common::Accept)
+        .start()
+        .unwrap();
+    let first = node.endpoints()[0].to_string();
+    let path = std::env::temp_dir().join(format!("valkyrie-listeners-{}.sock", std::process::id()));
+    let unix = format!("unix://{}", path.display());
+    node.open_listener(&unix).unwrap();
+    let mut over_unix = Client::connect(&unix).unwrap();
+    let mut over_tcp = Client::connect(&first).unwrap();
+    ask(&mut over_unix, 1);
+    node.close_listener(&unix).unwrap();
+    // Sent away: its next request fails (a plain client does not reconnect), TCP goes on.
+    let t = Instant::now();
+    loop {
+        if over_unix.ping(b"x").is_err() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the unix connection stayed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        Client::connect(&unix).is_err(),
+        "a closed listener accepted"
+    );
+    ask(&mut over_tcp, 2);
+    // And back on the same path.
+    node.open_listener(&unix).unwrap();
+    ask(&mut Client::connect(&unix).unwrap(), 3);
+}
+
+#[test]
+fn the_selector_ranks_quic_above_tcp() {
+    let pki = DevPki::generate(&["node-a"], &[]).unwrap();
+    let tls =
+        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
+            .unwrap();
+    let node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .listen("quic://127.0.0.1:0")
+        .unwrap()
+        .quic_tls(tls, false)
+        .shards(2)
+        .service(|_| common::Accept)
+        .start()
+        .unwrap();
+    let (tcp, quic) = (
+        node.endpoints()[0].to_string(),
+        node.endpoints()[1].to_string(),
+    );
+    // TLS for QUIC; the TCP listener speaks plaintext, so the TLS configuration would not
+    // reach it: this client lists QUIC and TCP and is given QUIC.
+    let cfg = ClientConfig {
+        tls: Some(mtls::server_only_client_config(&pki.ca_pem).unwrap()),
+        tls_server_name: Some("node-a".into()),
+        ..ClientConfig::default()
+    };
+    let mut c =
+        Client::connect_any(&[tcp.as_str(), quic.as_str()], cfg, Duration::from_secs(5)).unwrap();
+    assert_eq!(on(&c), quic);
+    ask(&mut c, 1);
+}
