@@ -19,6 +19,7 @@ mod memory;
 mod peers;
 mod pipeline;
 mod plot;
+mod quic;
 mod raw_client;
 mod report;
 mod server;
@@ -98,6 +99,13 @@ enum Internal {
         src: std::net::Ipv4Addr,
         heartbeat_ms: u64,
     },
+    /// (internal) The child of the quic scenario's memory figure: hold N QUIC connections.
+    HoldQuic {
+        addr: SocketAddr,
+        n: usize,
+        ca: std::path::PathBuf,
+        valkyrie: u8,
+    },
     /// (internal) The peer process of the shm scenario.
     ShmPeer {
         system: String,
@@ -122,6 +130,15 @@ fn main() {
             heartbeat_ms,
         }) => {
             connections::hold(addr, n, src, Duration::from_millis(heartbeat_ms));
+            return;
+        }
+        Some(Internal::HoldQuic {
+            addr,
+            n,
+            ca,
+            valkyrie,
+        }) => {
+            quic::hold(addr, n, &ca, valkyrie == 1);
             return;
         }
         Some(Internal::ShmPeer {
@@ -254,6 +271,15 @@ fn main() {
             "postgres" => jobs_postgres::scenario(&mut report, rounds, scale),
             _ => jobs::scenario(&mut report, rounds, scale),
         }
+    }
+    peers::unpin();
+    if wants("quic") {
+        quic::scenario(
+            &mut report,
+            rounds,
+            if cli.full { 100_000 } else { 20_000 },
+            if cli.full { 5.0 } else { 1.5 },
+        );
     }
     peers::unpin();
     if wants("shm") {

@@ -10,6 +10,7 @@ pub mod floor_batch;
 pub mod glommio_echo;
 pub mod grpc;
 pub mod hyper_json;
+pub mod quinn_echo;
 pub mod tokio_echo;
 pub mod tungstenite_echo;
 

@@ -63,7 +63,7 @@ impl QuicSocket {
         };
         let udp = UdpSocket::bind(bind)?;
         udp.set_nonblocking(true)?;
-        super::udp::configure(&udp, server.is_ipv4());
+        super::udp::configure(&udp, server.is_ipv4(), false);
         let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
         let (handle, conn) = endpoint
             .connect(Instant::now(), config, server, server_name)
@@ -133,7 +133,7 @@ impl QuicSocket {
         let ip = self.udp.local_addr()?.ip();
         let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         udp.set_nonblocking(true)?;
-        super::udp::configure(&udp, self.server.is_ipv4());
+        super::udp::configure(&udp, self.server.is_ipv4(), false);
         self.udp = udp;
         self.conn.ping();
         self.drive()?;
@@ -195,15 +195,15 @@ impl QuicSocket {
         if self.stream.is_none() && (!self.conn.is_handshaking() || self.early) {
             self.stream = self.conn.streams().open(Dir::Bi);
         }
-        self.transmit(now)?;
-        self.next_timer = self.conn.poll_timeout();
-        Ok(())
+        self.transmit(now)
     }
 
     fn transmit(&mut self, now: Instant) -> io::Result<()> {
         loop {
             self.send_buf.clear();
             let Some(t) = self.conn.poll_transmit(now, 1, &mut self.send_buf) else {
+                // Pacing or loss recovery may have set a timer: the next wait must see it.
+                self.next_timer = self.conn.poll_timeout();
                 return Ok(());
             };
             match self.udp.send_to(&self.send_buf[..t.size], t.destination) {

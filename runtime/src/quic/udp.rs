@@ -43,7 +43,7 @@ pub(crate) fn bind(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
     if reuse_port {
         setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    configure(&fd, addr.is_ipv4());
+    configure(&fd, addr.is_ipv4(), true);
     let (storage, len) = encode_sockaddr(addr);
     // SAFETY: storage holds a sockaddr of `len` bytes.
     cvt(unsafe {
@@ -57,13 +57,16 @@ pub(crate) fn bind(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
 }
 
 /// The options every QUIC socket gets (best effort: a kernel without one still works, with
-/// less offload or no ECN).
-pub(crate) fn configure(fd: &impl AsRawFd, v4: bool) {
+/// less offload or no ECN). `gro`: coalesce received bursts (only for a reader of the
+/// segment size's control message: a plain `recv_from` would take a burst for one datagram).
+pub(crate) fn configure(fd: &impl AsRawFd, v4: bool, gro: bool) {
     let fd = fd.as_raw_fd();
     // SAFETY: the descriptor stays open for this call; OwnedFd is not dropped here.
     let borrowed = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) });
     let set = |level, name, v| setsockopt_int(&borrowed, level, name, v);
-    let _ = set(libc::SOL_UDP, UDP_GRO, 1);
+    if gro {
+        let _ = set(libc::SOL_UDP, UDP_GRO, 1);
+    }
     if v4 {
         let _ = set(libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
         let _ = set(
