@@ -164,7 +164,7 @@ const TARGETS: &[Target] = &[
         name: "1 MB file transfer (BLAKE3-verified)",
         scenario: "transfer",
         metric: "transfer_ms",
-        params: &[],
+        params: &[("transport", "tcp")],
         goal: 100.0,
         unit: "ms",
         lower_is_better: true,
