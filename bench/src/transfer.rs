@@ -138,8 +138,9 @@ fn send_file(c: &mut Client, stream: u32, file: &Bytes, hash: &str) -> Result<()
 fn quic_transfers(n: usize, file: &Bytes, hash: &str) -> Histogram<u64> {
     use valkyrie_protocol::security::mtls::{self, DevPki};
     let pki = DevPki::generate(&["node-a"], &[]).expect("dev PKI");
-    let tls = mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-        .expect("server TLS");
+    let tls =
+        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
+            .expect("server TLS");
     let node = Node::builder()
         .listen("quic://127.0.0.1:0")
         .expect("endpoint")

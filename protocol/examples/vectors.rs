@@ -83,6 +83,7 @@ fn main() {
         stream_window: None,
         max_streams: None,
         compression: vec![],
+        host: None,
     };
     emit(
         "hello",
@@ -98,6 +99,7 @@ fn main() {
         stream_window: Some(262_144),
         max_streams: Some(256),
         compression: None,
+        host: None,
     };
     emit(
         "hello-ack",

@@ -92,7 +92,7 @@ mod time;
 
 pub use connection::{
     CloseReason, Config, Connection, ConnectionStats, Event, HELD_INPUT_BYTES, PeerInfo, SendError,
-    SendOptions, State, Transmit,
+    SendOptions, State, Transmit, UpgradeKind, is_upgrade_fence,
 };
 pub use error::{ErrorClass, ErrorCode, RecoveryAction};
 pub use frame::{Flags, Frame, HEADER_LEN, Header, HeaderError, MAX_FRAME_LIMIT, MessageType};

@@ -160,6 +160,7 @@ fn a_hello_ack_choosing_an_unoffered_mode_is_a_downgrade_704() {
         stream_window: None,
         max_streams: None,
         compression: None,
+        host: None,
     };
     let (events, wire) = inject(
         &mut client,
@@ -191,6 +192,7 @@ fn a_mode_offered_without_its_provider_is_not_reported_as_a_downgrade() {
         stream_window: None,
         max_streams: None,
         compression: None,
+        host: None,
     };
     let (events, wire) = inject(
         &mut client,

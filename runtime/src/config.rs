@@ -146,6 +146,9 @@ pub struct NodeConfig {
     /// The QUIC TLS requires client certificates: a resumed client's early data then waits
     /// for the handshake that proves its identity.
     pub quic_client_auth: bool,
+    /// Move a same-host client's TCP or Unix connection to shared memory when it asks
+    /// (UPGRADE; default on): the node then says where it runs in HELLO_ACK.
+    pub upgrade: bool,
     /// HTTP/1.1 on the node's TCP and Unix listeners, told apart from Valkyrie frames by the
     /// first byte.
     pub http: HttpSettings,
@@ -254,6 +257,7 @@ impl Default for NodeConfig {
             tls: None,
             quic_tls: None,
             quic_client_auth: false,
+            upgrade: true,
             http: HttpSettings::default(),
             trace_hook: TraceHookSlot::default(),
             collectors: Vec::new(),

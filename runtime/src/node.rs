@@ -366,6 +366,9 @@ impl Node {
             cfg.listen
                 .push("tcp://127.0.0.1:7420".parse().expect("default endpoint"));
         }
+        if cfg.upgrade && cfg.protocol.host.is_none() {
+            Arc::make_mut(&mut cfg.protocol).host = crate::sys::host_id();
+        }
         let n = cfg.shards.max(1);
         let nofile = crate::sys::raise_nofile();
         let wanted = cfg

@@ -353,6 +353,45 @@ pub(crate) fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> 
     }
 }
 
+/// The process and user at the other end of a Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_cred(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((cred.pid, cred.uid))
+}
+
+/// This process's effective user.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Where this process runs: the boot id and the network namespace's inode (what HELLO's
+/// `host` says). `None` where /proc does not tell.
+pub(crate) fn host_id() -> Option<valkyrie_protocol::message::HostId> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let netns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    Some(valkyrie_protocol::message::HostId {
+        boot: boot.trim().to_owned(),
+        netns,
+    })
+}
+
 /// A non-blocking, close-on-exec eventfd.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is owned by the OwnedFd below.

@@ -196,6 +196,20 @@ impl ShmStream {
     /// ring geometry is the listener's).
     pub fn connect_with(name: &str, config: ShmConfig) -> Result<ShmStream> {
         let sock = UnixStream::connect_addr(&abstract_addr(name)?)?;
+        ShmStream::connect_over(sock, config)
+    }
+
+    /// The rendezvous socket of the listener named `name`, connected, before anything is
+    /// exchanged on it (write what the listener expects first, then
+    /// [`ShmStream::connect_over`]).
+    pub fn rendezvous(name: &str) -> Result<UnixStream> {
+        Ok(UnixStream::connect_addr(&abstract_addr(name)?)?)
+    }
+
+    /// Connector side of the rendezvous over a socket already connected to a listener
+    /// (one that first wrote something of its own on it, such as a token the listener
+    /// checks): wait for the segment, map it, and return the stream.
+    pub fn connect_over(sock: UnixStream, config: ShmConfig) -> Result<ShmStream> {
         sock.set_read_timeout(Some(Duration::from_secs(5)))?;
         let seg = segment::accept_offer(&sock)?;
         sock.set_read_timeout(None)?;

@@ -38,6 +38,7 @@ fn prologue(side: Side) -> Vec<u8> {
             stream_window: Some(2048),
             max_streams: Some(8),
             compression: vec![],
+            host: None,
         }
         .to_bytes(),
         Side::Client => HelloAck {
@@ -49,6 +50,7 @@ fn prologue(side: Side) -> Vec<u8> {
             stream_window: Some(2048),
             max_streams: Some(8),
             compression: None,
+            host: None,
         }
         .to_bytes(),
     };

@@ -99,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
                 stream_window: None,
                 max_streams: None,
                 compression: None,
+                host: None,
             };
             let mut f = Frame::new(MessageType::HelloAck, 0, ack.to_bytes().to_vec());
             f.header.flags |= valkyrie_protocol::Flags::RESPONSE;

@@ -51,6 +51,10 @@ pub struct Config {
     /// The capabilities offered in NEGOTIATE ([`crate::features`]; default: every one this
     /// build has). Empty: the connecting side does not negotiate.
     pub features: Vec<String>,
+    /// Where this side runs, sent in HELLO / HELLO_ACK so that a peer on the same host and
+    /// network namespace can move the connection to shared memory (UPGRADE). `None` (the
+    /// default here; the runtime fills it in): not said.
+    pub host: Option<crate::message::HostId>,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
                 .iter()
                 .map(|f| f.name.to_owned())
                 .collect(),
+            host: None,
         }
     }
 }
@@ -173,6 +178,7 @@ impl fmt::Debug for Config {
             .field("max_streams", &self.max_streams)
             .field("manual_flow_control", &self.manual_flow_control)
             .field("scheduler", &self.scheduler)
+            .field("host", &self.host)
             .finish()
     }
 }

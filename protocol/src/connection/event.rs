@@ -24,6 +24,9 @@ pub struct PeerInfo {
     pub max_frame: u32,
     /// Heartbeat interval in force (`None`: no heartbeats).
     pub heartbeat: Option<Duration>,
+    /// Both sides said where they run (HELLO / HELLO_ACK `host`) and it is the same host
+    /// and network namespace: the connection may move to shared memory (UPGRADE).
+    pub same_host: bool,
 }
 
 /// Why a connection ended.
@@ -95,8 +98,19 @@ impl std::fmt::Display for CloseReason {
 pub enum Event {
     /// HELLO (and the security handshake) finished.
     Connected(PeerInfo),
-    /// An application frame: jobs, stream data, observability, NEGOTIATE, UPGRADE...
+    /// An application frame: jobs, stream data, observability...
     Frame(Frame),
+    /// An UPGRADE frame on stream 0 (see [`Connection::request_upgrade`](crate::Connection::request_upgrade)).
+    Upgrade {
+        /// Request, answer, or the peer's fence.
+        kind: crate::connection::UpgradeKind,
+        /// The target transport (`"shm"`).
+        to: String,
+        /// Its parameters.
+        params: crate::message::Object,
+        /// The request's correlation id (the answer carries it too).
+        correlation_id: u32,
+    },
     /// A zero_trust connection refused an application frame its peer is not allowed to send
     /// (answered with ERROR 701, not delivered).
     Denied {

@@ -140,6 +140,7 @@ impl Connection {
             stream_window: Some(self.config.window.initial()),
             max_streams: Some(self.config.max_streams),
             compression: None,
+            host: self.config.host.clone(),
         }
         .to_bytes();
         let mut transcript = frame.payload.to_vec();
@@ -159,6 +160,10 @@ impl Connection {
             hello.stream_window,
             hello.max_streams,
         );
+        let same = matches!((&hello.host, &self.config.host), (Some(a), Some(b)) if a == b);
+        if let Some(p) = self.peer.as_mut() {
+            p.same_host = same;
+        }
         self.start_security(transcript);
     }
 
@@ -245,6 +250,10 @@ impl Connection {
             ack.stream_window,
             ack.max_streams,
         );
+        let same = matches!((&ack.host, &self.config.host), (Some(a), Some(b)) if a == b);
+        if let Some(p) = self.peer.as_mut() {
+            p.same_host = same;
+        }
         self.start_security(transcript);
     }
 
@@ -268,6 +277,7 @@ impl Connection {
             identity: None,
             max_frame: max_frame.min(MAX_FRAME_LIMIT),
             heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms))),
+            same_host: false,
         });
     }
 

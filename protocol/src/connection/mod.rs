@@ -32,12 +32,14 @@ mod timer;
 #[cfg(feature = "mtls")]
 mod tls;
 mod transmit;
+mod upgrade;
 
 pub use config::{Config, ConfigError, MIN_MAX_FRAME};
 pub use event::{CloseReason, Event, PeerInfo};
 pub use send::{SendError, SendOptions};
 pub use stats::ConnectionStats;
 pub use transmit::Transmit;
+pub use upgrade::{UpgradeKind, is_upgrade_fence};
 
 /// Kept here for the paths that named it before it moved to the crate root.
 pub use crate::Side;
@@ -238,6 +240,7 @@ impl Connection {
             let hello = Hello {
                 stream_window: Some(conn.config.window.initial()),
                 max_streams: Some(conn.config.max_streams),
+                host: conn.config.host.clone(),
                 ..Hello::new(
                     conn.config.node_id.clone(),
                     conn.config.security.clone(),

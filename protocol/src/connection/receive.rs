@@ -131,6 +131,7 @@ impl Connection {
             MessageType::Pong => self.on_pong(frame),
             MessageType::Close => self.on_peer_close(&frame),
             MessageType::Negotiate => self.on_negotiate(&frame),
+            MessageType::Upgrade => self.on_upgrade(frame),
             MessageType::StreamAck => {
                 if h.flags.contains(Flags::RESPONSE) && h.correlation_id != 0 {
                     self.push_event(Event::Acked {

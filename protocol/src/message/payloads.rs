@@ -109,6 +109,21 @@ pub struct Hello {
     /// Compression algorithms the sender supports (none yet in this version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compression: Vec<String>,
+    /// Where the sender runs (boot and network namespace): a peer with the same can move
+    /// the connection to shared memory (UPGRADE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
+}
+
+/// The machine and network namespace a side runs in: two processes with the same share a
+/// host (and can reach each other's abstract Unix sockets and shared memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostId {
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): the same only on one
+    /// machine, until it reboots.
+    pub boot: String,
+    /// The network namespace's inode number (`/proc/self/ns/net`).
+    pub netns: u64,
 }
 
 impl Hello {
@@ -137,6 +152,7 @@ impl Hello {
             stream_window: None,
             max_streams: None,
             compression: Vec::new(),
+            host: None,
         }
     }
 }
@@ -163,6 +179,9 @@ pub struct HelloAck {
     /// Compression algorithm chosen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
+    /// Where the accepting side runs (see [`Hello::host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
 }
 
 /// ERROR (0x04).

@@ -30,6 +30,7 @@ use valkyrie_protocol::security::mtls::TlsSession;
 
 mod failover;
 mod selector;
+mod upgrade;
 
 pub use selector::transport_rank;
 
@@ -57,6 +58,9 @@ pub struct ClientConfig {
     pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ClientConfig>>,
     /// The name the server's certificate must carry (default: the endpoint's IP address).
     pub tls_server_name: Option<String>,
+    /// Move the connection to shared memory right after the handshake when the node runs
+    /// on this host and network namespace (UPGRADE; see [`Client::upgrade_to_shm`]).
+    pub upgrade: bool,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +74,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(30),
             tls: None,
             tls_server_name: None,
+            upgrade: false,
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct Client {
     closed: Option<CloseReason>,
     /// The link's options and policy, when made from them: reconnects and resends.
     failover: Option<Box<Failover>>,
+    /// The connection moved (or is moving) to shared memory (UPGRADE).
+    upgrade: Option<Box<upgrade::ClientUpgrade>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -217,7 +224,13 @@ impl Client {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut conn = Connection::new(Side::Client, Arc::new(cfg.protocol.clone()), now, unix);
+        let mut protocol = cfg.protocol.clone();
+        if protocol.host.is_none() && matches!(sock, ClientSocket::Tcp(_) | ClientSocket::Unix(_)) {
+            // Said in HELLO: a node on this host may then move the connection to shared
+            // memory (UPGRADE).
+            protocol.host = crate::sys::host_id();
+        }
+        let mut conn = Connection::new(Side::Client, Arc::new(protocol), now, unix);
         if let ClientSocket::Tls(t) = &sock
             && let Some(id) = t.peer_identity()
         {
@@ -237,6 +250,7 @@ impl Client {
             cfg,
             closed: None,
             failover: None,
+            upgrade: None,
         };
         let deadline = now + c.cfg.connect_timeout;
         while !c.conn.is_established() {
@@ -254,6 +268,9 @@ impl Client {
         c.events.retain(|e| !matches!(e, Event::Connected(_)));
         // What establishment queued (the capability offer, NEGOTIATE) leaves now.
         c.flush()?;
+        if c.cfg.upgrade {
+            c.upgrade_to_shm(c.cfg.connect_timeout)?;
+        }
         Ok(c)
     }
 
@@ -286,10 +303,13 @@ impl Client {
             if self.wbuf.is_empty() {
                 self.conn.write_transmits(&mut self.wbuf, WRITE_CHUNK);
             }
-            if self.wbuf.is_empty() && !self.sock.has_pending_output() {
+            if self.wbuf.is_empty() && !self.wsock().has_pending_output() {
                 return Ok(());
             }
-            match self.sock.try_write(&self.wbuf) {
+            let wbuf = std::mem::take(&mut self.wbuf);
+            let wrote = self.wsock().try_write(&wbuf);
+            self.wbuf = wbuf;
+            match wrote {
                 Ok(0) if !self.wbuf.is_empty() => {
                     return Err(io::Error::from(io::ErrorKind::WriteZero).into());
                 }
@@ -300,7 +320,12 @@ impl Client {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.broken(e)),
+                Err(e) => {
+                    if self.fall_back(self.writes_to_segment()) {
+                        continue;
+                    }
+                    return Err(self.broken(e));
+                }
             }
             if self.read_now()? {
                 deadline = None;
@@ -311,7 +336,7 @@ impl Client {
                 return Err(ClientError::Timeout);
             }
             if !self.cfg.busy_poll {
-                self.sock.wait_io(Duration::from_millis(10))?;
+                self.wsock().wait_io(Duration::from_millis(10))?;
             }
         }
     }
@@ -325,7 +350,10 @@ impl Client {
         if self.events.len() >= self.cfg.max_pending_events {
             return Err(ClientError::Backlog(self.events.len()));
         }
-        let n = match self.sock.try_read(&mut self.rbuf) {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let read = self.rsock().try_read(&mut rbuf);
+        self.rbuf = rbuf;
+        let n = match read {
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -335,7 +363,12 @@ impl Client {
             {
                 return Ok(false);
             }
-            Err(e) => return Err(self.broken(e)),
+            Err(e) => {
+                if self.fall_back(self.reads_from_segment()) {
+                    return Ok(false);
+                }
+                return Err(self.broken(e));
+            }
         };
         self.take_input(n);
         match &self.closed {
@@ -365,8 +398,22 @@ impl Client {
 
     fn collect(&mut self) {
         while let Some(e) = self.conn.poll_event() {
-            if let Event::Closed(r) = &e {
-                self.closed = Some(r.clone());
+            match &e {
+                Event::Closed(r) => self.closed = Some(r.clone()),
+                Event::Upgrade {
+                    kind: valkyrie_protocol::UpgradeKind::Fence,
+                    ..
+                } => {
+                    // The node's last frame on the socket: the rest comes on the segment.
+                    self.node_fenced();
+                    continue;
+                }
+                // A node asks nothing; a client does not move twice.
+                Event::Upgrade {
+                    kind: valkyrie_protocol::UpgradeKind::Request,
+                    ..
+                } => continue,
+                _ => {}
             }
             self.events.push_back(e);
         }
@@ -390,30 +437,63 @@ impl Client {
         if self.events.len() >= self.cfg.max_pending_events {
             return Err(ClientError::Backlog(self.events.len()));
         }
+        self.check_control()?;
+        if self.closed.is_some() {
+            return Ok(());
+        }
         let until = self
             .conn
             .poll_timeout()
             .map_or(deadline, |t| t.min(deadline));
-        let n = if self.cfg.busy_poll {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let read = self.read_into(&mut rbuf, until);
+        self.rbuf = rbuf;
+        let n = match read {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if self.fall_back(self.reads_from_segment()) {
+                    return Ok(());
+                }
+                return Err(self.broken(e));
+            }
+        };
+        self.take_input(n);
+        Ok(())
+    }
+
+    /// Read into `rbuf` until `until` (busy or blocking as configured): `None` when nothing
+    /// came in time.
+    fn read_into(&mut self, rbuf: &mut [u8], until: Instant) -> io::Result<Option<usize>> {
+        let busy = self.cfg.busy_poll;
+        let sock = self.rsock();
+        let n = if busy {
             loop {
-                match self.sock.read(&mut self.rbuf) {
+                match sock.read(rbuf) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if Instant::now() >= until {
-                            return Ok(());
+                            return Ok(None);
                         }
                         std::hint::spin_loop();
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.broken(e)),
+                    Err(e) => return Err(e),
                 }
             }
         } else {
             let wait = until
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_micros(100));
-            self.sock.set_read_timeout(Some(wait))?;
-            match self.sock.read(&mut self.rbuf) {
+            // An upgraded connection also looks at its socket now and then.
+            let wait = if self.upgrade.is_some() {
+                wait.min(Duration::from_millis(10))
+            } else {
+                wait
+            };
+            let sock = self.rsock();
+            sock.set_read_timeout(Some(wait))?;
+            match sock.read(rbuf) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
@@ -423,13 +503,12 @@ impl Client {
                             | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    return Ok(());
+                    return Ok(None);
                 }
-                Err(e) => return Err(self.broken(e)),
+                Err(e) => return Err(e),
             }
         };
-        self.take_input(n);
-        Ok(())
+        Ok(Some(n))
     }
 
     fn wait_for<T>(

@@ -14,6 +14,7 @@ pub(crate) mod recv;
 pub(crate) mod requests;
 pub(crate) mod send;
 pub(crate) mod table;
+pub(crate) mod upgrade;
 pub(crate) mod ws;
 
 use std::net::IpAddr;
@@ -186,6 +187,8 @@ pub(crate) struct Extra {
     pub(crate) http: Option<Box<http::HttpConn>>,
     /// The connection became a WebSocket: its framing.
     pub(crate) ws: Option<Box<ws::WsConn>>,
+    /// The connection is moving (or moved) to shared memory.
+    pub(crate) upgrade: Option<Box<upgrade::Upgrade>>,
 }
 
 /// The endpoint part of [`Conn::origin`] that names none.
@@ -264,6 +267,26 @@ impl Conn {
         }
     }
 
+    /// The protocol and the shared-memory I/O its input comes from: a shared-memory
+    /// connection's, or an upgraded socket connection's (split borrows of the two).
+    pub(crate) fn proto_and_shm(&mut self) -> Option<(&mut Connection, &mut ShmIo)> {
+        let shm = match &mut self.io {
+            Io::Shm(s) => &mut **s,
+            Io::Socket(_) => self
+                .extra
+                .as_mut()
+                .and_then(|e| e.upgrade.as_mut())
+                .and_then(|u| u.shm())?,
+            Io::Quic(_) => return None,
+        };
+        Some((&mut self.proto, shm))
+    }
+
+    /// The connection's move to shared memory, if one began.
+    pub(crate) fn upgrade(&mut self) -> Option<&mut upgrade::Upgrade> {
+        self.extra.as_mut().and_then(|e| e.upgrade.as_deref_mut())
+    }
+
     /// The socket I/O, for socket connections.
     pub(crate) fn socket(&mut self) -> Option<&mut Socket> {
         match &mut self.io {
@@ -286,7 +309,15 @@ impl Conn {
     /// memory, no wait is armed on its mapping).
     pub(crate) fn is_released(&self) -> bool {
         match (&self.life, &self.io) {
-            (Life::Closing { fd_closed, .. }, Io::Socket(s)) => *fd_closed && !s.send.in_kernel(),
+            (Life::Closing { fd_closed, .. }, Io::Socket(s)) => {
+                *fd_closed
+                    && !s.send.in_kernel()
+                    && !self
+                        .extra
+                        .as_ref()
+                        .and_then(|e| e.upgrade.as_ref())
+                        .is_some_and(|u| u.in_flight())
+            }
             (Life::Closing { .. }, Io::Shm(s)) => !s.in_flight(),
             // The QUIC connection lives on in the endpoint until its stream is acknowledged.
             (Life::Closing { .. }, Io::Quic(_)) => true,

@@ -248,6 +248,13 @@ impl NodeMetrics {
         )?;
         counters(
             enc,
+            "valkyrie_upgrades",
+            "Same-host connections moved to shared memory in band (UPGRADE)",
+            [],
+            [([], self.sum(|s| s.upgrades.load(Relaxed)))],
+        )?;
+        counters(
+            enc,
             "valkyrie_recv_buffer_shortages",
             "Receives that found every provided receive buffer in use (re-armed; raise recv_buffers if this grows)",
             [],

@@ -118,6 +118,8 @@ pub struct ShardMetrics {
     pub(crate) quic_forwarded: AtomicU64,
     pub(crate) quic_dropped: AtomicU64,
     pub(crate) quic_retries: AtomicU64,
+    /// Connections moved to shared memory (UPGRADE: segments served).
+    pub(crate) upgrades: AtomicU64,
 }
 
 /// Where an answer's latency is looked up while a connection's frames are written: the
@@ -157,6 +159,7 @@ impl ShardMetrics {
             quic_forwarded: AtomicU64::new(0),
             quic_dropped: AtomicU64::new(0),
             quic_retries: AtomicU64::new(0),
+            upgrades: AtomicU64::new(0),
             recv_buffer_shortages: AtomicU64::new(0),
             link_attempts: AtomicU64::new(0),
             link_failures: AtomicU64::new(0),
@@ -322,6 +325,11 @@ impl ShardMetrics {
     /// half-open).
     pub fn quic_retries(&self) -> u64 {
         self.quic_retries.load(Relaxed)
+    }
+
+    /// Connections this shard moved to shared memory (UPGRADE).
+    pub fn upgrades(&self) -> u64 {
+        self.upgrades.load(Relaxed)
     }
 
     /// Times a held connection's input was resumed.

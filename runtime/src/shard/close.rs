@@ -89,6 +89,7 @@ impl Shard {
                 self.remove_if_released(slot);
             }
             Io::Socket(s) => {
+                let upgraded = c.extra.as_ref().is_some_and(|e| e.upgrade.is_some());
                 let fixed = s.fixed;
                 if s.send.orphan() {
                     // The kernel may still read the buffer: the send state keeps it until
@@ -103,6 +104,10 @@ impl Shard {
                     .build()
                     .user_data(ud(Op::Close, slot, generation));
                 self.ring.push(close);
+                if upgraded {
+                    // Its rendezvous poll or the waits on its segment's mapping.
+                    self.cancel_upgrade(slot);
+                }
             }
         }
     }

@@ -26,6 +26,7 @@ mod socket;
 mod status_feed;
 mod timers;
 mod tls;
+mod upgrade;
 mod websocket;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -402,6 +403,7 @@ impl Shard {
             Ok(Op::Shutdown) => self.on_shutdown(slot, generation),
             Ok(Op::UdpRecv) => self.on_udp_recv(slot as u8, res, flags),
             Ok(Op::UdpSend) => self.on_udp_send(slot, res),
+            Ok(Op::Upgrade) => self.on_upgrade_poll(slot, generation),
             Ok(Op::Cancel) => {}
             Err(unknown) => {
                 debug_assert!(false, "a completion for unknown op {unknown}");

@@ -27,3 +27,26 @@ pub(super) fn protocol_output(
         t.write_to(buf);
     }
 }
+
+/// Move `proto`'s output into `buf` up to and with its UPGRADE fence (answers in place first:
+/// they answer what came before). Returns whether the fence was taken.
+pub(super) fn output_to_fence(
+    proto: &mut Connection,
+    metrics: &ShardMetrics,
+    answers: &mut Answers<'_>,
+    buf: &mut BytesMut,
+) -> bool {
+    let before = buf.len();
+    let pongs = proto.write_answers(buf);
+    if pongs > 0 {
+        metrics.pongs_out(u64::from(pongs), (buf.len() - before) as u64);
+    }
+    while let Some(t) = proto.poll_transmit() {
+        metrics.transmitted(&t, answers);
+        t.write_to(buf);
+        if valkyrie_protocol::is_upgrade_fence(&t) {
+            return true;
+        }
+    }
+    false
+}

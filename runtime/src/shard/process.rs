@@ -186,6 +186,19 @@ impl Shard {
             }
             _ => {}
         }
+        if let Event::Upgrade {
+            kind,
+            to,
+            correlation_id,
+            ..
+        } = &ev
+        {
+            // The node's own business (moving the connection), not the service's.
+            if link.is_none() {
+                self.on_upgrade(slot, kind.clone(), to, *correlation_id);
+            }
+            return;
+        }
         let ev = match self.take_reply(slot, conn, ev) {
             Some(ev) => ev,
             None => return,

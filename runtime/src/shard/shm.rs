@@ -40,9 +40,10 @@ impl Shard {
         let more = std::mem::take(&mut self.shm_more);
         for &(slot, generation) in &more {
             match self.conns.live(slot, generation).map(|c| &c.io) {
-                Some(Io::Shm(_)) => self.shm_recv(slot),
+                // A socket here is an upgraded connection reading its segment.
+                Some(Io::Shm(_) | Io::Socket(_)) => self.shm_recv(slot),
                 Some(Io::Quic(_)) => self.quic_recv(slot),
-                _ => {}
+                None => {}
             }
         }
         true
@@ -54,7 +55,7 @@ impl Shard {
             return;
         };
         let generation = c.generation;
-        let Io::Shm(shm) = &mut c.io else {
+        let Some((_, shm)) = c.proto_and_shm() else {
             return;
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&shm.stream.socket());
@@ -71,7 +72,16 @@ impl Shard {
             return;
         };
         let closing = c.is_closing();
-        let Io::Shm(shm) = &mut c.io else {
+        let upgraded = matches!(c.io, Io::Socket(_));
+        let shm = match &mut c.io {
+            Io::Shm(s) => Some(&mut **s),
+            _ => c
+                .extra
+                .as_mut()
+                .and_then(|e| e.upgrade.as_mut())
+                .and_then(|u| u.held()),
+        };
+        let Some(shm) = shm else {
             return;
         };
         match op {
@@ -83,18 +93,27 @@ impl Shard {
             self.remove_if_released(slot);
             return;
         }
+        if upgraded && self.upgrade_released(slot) {
+            return;
+        }
         match op {
             Op::ShmRx => self.shm_recv(slot),
             Op::ShmTx => self.mark(slot),
             _ => {
-                // Hang-up: deliver what the peer committed, then the end of the stream.
+                // Hang-up: deliver what the peer committed, then the end of the stream (of
+                // an upgraded connection: the segment broke, its socket takes the traffic).
                 self.shm_recv(slot);
+                let now = self.now;
                 if let Some(c) = self.conns.get_mut(slot)
-                    && let Io::Shm(shm) = &mut c.io
+                    && let Some((proto, shm)) = c.proto_and_shm()
                     && shm.stream.check_peer().is_err()
                 {
-                    c.proto.handle_eof(self.now);
-                    self.mark(slot);
+                    if upgraded {
+                        self.upgrade_broke(slot);
+                    } else {
+                        proto.handle_eof(now);
+                        self.mark(slot);
+                    }
                 }
             }
         }
@@ -111,7 +130,8 @@ impl Shard {
             return;
         }
         let generation = c.generation;
-        let Io::Shm(shm) = &mut c.io else {
+        let upgraded = matches!(c.io, Io::Socket(_));
+        let Some((proto, shm)) = c.proto_and_shm() else {
             return;
         };
         let mut taken = 0usize;
@@ -119,7 +139,7 @@ impl Shard {
         let mut arm = None;
         // Each turn takes a frame (bounded by the budget) or ends.
         loop {
-            if !c.proto.wants_input() {
+            if !proto.wants_input() {
                 // Back-pressure: frames wait in the ring until the connection drains its
                 // outbound queues (`steer_input` resumes reading).
                 shm.rx_held = true;
@@ -133,7 +153,7 @@ impl Shard {
             let empty = match shm.stream.try_recv() {
                 Ok(Some(frame)) => {
                     taken += frame.len();
-                    c.proto.handle_input(&frame, now);
+                    proto.handle_input(&frame, now);
                     false
                 }
                 Ok(None) => true,
@@ -163,13 +183,16 @@ impl Shard {
                 }
             }
         }
-        if eof {
-            c.proto.handle_eof(now);
+        if eof && !upgraded {
+            proto.handle_eof(now);
         }
         // The word lives in the connection's mapping, kept until this wait completes or is
         // cancelled (see start_close).
         if let Some(e) = arm {
             self.ring.push(e);
+        }
+        if eof && upgraded {
+            self.upgrade_broke(slot);
         }
         if taken > 0 {
             ShardMetrics::add(&self.metrics.bytes_in, taken as u64);
@@ -190,7 +213,8 @@ impl Shard {
             return;
         }
         let generation = c.generation;
-        let Io::Shm(shm) = &mut c.io else {
+        let upgraded = matches!(c.io, Io::Socket(_));
+        let Some((proto, shm)) = c.proto_and_shm() else {
             return;
         };
         let mut written = 0u64;
@@ -207,7 +231,7 @@ impl Shard {
         // Each turn writes (part of) a frame, or ends: bounded by what the protocol queued.
         loop {
             if shm.pending.is_none() {
-                match c.proto.poll_transmit() {
+                match proto.poll_transmit() {
                     Some(t) => {
                         self.metrics.transmitted(&t, &mut answers);
                         shm.pending = Some((t, 0));
@@ -282,17 +306,19 @@ impl Shard {
         if blocked && shm.blocked_since.is_none() {
             shm.blocked_since = Some(now);
         }
-        if failed {
-            c.proto.handle_eof(self.now);
+        if failed && !upgraded {
+            proto.handle_eof(self.now);
         }
         if written > 0 {
             ShardMetrics::add(&self.metrics.bytes_out, written);
         }
-        if failed {
-            self.mark(slot);
-        }
         if let Some(e) = arm {
             self.ring.push(e);
+        }
+        if failed && upgraded {
+            self.upgrade_broke(slot);
+        } else if failed {
+            self.mark(slot);
         }
     }
 }

@@ -139,6 +139,16 @@ impl Shard {
         };
         let wants = c.wants_input() && !c.held;
         let generation = c.generation;
+        // An upgraded connection's input is its segment's: resume it as a shared-memory one.
+        let socket = matches!(c.io, Io::Socket(_));
+        if socket && let Some((_, shm)) = c.proto_and_shm() {
+            if wants && shm.rx_held {
+                shm.rx_held = false;
+                ShardMetrics::add(&self.metrics.input_resumes, 1);
+                self.shm_recv(slot);
+            }
+            return;
+        }
         match &mut c.io {
             Io::Socket(s) => match s.recv.want(wants, backed_up) {
                 RecvAction::None => {}
@@ -277,6 +287,15 @@ impl Shard {
                 super::http::Taken::Frames => {}
             }
         }
+        if self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.upgrade())
+            .is_some_and(|u| u.shm().is_some())
+        {
+            // Bytes on the socket of a connection that moved: the client fell back to it.
+            self.upgrade_broke(slot);
+        }
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
@@ -334,6 +353,11 @@ impl Shard {
             return;
         };
         let closing = c.is_closing();
+        if c.upgrade().is_some_and(|u| u.output_switched()) {
+            self.shm_flush(slot);
+            return;
+        }
+        let fencing = matches!(c.upgrade(), Some(crate::conn::upgrade::Upgrade::Fencing(_)));
         let s = match &mut c.io {
             Io::Socket(s) => s,
             Io::Shm(_) => {
@@ -350,6 +374,7 @@ impl Shard {
         }
         let tls = s.tls.is_some();
         let draining = self.shutdown_deadline.is_some();
+        let mut fenced = false;
         let mut out = self.send_pool.take();
         let mut answers = Answers {
             table: &mut self.latency,
@@ -370,6 +395,16 @@ impl Shard {
                 batch,
                 draining,
             ),
+            _ if fencing => {
+                // Up to and with our UPGRADE fence on the socket; what follows goes to the
+                // segment.
+                fenced = super::output::output_to_fence(
+                    &mut c.proto,
+                    &self.metrics,
+                    &mut answers,
+                    &mut out.buf,
+                );
+            }
             _ => super::output::protocol_output(
                 &mut c.proto,
                 &self.metrics,
@@ -383,9 +418,13 @@ impl Shard {
         }
         if out.buf.is_empty() {
             self.recycle_send_buf(out);
-            return;
+        } else {
+            self.submit_send(slot, out);
         }
-        self.submit_send(slot, out);
+        if fenced {
+            self.fence_written(slot);
+            self.shm_flush(slot);
+        }
     }
 
     /// Submit `out` as the connection's send.

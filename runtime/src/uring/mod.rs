@@ -106,6 +106,8 @@ pub(crate) enum Op {
     UdpRecv = 15,
     /// A UDP send (the slot is the send buffer's index).
     UdpSend = 16,
+    /// An UPGRADE's rendezvous: the client's connect, then its challenge.
+    Upgrade = 17,
 }
 
 impl TryFrom<u8> for Op {
@@ -129,6 +131,7 @@ impl TryFrom<u8> for Op {
             14 => Op::Shutdown,
             15 => Op::UdpRecv,
             16 => Op::UdpSend,
+            17 => Op::Upgrade,
             other => return Err(other),
         })
     }
