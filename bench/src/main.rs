@@ -28,6 +28,7 @@ mod streams;
 mod targets;
 mod throughput;
 mod transfer;
+mod upgraded;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -217,6 +218,13 @@ fn main() {
         );
         if cli.systems.is_empty() || cli.systems.iter().any(|s| s == "valkyrie") {
             streams::stream_round_trips(
+                &mut report,
+                rounds,
+                if cli.full { 50_000 } else { 10_000 },
+                cli.spin,
+            );
+            peers::unpin();
+            upgraded::scenario(
                 &mut report,
                 rounds,
                 if cli.full { 50_000 } else { 10_000 },
