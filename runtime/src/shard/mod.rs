@@ -21,6 +21,7 @@ mod output;
 mod process;
 pub(crate) mod quic;
 mod quic_stream;
+mod quic_udp;
 mod shm;
 mod socket;
 mod status_feed;

@@ -9,7 +9,8 @@
 //! half-open, a client whose address is not yet validated is sent a Retry first.
 //!
 //! A QUIC connection becomes a Valkyrie connection when its first bidirectional stream
-//! opens; that stream's bytes go through `quic_stream.rs`. The Valkyrie connection's end
+//! opens; that stream's bytes go through `quic_stream.rs` (the datagrams themselves through
+//! `quic_udp.rs`). The Valkyrie connection's end
 //! finishes the stream; the QUIC connection closes once the peer has it all (or after
 //! [`FINISH_GRACE`]) and leaves the endpoint once drained.
 
@@ -21,10 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use io_uring::cqueue;
+
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event,
-    StreamEvent, StreamId, Transmit, VarInt,
+    StreamEvent, StreamId, VarInt,
 };
 
 use super::Shard;
@@ -32,20 +33,20 @@ use crate::conn::{Io, QuicIo};
 use crate::mesh::MeshMsg;
 use crate::metrics::ShardMetrics;
 use crate::quic::cid::{self, CidKey, ShardCids};
-use crate::quic::udp::{MAX_GSO_SEGMENTS, RecvHeader, UdpSend};
+use crate::quic::udp::{RecvHeader, UdpSend};
 use crate::uring::{BufRing, Op, ud};
 
 /// The transport index of QUIC connections (see `metrics::TRANSPORTS`).
 pub(super) const QUIC: u8 = 4;
 /// The provided-buffer group of the UDP receives (group 0 is the stream sockets').
-const UDP_BGID: u16 = 1;
+pub(super) const UDP_BGID: u16 = 1;
 /// Each receive buffer: a GRO burst of up to 64 KiB, with the header, address and control
 /// messages in front.
-const UDP_BUF: u32 = 65_536 + 512;
+pub(super) const UDP_BUF: u32 = 65_536 + 512;
 /// Receive buffers per shard.
-const UDP_BUFS: u16 = 32;
+pub(super) const UDP_BUFS: u16 = 32;
 /// Sends a shard has in the kernel at once; a connection with more to send waits for one.
-const MAX_SENDS: usize = 128;
+pub(super) const MAX_SENDS: usize = 128;
 /// Half-open handshakes on a listener above which new clients are asked to prove their
 /// address (Retry) before the node spends a handshake on them.
 const RETRY_ABOVE: usize = 256;
@@ -62,49 +63,49 @@ pub(super) struct QConn {
     pub(super) slot: Option<(u32, u32)>,
     pub(super) stream: Option<StreamId>,
     /// In the shard's list of connections to drive this turn.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// Its timer as last scheduled.
-    timer: Option<Instant>,
+    pub(super) timer: Option<Instant>,
     /// Counted among the listener's half-open handshakes.
-    half_open: bool,
+    pub(super) half_open: bool,
     /// The Valkyrie connection ended and its stream was finished at this time.
     pub(super) finished: Option<Instant>,
 }
 
 /// One `quic://` listener of a shard.
 pub(super) struct QuicListener {
-    fd: OwnedFd,
-    endpoint: Endpoint,
-    hdr: RecvHeader,
-    armed: bool,
+    pub(super) fd: OwnedFd,
+    pub(super) endpoint: Endpoint,
+    pub(super) hdr: RecvHeader,
+    pub(super) armed: bool,
     /// Connections by handle (the endpoint's own index).
     pub(super) conns: Vec<Option<Box<QConn>>>,
-    half_open: usize,
+    pub(super) half_open: usize,
     /// Whether the listener asks clients for certificates (its TLS has a client CA): their
     /// early data then waits for the handshake, which proves the identity.
-    client_auth: bool,
+    pub(super) client_auth: bool,
     /// The node endpoint it serves (its index in `Node::endpoints`).
-    node_endpoint: u8,
+    pub(super) node_endpoint: u8,
 }
 
 /// A shard's QUIC state.
 pub(super) struct Quic {
     pub(super) listeners: Vec<QuicListener>,
-    bufs: Option<BufRing>,
-    key: CidKey,
+    pub(super) bufs: Option<BufRing>,
+    pub(super) key: CidKey,
     /// Connections to drive at the end of the turn (listener, handle).
-    dirty: Vec<(u8, u32)>,
-    timers: BinaryHeap<Reverse<(Instant, u8, u32)>>,
+    pub(super) dirty: Vec<(u8, u32)>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, u8, u32)>>,
     /// Boxed: the kernel reads a send's header and bytes in place while the vector grows.
     #[allow(clippy::vec_box)]
-    sends: Vec<Box<UdpSend>>,
-    free_sends: Vec<u32>,
+    pub(super) sends: Vec<Box<UdpSend>>,
+    pub(super) free_sends: Vec<u32>,
     /// Connections that had datagrams to send when every send was in the kernel.
-    starved: Vec<(u8, u32)>,
-    gso: bool,
+    pub(super) starved: Vec<(u8, u32)>,
+    pub(super) gso: bool,
     /// What a send holds while in flight: its index's segment size (for the EIO fallback).
-    send_segmented: Vec<bool>,
-    scratch: Vec<u8>,
+    pub(super) send_segmented: Vec<bool>,
+    pub(super) scratch: Vec<u8>,
 }
 
 /// A listener for a shard: its socket and the configuration of its handshakes.
@@ -176,83 +177,6 @@ impl Quic {
 }
 
 impl Shard {
-    /// Register the UDP receive buffers and arm every QUIC listener's receive.
-    pub(super) fn start_quic(&mut self) -> std::io::Result<()> {
-        if self.quic.listeners.is_empty() {
-            return Ok(());
-        }
-        self.quic.bufs = Some(BufRing::whole(
-            self.ring.inner(),
-            UDP_BGID,
-            UDP_BUFS,
-            UDP_BUF,
-        )?);
-        for li in 0..self.quic.listeners.len() {
-            self.arm_udp_recv(li as u8);
-        }
-        Ok(())
-    }
-
-    fn arm_udp_recv(&mut self, li: u8) {
-        if self.stopping {
-            return;
-        }
-        let Some(l) = self.quic.listeners.get_mut(li as usize) else {
-            return;
-        };
-        if l.armed {
-            return;
-        }
-        l.armed = true;
-        let e = l
-            .hdr
-            .entry(&l.fd, UDP_BGID, ud(Op::UdpRecv, u32::from(li), 0));
-        self.ring.push(e);
-    }
-
-    /// A UDP receive completed: each datagram goes to its owner shard or this endpoint.
-    pub(super) fn on_udp_recv(&mut self, li: u8, res: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        if !more && let Some(l) = self.quic.listeners.get_mut(li as usize) {
-            l.armed = false;
-        }
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            if res > 0 {
-                self.udp_datagrams(li, bid, res as usize);
-            }
-            if let Some(b) = self.quic.bufs.as_mut() {
-                b.release(bid, res.max(0) as usize, flags);
-            }
-        } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
-            tracing::debug!(shard = self.id, error = res, "udp receive");
-        }
-        if !more {
-            self.arm_udp_recv(li);
-        }
-    }
-
-    fn udp_datagrams(&mut self, li: u8, bid: u16, len: usize) {
-        let Some(bufs) = self.quic.bufs.as_ref() else {
-            return;
-        };
-        let buf = bufs.data(bid, len);
-        let Some(l) = self.quic.listeners.get(li as usize) else {
-            return;
-        };
-        let Some(got) = l.hdr.parse(buf) else {
-            return;
-        };
-        ShardMetrics::add(&self.metrics.bytes_in, got.payload.len() as u64);
-        let seg = got.segment.unwrap_or(got.payload.len()).max(1);
-        // One copy of the burst; each datagram is a view of it (QUIC decrypts in place).
-        let mut all = BytesMut::from(got.payload);
-        let (from, ecn) = (got.from, got.ecn);
-        while !all.is_empty() {
-            let d = all.split_to(seg.min(all.len()));
-            self.quic_datagram(li, from, ecn, d, true);
-        }
-    }
-
     /// One datagram: forwarded to the shard that issued its connection id, or handled here.
     pub(super) fn quic_datagram(
         &mut self,
@@ -358,67 +282,6 @@ impl Shard {
                     self.udp_send(li, t, &buf);
                 }
             }
-        }
-    }
-
-    /// Hand `buf[..t.size]` to the kernel as one send (several datagrams with GSO).
-    fn udp_send(&mut self, li: u8, t: Transmit, buf: &[u8]) -> bool {
-        let Some(i) = self.take_send() else {
-            return false;
-        };
-        let s = &mut self.quic.sends[i as usize];
-        s.buf.clear();
-        s.buf.extend_from_slice(&buf[..t.size]);
-        self.submit_udp_send(li, i, t);
-        true
-    }
-
-    fn take_send(&mut self) -> Option<u32> {
-        if let Some(i) = self.quic.free_sends.pop() {
-            return Some(i);
-        }
-        if self.quic.sends.len() >= MAX_SENDS {
-            return None;
-        }
-        self.quic.sends.push(UdpSend::new());
-        self.quic.send_segmented.push(false);
-        Some(self.quic.sends.len() as u32 - 1)
-    }
-
-    fn submit_udp_send(&mut self, li: u8, i: u32, t: Transmit) {
-        let Some(l) = self.quic.listeners.get(li as usize) else {
-            self.quic.free_sends.push(i);
-            return;
-        };
-        let segment = t.segment_size.filter(|&s| s < t.size);
-        self.quic.send_segmented[i as usize] = segment.is_some();
-        ShardMetrics::add(&self.metrics.bytes_out, t.size as u64);
-        let e = self.quic.sends[i as usize].entry(
-            &l.fd,
-            t.destination,
-            t.ecn,
-            segment,
-            ud(Op::UdpSend, i, 0),
-        );
-        self.ring.push(e);
-    }
-
-    /// A UDP send completed: its buffer is free again, and a connection waiting for one
-    /// goes on.
-    pub(super) fn on_udp_send(&mut self, i: u32, res: i32) {
-        if res == -libc::EIO && self.quic.send_segmented.get(i as usize) == Some(&true) {
-            // The device cannot segment: send one datagram at a time from now on (the lost
-            // batch is sent again by QUIC).
-            if self.quic.gso {
-                tracing::info!(shard = self.id, "UDP GSO refused (EIO): off");
-            }
-            self.quic.gso = false;
-        } else if res < 0 {
-            tracing::debug!(shard = self.id, error = res, "udp send");
-        }
-        self.quic.free_sends.push(i);
-        if let Some((li, h)) = self.quic.starved.pop() {
-            self.quic.mark(li, h);
         }
     }
 
@@ -641,35 +504,6 @@ impl Shard {
         }
     }
 
-    /// Send what the QUIC connection has to send, a GSO batch at a time.
-    fn quic_transmit(&mut self, li: u8, h: u32) {
-        let max = if self.quic.gso { MAX_GSO_SEGMENTS } else { 1 };
-        loop {
-            let Some(i) = self.take_send() else {
-                if !self.quic.starved.contains(&(li, h)) {
-                    self.quic.starved.push((li, h));
-                }
-                return;
-            };
-            let now = self.now;
-            let Some(q) = qconn(&mut self.quic.listeners, li, h) else {
-                self.quic.free_sends.push(i);
-                return;
-            };
-            let mut buf = std::mem::take(&mut self.quic.sends[i as usize].buf);
-            buf.clear();
-            let t = q.conn.poll_transmit(now, max, &mut buf);
-            self.quic.sends[i as usize].buf = buf;
-            match t {
-                Some(t) => self.submit_udp_send(li, i, t),
-                None => {
-                    self.quic.free_sends.push(i);
-                    return;
-                }
-            }
-        }
-    }
-
     /// The QUIC side of a Valkyrie connection ended (lost, stopped, drained): the Valkyrie
     /// connection sees the end of its stream.
     fn quic_gone(&mut self, slot: u32, generation: u32) {
@@ -739,18 +573,11 @@ impl Shard {
             }
         }
     }
-
-    /// Unregister the UDP receive buffers (before the ring goes).
-    pub(super) fn unregister_quic(&mut self) {
-        if let Some(b) = &self.quic.bufs {
-            b.unregister(self.ring.inner());
-        }
-    }
 }
 
 /// Connection `h` of listener `li` (a function of the list alone, for code that holds other
 /// parts of the shard's QUIC state borrowed).
-fn qconn(listeners: &mut [QuicListener], li: u8, h: u32) -> Option<&mut QConn> {
+pub(super) fn qconn(listeners: &mut [QuicListener], li: u8, h: u32) -> Option<&mut QConn> {
     listeners
         .get_mut(li as usize)?
         .conns
