@@ -84,6 +84,7 @@ fn main() {
         max_streams: None,
         compression: vec![],
         host: None,
+        quic_streams: false,
     };
     emit(
         "hello",
@@ -100,6 +101,7 @@ fn main() {
         max_streams: Some(256),
         compression: None,
         host: None,
+        quic_streams: false,
     };
     emit(
         "hello-ack",

@@ -161,6 +161,7 @@ fn a_hello_ack_choosing_an_unoffered_mode_is_a_downgrade_704() {
         max_streams: None,
         compression: None,
         host: None,
+        quic_streams: false,
     };
     let (events, wire) = inject(
         &mut client,
@@ -193,6 +194,7 @@ fn a_mode_offered_without_its_provider_is_not_reported_as_a_downgrade() {
         max_streams: None,
         compression: None,
         host: None,
+        quic_streams: false,
     };
     let (events, wire) = inject(
         &mut client,

@@ -321,3 +321,48 @@ fn ten_thousand_quic_connections_over_two_shards_all_ping() {
         c.ping(b"again").unwrap();
     }
 }
+
+#[test]
+fn valkyrie_streams_ride_quic_streams_of_their_own_when_both_sides_agree() {
+    let pki = DevPki::generate(&["node-a"], &[]).unwrap();
+    let node = server_only_node(&pki, 2);
+    let url = node.endpoints()[0].to_string();
+    for agree in [true, false] {
+        let cfg = ClientConfig {
+            quic_streams: agree,
+            ..server_only_client(&pki)
+        };
+        let mut c = Client::connect_with(&url, cfg).unwrap();
+        assert_eq!(c.peer().unwrap().quic_streams, agree);
+        // Requests on four streams, interleaved; each answer comes on its request's stream.
+        for round in 0..50u32 {
+            for s in [1u32, 3, 5, 7] {
+                let body = Bytes::from(format!("stream {s} round {round}"));
+                let f = c
+                    .request(
+                        s,
+                        MessageType::JobRequest,
+                        body.clone(),
+                        Duration::from_secs(5),
+                    )
+                    .unwrap();
+                assert_eq!(f.stream_id(), s);
+                assert_eq!(f.payload, body);
+            }
+            c.ping(b"stream 0").unwrap();
+        }
+        let ClientSocket::Quic(q) = c.socket_mut() else {
+            unreachable!()
+        };
+        let (opened, accepted) = q.quic_streams_used();
+        if agree {
+            assert_eq!(opened, 4, "one QUIC stream per Valkyrie stream sent on");
+            assert_eq!(
+                accepted, 4,
+                "the node answered each stream on one of its own"
+            );
+        } else {
+            assert_eq!((opened, accepted), (0, 0), "everything on the first stream");
+        }
+    }
+}

@@ -39,6 +39,7 @@ fn prologue(side: Side) -> Vec<u8> {
             max_streams: Some(8),
             compression: vec![],
             host: None,
+            quic_streams: false,
         }
         .to_bytes(),
         Side::Client => HelloAck {
@@ -51,6 +52,7 @@ fn prologue(side: Side) -> Vec<u8> {
             max_streams: Some(8),
             compression: None,
             host: None,
+            quic_streams: false,
         }
         .to_bytes(),
     };

@@ -100,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
                 max_streams: None,
                 compression: None,
                 host: None,
+                quic_streams: false,
             };
             let mut f = Frame::new(MessageType::HelloAck, 0, ack.to_bytes().to_vec());
             f.header.flags |= valkyrie_protocol::Flags::RESPONSE;

@@ -55,6 +55,9 @@ pub struct Config {
     /// network namespace can move the connection to shared memory (UPGRADE). `None` (the
     /// default here; the runtime fills it in): not said.
     pub host: Option<crate::message::HostId>,
+    /// Offer (client) or accept (server) Valkyrie streams on QUIC streams of their own: set
+    /// by the runtime on QUIC connections only (default off).
+    pub quic_streams: bool,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
                 .map(|f| f.name.to_owned())
                 .collect(),
             host: None,
+            quic_streams: false,
         }
     }
 }
@@ -179,6 +183,7 @@ impl fmt::Debug for Config {
             .field("manual_flow_control", &self.manual_flow_control)
             .field("scheduler", &self.scheduler)
             .field("host", &self.host)
+            .field("quic_streams", &self.quic_streams)
             .finish()
     }
 }

@@ -27,6 +27,9 @@ pub struct PeerInfo {
     /// Both sides said where they run (HELLO / HELLO_ACK `host`) and it is the same host
     /// and network namespace: the connection may move to shared memory (UPGRADE).
     pub same_host: bool,
+    /// Both sides agreed (HELLO / HELLO_ACK `quic_streams`) to carry Valkyrie streams on QUIC
+    /// streams of their own.
+    pub quic_streams: bool,
 }
 
 /// Why a connection ended.

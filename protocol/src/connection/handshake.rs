@@ -141,6 +141,7 @@ impl Connection {
             max_streams: Some(self.config.max_streams),
             compression: None,
             host: self.config.host.clone(),
+            quic_streams: self.config.quic_streams && hello.quic_streams,
         }
         .to_bytes();
         let mut transcript = frame.payload.to_vec();
@@ -161,8 +162,10 @@ impl Connection {
             hello.max_streams,
         );
         let same = matches!((&hello.host, &self.config.host), (Some(a), Some(b)) if a == b);
+        let streams = self.config.quic_streams && hello.quic_streams;
         if let Some(p) = self.peer.as_mut() {
             p.same_host = same;
+            p.quic_streams = streams;
         }
         self.start_security(transcript);
     }
@@ -251,8 +254,10 @@ impl Connection {
             ack.max_streams,
         );
         let same = matches!((&ack.host, &self.config.host), (Some(a), Some(b)) if a == b);
+        let streams = self.config.quic_streams && ack.quic_streams;
         if let Some(p) = self.peer.as_mut() {
             p.same_host = same;
+            p.quic_streams = streams;
         }
         self.start_security(transcript);
     }
@@ -278,6 +283,7 @@ impl Connection {
             max_frame: max_frame.min(MAX_FRAME_LIMIT),
             heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms))),
             same_host: false,
+            quic_streams: false,
         });
     }
 

@@ -241,6 +241,7 @@ impl Connection {
                 stream_window: Some(conn.config.window.initial()),
                 max_streams: Some(conn.config.max_streams),
                 host: conn.config.host.clone(),
+                quic_streams: conn.config.quic_streams,
                 ..Hello::new(
                     conn.config.node_id.clone(),
                     conn.config.security.clone(),

@@ -113,6 +113,10 @@ pub struct Hello {
     /// the connection to shared memory (UPGRADE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostId>,
+    /// Over QUIC: the sender carries Valkyrie streams on QUIC streams of their own when the
+    /// peer does too (docs/PROTOCOL.md §6.7).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic_streams: bool,
 }
 
 /// The machine and network namespace a side runs in: two processes with the same share a
@@ -153,6 +157,7 @@ impl Hello {
             max_streams: None,
             compression: Vec::new(),
             host: None,
+            quic_streams: false,
         }
     }
 }
@@ -182,6 +187,10 @@ pub struct HelloAck {
     /// Where the accepting side runs (see [`Hello::host`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostId>,
+    /// The accepting side agrees to Valkyrie streams on QUIC streams of their own (only when
+    /// the HELLO offered it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic_streams: bool,
 }
 
 /// ERROR (0x04).

@@ -62,6 +62,9 @@ pub struct ClientConfig {
     /// Move the connection to shared memory right after the handshake when the node runs
     /// on this host and network namespace (UPGRADE; see [`Client::upgrade_to_shm`]).
     pub upgrade: bool,
+    /// Over QUIC: offer to carry Valkyrie streams on QUIC streams of their own, so a lost
+    /// packet of one stream holds back no other (default on; used when the node agrees).
+    pub quic_streams: bool,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +79,7 @@ impl Default for ClientConfig {
             tls: None,
             tls_server_name: None,
             upgrade: false,
+            quic_streams: true,
         }
     }
 }
@@ -190,6 +194,8 @@ impl Client {
                 .clone()
                 .unwrap_or_else(|| addr.ip().to_string());
             let sock = crate::quic::QuicSocket::connect(*addr, &name, quic, cfg.connect_timeout)?;
+            let mut cfg = cfg;
+            cfg.protocol.quic_streams = cfg.quic_streams;
             return Self::over(ClientSocket::Quic(Box::new(sock)), cfg);
         }
         let sock = match (
@@ -269,6 +275,12 @@ impl Client {
         c.events.retain(|e| !matches!(e, Event::Connected(_)));
         // What establishment queued (the capability offer, NEGOTIATE) leaves now.
         c.flush()?;
+        // Nothing is half written now: frames may go on QUIC streams of their own.
+        if let ClientSocket::Quic(q) = &mut c.sock
+            && c.conn.peer().is_some_and(|p| p.quic_streams)
+        {
+            q.use_quic_streams();
+        }
         if c.cfg.upgrade {
             c.upgrade_to_shm(c.cfg.connect_timeout)?;
         }

@@ -129,6 +129,9 @@ pub(crate) struct QuicIo {
     pub(crate) early: bool,
     /// Early data is left unread until the handshake is confirmed.
     pub(crate) hold_early: bool,
+    /// The first stream's frame in progress (input goes to the protocol in whole frames, so
+    /// frames of other QUIC streams can come between).
+    pub(crate) main: crate::quic::frames::FrameSplitter,
 }
 
 /// A connection's I/O.

@@ -28,6 +28,8 @@
 //! ```
 
 pub(crate) mod cid;
+pub(crate) mod frames;
+mod mux;
 mod socket;
 pub(crate) mod udp;
 
@@ -46,6 +48,9 @@ pub const ALPN: &[u8] = b"valkyrie/2";
 /// Bidirectional streams a peer may have open at once: the connection's own, and room for
 /// Valkyrie streams on QUIC streams of their own.
 const MAX_BIDI_STREAMS: u32 = 64;
+/// Unidirectional streams a peer may have open at once: Valkyrie streams on QUIC streams of
+/// their own (as many as a connection's Valkyrie streams, 256 by default).
+pub(crate) const MAX_UNI_STREAMS: u32 = 256;
 /// How long a QUIC connection may be silent (both sides also send Valkyrie heartbeats).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Handshakes a shard's endpoint holds unanswered at once: beyond them new ones are refused.
@@ -59,7 +64,7 @@ pub struct QuicConfigError(String);
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(IDLE_TIMEOUT).expect("60 s fits a QUIC idle timeout"),
         ))

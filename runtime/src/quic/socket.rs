@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
-    Event, ReadError, StreamEvent, StreamId, WriteError,
+    Event, StreamEvent, StreamId,
 };
 
 /// Largest datagram read (QUIC's are at most the path MTU; loopback's can be larger).
@@ -33,6 +33,8 @@ pub struct QuicSocket {
     early: bool,
     /// The connection's next timer, as of the last drive.
     next_timer: Option<Instant>,
+    /// Its QUIC streams: frames in and out.
+    mux: super::mux::StreamMux,
 }
 
 impl std::fmt::Debug for QuicSocket {
@@ -82,6 +84,7 @@ impl QuicSocket {
             read_timeout: None,
             early: false,
             next_timer: None,
+            mux: Default::default(),
         };
         s.early = s.conn.has_0rtt();
         let deadline = Instant::now() + timeout;
@@ -195,6 +198,7 @@ impl QuicSocket {
         if self.stream.is_none() && (!self.conn.is_handshaking() || self.early) {
             self.stream = self.conn.streams().open(Dir::Bi);
         }
+        self.mux.flush(&mut self.conn)?;
         self.transmit(now)
     }
 
@@ -229,7 +233,7 @@ impl QuicSocket {
         crate::sys::wait_readable(&self.udp, d)
     }
 
-    /// Write what the stream takes now: `WouldBlock` when flow control (or the handshake)
+    /// Write what the streams take now: `WouldBlock` when flow control (or the handshake)
     /// holds it back.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.drive()?;
@@ -239,16 +243,24 @@ impl QuicSocket {
         let Some(id) = self.stream else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let n = match self.conn.send_stream(id).write(buf) {
-            Ok(n) => n,
-            Err(WriteError::Blocked) => return Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => return Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
-        };
+        let n = self.mux.write(&mut self.conn, id, buf)?;
         self.transmit(Instant::now())?;
         Ok(n)
     }
 
-    /// Read what the stream has now: `WouldBlock` when nothing, `Ok(0)` at its end.
+    /// QUIC streams this connection opened for its Valkyrie streams, and the node's it took.
+    pub fn quic_streams_used(&self) -> (u64, u64) {
+        (self.mux.opened, self.mux.accepted)
+    }
+
+    /// Carry Valkyrie streams on QUIC streams of their own from now on (both sides agreed
+    /// to `quic_streams` in HELLO / HELLO_ACK).
+    pub fn use_quic_streams(&mut self) {
+        self.mux.enable();
+    }
+
+    /// Read what the streams have now, as whole frames: `WouldBlock` when nothing, `Ok(0)`
+    /// at the first stream's end.
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.drive()?;
         let Some(id) = self.stream else {
@@ -257,39 +269,16 @@ impl QuicSocket {
                 None => Err(io::ErrorKind::WouldBlock.into()),
             };
         };
-        let mut got = 0;
-        let mut fin = false;
-        if let Ok(mut chunks) = self.conn.recv_stream(id).read(true) {
-            while got < buf.len() {
-                match chunks.next(buf.len() - got) {
-                    Ok(Some(c)) => {
-                        buf[got..got + c.bytes.len()].copy_from_slice(&c.bytes);
-                        got += c.bytes.len();
-                    }
-                    Ok(None) => {
-                        fin = true;
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(_)) => {
-                        self.ended = Some(io::ErrorKind::ConnectionReset);
-                        break;
-                    }
-                }
-            }
-            let _ = chunks.finalize();
-        }
+        let got = self.mux.read(&mut self.conn, id, buf);
         // Credit for what was read goes out now.
         self.transmit(Instant::now())?;
-        if got > 0 {
-            return Ok(got);
-        }
-        if fin {
-            return Ok(0);
-        }
-        match self.ended {
-            Some(kind) => Err(kind.into()),
-            None => Err(io::ErrorKind::WouldBlock.into()),
+        match got? {
+            super::mux::Read::Bytes(n) => Ok(n),
+            super::mux::Read::End => Ok(0),
+            super::mux::Read::Nothing => match self.ended {
+                Some(kind) => Err(kind.into()),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            },
         }
     }
 

@@ -357,12 +357,12 @@ impl Shard {
         let mut refused = self.conns.len() >= self.cfg.max_connections_per_shard
             || banned.is_some()
             || going_away;
-        let proto = Connection::new(
-            Side::Server,
-            self.cfg.protocol.clone(),
-            self.now,
-            self.unix_now(),
-        );
+        let protocol = if transport == super::quic::QUIC {
+            self.quic_protocol()
+        } else {
+            self.cfg.protocol.clone()
+        };
+        let proto = Connection::new(Side::Server, protocol, self.now, self.unix_now());
         let io = match io {
             Some(io) => io,
             None => {

@@ -54,7 +54,9 @@ const RETRY_ABOVE: usize = 256;
 /// connection closes anyway.
 pub(super) const FINISH_GRACE: Duration = Duration::from_secs(2);
 /// The application close code when the Valkyrie connection ended (QUIC's "no error").
-const CLOSED: u32 = 0;
+pub(super) const CLOSED: u32 = 0;
+/// Unidirectional streams a peer may have open at once (Valkyrie streams of their own).
+pub(super) const MAX_UNI_STREAMS: usize = 256;
 
 /// One QUIC connection in a listener's endpoint.
 pub(super) struct QConn {
@@ -70,6 +72,29 @@ pub(super) struct QConn {
     pub(super) half_open: bool,
     /// The Valkyrie connection ended and its stream was finished at this time.
     pub(super) finished: Option<Instant>,
+    /// Valkyrie streams on QUIC streams of their own (once both sides agreed).
+    pub(super) uni: Option<Box<UniStreams>>,
+}
+
+/// A connection's Valkyrie streams on unidirectional QUIC streams (docs/PROTOCOL.md §6.7):
+/// each side sends a Valkyrie stream's frames on a QUIC stream it opens for it, so a lost
+/// packet of one stream holds back no other.
+#[derive(Default)]
+pub(super) struct UniStreams {
+    /// Our QUIC stream for each Valkyrie stream we send on (`None`: on the first stream, as
+    /// no other could be opened when it began).
+    pub(super) out: std::collections::HashMap<u32, Option<StreamId>>,
+    /// Frames a QUIC stream's flow control holds back (written from their offset), in order.
+    pub(super) pending: std::collections::HashMap<
+        StreamId,
+        std::collections::VecDeque<(valkyrie_protocol::Transmit, usize)>,
+    >,
+    /// How many frames wait there (bounded: past it, nothing more is taken from the protocol).
+    pub(super) pending_frames: usize,
+    /// The peer's QUIC streams: each one's frame in progress.
+    pub(super) inbound: std::collections::HashMap<StreamId, crate::quic::frames::FrameSplitter>,
+    /// The peer's streams with bytes to read.
+    pub(super) readable: Vec<StreamId>,
 }
 
 /// One `quic://` listener of a shard.
@@ -106,6 +131,12 @@ pub(super) struct Quic {
     /// What a send holds while in flight: its index's segment size (for the EIO fallback).
     pub(super) send_segmented: Vec<bool>,
     pub(super) scratch: Vec<u8>,
+    /// The protocol configuration QUIC connections use (the node's, offering
+    /// `quic_streams`), and the node's it was made from.
+    pub(super) protocol: Option<(
+        Arc<valkyrie_protocol::Config>,
+        Arc<valkyrie_protocol::Config>,
+    )>,
 }
 
 /// A listener for a shard: its socket and the configuration of its handshakes.
@@ -149,6 +180,7 @@ impl Quic {
             gso: true,
             send_segmented: Vec::new(),
             scratch: Vec::new(),
+            protocol: None,
         }
     }
 
@@ -273,6 +305,7 @@ impl Shard {
                     timer: None,
                     half_open: true,
                     finished: None,
+                    uni: None,
                 }));
                 l.half_open += 1;
                 self.quic.mark(li, h.0 as u32);
@@ -392,18 +425,26 @@ impl Shard {
     fn quic_event(&mut self, li: u8, h: u32, ev: Event) {
         match ev {
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.quic_streams_opened(li, h),
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => self.quic_uni_opened(li, h),
             Event::Stream(StreamEvent::Readable { id }) => {
                 if let Some(q) = self.quic.conn(li, h)
-                    && q.stream == Some(id)
                     && let Some((slot, generation)) = q.slot
-                    && self.conns.live(slot, generation).is_some()
                 {
-                    self.quic_recv(slot);
+                    if q.stream != Some(id)
+                        && let Some(u) = q.uni.as_mut()
+                        && u.inbound.contains_key(&id)
+                        && !u.readable.contains(&id)
+                    {
+                        u.readable.push(id);
+                    }
+                    if self.conns.live(slot, generation).is_some() {
+                        self.quic_recv(slot);
+                    }
                 }
             }
-            Event::Stream(StreamEvent::Writable { id }) => {
+            Event::Stream(StreamEvent::Writable { .. }) => {
+                // The first stream or one of ours: whichever it is, the flush retries what waits.
                 if let Some(q) = self.quic.conn(li, h)
-                    && q.stream == Some(id)
                     && let Some((slot, generation)) = q.slot
                     && self.conns.live(slot, generation).is_some()
                 {
@@ -470,12 +511,38 @@ impl Shard {
                 // A listener that requires certificates reads nothing before the handshake
                 // has proved the client's (a resumed session may not carry it).
                 hold_early: early && client_auth && identity.is_none(),
+                main: Default::default(),
             }));
             let slot = self.add_quic_conn(io, endpoint, identity);
             let generation = self.conns.get(slot).map_or(0, |c| c.generation);
             if let Some(q) = self.quic.conn(li, h) {
                 q.slot = Some((slot, generation));
             }
+            self.quic_recv(slot);
+        }
+    }
+
+    /// The peer opened unidirectional streams: Valkyrie streams of their own, read frame by
+    /// frame (stopped when the connection did not agree to them).
+    fn quic_uni_opened(&mut self, li: u8, h: u32) {
+        let Some(q) = self.quic.conn(li, h) else {
+            return;
+        };
+        while let Some(id) = q.conn.streams().accept(Dir::Uni) {
+            match q.uni.as_mut() {
+                Some(u) if u.inbound.len() < MAX_UNI_STREAMS => {
+                    u.inbound.insert(id, Default::default());
+                    u.readable.push(id);
+                }
+                _ => {
+                    let _ = q.conn.recv_stream(id).stop(VarInt::from_u32(CLOSED));
+                }
+            }
+        }
+        // A new stream may hold data already (quinn says so with `Opened`, not `Readable`).
+        if let Some((slot, generation)) = q.slot
+            && self.conns.live(slot, generation).is_some()
+        {
             self.quic_recv(slot);
         }
     }
