@@ -20,6 +20,7 @@ mod peers;
 mod pipeline;
 mod plot;
 mod quic;
+mod quic_loss;
 mod raw_client;
 mod report;
 mod server;
@@ -107,6 +108,8 @@ enum Internal {
         ca: std::path::PathBuf,
         valkyrie: u8,
     },
+    /// (internal) The quic scenario's loss child, run inside its network namespace.
+    QuicLoss { streams: u8 },
     /// (internal) The peer process of the shm scenario.
     ShmPeer {
         system: String,
@@ -140,6 +143,10 @@ fn main() {
             valkyrie,
         }) => {
             quic::hold(addr, n, &ca, valkyrie == 1);
+            return;
+        }
+        Some(Internal::QuicLoss { streams }) => {
+            quic_loss::child(streams == 1);
             return;
         }
         Some(Internal::ShmPeer {
@@ -288,6 +295,8 @@ fn main() {
             if cli.full { 100_000 } else { 20_000 },
             if cli.full { 5.0 } else { 1.5 },
         );
+        peers::unpin();
+        quic_loss::scenario(&mut report, rounds);
     }
     peers::unpin();
     if wants("shm") {

@@ -56,7 +56,7 @@ pub(super) const FINISH_GRACE: Duration = Duration::from_secs(2);
 /// The application close code when the Valkyrie connection ended (QUIC's "no error").
 pub(super) const CLOSED: u32 = 0;
 /// Unidirectional streams a peer may have open at once (Valkyrie streams of their own).
-pub(super) const MAX_UNI_STREAMS: usize = 256;
+pub(super) const MAX_UNI_STREAMS: usize = crate::quic::MAX_UNI_STREAMS as usize;
 
 /// One QUIC connection in a listener's endpoint.
 pub(super) struct QConn {
