@@ -87,6 +87,7 @@ pub mod frame;
 pub mod message;
 pub mod retry;
 pub mod security;
+pub mod splitter;
 pub mod streams;
 mod time;
 

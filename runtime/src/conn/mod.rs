@@ -131,7 +131,7 @@ pub(crate) struct QuicIo {
     pub(crate) hold_early: bool,
     /// The first stream's frame in progress (input goes to the protocol in whole frames, so
     /// frames of other QUIC streams can come between).
-    pub(crate) main: crate::quic::frames::FrameSplitter,
+    pub(crate) main: valkyrie_protocol::splitter::FrameSplitter,
 }
 
 /// A connection's I/O.

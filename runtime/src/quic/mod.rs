@@ -28,7 +28,6 @@
 //! ```
 
 pub(crate) mod cid;
-pub(crate) mod frames;
 mod mux;
 mod socket;
 pub(crate) mod udp;

@@ -10,7 +10,7 @@ use std::io;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn_proto::{Connection, Dir, ReadError, StreamId, WriteError};
 
-use super::frames::{FrameSplitter, ends_stream, stream_of};
+use valkyrie_protocol::splitter::{FrameSplitter, ends_stream, stream_of};
 
 /// Whole frames read ahead of the caller at most.
 const READY_MAX: usize = 256 * 1024;

@@ -92,7 +92,8 @@ pub(super) struct UniStreams {
     /// How many frames wait there (bounded: past it, nothing more is taken from the protocol).
     pub(super) pending_frames: usize,
     /// The peer's QUIC streams: each one's frame in progress.
-    pub(super) inbound: std::collections::HashMap<StreamId, crate::quic::frames::FrameSplitter>,
+    pub(super) inbound:
+        std::collections::HashMap<StreamId, valkyrie_protocol::splitter::FrameSplitter>,
     /// The peer's streams with bytes to read.
     pub(super) readable: Vec<StreamId>,
 }

@@ -13,7 +13,7 @@ use valkyrie_protocol::{Config, ErrorCode, HEADER_LEN, Transmit};
 use super::Shard;
 use super::quic::UniStreams;
 use crate::conn::Io;
-use crate::quic::frames::{FrameSplitter, ends_stream, stream_of};
+use valkyrie_protocol::splitter::{FrameSplitter, ends_stream, stream_of};
 
 /// Bytes of input a QUIC connection hands to the protocol per turn.
 const QUIC_INPUT_BUDGET: usize = 256 * 1024;

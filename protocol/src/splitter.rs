@@ -1,19 +1,36 @@
-//! Whole frames out of a QUIC stream's bytes. Over QUIC a connection's frames may come on
-//! several QUIC streams (Valkyrie streams on QUIC streams of their own, docs/PROTOCOL.md §6.7):
-//! each is cut into whole frames before the protocol sees them, so frames of different
-//! streams never interleave mid-frame. A frame in progress is held (at most its header and
-//! the largest payload the connection accepts).
+//! Whole frames out of one of several byte streams that make up a connection: over QUIC a
+//! connection's frames may come on several QUIC streams (Valkyrie streams on QUIC streams of
+//! their own, docs/PROTOCOL.md §6.7), each cut into whole frames before the connection sees
+//! them, so frames of different streams never interleave mid-frame. A frame in progress is
+//! held (at most its header and the largest payload allowed); a header claiming more is
+//! refused before its payload arrives. Only the length is read here: the connection checks
+//! the rest of each header as usual.
+//!
+//! ```
+//! use valkyrie_protocol::splitter::FrameSplitter;
+//! use valkyrie_protocol::{Frame, MessageType};
+//!
+//! let mut wire = Vec::new();
+//! Frame::new(MessageType::Ping, 0, vec![1, 2, 3]).encode(&mut wire);
+//! Frame::new(MessageType::Ping, 0, vec![4]).encode(&mut wire);
+//! let mut split = FrameSplitter::default();
+//! let mut whole = Vec::new();
+//! for piece in wire.chunks(5) {
+//!     split.feed(piece, 1 << 20, |frames| whole.extend_from_slice(frames)).unwrap();
+//! }
+//! assert_eq!(whole, wire);
+//! ```
 
 /// The 24-byte frame header's length field: bytes 12..16, big-endian.
-const HEADER: usize = valkyrie_protocol::HEADER_LEN;
+const HEADER: usize = crate::HEADER_LEN;
 
 /// A frame whose header claims more than the connection accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TooLarge(pub(crate) u32);
+pub struct TooLarge(pub u32);
 
 /// One stream's frame in progress.
 #[derive(Debug, Default)]
-pub(crate) struct FrameSplitter {
+pub struct FrameSplitter {
     partial: Vec<u8>,
 }
 
@@ -23,12 +40,12 @@ fn frame_len(header: &[u8]) -> u32 {
 
 impl FrameSplitter {
     /// Bytes of a frame in progress.
-    pub(crate) fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.partial.len()
     }
 
     /// How many more bytes complete the frame in progress (0: none in progress).
-    pub(crate) fn wanted(&self) -> usize {
+    pub fn wanted(&self) -> usize {
         let n = self.partial.len();
         if n == 0 {
             0
@@ -42,7 +59,7 @@ impl FrameSplitter {
     /// Take `data`: `out` gets runs of whole frames (from `data` itself where they lie
     /// whole in it); a frame cut at the end is kept for the next call. A header claiming a
     /// payload over `max` is refused.
-    pub(crate) fn feed(
+    pub fn feed(
         &mut self,
         mut data: &[u8],
         max: u32,
@@ -87,14 +104,14 @@ impl FrameSplitter {
 }
 
 /// The Valkyrie stream a frame's header names (bytes 8..12).
-pub(crate) fn stream_of(header: &[u8]) -> u32 {
+pub fn stream_of(header: &[u8]) -> u32 {
     u32::from_be_bytes([header[8], header[9], header[10], header[11]])
 }
 
 /// Whether a frame ends its sender's side of its stream (EOS flag, STREAM_CLOSE,
 /// STREAM_RESET): the QUIC stream carrying it can be finished after it.
-pub(crate) fn ends_stream(header: &[u8]) -> bool {
-    use valkyrie_protocol::{Flags, MessageType};
+pub fn ends_stream(header: &[u8]) -> bool {
+    use crate::{Flags, MessageType};
     let flags = Flags::from_bits_truncate(header[4]);
     flags.contains(Flags::EOS)
         || header[3] == MessageType::StreamClose.to_u8()
@@ -104,7 +121,7 @@ pub(crate) fn ends_stream(header: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use valkyrie_protocol::{Frame, MessageType};
+    use crate::{Frame, MessageType};
 
     fn frames(n: usize) -> Vec<u8> {
         let mut v = Vec::new();
