@@ -12,6 +12,11 @@
 //! - **Services** are per-shard values ([`Service`]) that receive typed messages and reply,
 //!   stream or route. No locks on the hot path.
 //! - A blocking [`Client`] for programs, tests and the CLI.
+//! - **Transports**: `tcp://`, `unix://`, `ws://`, `shm://` and `quic://` (quinn-proto driven by
+//!   the shard's own UDP loop; connection ids name their shard, so a datagram that lands on
+//!   another shard is forwarded over the mesh). [`Client::connect_any`] takes a ranked list and
+//!   fails over; a TCP or Unix connection between two processes on one host upgrades in band
+//!   to shared memory ([`Client::upgrade_to_shm`]).
 //!
 //! ## A node with an echo service, and a client
 //!

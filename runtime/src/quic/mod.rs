@@ -11,7 +11,7 @@
 //!
 //! A node serves QUIC on its shards' own loops (`shard/quic.rs`, through io_uring, no other
 //! runtime): one UDP socket and one `quinn-proto` endpoint per shard on `SO_REUSEPORT`. The
-//! connection ids a shard issues carry its index ([`cid`]), so a datagram the kernel hands
+//! connection ids a shard issues carry its index (cid.rs), so a datagram the kernel hands
 //! to another shard (a client whose port changed) is forwarded over the mesh to its owner.
 //!
 //! ```no_run
