@@ -308,6 +308,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             // SIGHUP reads the same files again: keys, certificates, token secrets, policy.
             let (again, id) = (security.clone(), node_id.clone());
+            let has_quic = listen.iter().any(|u| u.starts_with("quic://"));
             let mut b = b
                 .busy_poll(busy_poll)
                 .protocol(security.apply(valkyrie_protocol::Config::new(node_id), true)?)
@@ -324,6 +325,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     if has_tls && let Some(tls) = again.tls_server().map_err(fail)? {
                         r = r.tls(tls);
                     }
+                    if has_quic {
+                        let (tls, client_auth) = again.quic_server().map_err(fail)?;
+                        r = r.quic_tls(tls, client_auth);
+                    }
                     if let Some(f) = &again.token_file {
                         let keys = valkyrie_runtime::keys::read_tokens(f)
                             .map_err(|e| format!("{}: {e}", f.display()))?;
@@ -334,7 +339,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             for url in &listen {
                 b = b.listen(url)?;
             }
-            if listen.iter().any(|u| u.starts_with("quic://")) {
+            if has_quic {
                 let (tls, client_auth) = security.quic_server()?;
                 b = b.quic_tls(tls, client_auth);
             }

@@ -67,6 +67,7 @@ mod node_listeners;
 #[allow(unsafe_code)]
 // UDP message headers and control messages: every unsafe block carries a SAFETY comment.
 pub mod quic;
+mod reload;
 pub mod request_span;
 pub mod service;
 mod shard;
@@ -85,7 +86,8 @@ pub use handle::{ClientBuilder, ClientHandle, ReplyFuture};
 pub use link::{ConnectOptions, LinkId, LinkState};
 pub use mesh::MESH_MEMORY;
 pub use metrics::ShardMetrics;
-pub use node::{Node, NodeBuilder, Reload, ReloadError};
+pub use node::{Node, NodeBuilder};
+pub use reload::{Reload, ReloadError};
 pub use service::{
     Ctx, Echo, HttpAnswer, MAX_REQUESTS_IN_FLIGHT, MAX_ROUTES, MAX_SERVICE_TIMERS, NoService,
     Nudger, Reply, Route, RouteError, Service,

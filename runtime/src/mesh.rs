@@ -90,6 +90,15 @@ pub(crate) enum ListenerCommand {
         transport: u8,
         fd: OwnedFd,
     },
+    /// Admit new connections again on the QUIC listener of node endpoint `endpoint` (its
+    /// socket stayed open for the connections it was ending).
+    Resume { endpoint: u8 },
+    /// New TLS for the QUIC listeners' new connections (a reload): the handshake
+    /// configuration, made once for every shard, and whether it asks for client certificates.
+    QuicTls {
+        server: Arc<quinn_proto::ServerConfig>,
+        client_auth: bool,
+    },
 }
 
 impl Waker {

@@ -14,6 +14,7 @@ use crate::health::NodeState;
 
 use crate::mesh::{self, Waker};
 use crate::metrics::{self, ShardMetrics};
+use crate::reload::Reload;
 use crate::service::{NoService, Service};
 use crate::shard::{Shard, ShardInit};
 use crate::transport;
@@ -22,75 +23,6 @@ use valkyrie_shm::ShmConfig;
 
 type Factory = Arc<dyn Fn(usize) -> Box<dyn Service> + Send + Sync>;
 type Reloader = Arc<dyn Fn() -> Result<Reload, String> + Send + Sync>;
-
-/// What a reload replaces ([`NodeBuilder::reload_with`]): the material new connections use.
-/// A part left `None` stays as it is.
-#[derive(Default)]
-#[non_exhaustive]
-pub struct Reload {
-    /// The protocol configuration: handshake providers with their keys, token secrets, the
-    /// zero_trust policy, limits.
-    pub protocol: Option<Config>,
-    /// TLS on the TCP listeners (certificate, key, client CA); only where the node already
-    /// has TLS (a listener does not switch between TLS and the clear).
-    pub tls: Option<Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>>,
-    /// The addresses intrusion detection never counts (when it is on).
-    pub trusted: Option<Vec<crate::guard::IpNet>>,
-    /// The secrets HTTP clients' bearer tokens are checked with (a rotated token file).
-    pub bearer_keys: Option<crate::config::BearerKeys>,
-}
-
-impl Reload {
-    /// Nothing replaced yet.
-    pub fn new() -> Reload {
-        Reload::default()
-    }
-
-    /// Builder-style: the protocol configuration.
-    pub fn protocol(mut self, config: Config) -> Self {
-        self.protocol = Some(config);
-        self
-    }
-
-    /// Builder-style: TLS.
-    pub fn tls(
-        mut self,
-        config: Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
-    ) -> Self {
-        self.tls = Some(config);
-        self
-    }
-
-    /// Builder-style: the trusted list.
-    pub fn trusted(mut self, trusted: Vec<crate::guard::IpNet>) -> Self {
-        self.trusted = Some(trusted);
-        self
-    }
-
-    /// Builder-style: the bearer-token secrets.
-    pub fn bearer_keys(mut self, keys: crate::config::BearerKeys) -> Self {
-        self.bearer_keys = Some(keys);
-        self
-    }
-}
-
-/// Why [`Node::reload`] changed nothing (the old material stays).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReloadError {
-    /// The node was built without [`NodeBuilder::reload_with`].
-    #[error("no reload source configured")]
-    NotConfigured,
-    /// The reload source failed (a file missing or unreadable, a bad key or certificate).
-    #[error("{0}")]
-    Source(String),
-    /// The new protocol configuration is inconsistent.
-    #[error(transparent)]
-    Config(#[from] valkyrie_protocol::connection::ConfigError),
-    /// TLS offered to a node without TLS (or the reverse).
-    #[error("TLS cannot be added to a node started without it")]
-    TlsSwitch,
-}
 
 /// Builds a [`Node`].
 pub struct NodeBuilder {
@@ -338,7 +270,7 @@ pub struct Node {
     features: Vec<crate::RingFeatures>,
     /// The configuration new connections use (replaced by a reload).
     pub(crate) cfg: std::sync::Mutex<Arc<NodeConfig>>,
-    reloader: Option<Reloader>,
+    pub(crate) reloader: Option<Reloader>,
 }
 
 impl std::fmt::Debug for Node {
@@ -588,49 +520,6 @@ impl Node {
         for w in self.wakers.iter() {
             w.wake(true);
         }
-    }
-
-    /// Read new material from the reload source ([`NodeBuilder::reload_with`]) and hand it
-    /// to every shard for its new connections: certificates and keys, token secrets, the
-    /// zero_trust policy, the trusted list. Established connections keep the identity they
-    /// authenticated with. What the source refuses, or a configuration that does not hold
-    /// together, changes nothing (logged at WARN, returned).
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let result = self.try_reload();
-        match &result {
-            Ok(()) => tracing::info!("reloaded: new connections use the new material"),
-            Err(e) => tracing::warn!(error = %e, "reload refused; the old material stays"),
-        }
-        result
-    }
-
-    fn try_reload(&self) -> Result<(), ReloadError> {
-        let source = self.reloader.as_ref().ok_or(ReloadError::NotConfigured)?;
-        let new = source().map_err(ReloadError::Source)?;
-        let mut current = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cfg = (**current).clone();
-        if let Some(p) = new.protocol {
-            p.validate()?;
-            cfg.protocol = Arc::new(p);
-        }
-        if let Some(tls) = new.tls {
-            if cfg.tls.is_none() {
-                return Err(ReloadError::TlsSwitch);
-            }
-            cfg.tls = Some(tls);
-        }
-        if let Some(keys) = new.bearer_keys {
-            cfg.http.bearer_keys = keys;
-        }
-        if let (Some(trusted), Some(guard)) = (new.trusted, cfg.guard.as_mut()) {
-            guard.trusted = trusted;
-        }
-        let cfg = Arc::new(cfg);
-        *current = cfg.clone();
-        for w in self.wakers.iter() {
-            w.reload(cfg.clone());
-        }
-        Ok(())
     }
 
     /// Begin a graceful shutdown: the same as [`Node::drain`].

@@ -15,16 +15,11 @@ impl Node {
     /// after which a client connects again through another endpoint (the selector of
     /// [`Client::connect_any`](crate::Client::connect_any) moves to the next transport and
     /// sends again what was not answered). The node's other listeners and their connections
-    /// are untouched; [`Node::open_listener`] brings it back. QUIC listeners stay as they are
-    /// (`Unsupported`).
+    /// are untouched; [`Node::open_listener`] brings it back. A `quic://` listener's UDP
+    /// socket stays bound (its connections' datagrams come through it until they have gone):
+    /// new QUIC clients are refused with CONNECTION_REFUSED at once.
     pub fn close_listener(&mut self, url: &str) -> io::Result<()> {
         let i = self.endpoint_index(url)?;
-        if matches!(self.endpoints[i], Endpoint::Quic(_)) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a quic:// listener is not closed on its own yet",
-            ));
-        }
         if !self.listening[i] {
             return Ok(());
         }
@@ -40,7 +35,8 @@ impl Node {
     }
 
     /// Listen on `url` again after [`Node::close_listener`], or on a new endpoint (TCP, Unix,
-    /// shared memory) while the node runs. Returns the endpoint as bound.
+    /// shared memory; a `quic://` endpoint only among those the node started with) while the
+    /// node runs. Returns the endpoint as bound.
     pub fn open_listener(&mut self, url: &str) -> io::Result<Endpoint> {
         let ep: Endpoint = url
             .parse()
@@ -50,6 +46,21 @@ impl Node {
             && self.listening[i]
         {
             return Ok(self.endpoints[i].clone());
+        }
+        if let Some(i) = known
+            && let Endpoint::Quic(_) = self.endpoints[i]
+        {
+            for w in self.wakers.iter() {
+                w.command(ListenerCommand::Resume { endpoint: i as u8 });
+            }
+            self.listening[i] = true;
+            return Ok(self.endpoints[i].clone());
+        }
+        if let Endpoint::Quic(_) = ep {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a quic:// endpoint is opened when the node starts (NodeBuilder::listen)",
+            ));
         }
         let index = known.unwrap_or(self.endpoints.len());
         if index >= crate::conn::NO_ENDPOINT as usize {

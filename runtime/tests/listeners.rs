@@ -4,7 +4,8 @@
 //! shared-memory listener closes, the client moves to TCP without losing a request; while it
 //! is closed the client keeps probing it (every two heartbeat intervals of its calls) and
 //! stays on TCP; when it opens again the client moves back. With QUIC beside TCP, the
-//! selector ranks QUIC first.
+//! selector ranks QUIC first, and leaves a closed QUIC listener (which refuses new clients
+//! at once) for TCP the same way.
 
 mod common;
 
@@ -145,16 +146,18 @@ fn a_new_listener_opens_on_a_running_node_and_closes_alone() {
 }
 
 #[test]
-fn the_selector_ranks_quic_above_tcp() {
+fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp() {
     let pki = DevPki::generate(&["node-a"], &[]).unwrap();
     let tls =
         mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
             .unwrap();
-    let node = Node::builder()
+    // The same certificate on both: TLS under the frames on TCP, QUIC's own on QUIC.
+    let mut node = Node::builder()
         .listen("tcp://127.0.0.1:0")
         .unwrap()
         .listen("quic://127.0.0.1:0")
         .unwrap()
+        .tls(tls.clone())
         .quic_tls(tls, false)
         .shards(2)
         .service(|_| common::Accept)
@@ -164,15 +167,71 @@ fn the_selector_ranks_quic_above_tcp() {
         node.endpoints()[0].to_string(),
         node.endpoints()[1].to_string(),
     );
-    // TLS for QUIC; the TCP listener speaks plaintext, so the TLS configuration would not
-    // reach it: this client lists QUIC and TCP and is given QUIC.
-    let cfg = ClientConfig {
+    let heartbeat = Duration::from_millis(100);
+    let mut cfg = ClientConfig {
         tls: Some(mtls::server_only_client_config(&pki.ca_pem).unwrap()),
         tls_server_name: Some("node-a".into()),
         ..ClientConfig::default()
     };
-    let mut c =
-        Client::connect_any(&[tcp.as_str(), quic.as_str()], cfg, Duration::from_secs(5)).unwrap();
-    assert_eq!(on(&c), quic);
-    ask(&mut c, 1);
+    cfg.protocol.heartbeat = heartbeat;
+    let mut c = Client::connect_any(
+        &[tcp.as_str(), quic.as_str()],
+        cfg.clone(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(on(&c), quic, "TCP listed first, QUIC taken");
+    let mut bystander = Client::connect_with(&tcp, cfg.clone()).unwrap();
+    let mut n = 0;
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+
+    // Closed: the QUIC connections are sent away, new QUIC clients refused at once.
+    node.close_listener(&quic).unwrap();
+    assert!(!node.is_listening(&quic.parse().unwrap()));
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+    assert_eq!(on(&c), tcp, "the client did not move to TCP");
+    let t = Instant::now();
+    assert!(Client::connect_with(&quic, cfg.clone()).is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a refused QUIC client waited {:?} (a timeout, not a refusal)",
+        t.elapsed()
+    );
+    bystander.ping(b"still here").unwrap();
+    let t = Instant::now();
+    while t.elapsed() < heartbeat * 6 {
+        ask(&mut c, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(on(&c), tcp, "moved back to a closed listener");
+
+    node.open_listener(&quic).unwrap();
+    assert!(node.is_listening(&quic.parse().unwrap()));
+    let t = Instant::now();
+    while on(&c) != quic {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "never moved back to QUIC"
+        );
+        ask(&mut c, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..100 {
+        ask(&mut c, n);
+        n += 1;
+    }
+    assert_eq!(bystander.reconnects(), 0);
+    eprintln!(
+        "{n} requests, every one answered ({} sent again); back on QUIC {:?} after it opened",
+        c.retried(),
+        t.elapsed()
+    );
 }

@@ -1,5 +1,5 @@
-//! Reload without restart (`Node::reload`, SIGHUP): new connections see the new certificate
-//! or token secret, established ones keep the identity they authenticated with, and a source
+//! Reload without restart (`Node::reload`, SIGHUP): new connections — TCP and QUIC — see the
+//! new certificate or token secret, established ones keep the identity they authenticated with, and a source
 //! that fails changes nothing.
 
 mod common;
@@ -87,6 +87,57 @@ fn a_new_certificate_reaches_new_connections_and_the_old_ones_stay_up() {
     assert!(answers(&mut before) && answers(&mut after));
     node.shutdown();
     node.join();
+}
+
+#[test]
+fn a_reload_gives_new_quic_connections_the_new_certificate() {
+    let old = DevPki::generate(&["127.0.0.1"], &["agent"]).unwrap();
+    let new = DevPki::generate(&["127.0.0.1"], &["agent"]).unwrap();
+    let files: Arc<Mutex<Arc<DevPki>>> = Arc::new(Mutex::new(Arc::new(old.clone())));
+    let source = files.clone();
+    let node = Node::builder()
+        .listen("quic://127.0.0.1:0")
+        .unwrap()
+        .protocol(Config {
+            security: vec![SecurityMode::Mtls],
+            handshakes: vec![Arc::new(Mtls)],
+            ..Config::new("control")
+        })
+        .quic_tls(old.server_config(0).unwrap(), true)
+        .shards(2)
+        .service(|_| Accept)
+        .reload_with(move || {
+            let pki = source.lock().unwrap().clone();
+            Ok(Reload::new().quic_tls(pki.server_config(0).map_err(|e| e.to_string())?, true))
+        })
+        .start()
+        .unwrap();
+    let url = node.endpoints()[0].to_string();
+    let mut before = Client::connect_with(&url, mtls_client(&old)).unwrap();
+    assert!(answers(&mut before));
+
+    *files.lock().unwrap() = Arc::new(new.clone());
+    node.reload().unwrap();
+    // The reload reaches the shards at their next turn.
+    let t = std::time::Instant::now();
+    let mut after = loop {
+        if let Ok(c) = Client::connect_with(&url, mtls_client(&new)) {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the new certificate never showed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(answers(&mut after));
+    assert!(
+        Client::connect_with(&url, mtls_client(&old)).is_err(),
+        "the old certificate is still presented, or the old CA still admits clients"
+    );
+    // The QUIC connection made before the reload keeps its TLS session and identity.
+    assert!(answers(&mut before));
+    assert!(answers(&mut after));
 }
 
 fn token_client(secret: &[u8]) -> ClientConfig {

@@ -1,6 +1,6 @@
 //! The transport selector: [`Client::connect_any`] takes every URL a peer may be reached at,
 //! ranks them — shared memory (same host, no kernel on the data path), then Unix sockets, then
-//! TCP (QUIC ranks between Unix and TCP once it exists) — skips those that cannot reach the
+//! QUIC, then TCP — skips those that cannot reach the
 //! peer from here, and connects to the best that answers. When the connection breaks it moves
 //! to the next (the link's failover) and sends an unanswered request again, so none is lost
 //! silently; while on a lower-ranked one it tries the better ones again every two heartbeat

@@ -26,6 +26,8 @@ pub struct QuicSocket {
     stream: Option<StreamId>,
     /// The stream ended (the peer finished it) or the connection was lost.
     ended: Option<io::ErrorKind>,
+    /// Why the connection was lost, for the error a caller sees.
+    lost: Option<quinn_proto::ConnectionError>,
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
     nonblocking: bool,
@@ -78,6 +80,7 @@ impl QuicSocket {
             server,
             stream: None,
             ended: None,
+            lost: None,
             recv_buf: vec![0; MAX_DATAGRAM],
             send_buf: Vec::with_capacity(1500),
             nonblocking: false,
@@ -91,7 +94,7 @@ impl QuicSocket {
         s.drive()?;
         while s.conn.is_handshaking() && !s.early {
             if let Some(kind) = s.ended {
-                return Err(io::Error::new(kind, "QUIC handshake failed"));
+                return Err(s.handshake_failed(kind));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -101,9 +104,17 @@ impl QuicSocket {
             s.drive()?;
         }
         if let Some(kind) = s.ended {
-            return Err(io::Error::new(kind, "QUIC handshake failed"));
+            return Err(s.handshake_failed(kind));
         }
         Ok(s)
+    }
+
+    /// The error of a handshake that ended: QUIC's reason (a TLS alert, a refusal) in it.
+    fn handshake_failed(&self, kind: io::ErrorKind) -> io::Error {
+        match &self.lost {
+            Some(reason) => io::Error::new(kind, format!("QUIC handshake failed: {reason}")),
+            None => io::Error::new(kind, "QUIC handshake failed"),
+        }
     }
 
     /// Whether this connection resumed with 0-RTT (its first bytes went as early data).
@@ -189,7 +200,17 @@ impl QuicSocket {
             match ev {
                 Event::ConnectionLost { reason } => {
                     tracing::debug!(error = %reason, "quic connection lost");
-                    self.ended.get_or_insert(io::ErrorKind::ConnectionReset);
+                    let refused = matches!(
+                        &reason,
+                        quinn_proto::ConnectionError::ConnectionClosed(c)
+                            if c.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED
+                    );
+                    self.ended.get_or_insert(if refused {
+                        io::ErrorKind::ConnectionRefused
+                    } else {
+                        io::ErrorKind::ConnectionReset
+                    });
+                    self.lost.get_or_insert(reason);
                 }
                 Event::Stream(StreamEvent::Finished { .. }) => {}
                 _ => {}

@@ -2,8 +2,10 @@
 //! `Node::open_listener`): a closed listener stops accepting and the connections accepted
 //! through it are sent away (CLOSE 502, going away: a client connects again elsewhere, to
 //! the node's other endpoints or another node, and sends again what was not answered); an
-//! opened one accepts on a new socket for its endpoint. The other listeners and their
-//! connections go on as they were.
+//! opened one accepts on a new socket for its endpoint. A QUIC listener's socket also carries
+//! its connections' datagrams, so closing one refuses new connections (CONNECTION_REFUSED) and
+//! opening it admits them again on the same socket; a reload hands QUIC listeners new TLS.
+//! The other listeners and their connections go on as they were.
 
 use io_uring::opcode;
 
@@ -28,6 +30,11 @@ impl Shard {
                     transport,
                     fd,
                 } => self.open_listener(endpoint, transport, fd),
+                ListenerCommand::Resume { endpoint } => self.resume_quic_listener(endpoint),
+                ListenerCommand::QuicTls {
+                    server,
+                    client_auth,
+                } => self.set_quic_tls(server, client_auth),
             }
         }
         true
@@ -47,6 +54,13 @@ impl Shard {
             }
             // The ring holds its own reference while the accept is armed.
             l.fd = None;
+        }
+        // A QUIC listener's socket also carries its connections' datagrams: it stays open and
+        // refuses new connections until it is resumed.
+        for l in &mut self.quic.listeners {
+            if l.node_endpoint == endpoint {
+                l.accepting = false;
+            }
         }
         tracing::info!(
             shard = self.id,
@@ -89,6 +103,32 @@ impl Shard {
         tracing::info!(shard = self.id, endpoint, "listener opened");
         if !self.listeners.paused {
             self.arm_accepts();
+        }
+    }
+
+    fn resume_quic_listener(&mut self, endpoint: u8) {
+        for l in &mut self.quic.listeners {
+            if l.node_endpoint == endpoint {
+                l.accepting = true;
+            }
+        }
+        tracing::info!(
+            shard = self.id,
+            endpoint,
+            "QUIC listener admits connections again"
+        );
+    }
+
+    /// New connections on every QUIC listener handshake with `server`; those established
+    /// keep the TLS session they have.
+    fn set_quic_tls(
+        &mut self,
+        server: std::sync::Arc<quinn_proto::ServerConfig>,
+        client_auth: bool,
+    ) {
+        for l in &mut self.quic.listeners {
+            l.endpoint.set_server_config(Some(server.clone()));
+            l.client_auth = client_auth;
         }
     }
 }

@@ -112,6 +112,9 @@ pub(super) struct QuicListener {
     pub(super) client_auth: bool,
     /// The node endpoint it serves (its index in `Node::endpoints`).
     pub(super) node_endpoint: u8,
+    /// Whether new connections are admitted (`Node::close_listener` refuses them, with
+    /// CONNECTION_REFUSED, while the socket stays for the connections being sent away).
+    pub(super) accepting: bool,
 }
 
 /// A shard's QUIC state.
@@ -166,6 +169,7 @@ impl Quic {
                     half_open: 0,
                     client_auth: s.client_auth,
                     node_endpoint: s.endpoint,
+                    accepting: true,
                 }
             })
             .collect();
@@ -272,7 +276,7 @@ impl Shard {
             return;
         };
         buf.clear();
-        if full || draining {
+        if full || draining || !l.accepting {
             ShardMetrics::add(&self.metrics.connections_refused, 1);
             let t = l.endpoint.refuse(incoming, &mut buf);
             self.udp_send(li, t, &buf);
