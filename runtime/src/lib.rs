@@ -64,6 +64,7 @@ mod mesh;
 pub mod metrics;
 mod node;
 mod node_listeners;
+mod node_reload;
 #[allow(unsafe_code)]
 // UDP message headers and control messages: every unsafe block carries a SAFETY comment.
 pub mod quic;

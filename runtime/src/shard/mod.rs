@@ -20,6 +20,7 @@ mod listener_ops;
 mod output;
 mod process;
 pub(crate) mod quic;
+mod quic_life;
 mod quic_stream;
 mod quic_udp;
 mod shm;
