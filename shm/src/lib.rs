@@ -42,15 +42,21 @@
 //! ```
 #![allow(unsafe_code)]
 
+mod claim;
+mod config;
 mod error;
 mod futex;
 #[doc(hidden)]
 pub mod fuzzing;
 mod layout;
+mod listener;
 mod ring;
 mod segment;
 mod stream;
 
+pub use claim::{Claim, Received};
+pub use config::{ShmConfig, WaitMode};
 pub use error::{Result, ShmError};
 pub use layout::{MAX_CAPACITY, MIN_CAPACITY, max_frame_for};
-pub use stream::{Claim, FutexWord, Received, ShmConfig, ShmListener, ShmStream, WaitMode};
+pub use listener::ShmListener;
+pub use stream::{FutexWord, ShmStream};

@@ -1,40 +1,22 @@
-//! The user-facing API: a listener that hands out segments and the stream over one segment.
+//! One end of a shared-memory connection: the stream over one segment, its waits and its
+//! peer's liveness.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
+use crate::claim::{Claim, Received};
+use crate::config::{ShmConfig, WaitMode};
 use crate::error::{Result, ShmError};
 use crate::futex;
-use crate::layout::{CTRL_OFFSET, STATE_CLOSED, STATE_OPEN, max_frame_for};
-use crate::ring::{Arm, Consumer, Found, Producer, RingPtrs};
+use crate::layout::{CTRL_OFFSET, STATE_CLOSED, STATE_OPEN};
+use crate::ring::{Arm, Consumer, Producer, RingPtrs};
 use crate::segment::{self, Segment};
-
-/// How a blocking call waits for data or space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitMode {
-    /// Spin on the ring for up to this long, then sleep on a futex. An idle pair costs about
-    /// nothing; a wake-up from sleep costs a system call on each side.
-    Adaptive {
-        /// How long to spin before sleeping.
-        spin: Duration,
-    },
-    /// Never sleep: spin until the condition holds (the lowest latency, one core per waiter).
-    BusyPoll,
-}
-
-impl Default for WaitMode {
-    fn default() -> Self {
-        WaitMode::Adaptive {
-            spin: Duration::from_micros(50),
-        }
-    }
-}
 
 /// What a blocking call waits for.
 #[derive(Debug, Clone, Copy)]
@@ -45,100 +27,9 @@ enum Want {
     Space(usize),
 }
 
-/// Settings of a listener (ring geometry) and of each stream (waiting).
-#[derive(Debug, Clone, Copy)]
-pub struct ShmConfig {
-    /// Bytes per direction; a power of two between 4 KiB and 1 GiB. Default 1 MiB.
-    pub ring_capacity: usize,
-    /// Largest frame; at most half the ring less 8 bytes. Default: that maximum.
-    pub max_frame: Option<usize>,
-    /// How blocking calls wait.
-    pub wait: WaitMode,
-    /// How often a waiting side checks that its peer still lives (a crash is reported within
-    /// about this long). Default 100 ms.
-    pub liveness_interval: Duration,
-}
-
-impl Default for ShmConfig {
-    fn default() -> Self {
-        ShmConfig {
-            ring_capacity: 1 << 20,
-            max_frame: None,
-            wait: WaitMode::default(),
-            liveness_interval: Duration::from_millis(100),
-        }
-    }
-}
-
-impl ShmConfig {
-    /// The largest frame the rings of this config carry.
-    pub fn max_frame(&self) -> usize {
-        self.max_frame
-            .unwrap_or_else(|| max_frame_for(self.ring_capacity))
-    }
-}
-
-fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
+/// The abstract socket address a listener named `name` binds.
+pub(crate) fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(format!("valkyrie-shm/{name}").as_bytes())
-}
-
-/// Accepts shared-memory connections under a name.
-///
-/// The name lives in Linux's abstract Unix-socket namespace, so nothing is created on the file
-/// system and nothing is left behind when the process dies, however it dies.
-#[derive(Debug)]
-pub struct ShmListener {
-    sock: UnixListener,
-    name: String,
-    config: ShmConfig,
-}
-
-impl ShmListener {
-    /// Listen under `name` with the default configuration.
-    pub fn bind(name: &str) -> Result<ShmListener> {
-        ShmListener::bind_with(name, ShmConfig::default())
-    }
-
-    /// Listen under `name`; every accepted stream gets rings of `config`'s geometry.
-    pub fn bind_with(name: &str, config: ShmConfig) -> Result<ShmListener> {
-        if !crate::layout::valid_geometry(config.ring_capacity, config.max_frame()) {
-            return Err(ShmError::Handshake("invalid ring capacity or max frame"));
-        }
-        let sock = UnixListener::bind_addr(&abstract_addr(name)?)?;
-        Ok(ShmListener {
-            sock,
-            name: name.to_owned(),
-            config,
-        })
-    }
-
-    /// The name this listener was bound with.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Wait for a connector, then create its segment and hand it over.
-    pub fn accept(&self) -> Result<ShmStream> {
-        let (sock, _) = self.sock.accept()?;
-        ShmStream::serve(sock, &self.config)
-    }
-
-    /// Non-blocking accept: `WouldBlock` when nobody is waiting.
-    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
-        Ok(self.sock.set_nonblocking(on)?)
-    }
-
-    /// The listening socket, for an event loop that accepts itself and finishes each
-    /// connection with [`ShmStream::serve`]. Nothing is left behind when it is dropped.
-    pub fn into_listener(self) -> UnixListener {
-        self.sock
-    }
-
-    /// The listening socket (for readiness polling, or to accept in an event loop and finish
-    /// with [`ShmStream::serve`]).
-    pub fn as_listener(&self) -> &UnixListener {
-        &self.sock
-    }
 }
 
 /// A futex word an event loop may wait on (with io_uring's `FUTEX_WAIT`, process-shared, 32
@@ -624,69 +515,5 @@ impl ShmStream {
 impl Drop for ShmStream {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Space reserved in the send ring; write the frame into it, then commit. Dropping it without
-/// committing abandons the frame.
-#[derive(Debug)]
-pub struct Claim<'a> {
-    tx: &'a mut Producer,
-    off: usize,
-    len: usize,
-}
-
-impl Claim<'_> {
-    /// Publish the frame (and any deferred before it) and wake the receiver if it sleeps.
-    pub fn commit(self) {
-        self.tx.commit(self.len);
-        self.tx.flush();
-    }
-
-    /// Publish only the first `len` bytes written (`len` ≤ the claimed length).
-    pub fn commit_len(mut self, len: usize) {
-        self.len = self.len.min(len);
-        self.commit();
-    }
-
-    /// Complete the frame as part of a batch: the receiver sees the batch at the next
-    /// [`ShmStream::flush`] or [`Claim::commit`] (one store and one wake-up check for all of
-    /// it), or when the ring fills up.
-    pub fn commit_deferred(self) {
-        self.tx.commit(self.len);
-    }
-}
-
-impl std::ops::Deref for Claim<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.tx.claimed_ref(self.off, self.len)
-    }
-}
-
-impl std::ops::DerefMut for Claim<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.tx.claimed(self.off, self.len)
-    }
-}
-
-/// A received frame, read in place from the ring. Its space is released when it is dropped.
-#[derive(Debug)]
-pub struct Received<'a> {
-    rx: &'a mut Consumer,
-    found: Found,
-}
-
-impl std::ops::Deref for Received<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.rx.payload(self.found)
-    }
-}
-
-impl Drop for Received<'_> {
-    fn drop(&mut self) {
-        self.rx.release(self.found);
-        self.rx.flush();
     }
 }
