@@ -121,12 +121,26 @@ impl Client {
         if !from_segment || self.upgrade.is_none() {
             return false;
         }
-        if let Some(mut u) = self.upgrade.take()
-            && let ClientSocket::Shm(s) = &mut u.shm
-        {
+        let Some(mut u) = self.upgrade.take() else {
+            return false;
+        };
+        // What the node committed to the segment before the break comes before what it
+        // writes on the socket after it: read it first (at most the ring's bytes). Before
+        // the node's fence nothing of the segment is ours to read yet.
+        let mut drained = 0usize;
+        if u.rx {
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            while let Ok(n @ 1..) = u.shm.try_read(&mut rbuf) {
+                drained += n;
+                self.conn.handle_input(&rbuf[..n], Instant::now());
+            }
+            self.rbuf = rbuf;
+            self.collect();
+        }
+        if let ClientSocket::Shm(s) = &mut u.shm {
             s.stream().shutdown();
         }
-        tracing::info!("upgraded connection back on its socket");
+        tracing::info!(drained, "upgraded connection back on its socket");
         true
     }
 

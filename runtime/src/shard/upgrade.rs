@@ -19,6 +19,7 @@ use super::Shard;
 use crate::audit::AuditEvent;
 use crate::conn::upgrade::{CHALLENGE_LEN, Upgrade};
 use crate::conn::{Io, ShmIo};
+use crate::metrics::ShardMetrics;
 use crate::uring::{Op, ud};
 
 /// The target this node moves connections to.
@@ -288,18 +289,30 @@ impl Shard {
         let Some(e) = c.extra.as_mut() else {
             return;
         };
-        let Some(mut shm) = (match e.upgrade.take().map(|b| *b) {
-            Some(Upgrade::Fencing(s) | Upgrade::Switched(s) | Upgrade::Ready(s)) => Some(s),
+        let (mut shm, reading) = match e.upgrade.take().map(|b| *b) {
+            Some(Upgrade::Fencing(s) | Upgrade::Switched(s)) => (s, true),
+            Some(Upgrade::Ready(s)) => (s, false),
             other => {
                 e.upgrade = other.map(Box::new);
-                None
+                return;
             }
-        }) else {
-            return;
         };
+        // What the client committed to the segment before the break comes before what it
+        // sends on the socket after it: take it first (at most the ring's bytes, even under
+        // back-pressure, once). A ring that fails its checks gives nothing more.
+        let mut drained = 0usize;
+        if reading {
+            let now = self.now;
+            while let Ok(Some(frame)) = shm.stream.try_recv() {
+                drained += frame.len();
+                c.proto.handle_input(&frame, now);
+            }
+            ShardMetrics::add(&self.metrics.bytes_in, drained as u64);
+        }
         tracing::info!(
             shard = self.id,
             slot,
+            drained,
             "upgraded connection back on its socket"
         );
         shm.stream.shutdown();
