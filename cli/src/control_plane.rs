@@ -13,7 +13,8 @@ use valkyrie_runtime::Node;
 /// The control plane's flags.
 #[derive(clap::Args)]
 pub(crate) struct ControlPlaneArgs {
-    /// Listen URL (tcp://host:port or unix:///path); repeatable.
+    /// Listen URL (tcp://host:port, unix:///path, or quic://host:port with --tls-cert and
+    /// --tls-key); repeatable.
     #[arg(long = "listen", default_value = "tcp://127.0.0.1:7420")]
     listen: Vec<String>,
     /// Where the store lives (created if missing): `DIR/jobs.db`, SQLite in WAL mode; and
@@ -156,6 +157,11 @@ pub(crate) fn run(args: ControlPlaneArgs) -> Result<(), Box<dyn std::error::Erro
     }
     for url in &args.listen {
         b = b.listen(url)?;
+    }
+    if args.listen.iter().any(|u| u.starts_with("quic://")) {
+        // Agents over QUIC: --tls-cert/--tls-key (and --tls-ca to require their certificates).
+        let (tls, client_auth) = args.security.quic_server()?;
+        b = b.quic_tls(tls, client_auth);
     }
     if let Some(n) = args.shards {
         b = b.shards(n);

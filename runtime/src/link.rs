@@ -36,7 +36,8 @@ pub struct ConnectOptions {
     /// The protocol configuration of the link's connections (node id, security modes offered
     /// and their providers, limits). Default: the node's own.
     pub protocol: Option<Arc<Config>>,
-    /// TLS 1.3 under the frames on TCP (for `mtls`, or token inside TLS).
+    /// TLS 1.3 under the frames on TCP (for `mtls`, or token inside TLS), and QUIC's own TLS
+    /// on `quic://` URLs (required there).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The name the server's certificate must carry (default: the endpoint's IP address).
     pub tls_server_name: Option<String>,
@@ -64,7 +65,7 @@ impl std::fmt::Debug for ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options for `urls`, tried in order (at least one: `tcp://`, `unix://`).
+    /// Options for `urls`, tried in order (at least one: `tcp://`, `unix://`, `quic://`).
     pub fn new<I, S>(urls: I) -> Result<ConnectOptions, EndpointError>
     where
         I: IntoIterator<Item = S>,
@@ -104,7 +105,7 @@ impl ConnectOptions {
         self
     }
 
-    /// Builder-style: TLS under the frames on TCP.
+    /// Builder-style: TLS under the frames on TCP, and QUIC's TLS.
     pub fn tls(mut self, config: Arc<rustls::ClientConfig>, server_name: Option<String>) -> Self {
         self.tls = Some(config);
         self.tls_server_name = server_name;

@@ -1,8 +1,9 @@
 //! Outbound connections: the shard's side of a [`Link`]. An attempt is a non-blocking socket
 //! (`TCP_NODELAY` for TCP), an io_uring `CONNECT`, a `FILES_UPDATE` that moves the connected
 //! socket into the ring's direct-descriptor table, and then a connection like an accepted
-//! one (client side of the protocol, TLS when the link has it) whose handshake ends the
-//! attempt. The link's timer bounds the whole attempt and the waits between attempts.
+//! one (client side of the protocol, TLS when the link has it; `link_conn.rs`) whose
+//! handshake ends the attempt; to a `quic://` URL, a QUIC handshake instead (`quic_link.rs`).
+//! The link's timer bounds the whole attempt and the waits between attempts.
 //!
 //! At most one operation is in flight per link; its socket and address stay in the link
 //! until the operation's completion, whatever happened to the link meanwhile.
@@ -10,20 +11,15 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use io_uring::{opcode, types};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use slab::Slab;
-use valkyrie_protocol::security::mtls::TlsSession;
-use valkyrie_protocol::{CloseReason, Connection, ErrorCode, Side, Tick};
+use valkyrie_protocol::{CloseReason, ErrorCode, Tick};
 
 use super::Shard;
-use crate::conn::recv::Recv;
-use crate::conn::send::SendState;
-use crate::conn::{Conn, Extra, Io, Life, Socket};
 use crate::link::{ConnectOptions, Link, LinkId, LinkState, Next};
 use crate::metrics::ShardMetrics;
 use crate::sys::ConnectAddr;
@@ -43,6 +39,8 @@ enum LinkIo {
     /// The connected socket is being moved into the direct-descriptor table; the kernel
     /// writes the slot it took into `slot`.
     Installing { fd: OwnedFd, slot: Box<i32> },
+    /// A QUIC handshake on the shard's client endpoint (`quic_link.rs`).
+    Quic { listener: u8, handle: u32 },
     /// A connection of the table, in its handshake or established.
     Conn { slot: u32, generation: u32 },
 }
@@ -217,6 +215,10 @@ impl Shard {
                     .user_data(ud(Op::Cancel, index, generation));
                 self.ring.push(e);
             }
+            LinkIo::Quic { listener, handle } => {
+                e.io = LinkIo::Idle;
+                self.quic_link_abandon(listener, handle);
+            }
             LinkIo::Installing { .. } | LinkIo::Idle => {}
         }
         self.report_link(index);
@@ -256,6 +258,25 @@ impl Shard {
         let generation = e.generation;
         let url = e.link.url().clone();
         let deadline = self.now + e.link.opts.connect_timeout;
+        if let Endpoint::Quic(addr) = url {
+            let opts = e.link.opts.clone();
+            ShardMetrics::add(&self.metrics.link_attempts, 1);
+            match self.quic_link_start((index, generation), addr, &opts) {
+                Ok((listener, handle)) => {
+                    if let Some(e) = self.links.slab.get_mut(index as usize) {
+                        e.io = LinkIo::Quic { listener, handle };
+                    }
+                    let at = self.timers.tick(deadline);
+                    self.links.set_timer(index, at);
+                    self.report_link(index);
+                }
+                Err(err) => {
+                    self.report_link(index);
+                    self.link_failed(index, format!("{url}: {err}"));
+                }
+            }
+            return;
+        }
         match crate::sys::outbound_socket(&url) {
             Ok((fd, addr)) => {
                 let sqe = opcode::Connect::new(
@@ -368,77 +389,40 @@ impl Shard {
         }
     }
 
-    /// Register the connection of a link, client side, and start its handshake.
-    fn add_outbound_conn(
-        &mut self,
-        fixed: u32,
-        url: &Endpoint,
-        opts: &ConnectOptions,
-        link: (u32, u32),
-    ) -> u32 {
-        let transport = match url {
-            Endpoint::Tcp(_) => 0,
-            _ => 1,
+    /// The QUIC handshake of `link` ended: its Valkyrie connection begins.
+    pub(super) fn on_quic_link_connected(&mut self, link: (u32, u32), li: u8, h: u32) {
+        let Some(e) = self.links.live(link.0, link.1) else {
+            self.quic_link_abandon(li, h);
+            return;
         };
-        let config = opts
-            .protocol
-            .clone()
-            .unwrap_or_else(|| self.cfg.protocol.clone());
-        let proto = Connection::new(Side::Client, config, self.now, self.unix_now());
-        let tls = match (&opts.tls, url) {
-            (Some(cfg), Endpoint::Tcp(addr)) => {
-                let name = opts
-                    .tls_server_name
-                    .clone()
-                    .unwrap_or_else(|| addr.ip().to_string());
-                match TlsSession::client(cfg.clone(), &name) {
-                    Ok(t) => Some(Box::new(t)),
-                    Err(e) => {
-                        tracing::warn!(shard = self.id, error = %e, "tls client session not created");
-                        None
-                    }
+        if !matches!(e.io, LinkIo::Quic { listener, handle } if listener == li && handle == h) {
+            self.quic_link_abandon(li, h);
+            return;
+        }
+        let opts = e.link.opts.clone();
+        e.io = LinkIo::Idle;
+        match self.quic_link_open(li, h, link, &opts) {
+            Some(slot) => {
+                let generation = self.conns.get(slot).map_or(0, |c| c.generation);
+                if let Some(e) = self.links.live(link.0, link.1) {
+                    e.io = LinkIo::Conn { slot, generation };
                 }
             }
-            _ => None,
-        };
-        let opened_us = self.now_us();
-        let slot = self.conns.insert(|generation| Conn {
-            generation,
-            origin: crate::conn::origin(transport, crate::conn::NO_ENDPOINT),
-            life: Life::Open,
-            proto,
-            io: Io::Socket(Socket {
-                fixed,
-                recv: Recv::Armed,
-                send: SendState::Idle,
-                tls,
-            }),
-            connected: false,
-            fresh: false,
-            sniffing: false,
-            opened_us,
-            dirty: false,
-            held: false,
-            timer: None,
-            extra: Some(Box::new(Extra {
-                link: Some(link),
-                ..Extra::default()
-            })),
-        });
-        self.metrics.connections_active[transport as usize].fetch_add(1, Ordering::Relaxed);
-        if opts.tls.is_some() && matches!(url, Endpoint::Tcp(_)) {
-            let failed = self
-                .conns
-                .get(slot)
-                .is_some_and(|c| matches!(&c.io, Io::Socket(s) if s.tls.is_none()));
-            if failed && let Some(c) = self.conns.get_mut(slot) {
-                // Never talk in the clear where TLS was asked for.
-                c.proto.handle_eof(self.now);
-            }
+            None => self.link_failed(link.0, "no QUIC stream could be opened".into()),
         }
-        self.arm_recv(slot);
-        self.mark(slot);
-        slot
+    }
+
+    /// The QUIC handshake of `link` failed.
+    pub(super) fn on_quic_link_failed(&mut self, link: (u32, u32), error: String) {
+        let Some(e) = self.links.live(link.0, link.1) else {
+            return;
+        };
+        if !matches!(e.io, LinkIo::Quic { .. }) {
+            return;
+        }
+        e.io = LinkIo::Idle;
+        let url = e.link.url().clone();
+        self.link_failed(link.0, format!("{url}: {error}"));
     }
 
     /// A link's connection finished its handshake.
@@ -515,6 +499,12 @@ impl Shard {
                     self.ring.push(sqe);
                 }
                 LinkIo::Installing { .. } => {}
+                LinkIo::Quic { listener, handle } => {
+                    e.io = LinkIo::Idle;
+                    let url = e.link.url().clone();
+                    self.quic_link_abandon(listener, handle);
+                    self.link_failed(index, format!("{url}: QUIC handshake timed out"));
+                }
                 LinkIo::Conn {
                     slot,
                     generation: g,

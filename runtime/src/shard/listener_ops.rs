@@ -127,6 +127,10 @@ impl Shard {
         client_auth: bool,
     ) {
         for l in &mut self.quic.listeners {
+            if l.node_endpoint == crate::conn::NO_ENDPOINT {
+                // A client endpoint (the shard's QUIC links) accepts nothing.
+                continue;
+            }
             l.endpoint.set_server_config(Some(server.clone()));
             l.client_auth = client_auth;
         }

@@ -72,6 +72,9 @@ pub(super) struct QConn {
     pub(super) finished: Option<Instant>,
     /// Valkyrie streams on QUIC streams of their own (once both sides agreed).
     pub(super) uni: Option<Box<UniStreams>>,
+    /// The link (index, generation) whose attempt this is, until its handshake ends
+    /// (connections of the shard's client endpoint, `quic_link.rs`).
+    pub(super) link: Option<(u32, u32)>,
 }
 
 /// A connection's Valkyrie streams on unidirectional QUIC streams (docs/PROTOCOL.md §6.7):
@@ -133,6 +136,9 @@ pub(super) struct Quic {
     /// What a send holds while in flight: its index's segment size (for the EIO fallback).
     pub(super) send_segmented: Vec<bool>,
     pub(super) scratch: Vec<u8>,
+    /// The client endpoints of the shard's QUIC links (IPv4, IPv6): their index among the
+    /// listeners, made on first use.
+    pub(super) clients: [Option<u8>; 2],
     /// The protocol configuration QUIC connections use (the node's, offering
     /// `quic_streams`), and the node's it was made from.
     pub(super) protocol: Option<(
@@ -183,6 +189,7 @@ impl Quic {
             gso: true,
             send_segmented: Vec::new(),
             scratch: Vec::new(),
+            clients: [None, None],
             protocol: None,
         }
     }
@@ -309,6 +316,7 @@ impl Shard {
                     half_open: true,
                     finished: None,
                     uni: None,
+                    link: None,
                 }));
                 l.half_open += 1;
                 self.quic.mark(li, h.0 as u32);

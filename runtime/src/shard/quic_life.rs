@@ -61,12 +61,20 @@ impl Shard {
                     self.quic_gone(slot, generation);
                 }
             }
+            Event::Connected => {
+                // A link's handshake (the client endpoint's connections).
+                if let Some(link) = self.quic.conn(li, h).and_then(|q| q.link) {
+                    self.on_quic_link_connected(link, li, h);
+                }
+            }
             Event::ConnectionLost { reason } => {
                 tracing::debug!(shard = self.id, error = %reason, "quic connection lost");
-                if let Some(q) = self.quic.conn(li, h)
-                    && let Some((slot, generation)) = q.slot.take()
-                {
-                    self.quic_gone(slot, generation);
+                if let Some(q) = self.quic.conn(li, h) {
+                    if let Some(link) = q.link.take() {
+                        self.on_quic_link_failed(link, reason.to_string());
+                    } else if let Some((slot, generation)) = q.slot.take() {
+                        self.quic_gone(slot, generation);
+                    }
                 }
             }
             _ => {}
@@ -234,8 +242,9 @@ impl Shard {
     }
 }
 
-/// The verified identity of the client's certificate, if it presented one.
-fn peer_identity(conn: &quinn_proto::Connection) -> Option<String> {
+/// The verified identity of the peer's certificate (a client's, if it presented one; a
+/// server's always).
+pub(super) fn peer_identity(conn: &quinn_proto::Connection) -> Option<String> {
     let any = conn.crypto_session().peer_identity()?;
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
