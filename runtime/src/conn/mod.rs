@@ -134,6 +134,23 @@ pub(crate) struct QuicIo {
     pub(crate) main: valkyrie_protocol::splitter::FrameSplitter,
 }
 
+impl QuicIo {
+    /// Connection `handle` of QUIC endpoint `listener`; `early`: its bytes so far are 0-RTT
+    /// data, `hold_early`: left unread until the handshake is confirmed.
+    pub(crate) fn new(listener: u8, handle: u32, early: bool, hold_early: bool) -> QuicIo {
+        QuicIo {
+            listener,
+            handle,
+            pending: None,
+            blocked_since: None,
+            rx_held: false,
+            early,
+            hold_early,
+            main: Default::default(),
+        }
+    }
+}
+
 /// A connection's I/O.
 pub(crate) enum Io {
     /// TCP or Unix, through the ring.

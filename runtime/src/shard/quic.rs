@@ -99,6 +99,28 @@ pub(super) struct UniStreams {
     pub(super) readable: Vec<StreamId>,
 }
 
+impl QConn {
+    /// A connection the endpoint just made: `half_open` for an accepted one (counted until
+    /// its handshake ends), `link` for a link's attempt.
+    pub(super) fn new(
+        conn: quinn_proto::Connection,
+        half_open: bool,
+        link: Option<(u32, u32)>,
+    ) -> Box<QConn> {
+        Box::new(QConn {
+            conn,
+            slot: None,
+            stream: None,
+            dirty: false,
+            timer: None,
+            half_open,
+            finished: None,
+            uni: None,
+            link,
+        })
+    }
+}
+
 /// One `quic://` listener of a shard.
 pub(super) struct QuicListener {
     pub(super) fd: OwnedFd,
@@ -307,17 +329,7 @@ impl Shard {
                 if l.conns.len() <= h.0 {
                     l.conns.resize_with(h.0 + 1, || None);
                 }
-                l.conns[h.0] = Some(Box::new(QConn {
-                    conn,
-                    slot: None,
-                    stream: None,
-                    dirty: false,
-                    timer: None,
-                    half_open: true,
-                    finished: None,
-                    uni: None,
-                    link: None,
-                }));
+                l.conns[h.0] = Some(QConn::new(conn, true, None));
                 l.half_open += 1;
                 self.quic.mark(li, h.0 as u32);
             }

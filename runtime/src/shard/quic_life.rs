@@ -101,18 +101,10 @@ impl Shard {
             let identity = peer_identity(&q.conn);
             let client_auth = self.quic.listeners[li as usize].client_auth;
             let endpoint = self.quic.listeners[li as usize].node_endpoint;
-            let io = Io::Quic(Box::new(QuicIo {
-                listener: li,
-                handle: h,
-                pending: None,
-                blocked_since: None,
-                rx_held: false,
-                early,
-                // A listener that requires certificates reads nothing before the handshake
-                // has proved the client's (a resumed session may not carry it).
-                hold_early: early && client_auth && identity.is_none(),
-                main: Default::default(),
-            }));
+            // A listener that requires certificates reads nothing before the handshake has
+            // proved the client's (a resumed session may not carry it).
+            let hold_early = early && client_auth && identity.is_none();
+            let io = Io::Quic(Box::new(QuicIo::new(li, h, early, hold_early)));
             let slot = self.add_quic_conn(io, endpoint, identity);
             let generation = self.conns.get(slot).map_or(0, |c| c.generation);
             if let Some(q) = self.quic.conn(li, h) {

@@ -12,12 +12,11 @@ use quinn_proto::{Dir, Endpoint, EndpointConfig, VarInt};
 use valkyrie_protocol::{Connection, Side};
 
 use super::Shard;
-use super::quic::{CLOSED, QConn, QuicListener, UDP_BGID, UDP_BUF, UDP_BUFS};
+use super::quic::{CLOSED, QConn, QuicListener};
 use crate::conn::{Io, NO_ENDPOINT, QuicIo};
 use crate::link::ConnectOptions;
 use crate::quic::cid::ShardCids;
 use crate::quic::udp::RecvHeader;
-use crate::uring::BufRing;
 
 impl Shard {
     /// The client endpoint for `v4` or IPv6 addresses, made on first use: its index among
@@ -32,14 +31,7 @@ impl Shard {
                 "too many QUIC endpoints on this shard",
             ));
         }
-        if self.quic.bufs.is_none() {
-            self.quic.bufs = Some(BufRing::whole(
-                self.ring.inner(),
-                UDP_BGID,
-                UDP_BUFS,
-                UDP_BUF,
-            )?);
-        }
+        self.quic_bufs()?;
         let any: SocketAddr = if v4 {
             "0.0.0.0:0".parse().expect("an address")
         } else {
@@ -95,17 +87,7 @@ impl Shard {
         if l.conns.len() <= h.0 {
             l.conns.resize_with(h.0 + 1, || None);
         }
-        l.conns[h.0] = Some(Box::new(QConn {
-            conn,
-            slot: None,
-            stream: None,
-            dirty: false,
-            timer: None,
-            half_open: false,
-            finished: None,
-            uni: None,
-            link: Some(link),
-        }));
+        l.conns[h.0] = Some(QConn::new(conn, false, Some(link)));
         self.quic.mark(li, h.0 as u32);
         Ok((li, h.0 as u32))
     }
@@ -139,16 +121,7 @@ impl Shard {
         if let Some(id) = identity {
             proto.set_transport_identity(id);
         }
-        let io = Io::Quic(Box::new(QuicIo {
-            listener: li,
-            handle: h,
-            pending: None,
-            blocked_since: None,
-            rx_held: false,
-            early: false,
-            hold_early: false,
-            main: Default::default(),
-        }));
+        let io = Io::Quic(Box::new(QuicIo::new(li, h, false, false)));
         let slot = self.insert_outbound_conn(super::quic::QUIC, proto, io, link);
         let generation = self.conns.get(slot).map_or(0, |c| c.generation);
         if let Some(q) = self.quic.conn(li, h) {

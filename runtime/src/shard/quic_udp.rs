@@ -19,14 +19,22 @@ impl Shard {
         if self.quic.listeners.is_empty() {
             return Ok(());
         }
-        self.quic.bufs = Some(BufRing::whole(
-            self.ring.inner(),
-            UDP_BGID,
-            UDP_BUFS,
-            UDP_BUF,
-        )?);
+        self.quic_bufs()?;
         for li in 0..self.quic.listeners.len() {
             self.arm_udp_recv(li as u8);
+        }
+        Ok(())
+    }
+
+    /// The provided buffers every QUIC socket of the shard receives into (registered once).
+    pub(super) fn quic_bufs(&mut self) -> std::io::Result<()> {
+        if self.quic.bufs.is_none() {
+            self.quic.bufs = Some(BufRing::whole(
+                self.ring.inner(),
+                UDP_BGID,
+                UDP_BUFS,
+                UDP_BUF,
+            )?);
         }
         Ok(())
     }
