@@ -93,9 +93,11 @@ impl Shard {
         // One copy of the burst; each datagram is a view of it (QUIC decrypts in place).
         let mut all = BytesMut::from(got.payload);
         let (from, ecn) = (got.from, got.ecn);
+        // A client endpoint's socket is this shard's alone: nothing there is another's.
+        let shared = l.node_endpoint != crate::conn::NO_ENDPOINT;
         while !all.is_empty() {
             let d = all.split_to(seg.min(all.len()));
-            self.quic_datagram(li, from, ecn, d, true);
+            self.quic_datagram(li, from, ecn, d, shared);
         }
     }
 
