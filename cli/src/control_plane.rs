@@ -13,8 +13,8 @@ use valkyrie_runtime::Node;
 /// The control plane's flags.
 #[derive(clap::Args)]
 pub(crate) struct ControlPlaneArgs {
-    /// Listen URL (tcp://host:port, unix:///path, or quic://host:port with --tls-cert and
-    /// --tls-key); repeatable.
+    /// Listen URL (tcp://host:port, unix:///path, shm://name for agents on this host, or
+    /// quic://host:port with --tls-cert and --tls-key); repeatable.
     #[arg(long = "listen", default_value = "tcp://127.0.0.1:7420")]
     listen: Vec<String>,
     /// Where the store lives (created if missing): `DIR/jobs.db`, SQLite in WAL mode; and

@@ -65,7 +65,8 @@ impl std::fmt::Debug for ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options for `urls`, tried in order (at least one: `tcp://`, `unix://`, `quic://`).
+    /// Options for `urls`, tried in order (at least one: `tcp://`, `unix://`, `quic://`,
+    /// `shm://`).
     pub fn new<I, S>(urls: I) -> Result<ConnectOptions, EndpointError>
     where
         I: IntoIterator<Item = S>,

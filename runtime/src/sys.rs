@@ -163,6 +163,29 @@ pub(crate) fn tcp_listener(
 }
 
 /// The address of a Unix stream socket at `path`, and its length.
+/// A Unix socket address in the abstract namespace (a leading NUL, then `name`, no
+/// terminator).
+fn encode_abstract(name: &str) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = name.as_bytes();
+    if bytes.len() + 1 > sa.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "shared-memory name too long",
+        ));
+    }
+    for (d, s) in sa.sun_path[1..].iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len()) as libc::socklen_t;
+    let mut storage = sockaddr_storage();
+    // SAFETY: sockaddr_un (110 bytes) fits in sockaddr_storage (128).
+    unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sa) };
+    Ok((storage, len))
+}
+
 fn encode_unix(path: &Path) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain old data; all-zero is valid.
@@ -229,9 +252,16 @@ pub(crate) fn outbound_socket(
                 Box::new(ConnectAddr { storage, len }),
             ))
         }
-        Endpoint::Shm(_) | Endpoint::Quic(_) => Err(io::Error::new(
+        Endpoint::Shm(name) => {
+            let (storage, len) = encode_abstract(&valkyrie_shm::abstract_name(name))?;
+            Ok((
+                stream_socket(libc::AF_UNIX)?,
+                Box::new(ConnectAddr { storage, len }),
+            ))
+        }
+        Endpoint::Quic(_) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "a shard does not connect to shared memory or QUIC yet (the blocking Client does)",
+            "a QUIC link has no stream socket (the shard's QUIC endpoint dials it)",
         )),
     }
 }

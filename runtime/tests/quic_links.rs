@@ -6,96 +6,20 @@
 
 mod common;
 
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use common::link_caller::{Seen, node_a, wait_for};
 use valkyrie_protocol::retry::{ExponentialBackoff, Jitter};
 use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
-use valkyrie_protocol::{Config, Frame, MessageType, SecurityMode};
-use valkyrie_runtime::{ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Node, Reply, Service};
-
-/// What node A's service tells the test.
-#[derive(Debug)]
-enum Seen {
-    Link(LinkState),
-    Answer(String),
-}
-
-/// Node A's service: a link to `opts`; on every link up, one request asking who it is.
-struct Caller {
-    opts: ConnectOptions,
-    tx: mpsc::Sender<Seen>,
-}
-
-impl Service for Caller {
-    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
-        ctx.connect(self.opts.clone());
-    }
-
-    fn on_link(&mut self, ctx: &mut Ctx<'_>, _: LinkId, state: &LinkState) {
-        let _ = self.tx.send(Seen::Link(state.clone()));
-        if let LinkState::Up { conn, .. } = state {
-            let deadline = ctx.now() + Duration::from_secs(5);
-            ctx.request(
-                *conn,
-                101,
-                MessageType::JobRequest,
-                Bytes::from_static(b"who"),
-                deadline,
-            )
-            .expect("a request on a link that is up");
-        }
-    }
-
-    fn on_reply(&mut self, _: &mut Ctx<'_>, _: ConnRef, _: u32, reply: Reply) {
-        let text = match reply {
-            Reply::Answer(f) => String::from_utf8_lossy(&f.payload).into_owned(),
-            other => format!("{other:?}"),
-        };
-        let _ = self.tx.send(Seen::Answer(text));
-    }
-
-    fn on_frame(&mut self, _: &mut Ctx<'_>, _: ConnRef, _: Frame) {}
-}
+use valkyrie_protocol::{Config, SecurityMode};
+use valkyrie_runtime::{ConnectOptions, LinkState, Node};
 
 fn mtls_config(name: &str) -> Config {
     Config {
         security: vec![SecurityMode::Mtls],
         handshakes: vec![Arc::new(Mtls)],
         ..Config::new(name)
-    }
-}
-
-fn node_a(opts: ConnectOptions) -> (Node, mpsc::Receiver<Seen>) {
-    let (tx, rx) = mpsc::channel();
-    let node = Node::builder()
-        .without_listeners()
-        .shards(1)
-        .service(move |_| Caller {
-            opts: opts.clone(),
-            tx: tx.clone(),
-        })
-        .start()
-        .unwrap();
-    (node, rx)
-}
-
-/// Wait for what `want` picks out of A's reports (every report before it is passed over).
-fn wait_for<T>(
-    rx: &mpsc::Receiver<Seen>,
-    what: &str,
-    mut want: impl FnMut(&Seen) -> Option<T>,
-) -> T {
-    let t = Instant::now();
-    loop {
-        let left = Duration::from_secs(10).saturating_sub(t.elapsed());
-        let seen = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {what} in 10 s"));
-        if let Some(v) = want(&seen) {
-            return v;
-        }
     }
 }
 

@@ -59,4 +59,4 @@ pub use config::{ShmConfig, WaitMode};
 pub use error::{Result, ShmError};
 pub use layout::{MAX_CAPACITY, MIN_CAPACITY, max_frame_for};
 pub use listener::ShmListener;
-pub use stream::{FutexWord, ShmStream};
+pub use stream::{FutexWord, ShmStream, abstract_name};

@@ -29,7 +29,14 @@ enum Want {
 
 /// The abstract socket address a listener named `name` binds.
 pub(crate) fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(format!("valkyrie-shm/{name}").as_bytes())
+    SocketAddr::from_abstract_name(abstract_name(name).as_bytes())
+}
+
+/// The name in Linux's abstract Unix-socket namespace that a listener named `name` binds
+/// (for a connector that makes its own socket, such as an event loop's non-blocking one;
+/// then [`ShmStream::connect_over`] once the listener's offer is readable).
+pub fn abstract_name(name: &str) -> String {
+    format!("valkyrie-shm/{name}")
 }
 
 /// A futex word an event loop may wait on (with io_uring's `FUTEX_WAIT`, process-shared, 32

@@ -2,7 +2,8 @@
 //! (`TCP_NODELAY` for TCP), an io_uring `CONNECT`, a `FILES_UPDATE` that moves the connected
 //! socket into the ring's direct-descriptor table, and then a connection like an accepted
 //! one (client side of the protocol, TLS when the link has it; `link_conn.rs`) whose
-//! handshake ends the attempt; to a `quic://` URL, a QUIC handshake instead (`quic_link.rs`).
+//! handshake ends the attempt; to a `quic://` URL, a QUIC handshake instead (`quic_link.rs`);
+//! to a `shm://` URL, the listener's offer of a segment after the connect (`shm_link.rs`).
 //! The link's timer bounds the whole attempt and the waits between attempts.
 //!
 //! At most one operation is in flight per link; its socket and address stay in the link
@@ -39,6 +40,9 @@ enum LinkIo {
     /// The connected socket is being moved into the direct-descriptor table; the kernel
     /// writes the slot it took into `slot`.
     Installing { fd: OwnedFd, slot: Box<i32> },
+    /// A shared-memory listener's rendezvous socket, connected: a poll waits for its offer of
+    /// a segment (`shm_link.rs`).
+    ShmOffer { fd: OwnedFd },
     /// A QUIC handshake on the shard's client endpoint (`quic_link.rs`).
     Quic { listener: u8, handle: u32 },
     /// A connection of the table, in its handshake or established.
@@ -100,6 +104,14 @@ impl Links {
         self.slab
             .get_mut(index as usize)
             .filter(|e| e.generation == generation)
+    }
+
+    /// The options of live link `(index, generation)`.
+    pub(super) fn options(&self, (index, generation): (u32, u32)) -> Option<ConnectOptions> {
+        self.slab
+            .get(index as usize)
+            .filter(|e| e.generation == generation)
+            .map(|e| e.link.opts.clone())
     }
 
     /// Ask `link` to stop (the shard closes its connection or cancels its attempt).
@@ -211,6 +223,12 @@ impl Shard {
             }
             LinkIo::Connecting { .. } => {
                 let e = opcode::AsyncCancel::new(ud(Op::Connect, index, generation))
+                    .build()
+                    .user_data(ud(Op::Cancel, index, generation));
+                self.ring.push(e);
+            }
+            LinkIo::ShmOffer { .. } => {
+                let e = opcode::AsyncCancel::new(ud(Op::ShmOffer, index, generation))
                     .build()
                     .user_data(ud(Op::Cancel, index, generation));
                 self.ring.push(e);
@@ -340,6 +358,15 @@ impl Shard {
             self.link_failed(index, format!("{url}: {err}"));
             return;
         }
+        if matches!(e.link.url(), Endpoint::Shm(_)) {
+            // The listener offers a segment on the socket at once: wait for it to be readable.
+            let sqe = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(Op::ShmOffer, index, generation));
+            e.io = LinkIo::ShmOffer { fd };
+            self.ring.push(sqe);
+            return;
+        }
         // Move the socket into the direct-descriptor table; the kernel picks the slot.
         let slot = Box::new(fd.as_raw_fd());
         let sqe = opcode::FilesUpdate::new(&*slot as *const i32, 1)
@@ -386,6 +413,43 @@ impl Shard {
         }
         if stopped && let Some(c) = self.conns.get_mut(slot) {
             c.proto.close(0, "link disconnected");
+        }
+    }
+
+    /// The offer of link `index`'s shared-memory listener is readable (or its poll ended).
+    pub(super) fn on_link_shm_offer(&mut self, index: u32, generation: u32, res: i32) {
+        let Some(e) = self.links.live(index, generation) else {
+            return;
+        };
+        let stopped = matches!(e.link.state(), LinkState::Stopped { .. });
+        let LinkIo::ShmOffer { fd } = std::mem::replace(&mut e.io, LinkIo::Idle) else {
+            return;
+        };
+        if stopped {
+            self.release_link(index);
+            return;
+        }
+        let url = e.link.url().clone();
+        if res < 0 {
+            let err = if res == -libc::ECANCELED {
+                "no segment offered in time".to_owned()
+            } else {
+                std::io::Error::from_raw_os_error(-res).to_string()
+            };
+            self.link_failed(index, format!("{url}: {err}"));
+            return;
+        }
+        match self.shm_link_open(fd, (index, generation)) {
+            Ok(slot) => {
+                let conn_generation = self.conns.get(slot).map_or(0, |c| c.generation);
+                if let Some(e) = self.links.live(index, generation) {
+                    e.io = LinkIo::Conn {
+                        slot,
+                        generation: conn_generation,
+                    };
+                }
+            }
+            Err(err) => self.link_failed(index, format!("{url}: {err}")),
         }
     }
 
@@ -499,6 +563,13 @@ impl Shard {
                     self.ring.push(sqe);
                 }
                 LinkIo::Installing { .. } => {}
+                LinkIo::ShmOffer { .. } => {
+                    // Its completion (cancelled) fails the attempt.
+                    let sqe = opcode::AsyncCancel::new(ud(Op::ShmOffer, index, generation))
+                        .build()
+                        .user_data(ud(Op::Cancel, index, generation));
+                    self.ring.push(sqe);
+                }
                 LinkIo::Quic { listener, handle } => {
                     e.io = LinkIo::Idle;
                     let url = e.link.url().clone();

@@ -26,6 +26,7 @@ mod quic_link;
 mod quic_stream;
 mod quic_udp;
 mod shm;
+mod shm_link;
 mod socket;
 mod status_feed;
 mod timers;
@@ -404,6 +405,7 @@ impl Shard {
             }
             Ok(Op::Connect) => self.on_link_connect(slot, generation, res),
             Ok(Op::Install) => self.on_link_install(slot, generation, res),
+            Ok(Op::ShmOffer) => self.on_link_shm_offer(slot, generation, res),
             Ok(Op::Shutdown) => self.on_shutdown(slot, generation),
             Ok(Op::UdpRecv) => self.on_udp_recv(slot as u8, res, flags),
             Ok(Op::UdpSend) => self.on_udp_send(slot, res),

@@ -108,6 +108,9 @@ pub(crate) enum Op {
     UdpSend = 16,
     /// An UPGRADE's rendezvous: the client's connect, then its challenge.
     Upgrade = 17,
+    /// A shared-memory link's rendezvous socket: the listener's offer is readable (the slot
+    /// is the link's index).
+    ShmOffer = 18,
 }
 
 impl TryFrom<u8> for Op {
@@ -132,6 +135,7 @@ impl TryFrom<u8> for Op {
             15 => Op::UdpRecv,
             16 => Op::UdpSend,
             17 => Op::Upgrade,
+            18 => Op::ShmOffer,
             other => return Err(other),
         })
     }

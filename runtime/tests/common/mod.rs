@@ -2,6 +2,8 @@
 //! a free port. (Each binary uses part of it.)
 #![allow(dead_code, unreachable_pub)]
 
+pub mod link_caller;
+
 use valkyrie_protocol::{Frame, MessageType};
 use valkyrie_runtime::{ConnRef, Ctx, Node, Service};
 

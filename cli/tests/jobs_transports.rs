@@ -1,6 +1,8 @@
-//! Agents over QUIC: `valkyrie control-plane --listen quic://…` with a certificate made by
-//! `valkyrie keygen`, and `valkyrie agent --connect quic://… --tls-ca` — the agent's link is a
-//! QUIC connection from its shard's own endpoint; jobs run on it with their output complete.
+//! Agents over QUIC and over shared memory: `valkyrie control-plane --listen quic://…` with a
+//! certificate made by `valkyrie keygen`, and `valkyrie agent --connect quic://… --tls-ca` —
+//! the agent's link is a QUIC connection from its shard's own endpoint; `--listen shm://NAME`
+//! and `--connect shm://NAME,tcp://…` — the link maps the control plane's segment. Jobs run on
+//! them with their output complete.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -96,5 +98,34 @@ fn agents_reach_the_control_plane_over_quic_and_run_its_jobs() {
     assert!(
         quic_active.ends_with(" 2"),
         "two agents on QUIC: {quic_active:?}"
+    );
+}
+
+#[test]
+fn an_agent_on_the_control_planes_host_reaches_it_over_shared_memory() {
+    let name = format!("shm://jobs-shm-{}", std::process::id());
+    let listen = name.clone();
+    let c = Cluster::start_with("jobs-shm", 2000, move |_| vec!["--listen".into(), listen]);
+    // Shared memory first, the control plane's TCP port after it.
+    let urls = format!("{name},tcp://127.0.0.1:{}", c.port);
+    let _a = c.agent_to("local", &["linux"], 2, &urls);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.agents().iter().filter(|a| a["connected"] == true).count() < 1 {
+        assert!(Instant::now() < deadline, "agents: {:?}", c.agents());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = c.submit(&json!({"command": ["sh", "-c", "echo over the segment"]}));
+    let job = c.wait_state(&id, "succeeded", 30);
+    assert_eq!(job["attempts"][0]["agent"], "local", "{job}");
+    assert_eq!(lines_of(&c.logs(&id), "stdout"), ["over the segment"]);
+    let metrics = c.metrics();
+    let on_shm = metrics
+        .lines()
+        .find(|l| l.starts_with("valkyrie_connections_active") && l.contains("\"shm\""))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        on_shm.ends_with(" 1"),
+        "the agent on shared memory: {on_shm:?}"
     );
 }
