@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::link_caller::{Seen, node_a, wait_for};
+use common::link_caller::{Seen, node_a, wait_answer, wait_failure, wait_for, wait_up};
 use valkyrie_protocol::retry::{ExponentialBackoff, Jitter};
 use valkyrie_protocol::security::mtls::{self, DevPki, Mtls};
 use valkyrie_protocol::{Config, SecurityMode};
@@ -54,15 +54,8 @@ fn a_link_dials_quic_with_mtls_and_comes_back_after_the_listener_reopens() {
                 .with_jitter(Jitter::Equal),
         );
     let (a, rx) = node_a(opts);
-    let url = wait_for(&rx, "link up", |s| match s {
-        Seen::Link(LinkState::Up { url, .. }) => Some(url.to_string()),
-        _ => None,
-    });
-    assert_eq!(url, quic);
-    let answer = wait_for(&rx, "answer", |s| match s {
-        Seen::Answer(a) => Some(a.clone()),
-        _ => None,
-    });
+    assert_eq!(wait_up(&rx).to_string(), quic);
+    let answer = wait_answer(&rx);
     assert_eq!(answer, "who from x509:agent-9");
 
     // B's QUIC listener closes: the link is sent away and its attempts are refused.
@@ -78,13 +71,8 @@ fn a_link_dials_quic_with_mtls_and_comes_back_after_the_listener_reopens() {
     );
 
     b.open_listener(&quic).unwrap();
-    wait_for(&rx, "link up again", |s| {
-        matches!(s, Seen::Link(LinkState::Up { .. })).then_some(())
-    });
-    let answer = wait_for(&rx, "answer", |s| match s {
-        Seen::Answer(a) => Some(a.clone()),
-        _ => None,
-    });
+    wait_up(&rx);
+    let answer = wait_answer(&rx);
     assert_eq!(answer, "who from x509:agent-9");
     a.shutdown();
     a.join();
@@ -115,11 +103,7 @@ fn a_link_to_an_untrusted_quic_node_says_why() {
         )
         .connect_timeout(Duration::from_secs(2));
     let (a, rx) = node_a(opts);
-    let error = wait_for(&rx, "a failed attempt", |s| match s {
-        Seen::Link(LinkState::Waiting { error, .. }) => Some(error.clone()),
-        Seen::Link(LinkState::Up { .. }) => panic!("a node with an untrusted certificate"),
-        _ => None,
-    });
+    let error = wait_failure(&rx);
     assert!(error.contains("certificate"), "{error}");
     a.shutdown();
     a.join();

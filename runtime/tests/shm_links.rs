@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::link_caller::{Seen, node_a, wait_for};
+use common::link_caller::{node_a, wait_answer, wait_failure, wait_up};
 use valkyrie_protocol::retry::{ExponentialBackoff, Jitter};
-use valkyrie_runtime::{ConnectOptions, Endpoint, LinkState, Node};
+use valkyrie_runtime::{ConnectOptions, Endpoint, Node};
 
 #[test]
 fn a_link_over_shared_memory_is_answered_and_fails_over_to_tcp() {
@@ -33,30 +33,18 @@ fn a_link_over_shared_memory_is_answered_and_fails_over_to_tcp() {
                 .with_jitter(Jitter::Equal),
         );
     let (a, rx) = node_a(opts);
-    let url = wait_for(&rx, "link up", |s| match s {
-        Seen::Link(LinkState::Up { url, .. }) => Some(url.clone()),
-        _ => None,
-    });
+    let url = wait_up(&rx);
     assert!(matches!(url, Endpoint::Shm(_)), "{url}");
-    let answer = wait_for(&rx, "answer", |s| match s {
-        Seen::Answer(a) => Some(a.clone()),
-        _ => None,
-    });
+    let answer = wait_answer(&rx);
     assert_eq!(answer, "who from ", "answered over the segment");
     let held: i64 = b.shard_metrics().iter().map(|m| m.connections()).sum();
     assert_eq!(held, 1, "B holds the link's connection");
 
     // B's shared-memory listener closes: the link is sent away and moves to TCP.
     b.close_listener(&shm).unwrap();
-    let url = wait_for(&rx, "link up on TCP", |s| match s {
-        Seen::Link(LinkState::Up { url, .. }) => Some(url.clone()),
-        _ => None,
-    });
+    let url = wait_up(&rx);
     assert_eq!(url.to_string(), tcp);
-    let answer = wait_for(&rx, "answer over TCP", |s| match s {
-        Seen::Answer(a) => Some(a.clone()),
-        _ => None,
-    });
+    let answer = wait_answer(&rx);
     assert_eq!(answer, "who from ");
     a.shutdown();
     a.join();
@@ -70,11 +58,7 @@ fn a_link_to_a_name_nobody_listens_on_says_so() {
         .unwrap()
         .connect_timeout(Duration::from_secs(2));
     let (a, rx) = node_a(opts);
-    let error = wait_for(&rx, "a failed attempt", |s| match s {
-        Seen::Link(LinkState::Waiting { error, .. }) => Some(error.clone()),
-        Seen::Link(LinkState::Up { .. }) => panic!("up on a name nobody listens on"),
-        _ => None,
-    });
+    let error = wait_failure(&rx);
     assert!(error.contains("refused"), "{error}");
     a.shutdown();
     a.join();

@@ -83,3 +83,28 @@ pub fn wait_for<T>(
         }
     }
 }
+
+/// The URL of the next connection the link brings up.
+pub fn wait_up(rx: &mpsc::Receiver<Seen>) -> valkyrie_runtime::Endpoint {
+    wait_for(rx, "link up", |s| match s {
+        Seen::Link(LinkState::Up { url, .. }) => Some(url.clone()),
+        _ => None,
+    })
+}
+
+/// The next answer to the service's question.
+pub fn wait_answer(rx: &mpsc::Receiver<Seen>) -> String {
+    wait_for(rx, "answer", |s| match s {
+        Seen::Answer(a) => Some(a.clone()),
+        _ => None,
+    })
+}
+
+/// The error of the next failed attempt (the link must not come up first).
+pub fn wait_failure(rx: &mpsc::Receiver<Seen>) -> String {
+    wait_for(rx, "a failed attempt", |s| match s {
+        Seen::Link(LinkState::Waiting { error, .. }) => Some(error.clone()),
+        Seen::Link(LinkState::Up { url, .. }) => panic!("up on {url}"),
+        _ => None,
+    })
+}
