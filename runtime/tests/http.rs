@@ -41,8 +41,9 @@ impl Service for Web {
         if frame.msg_type() == MessageType::JobRequest {
             let _ = ctx.respond(conn, &frame.header, MessageType::JobAccept, frame.payload);
         } else if frame.msg_type() == MessageType::AlertNotification {
-            // A service that blocks its shard: what /healthz is for.
-            std::thread::sleep(Duration::from_millis(2500));
+            // A service that blocks its shard: what /healthz is for. Longer than the test
+            // asks for: an answer from the stuck shard once it is free again would say healthy.
+            std::thread::sleep(Duration::from_millis(5000));
         }
     }
 
@@ -465,7 +466,7 @@ fn healthz_tells_a_stuck_shard_from_a_sleeping_one() {
     std::thread::sleep(Duration::from_millis(1200));
     let (code, body) = curl(&[&format!("{base}/healthz")]);
     assert_eq!(code, 200, "{body}");
-    // One shard's service blocks it for 2.5 s.
+    // One shard's service blocks it for 5 s.
     let mut c = Client::connect(&n.url()).unwrap();
     c.send(
         3,
@@ -475,18 +476,21 @@ fn healthz_tells_a_stuck_shard_from_a_sleeping_one() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1300));
-    // Asked of the other shard (a connection that lands on the stuck one waits: try again).
+    // Asked of the other shard: a connection that lands on the stuck one waits (0), and one
+    // asked before the stuck shard's last turn is a second old (a loaded machine may start the
+    // block late) still hears 200 — try again, for up to 3 s, well before the block ends.
     let t0 = Instant::now();
     let body = loop {
-        let (code, body) = curl(&["--max-time", "0.3", &format!("{base}/healthz")]);
-        if code != 0 {
-            assert_eq!(code, 503, "{body}");
+        let (code, body) = curl(&["--max-time", "0.25", &format!("{base}/healthz")]);
+        if code == 503 {
             break body;
         }
+        assert!(code == 0 || code == 200, "{code}: {body}");
         assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "every connection met the stuck shard"
+            t0.elapsed() < Duration::from_secs(3),
+            "no shard seen stuck (last answer {code}: {body})"
         );
+        std::thread::sleep(Duration::from_millis(20));
     };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["healthy"], false);
