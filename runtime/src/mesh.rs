@@ -54,7 +54,9 @@ pub(crate) enum MeshMsg {
 /// A forwarded QUIC datagram: the listener (its index in the shards' QUIC listeners), the
 /// sender, its ECN bits, its bytes.
 pub(crate) struct Forwarded {
-    pub(crate) listener: u8,
+    /// The node endpoint of the listener it came to (the shards' listener lists may differ:
+    /// one opened while the node runs, a client endpoint made on first use).
+    pub(crate) endpoint: u8,
     pub(crate) from: std::net::SocketAddr,
     pub(crate) ecn: Option<u8>,
     pub(crate) data: bytes::BytesMut,
@@ -93,6 +95,14 @@ pub(crate) enum ListenerCommand {
     /// Admit new connections again on the QUIC listener of node endpoint `endpoint` (its
     /// socket stayed open for the connections it was ending).
     Resume { endpoint: u8 },
+    /// A new QUIC listener for node endpoint `endpoint`: this shard's UDP socket and the
+    /// handshake configuration every shard shares.
+    OpenQuic {
+        endpoint: u8,
+        fd: OwnedFd,
+        server: Arc<quinn_proto::ServerConfig>,
+        client_auth: bool,
+    },
     /// New TLS for the QUIC listeners' new connections (a reload): the handshake
     /// configuration, made once for every shard, and whether it asks for client certificates.
     QuicTls {

@@ -345,7 +345,7 @@ impl Node {
                         };
                         socks.push(crate::shard::quic::QuicSetup {
                             fd,
-                            server: server.clone(),
+                            server: Some(server.clone()),
                             client_auth,
                             endpoint: index,
                         });

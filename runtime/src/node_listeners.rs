@@ -35,8 +35,8 @@ impl Node {
     }
 
     /// Listen on `url` again after [`Node::close_listener`], or on a new endpoint (TCP, Unix,
-    /// shared memory; a `quic://` endpoint only among those the node started with) while the
-    /// node runs. Returns the endpoint as bound.
+    /// shared memory, or QUIC with the node's QUIC TLS) while the node runs. Returns the
+    /// endpoint as bound.
     pub fn open_listener(&mut self, url: &str) -> io::Result<Endpoint> {
         let ep: Endpoint = url
             .parse()
@@ -56,18 +56,18 @@ impl Node {
             self.listening[i] = true;
             return Ok(self.endpoints[i].clone());
         }
-        if let Endpoint::Quic(_) = ep {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a quic:// endpoint is opened when the node starts (NodeBuilder::listen)",
-            ));
-        }
         let index = known.unwrap_or(self.endpoints.len());
         if index >= crate::conn::NO_ENDPOINT as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a node opens at most 31 endpoints while it runs",
             ));
+        }
+        if let Endpoint::Quic(_) = ep {
+            let bound = self.open_quic_listener(&ep, index as u8)?;
+            self.endpoints.push(bound.clone());
+            self.listening.push(true);
+            return Ok(bound);
         }
         // A closed endpoint binds its old address again (a TCP port chosen at start stays).
         let target = known.map_or(ep, |i| self.endpoints[i].clone());
@@ -85,6 +85,40 @@ impl Node {
             self.listening.push(true);
         } else {
             self.listening[index] = true;
+        }
+        Ok(bound)
+    }
+
+    /// Bind a new `quic://` endpoint on every shard (`SO_REUSEPORT`, one socket each) with
+    /// the node's QUIC TLS, and hand each shard its socket.
+    fn open_quic_listener(&self, ep: &Endpoint, index: u8) -> io::Result<Endpoint> {
+        let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (tls, client_auth) = match (&cfg.quic_tls, &cfg.tls) {
+            (Some(t), _) => (t.clone(), cfg.quic_client_auth),
+            (None, Some(t)) => (t.clone(), true),
+            (None, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"),
+                ));
+            }
+        };
+        let server = crate::quic::server_config(&tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let t = crate::transport::for_endpoint(ep);
+        let first = t.listen(ep, true, 0)?;
+        let bound = Endpoint::Quic(crate::transport::local_addr(&first)?);
+        let mut fds = vec![first];
+        for _ in 1..self.wakers.len() {
+            fds.push(t.listen(&bound, true, 0)?);
+        }
+        for (w, fd) in self.wakers.iter().zip(fds) {
+            w.command(ListenerCommand::OpenQuic {
+                endpoint: index,
+                fd,
+                server: server.clone(),
+                client_auth,
+            });
         }
         Ok(bound)
     }

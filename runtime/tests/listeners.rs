@@ -5,7 +5,8 @@
 //! is closed the client keeps probing it (every two heartbeat intervals of its calls) and
 //! stays on TCP; when it opens again the client moves back. With QUIC beside TCP, the
 //! selector ranks QUIC first, and leaves a closed QUIC listener (which refuses new clients
-//! at once) for TCP the same way.
+//! at once) for TCP the same way. A QUIC listener opened on a running node serves, forwards
+//! a moving client's datagrams between its shards' sockets, and closes alone.
 
 mod common;
 
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use valkyrie_protocol::MessageType;
 use valkyrie_protocol::security::mtls::{self, DevPki};
+use valkyrie_runtime::quic::QuicSocket;
+use valkyrie_runtime::transport::ClientSocket;
 use valkyrie_runtime::{Client, ClientConfig, Node};
 
 fn ask(c: &mut Client, n: u32) {
@@ -233,5 +236,66 @@ fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp()
         "{n} requests, every one answered ({} sent again); back on QUIC {:?} after it opened",
         c.retried(),
         t.elapsed()
+    );
+}
+
+#[test]
+fn a_quic_listener_opened_on_a_running_node_serves_and_forwards() {
+    let pki = DevPki::generate(&["node-a"], &[]).unwrap();
+    let tls =
+        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
+            .unwrap();
+    // Started with TCP alone; its QUIC TLS waits for a QUIC endpoint.
+    let mut node = Node::builder()
+        .listen("tcp://127.0.0.1:0")
+        .unwrap()
+        .quic_tls(tls, false)
+        .shards(2)
+        .service(|_| common::Accept)
+        .start()
+        .unwrap();
+    let bound = node.open_listener("quic://127.0.0.1:0").unwrap();
+    assert!(node.is_listening(&bound));
+    let addr = match &bound {
+        valkyrie_runtime::url::Endpoint::Quic(a) => *a,
+        other => panic!("{other}"),
+    };
+    let client_tls = mtls::server_only_client_config(&pki.ca_pem).unwrap();
+    let cfg = ClientConfig {
+        tls: Some(client_tls.clone()),
+        tls_server_name: Some("node-a".into()),
+        ..ClientConfig::default()
+    };
+    let mut clients: Vec<Client> = (0..6)
+        .map(|_| Client::connect_with(&bound.to_string(), cfg.clone()).unwrap())
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        ask(c, i as u32);
+    }
+    // A client whose port changes lands on either shard's socket of the new listener: what
+    // reaches the other one is forwarded to the connection's owner.
+    let quic = valkyrie_runtime::quic::client_config(&client_tls).unwrap();
+    let sock = QuicSocket::connect(addr, "node-a", quic, Duration::from_secs(5)).unwrap();
+    let mut moving =
+        Client::over(ClientSocket::Quic(Box::new(sock)), ClientConfig::default()).unwrap();
+    for n in 0..16 {
+        let ClientSocket::Quic(q) = moving.socket_mut() else {
+            unreachable!()
+        };
+        q.rebind().unwrap();
+        ask(&mut moving, 100 + n);
+    }
+    let forwarded: u64 = node
+        .shard_metrics()
+        .iter()
+        .map(|m| m.quic_forwarded())
+        .sum();
+    assert!(forwarded > 0, "16 new ports and nothing forwarded");
+    // And it closes alone, like the others.
+    node.close_listener(&bound.to_string()).unwrap();
+    assert!(Client::connect_with(&bound.to_string(), cfg).is_err());
+    ask(
+        &mut Client::connect(&node.endpoints()[0].to_string()).unwrap(),
+        200,
     );
 }

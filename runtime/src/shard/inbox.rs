@@ -65,7 +65,16 @@ impl Shard {
             }
             MeshMsg::Datagram(d) => {
                 let ecn = d.ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
-                self.quic_datagram(d.listener, d.from, ecn, d.data, false);
+                // The owner's listener of the same endpoint (client endpoints are never shared).
+                if let Some(li) = self
+                    .quic
+                    .listeners
+                    .iter()
+                    .position(|l| l.node_endpoint == d.endpoint)
+                    .filter(|_| d.endpoint != crate::conn::NO_ENDPOINT)
+                {
+                    self.quic_datagram(li as u8, d.from, ecn, d.data, false);
+                }
             }
             MeshMsg::User { from, msg } => {
                 let (service, mut ctx) = self.ctx();

@@ -31,6 +31,17 @@ impl Shard {
                     fd,
                 } => self.open_listener(endpoint, transport, fd),
                 ListenerCommand::Resume { endpoint } => self.resume_quic_listener(endpoint),
+                ListenerCommand::OpenQuic {
+                    endpoint,
+                    fd,
+                    server,
+                    client_auth,
+                } => self.open_quic_listener(super::quic::QuicSetup {
+                    fd,
+                    server: Some(server),
+                    client_auth,
+                    endpoint,
+                }),
                 ListenerCommand::QuicTls {
                     server,
                     client_auth,
@@ -104,6 +115,23 @@ impl Shard {
         if !self.listeners.paused {
             self.arm_accepts();
         }
+    }
+
+    /// A `quic://` endpoint opened while the node runs: this shard's socket on it.
+    fn open_quic_listener(&mut self, setup: super::quic::QuicSetup) {
+        if self.shutdown_deadline.is_some() || self.quic.listeners.len() >= usize::from(u8::MAX) {
+            return;
+        }
+        if let Err(e) = self.quic_bufs() {
+            tracing::warn!(shard = self.id, error = %e, "QUIC receive buffers");
+            return;
+        }
+        let endpoint = setup.endpoint;
+        let li = self.quic.listeners.len() as u8;
+        let l = super::quic::QuicListener::new(self.id, &self.quic.key, setup);
+        self.quic.listeners.push(l);
+        self.arm_udp_recv(li);
+        tracing::info!(shard = self.id, endpoint, "QUIC listener opened");
     }
 
     fn resume_quic_listener(&mut self, endpoint: u8) {

@@ -140,6 +140,28 @@ pub(super) struct QuicListener {
     pub(super) accepting: bool,
 }
 
+impl QuicListener {
+    /// Shard `shard`'s endpoint on `s.fd`: connection ids that name the shard (keyed by
+    /// `key`), `s.server` to accept with (`None`: a client endpoint, which accepts nothing).
+    pub(super) fn new(shard: usize, key: &CidKey, s: QuicSetup) -> QuicListener {
+        let k = key.clone();
+        let mut ec = EndpointConfig::default();
+        ec.cid_generator(move || Box::new(ShardCids::new(shard, k.clone())));
+        let accepting = s.server.is_some();
+        QuicListener {
+            fd: s.fd,
+            endpoint: Endpoint::new(Arc::new(ec), s.server, true, None),
+            hdr: RecvHeader::new(),
+            armed: false,
+            conns: Vec::new(),
+            half_open: 0,
+            client_auth: s.client_auth,
+            node_endpoint: s.endpoint,
+            accepting,
+        }
+    }
+}
+
 /// A shard's QUIC state.
 pub(super) struct Quic {
     pub(super) listeners: Vec<QuicListener>,
@@ -172,7 +194,8 @@ pub(super) struct Quic {
 /// A listener for a shard: its socket and the configuration of its handshakes.
 pub(crate) struct QuicSetup {
     pub(crate) fd: OwnedFd,
-    pub(crate) server: Arc<quinn_proto::ServerConfig>,
+    /// `None`: a client endpoint (the shard's QUIC links).
+    pub(crate) server: Option<Arc<quinn_proto::ServerConfig>>,
     pub(crate) client_auth: bool,
     /// The node endpoint (its index in `Node::endpoints`).
     pub(crate) endpoint: u8,
@@ -182,22 +205,7 @@ impl Quic {
     pub(super) fn new(shard: usize, setups: Vec<QuicSetup>, key: CidKey) -> Quic {
         let listeners = setups
             .into_iter()
-            .map(|s| {
-                let k = key.clone();
-                let mut ec = EndpointConfig::default();
-                ec.cid_generator(move || Box::new(ShardCids::new(shard, k.clone())));
-                QuicListener {
-                    fd: s.fd,
-                    endpoint: Endpoint::new(Arc::new(ec), Some(s.server), true, None),
-                    hdr: RecvHeader::new(),
-                    armed: false,
-                    conns: Vec::new(),
-                    half_open: 0,
-                    client_auth: s.client_auth,
-                    node_endpoint: s.endpoint,
-                    accepting: true,
-                }
-            })
+            .map(|s| QuicListener::new(shard, &key, s))
             .collect();
         Quic {
             listeners,
@@ -255,8 +263,13 @@ impl Shard {
             && owner != self.id
         {
             if self.mesh.reaches(owner) {
+                let endpoint = self
+                    .quic
+                    .listeners
+                    .get(li as usize)
+                    .map_or(crate::conn::NO_ENDPOINT, |l| l.node_endpoint);
                 let msg = MeshMsg::Datagram(Box::new(crate::mesh::Forwarded {
-                    listener: li,
+                    endpoint,
                     from,
                     ecn: ecn.map(|e| e as u8),
                     data,

@@ -5,18 +5,15 @@
 //! stream it opens. `links.rs` keeps the link's state; this file does the QUIC part.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn_proto::{Dir, Endpoint, EndpointConfig, VarInt};
+use quinn_proto::{Dir, VarInt};
 use valkyrie_protocol::{Connection, Side};
 
 use super::Shard;
-use super::quic::{CLOSED, QConn, QuicListener};
+use super::quic::{CLOSED, QConn, QuicListener, QuicSetup};
 use crate::conn::{Io, NO_ENDPOINT, QuicIo};
 use crate::link::ConnectOptions;
-use crate::quic::cid::ShardCids;
-use crate::quic::udp::RecvHeader;
 
 impl Shard {
     /// The client endpoint for `v4` or IPv6 addresses, made on first use: its index among
@@ -38,21 +35,15 @@ impl Shard {
             "[::]:0".parse().expect("an address")
         };
         let fd = crate::quic::udp::bind(&any, false)?;
-        let (shard, key) = (self.id, self.quic.key.clone());
-        let mut ec = EndpointConfig::default();
-        ec.cid_generator(move || Box::new(ShardCids::new(shard, key.clone())));
         let li = self.quic.listeners.len() as u8;
-        self.quic.listeners.push(QuicListener {
+        let setup = QuicSetup {
             fd,
-            endpoint: Endpoint::new(Arc::new(ec), None, true, None),
-            hdr: RecvHeader::new(),
-            armed: false,
-            conns: Vec::new(),
-            half_open: 0,
+            server: None,
             client_auth: false,
-            node_endpoint: NO_ENDPOINT,
-            accepting: false,
-        });
+            endpoint: NO_ENDPOINT,
+        };
+        let l = QuicListener::new(self.id, &self.quic.key, setup);
+        self.quic.listeners.push(l);
         self.quic.clients[family] = Some(li);
         self.arm_udp_recv(li);
         Ok(li)
