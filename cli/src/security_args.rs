@@ -20,6 +20,13 @@ pub(crate) struct SecurityArgs {
     /// node's certificate and presents none.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// QUIC listeners only: our certificate chain, PEM (default: --tls-cert). With it the TCP
+    /// listeners stay as --security and --tls-cert leave them (plain HTTP keeps working).
+    #[arg(long)]
+    quic_cert: Option<std::path::PathBuf>,
+    /// QUIC listeners only: our private key, PEM (default: --tls-key).
+    #[arg(long)]
+    quic_key: Option<std::path::PathBuf>,
     /// mtls client: the name the server's certificate must carry (default: its IP address).
     #[arg(long)]
     pub(crate) tls_server_name: Option<String>,
@@ -205,9 +212,9 @@ impl SecurityArgs {
         Ok(Some(valkyrie_runtime::keys::tls_server(c, k, a)?))
     }
 
-    /// TLS for a node's `quic://` listeners (QUIC always has it): --tls-cert and --tls-key,
-    /// and with --tls-ca client certificates are required (`mtls`). The flag says whether
-    /// they are.
+    /// TLS for a node's `quic://` listeners (QUIC always has it): --quic-cert and --quic-key
+    /// (else --tls-cert and --tls-key), and with --tls-ca client certificates are required
+    /// (`mtls`). The flag says whether they are.
     pub(crate) fn quic_server(
         &self,
     ) -> Result<
@@ -217,8 +224,10 @@ impl SecurityArgs {
         ),
         Box<dyn std::error::Error>,
     > {
-        let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) else {
-            return Err("a quic:// listener needs --tls-cert and --tls-key (and --tls-ca to require client certificates)".into());
+        let cert = self.quic_cert.as_ref().or(self.tls_cert.as_ref());
+        let key = self.quic_key.as_ref().or(self.tls_key.as_ref());
+        let (Some(c), Some(k)) = (cert, key) else {
+            return Err("a quic:// listener needs --quic-cert and --quic-key, or --tls-cert and --tls-key (and --tls-ca to require client certificates)".into());
         };
         Ok(match &self.tls_ca {
             Some(a) => (valkyrie_runtime::keys::tls_server(c, k, a)?, true),

@@ -54,9 +54,10 @@ fn agents_reach_the_control_plane_over_quic_and_run_its_jobs() {
         vec![
             "--listen".into(),
             listen,
-            "--tls-cert".into(),
+            // QUIC's certificate alone: the TCP listener (the HTTP API) stays plain.
+            "--quic-cert".into(),
             dir.join("plane.crt").display().to_string(),
-            "--tls-key".into(),
+            "--quic-key".into(),
             dir.join("plane.key").display().to_string(),
         ]
     });

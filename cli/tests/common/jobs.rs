@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::free_port;
+use super::{curl, free_port};
 
 /// A process killed (SIGKILL) and reaped when dropped.
 pub struct Proc(pub Child);
@@ -58,8 +58,6 @@ pub struct Cluster {
     pub plane_args: Vec<String>,
     /// A bearer token for its HTTP API (a secured control plane).
     pub bearer: Option<String>,
-    /// Its TCP listener speaks TLS (it was given `--tls-cert`): HTTPS, the test CA unchecked.
-    pub https: bool,
     plane: Option<Proc>,
 }
 
@@ -120,14 +118,12 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let plane_args = args(&dir);
-        let https = plane_args.iter().any(|a| a == "--tls-cert");
         let mut c = Cluster {
             dir,
             port: free_port(),
             lease_ms,
             plane_args,
             bearer: None,
-            https,
             plane: None,
         };
         c.restart_plane();
@@ -150,7 +146,7 @@ impl Cluster {
         args.extend(self.plane_args.iter().cloned());
         self.plane = Some(spawn(&args, &self.dir.join("control-plane.log")));
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.curl(&[], "/readyz").0 != 200 {
+        while curl(self.port, &[], "/readyz").0 != 200 {
             assert!(
                 Instant::now() < deadline,
                 "the control plane did not become ready"
@@ -220,17 +216,8 @@ impl Cluster {
         if let Some(a) = &auth {
             all.extend(["-H", a.as_str()]);
         }
-        if self.https {
-            all.push("-k");
-        }
         all.extend_from_slice(args);
-        super::curl_url(&format!("{}{path}", self.base()), &all)
-    }
-
-    /// `http://127.0.0.1:PORT`, or https.
-    fn base(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        curl(self.port, &all, path)
     }
 
     /// The raw body of a GET (with the bearer token).
@@ -240,10 +227,10 @@ impl Cluster {
         if let Some(t) = &self.bearer {
             cmd.args(["-H", &format!("authorization: Bearer {t}")]);
         }
-        if self.https {
-            cmd.arg("-k");
-        }
-        let out = cmd.arg(format!("{}{path}", self.base())).output().unwrap();
+        let out = cmd
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -289,7 +276,15 @@ impl Cluster {
 
     /// The job's stored output, parsed.
     pub fn logs(&self, id: &str) -> Vec<Value> {
-        self.get_text(&format!("/api/v1/jobs/{id}/logs"))
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!(
+                "http://127.0.0.1:{}/api/v1/jobs/{id}/logs",
+                self.port
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()

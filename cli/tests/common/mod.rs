@@ -63,15 +63,10 @@ pub fn curl(port: u16, args: &[&str], path: &str) -> (u16, serde_json::Value) {
 
 /// The same against `addr` (`HOST:PORT`).
 pub fn curl_at(addr: &str, args: &[&str], path: &str) -> (u16, serde_json::Value) {
-    curl_url(&format!("http://{addr}{path}"), args)
-}
-
-/// The same against a whole URL (`https://…` with `-k` for a test certificate).
-pub fn curl_url(url: &str, args: &[&str]) -> (u16, serde_json::Value) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
         .args(args)
-        .arg(url)
+        .arg(format!("http://{addr}{path}"))
         .output()
         .expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
