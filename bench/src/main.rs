@@ -16,6 +16,7 @@ mod jobs_plane;
 mod jobs_postgres;
 mod latency;
 mod memory;
+mod node_to_node;
 mod peers;
 mod pipeline;
 mod plot;
