@@ -51,6 +51,10 @@ pub struct ConnectOptions {
     pub breaker: CircuitBreaker,
     /// Connect again when an established connection ends (default true).
     pub reconnect: bool,
+    /// While up on another URL than the first, look at the first this often and move back
+    /// to it when it answers and no request is in flight (default: never; TCP, Unix and
+    /// shared-memory first URLs).
+    pub reprobe: Option<Duration>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -92,6 +96,7 @@ impl ConnectOptions {
                 .with_jitter(Jitter::Full),
             breaker: CircuitBreaker::new(10, Duration::from_secs(2), 1),
             reconnect: true,
+            reprobe: None,
         })
     }
 
@@ -134,6 +139,13 @@ impl ConnectOptions {
     /// Builder-style: whether to connect again when an established connection ends.
     pub fn reconnect(mut self, on: bool) -> Self {
         self.reconnect = on;
+        self
+    }
+
+    /// Builder-style: move back to the first URL when it answers again, looking every
+    /// `every` while up on another (see [`ConnectOptions::reprobe`]).
+    pub fn reprobe(mut self, every: Duration) -> Self {
+        self.reprobe = Some(every);
         self
     }
 }
@@ -190,6 +202,9 @@ pub(crate) enum Next {
 /// One link's connect and reconnect logic.
 pub(crate) struct Link {
     pub(crate) opts: ConnectOptions,
+    /// The URLs in the order they were given (`opts.urls` turns when a peer sends the link
+    /// away).
+    home: Vec<Endpoint>,
     /// The URL of the current (or next) attempt.
     url: usize,
     /// Consecutive failed attempts.
@@ -201,6 +216,7 @@ impl Link {
     pub(crate) fn new(opts: ConnectOptions) -> Link {
         let url = opts.urls[0].clone();
         Link {
+            home: opts.urls.clone(),
             opts,
             url: 0,
             failures: 0,
@@ -320,6 +336,29 @@ impl Link {
         self.begin(now)
     }
 
+    /// The first URL given.
+    pub(crate) fn home(&self) -> &Endpoint {
+        &self.home[0]
+    }
+
+    /// Whether the link is on (or next tries) its first URL.
+    pub(crate) fn is_home(&self) -> bool {
+        self.opts.urls[self.url] == self.home[0]
+    }
+
+    /// Take the URLs in their given order again: the next attempt after the current
+    /// connection ends goes to the first.
+    pub(crate) fn go_home(&mut self) {
+        let current = self.opts.urls[self.url].clone();
+        self.opts.urls = self.home.clone();
+        self.url = self
+            .opts
+            .urls
+            .iter()
+            .position(|u| *u == current)
+            .unwrap_or(0);
+    }
+
     /// No more attempts.
     pub(crate) fn stop(&mut self, reason: String) {
         self.state = LinkState::Stopped { reason };
@@ -349,6 +388,31 @@ mod tests {
             slot: 3,
             generation: 9,
         }
+    }
+
+    #[test]
+    fn a_link_sent_away_from_its_first_url_goes_home_when_asked() {
+        let t0 = Instant::now();
+        let mut l = Link::new(opts(&["unix:///tmp/a", "tcp://127.0.0.1:2"]));
+        assert_eq!(l.begin(t0), Next::Connect(0));
+        l.up(t0, conn());
+        assert!(l.is_home());
+        // Sent away from the first: the list turns, the link comes up on the second.
+        assert_eq!(l.sent_away(t0, "going away"), Next::Connect(0));
+        assert_eq!(l.url().to_string(), "tcp://127.0.0.1:2");
+        l.up(t0, conn());
+        assert!(!l.is_home());
+        assert_eq!(l.home().to_string(), "unix:///tmp/a");
+        // A probe found the first again: its connection ends, the next attempt goes home.
+        l.go_home();
+        assert_eq!(
+            l.url().to_string(),
+            "tcp://127.0.0.1:2",
+            "still where it is up"
+        );
+        assert_eq!(l.lost(t0, "moving to a better transport"), Next::Connect(0));
+        assert_eq!(l.url().to_string(), "unix:///tmp/a");
+        assert!(l.is_home());
     }
 
     #[test]

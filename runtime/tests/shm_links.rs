@@ -1,8 +1,9 @@
 //! Links over shared memory (`Ctx::connect` to a `shm://` URL): node A's shard connects to
 //! node B's shared-memory listener through its ring, maps the segment B offers, and its
 //! requests are answered over the rings; when B's shared-memory listener closes, the link is
-//! sent away and fails over to B's TCP listener, the next URL; a name nobody listens on fails
-//! the attempt at once.
+//! sent away and fails over to B's TCP listener, the next URL, and when it opens again the
+//! link's probe (`ConnectOptions::reprobe`) finds it and the link moves back; a name nobody
+//! listens on fails the attempt at once.
 
 mod common;
 
@@ -28,6 +29,7 @@ fn a_link_over_shared_memory_is_answered_and_fails_over_to_tcp() {
     let opts = ConnectOptions::new([shm.as_str(), tcp.as_str()])
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
+        .reprobe(Duration::from_millis(100))
         .backoff(
             ExponentialBackoff::new(Duration::from_millis(20), Duration::from_millis(100))
                 .with_jitter(Jitter::Equal),
@@ -46,6 +48,24 @@ fn a_link_over_shared_memory_is_answered_and_fails_over_to_tcp() {
     assert_eq!(url.to_string(), tcp);
     let answer = wait_answer(&rx);
     assert_eq!(answer, "who from ");
+
+    // Closed for a while: the probes find nothing and the link stays on TCP.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rx.try_recv().is_err(),
+        "the link moved while shm was closed"
+    );
+    // Open again: the next probe finds it and the link moves back.
+    b.open_listener(&shm).unwrap();
+    let t = std::time::Instant::now();
+    let url = wait_up(&rx);
+    assert!(matches!(url, Endpoint::Shm(_)), "{url}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "back on shm after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(wait_answer(&rx), "who from ");
     a.shutdown();
     a.join();
     b.shutdown();

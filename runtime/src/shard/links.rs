@@ -29,7 +29,7 @@ use crate::url::Endpoint;
 use crate::{ConnRef, conn::table::GENERATION_MASK};
 
 /// What a link has in the kernel or in the connection table.
-enum LinkIo {
+pub(super) enum LinkIo {
     /// Nothing: it waits, or it has stopped.
     Idle,
     /// The connect is in flight on `fd`; the kernel reads `_addr` until its completion.
@@ -50,19 +50,27 @@ enum LinkIo {
 }
 
 /// One link and its I/O.
-struct Entry {
-    generation: u32,
-    link: Link,
-    io: LinkIo,
+pub(super) struct Entry {
+    pub(super) generation: u32,
+    pub(super) link: Link,
+    pub(super) io: LinkIo,
     /// Its live entry in the timer heap (others are stale).
-    timer: Option<Tick>,
+    pub(super) timer: Option<Tick>,
     /// `Ctx::disconnect` asked for it to stop.
-    stopping: bool,
+    pub(super) stopping: bool,
+    /// A probe of the link's first URL while it is up on another (`link_probe.rs`).
+    pub(super) probe: Option<Probe>,
+}
+
+/// A probe's socket and address, kept until its connect completes (`link_probe.rs`).
+pub(super) struct Probe {
+    pub(super) _fd: OwnedFd,
+    pub(super) _addr: Box<ConnectAddr>,
 }
 
 /// A shard's links, their timers, and those to act on at the end of the turn.
 pub(crate) struct Links {
-    slab: Slab<Entry>,
+    pub(super) slab: Slab<Entry>,
     next_generation: u32,
     timers: BinaryHeap<Reverse<(Tick, u32, u32)>>,
     /// Links made or stopped by the service this turn.
@@ -91,6 +99,7 @@ impl Links {
             io: LinkIo::Idle,
             timer: None,
             stopping: false,
+            probe: None,
         }) as u32;
         self.todo.push(index);
         LinkId {
@@ -100,7 +109,7 @@ impl Links {
         }
     }
 
-    fn live(&mut self, index: u32, generation: u32) -> Option<&mut Entry> {
+    pub(super) fn live(&mut self, index: u32, generation: u32) -> Option<&mut Entry> {
         self.slab
             .get_mut(index as usize)
             .filter(|e| e.generation == generation)
@@ -147,7 +156,7 @@ impl Links {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
-    fn set_timer(&mut self, index: u32, at: Tick) {
+    pub(super) fn set_timer(&mut self, index: u32, at: Tick) {
         if let Some(e) = self.slab.get_mut(index as usize) {
             e.timer = Some(at);
             let generation = e.generation;
@@ -166,7 +175,7 @@ impl Shard {
     }
 
     /// Tell the service where link `index` stands now.
-    fn report_link(&mut self, index: u32) {
+    pub(super) fn report_link(&mut self, index: u32) {
         let Some(e) = self.links.slab.get(index as usize) else {
             return;
         };
@@ -211,6 +220,12 @@ impl Shard {
         }
         e.link.stop("disconnected by the service".into());
         let generation = e.generation;
+        if e.probe.is_some() {
+            self.cancel_probe(index, generation);
+        }
+        let Some(e) = self.links.slab.get_mut(index as usize) else {
+            return;
+        };
         match e.io {
             LinkIo::Conn {
                 slot,
@@ -244,9 +259,11 @@ impl Shard {
     }
 
     /// Let go of a stopped link with nothing in flight.
-    fn release_link(&mut self, index: u32) {
+    pub(super) fn release_link(&mut self, index: u32) {
         if self.links.slab.get(index as usize).is_some_and(|e| {
-            matches!(e.io, LinkIo::Idle) && matches!(e.link.state(), LinkState::Stopped { .. })
+            matches!(e.io, LinkIo::Idle)
+                && e.probe.is_none()
+                && matches!(e.link.state(), LinkState::Stopped { .. })
         }) {
             self.links.slab.remove(index as usize);
         }
@@ -320,7 +337,7 @@ impl Shard {
     }
 
     /// The attempt of link `index` failed.
-    fn link_failed(&mut self, index: u32, error: String) {
+    pub(super) fn link_failed(&mut self, index: u32, error: String) {
         ShardMetrics::add(&self.metrics.link_failures, 1);
         let now = self.now;
         let Some(e) = self.links.slab.get_mut(index as usize) else {
@@ -416,79 +433,6 @@ impl Shard {
         }
     }
 
-    /// The offer of link `index`'s shared-memory listener is readable (or its poll ended).
-    pub(super) fn on_link_shm_offer(&mut self, index: u32, generation: u32, res: i32) {
-        let Some(e) = self.links.live(index, generation) else {
-            return;
-        };
-        let stopped = matches!(e.link.state(), LinkState::Stopped { .. });
-        let LinkIo::ShmOffer { fd } = std::mem::replace(&mut e.io, LinkIo::Idle) else {
-            return;
-        };
-        if stopped {
-            self.release_link(index);
-            return;
-        }
-        let url = e.link.url().clone();
-        if res < 0 {
-            let err = if res == -libc::ECANCELED {
-                "no segment offered in time".to_owned()
-            } else {
-                std::io::Error::from_raw_os_error(-res).to_string()
-            };
-            self.link_failed(index, format!("{url}: {err}"));
-            return;
-        }
-        match self.shm_link_open(fd, (index, generation)) {
-            Ok(slot) => {
-                let conn_generation = self.conns.get(slot).map_or(0, |c| c.generation);
-                if let Some(e) = self.links.live(index, generation) {
-                    e.io = LinkIo::Conn {
-                        slot,
-                        generation: conn_generation,
-                    };
-                }
-            }
-            Err(err) => self.link_failed(index, format!("{url}: {err}")),
-        }
-    }
-
-    /// The QUIC handshake of `link` ended: its Valkyrie connection begins.
-    pub(super) fn on_quic_link_connected(&mut self, link: (u32, u32), li: u8, h: u32) {
-        let Some(e) = self.links.live(link.0, link.1) else {
-            self.quic_link_abandon(li, h);
-            return;
-        };
-        if !matches!(e.io, LinkIo::Quic { listener, handle } if listener == li && handle == h) {
-            self.quic_link_abandon(li, h);
-            return;
-        }
-        let opts = e.link.opts.clone();
-        e.io = LinkIo::Idle;
-        match self.quic_link_open(li, h, link, &opts) {
-            Some(slot) => {
-                let generation = self.conns.get(slot).map_or(0, |c| c.generation);
-                if let Some(e) = self.links.live(link.0, link.1) {
-                    e.io = LinkIo::Conn { slot, generation };
-                }
-            }
-            None => self.link_failed(link.0, "no QUIC stream could be opened".into()),
-        }
-    }
-
-    /// The QUIC handshake of `link` failed.
-    pub(super) fn on_quic_link_failed(&mut self, link: (u32, u32), error: String) {
-        let Some(e) = self.links.live(link.0, link.1) else {
-            return;
-        };
-        if !matches!(e.io, LinkIo::Quic { .. }) {
-            return;
-        }
-        e.io = LinkIo::Idle;
-        let url = e.link.url().clone();
-        self.link_failed(link.0, format!("{url}: {error}"));
-    }
-
     /// A link's connection finished its handshake.
     pub(super) fn link_up(&mut self, link: (u32, u32), conn: ConnRef) {
         let now = self.now;
@@ -498,6 +442,7 @@ impl Shard {
         e.link.up(now, conn);
         e.timer = None;
         self.report_link(link.0);
+        self.schedule_probe(link.0);
     }
 
     /// A link's connection ended (before or after its handshake).
@@ -580,12 +525,15 @@ impl Shard {
                     slot,
                     generation: g,
                 } => {
-                    // The handshake did not finish in time.
-                    if let Some(c) = self.conns.live(slot, g)
-                        && !c.connected
-                    {
-                        c.proto.handle_eof(now);
-                        self.mark(slot);
+                    // The handshake did not finish in time; once connected, the timer is the
+                    // next probe of a better URL.
+                    match self.conns.live(slot, g) {
+                        Some(c) if !c.connected => {
+                            c.proto.handle_eof(now);
+                            self.mark(slot);
+                        }
+                        Some(_) => self.probe_timer(index),
+                        None => {}
                     }
                 }
             }

@@ -16,6 +16,8 @@ mod http;
 mod inbox;
 mod linger;
 mod link_conn;
+mod link_probe;
+mod link_steps;
 pub(crate) mod links;
 mod listener_ops;
 mod output;
@@ -406,6 +408,7 @@ impl Shard {
             Ok(Op::Connect) => self.on_link_connect(slot, generation, res),
             Ok(Op::Install) => self.on_link_install(slot, generation, res),
             Ok(Op::ShmOffer) => self.on_link_shm_offer(slot, generation, res),
+            Ok(Op::Probe) => self.on_probe(slot, generation, res),
             Ok(Op::Shutdown) => self.on_shutdown(slot, generation),
             Ok(Op::UdpRecv) => self.on_udp_recv(slot as u8, res, flags),
             Ok(Op::UdpSend) => self.on_udp_send(slot, res),

@@ -111,6 +111,8 @@ pub(crate) enum Op {
     /// A shared-memory link's rendezvous socket: the listener's offer is readable (the slot
     /// is the link's index).
     ShmOffer = 18,
+    /// A link's probe of its first URL connected (or not) (the slot is the link's index).
+    Probe = 19,
 }
 
 impl TryFrom<u8> for Op {
@@ -136,6 +138,7 @@ impl TryFrom<u8> for Op {
             16 => Op::UdpSend,
             17 => Op::Upgrade,
             18 => Op::ShmOffer,
+            19 => Op::Probe,
             other => return Err(other),
         })
     }
