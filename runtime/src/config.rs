@@ -227,6 +227,23 @@ impl Default for HttpSettings {
     }
 }
 
+impl NodeConfig {
+    /// The TLS of the `quic://` listeners and whether it asks for client certificates:
+    /// [`NodeConfig::quic_tls`], else the TCP listeners' [`NodeConfig::tls`] (which does).
+    pub(crate) fn quic_server_tls(
+        &self,
+    ) -> Option<(
+        Arc<valkyrie_protocol::security::mtls::rustls::ServerConfig>,
+        bool,
+    )> {
+        match (&self.quic_tls, &self.tls) {
+            (Some(t), _) => Some((t.clone(), self.quic_client_auth)),
+            (None, Some(t)) => Some((t.clone(), true)),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {

@@ -321,18 +321,14 @@ impl Node {
                 Endpoint::Quic(_) => {
                     // One UDP socket per shard on the same port (SO_REUSEPORT), each with its
                     // own endpoint; they share the handshake configuration.
-                    let (tls, client_auth) = match (&cfg.quic_tls, &cfg.tls) {
-                        (Some(t), _) => (t.clone(), cfg.quic_client_auth),
-                        (None, Some(t)) => (t.clone(), true),
-                        (None, None) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidInput,
-                                format!(
-                                    "{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"
-                                ),
-                            ));
-                        }
-                    };
+                    let (tls, client_auth) = cfg.quic_server_tls().ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"
+                            ),
+                        )
+                    })?;
                     let server = crate::quic::server_config(&tls)
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                     let first = t.listen(ep, true, 0)?;

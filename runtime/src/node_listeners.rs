@@ -93,16 +93,12 @@ impl Node {
     /// the node's QUIC TLS, and hand each shard its socket.
     fn open_quic_listener(&self, ep: &Endpoint, index: u8) -> io::Result<Endpoint> {
         let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (tls, client_auth) = match (&cfg.quic_tls, &cfg.tls) {
-            (Some(t), _) => (t.clone(), cfg.quic_client_auth),
-            (None, Some(t)) => (t.clone(), true),
-            (None, None) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"),
-                ));
-            }
-        };
+        let (tls, client_auth) = cfg.quic_server_tls().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{ep} needs TLS: a certificate and key (NodeBuilder::quic_tls)"),
+            )
+        })?;
         let server = crate::quic::server_config(&tls)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let t = crate::transport::for_endpoint(ep);

@@ -228,6 +228,20 @@ pub(crate) struct ConnectAddr {
     pub(crate) len: libc::socklen_t,
 }
 
+impl ConnectAddr {
+    /// The io_uring `CONNECT` of `fd` to this address (which must stay put until its
+    /// completion).
+    pub(crate) fn connect_entry(&self, fd: &OwnedFd, user_data: u64) -> io_uring::squeue::Entry {
+        io_uring::opcode::Connect::new(
+            io_uring::types::Fd(fd.as_raw_fd()),
+            (&self.storage as *const libc::sockaddr_storage).cast(),
+            self.len,
+        )
+        .build()
+        .user_data(user_data)
+    }
+}
+
 /// A non-blocking socket for a connection to `endpoint` (TCP with `TCP_NODELAY`, or Unix),
 /// not yet connected, and the address to connect it to.
 pub(crate) fn outbound_socket(

@@ -4,9 +4,7 @@
 //! and no request is in flight on the link's connection, that connection is closed and the
 //! link connects again from its first URL; otherwise it looks again after the interval.
 
-use std::os::fd::AsRawFd;
-
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::Shard;
 use super::links::{LinkIo, Probe};
@@ -52,13 +50,7 @@ impl Shard {
         }
         match crate::sys::outbound_socket(&home) {
             Ok((fd, addr)) => {
-                let sqe = opcode::Connect::new(
-                    types::Fd(fd.as_raw_fd()),
-                    (&addr.storage as *const libc::sockaddr_storage).cast(),
-                    addr.len,
-                )
-                .build()
-                .user_data(ud(Op::Probe, index, generation));
+                let sqe = addr.connect_entry(&fd, ud(Op::Probe, index, generation));
                 e.probe = Some(Probe {
                     _fd: fd,
                     _addr: addr,

@@ -314,13 +314,7 @@ impl Shard {
         }
         match crate::sys::outbound_socket(&url) {
             Ok((fd, addr)) => {
-                let sqe = opcode::Connect::new(
-                    types::Fd(fd.as_raw_fd()),
-                    (&addr.storage as *const libc::sockaddr_storage).cast(),
-                    addr.len,
-                )
-                .build()
-                .user_data(ud(Op::Connect, index, generation));
+                let sqe = addr.connect_entry(&fd, ud(Op::Connect, index, generation));
                 e.io = LinkIo::Connecting { fd, _addr: addr };
                 // The socket and the address stay in the link until the completion.
                 self.ring.push(sqe);
