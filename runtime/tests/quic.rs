@@ -18,9 +18,7 @@ use valkyrie_runtime::transport::ClientSocket;
 use valkyrie_runtime::{Client, ClientConfig, Node};
 
 fn server_only_node(pki: &DevPki, shards: usize) -> Node {
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .unwrap();
+    let tls = pki.server_config_without_client_auth(0).unwrap();
     Node::builder()
         .listen("quic://127.0.0.1:0")
         .unwrap()
@@ -279,9 +277,7 @@ fn garbage_spoofed_ids_and_an_initial_flood_leave_the_node_serving_others() {
 fn ten_thousand_quic_connections_over_two_shards_all_ping() {
     const N: usize = 10_000;
     let pki = DevPki::generate(&["node-a"], &[]).unwrap();
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .unwrap();
+    let tls = pki.server_config_without_client_auth(0).unwrap();
     let node = Node::builder()
         .listen("quic://127.0.0.1:0")
         .unwrap()

@@ -84,9 +84,7 @@ fn a_link_dials_quic_with_mtls_and_comes_back_after_the_listener_reopens() {
 fn a_link_to_an_untrusted_quic_node_says_why() {
     let pki = DevPki::generate(&["node-b"], &[]).unwrap();
     let other = DevPki::generate(&["node-b"], &[]).unwrap();
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .unwrap();
+    let tls = pki.server_config_without_client_auth(0).unwrap();
     let b = Node::builder()
         .listen("quic://127.0.0.1:0")
         .unwrap()

@@ -585,6 +585,16 @@ impl DevPki {
         server_config(&self.servers[i].0, &self.servers[i].1, &self.ca_pem)
     }
 
+    /// A server configuration ([`server_config_without_client_auth`]) for server
+    /// certificate `i` that asks for no client certificate (QUIC, token inside TLS). Panics
+    /// if there is no certificate `i`.
+    pub fn server_config_without_client_auth(
+        &self,
+        i: usize,
+    ) -> Result<Arc<ServerConfig>, SecurityError> {
+        server_config_without_client_auth(&self.servers[i].0, &self.servers[i].1)
+    }
+
     /// A client configuration ([`client_config`]) presenting client certificate `i` and
     /// trusting this CA. Panics if there is no certificate `i`.
     pub fn client_config(&self, i: usize) -> Result<Arc<ClientConfig>, SecurityError> {
