@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -58,20 +58,7 @@ pub(crate) fn idle_memory_mode(report: &mut Report, n: usize, recv: RecvMode) {
         valkyrie_runtime::Endpoint::Tcp(a) => *a,
         _ => unreachable!(),
     };
-    let hold = |k: usize| {
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
-            .args(["hold", &addr.to_string(), &k.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn holder");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        assert_eq!(line.trim(), "ready", "holder failed");
-        child
-    };
+    let hold = |k: usize| spawn_holder(&["hold", &addr.to_string(), &k.to_string()]);
     // Warm-up: a few connections, so that one-time start-up allocations are not counted.
     // (Receive buffers are faulted in when the node starts; the per-connection tables are
     // not pre-grown, so their growth is part of what is measured.)
@@ -100,6 +87,23 @@ pub(crate) fn idle_memory_mode(report: &mut Report, n: usize, recv: RecvMode) {
     println!(
         "  valkyrie   recv {recv_name:<9} {held} held: user {user:.0} B/conn (RSS delta / N, target <= 1024), kernel ~{kernel:.0} B/conn (Slab delta / N / 2)"
     );
+}
+
+/// This program again with `args` (a holder of connections), once it says `ready`; it lets
+/// them go when its stdin closes.
+pub(crate) fn spawn_holder(args: &[&str]) -> Child {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    assert_eq!(line.trim(), "ready", "holder failed");
+    child
 }
 
 pub(crate) fn hold(addr: SocketAddr, n: usize) {

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use valkyrie_protocol::security::mtls::{self, DevPki};
 use valkyrie_protocol::{Frame, MessageType};
 use valkyrie_runtime::{
     BusyPoll, ConnRef, ConnectOptions, Ctx, LinkId, LinkState, Node, Reply, Service,
@@ -85,7 +84,7 @@ impl Service for Prober {
 /// Round trips of `samples` requests from node A's service (one shard on core 0) to node B
 /// (one shard on core 1) over `transport`, both shards sleeping or both busy-polling.
 pub(crate) fn round_trips(transport: &str, busy: BusyPoll, samples: usize) -> Histogram<u64> {
-    let pki = DevPki::generate(&["node-b"], &[]).expect("a test PKI");
+    let pki = crate::quic::pki();
     let listen = match transport {
         "shm" => format!("shm://bench-n2n-{}", std::process::id()),
         "quic" => "quic://127.0.0.1:0".to_owned(),
@@ -98,12 +97,7 @@ pub(crate) fn round_trips(transport: &str, busy: BusyPoll, samples: usize) -> Hi
             pin(1);
             let mut builder = Node::builder().listen(&listen).expect("endpoint");
             if transport == "quic" {
-                let tls = mtls::server_config_without_client_auth(
-                    &pki.server_chain_pem(0),
-                    &pki.server_key_pem(0),
-                )
-                .expect("a server configuration");
-                builder = builder.quic_tls(tls, false);
+                builder = builder.quic_tls(crate::quic::server_tls(&pki), false);
             }
             builder
                 .shards(1)
@@ -119,8 +113,8 @@ pub(crate) fn round_trips(transport: &str, busy: BusyPoll, samples: usize) -> Hi
     let (tx, rx) = mpsc::channel();
     let mut opts = ConnectOptions::new([b.endpoints()[0].to_string()]).expect("url");
     if transport == "quic" {
-        let tls = mtls::server_only_client_config(&pki.ca_pem).expect("a client configuration");
-        opts = opts.tls(tls, Some("node-b".into()));
+        let tls = crate::quic::client_tls(&pki);
+        opts = opts.tls(tls, Some(crate::quic::SERVER_NAME.into()));
     }
     let a = std::thread::scope(|s| {
         s.spawn(|| {

@@ -6,9 +6,8 @@
 //! flight (messages a second), and the memory each idle QUIC connection costs the server
 //! (connections held by a child process; the server's resident-set growth over N).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,14 +29,24 @@ const DEPTH: usize = 32;
 /// Connections held for the memory figure.
 const IDLE: usize = 1000;
 
-/// The server certificate's name and the throw-away PKI.
-fn pki() -> DevPki {
-    DevPki::generate(&["node-a"], &[]).expect("dev PKI")
+/// The name the throw-away server certificate carries.
+pub(crate) const SERVER_NAME: &str = "node-a";
+
+/// A throw-away PKI with one server certificate ([`SERVER_NAME`]): what every QUIC figure's
+/// server shows.
+pub(crate) fn pki() -> DevPki {
+    DevPki::generate(&[SERVER_NAME], &[]).expect("dev PKI")
 }
 
-fn server_tls(pki: &DevPki) -> Arc<mtls::rustls::ServerConfig> {
-    mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
+/// The server's TLS: its certificate, no client certificates asked for.
+pub(crate) fn server_tls(pki: &DevPki) -> Arc<mtls::rustls::ServerConfig> {
+    pki.server_config_without_client_auth(0)
         .expect("server TLS")
+}
+
+/// A client's TLS that trusts the PKI's CA and presents no certificate.
+pub(crate) fn client_tls(pki: &DevPki) -> Arc<mtls::rustls::ClientConfig> {
+    mtls::server_only_client_config(&pki.ca_pem).expect("client TLS")
 }
 
 fn client_quic(ca_pem: &[u8]) -> quinn::ClientConfig {
@@ -233,24 +242,13 @@ fn idle_memory(report: &mut Report, pki: &DevPki) {
     for system in ["valkyrie", "quinn"] {
         let server = Server::start(system, pki, 0);
         let hold = |n: usize| {
-            let mut child = Command::new(std::env::current_exe().expect("own path"))
-                .args([
-                    "hold-quic",
-                    &server.addr().to_string(),
-                    &n.to_string(),
-                    ca.to_str().expect("path"),
-                    if system == "valkyrie" { "1" } else { "0" },
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn holder");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("ready line");
-            assert_eq!(line.trim(), "ready", "holder failed");
-            child
+            crate::idle_memory::spawn_holder(&[
+                "hold-quic",
+                &server.addr().to_string(),
+                &n.to_string(),
+                ca.to_str().expect("path"),
+                if system == "valkyrie" { "1" } else { "0" },
+            ])
         };
         // Warm-up: one-time allocations are not counted.
         let mut warm = hold(50);

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use valkyrie_protocol::security::mtls::{self, DevPki};
 use valkyrie_protocol::{MessageType, SendOptions};
 use valkyrie_runtime::{Client, ClientConfig, ClientError, Node};
 
@@ -144,22 +143,19 @@ impl valkyrie_runtime::Service for Answer {
 
 /// (The child, inside the namespace.) One node, one client; prints `{"p50", "p99"}` in us.
 pub(crate) fn child(streams: bool) {
-    let pki = DevPki::generate(&["node-a"], &[]).expect("dev PKI");
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .expect("server TLS");
+    let pki = crate::quic::pki();
     let node = Node::builder()
         .listen("quic://127.0.0.1:0")
         .expect("endpoint")
-        .quic_tls(tls, false)
+        .quic_tls(crate::quic::server_tls(&pki), false)
         .shards(1)
         .heartbeat(Duration::from_secs(60))
         .service(|_| Answer)
         .start()
         .expect("node");
     let cfg = ClientConfig {
-        tls: Some(mtls::server_only_client_config(&pki.ca_pem).expect("client TLS")),
-        tls_server_name: Some("node-a".into()),
+        tls: Some(crate::quic::client_tls(&pki)),
+        tls_server_name: Some(crate::quic::SERVER_NAME.into()),
         quic_streams: streams,
         ..ClientConfig::default()
     };

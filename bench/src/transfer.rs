@@ -136,22 +136,18 @@ fn send_file(c: &mut Client, stream: u32, file: &Bytes, hash: &str) -> Result<()
 /// `n` transfers (after one to warm up) to a one-shard node over QUIC (TLS 1.3 with a
 /// throw-away certificate), each timed from the first byte to the verified answer.
 fn quic_transfers(n: usize, file: &Bytes, hash: &str) -> Histogram<u64> {
-    use valkyrie_protocol::security::mtls::{self, DevPki};
-    let pki = DevPki::generate(&["node-a"], &[]).expect("dev PKI");
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .expect("server TLS");
+    let pki = crate::quic::pki();
     let node = Node::builder()
         .listen("quic://127.0.0.1:0")
         .expect("endpoint")
-        .quic_tls(tls, false)
+        .quic_tls(crate::quic::server_tls(&pki), false)
         .shards(1)
         .service(|_| FileSink::default())
         .start()
         .expect("node");
     let cfg = valkyrie_runtime::ClientConfig {
-        tls: Some(mtls::server_only_client_config(&pki.ca_pem).expect("client TLS")),
-        tls_server_name: Some("node-a".into()),
+        tls: Some(crate::quic::client_tls(&pki)),
+        tls_server_name: Some(crate::quic::SERVER_NAME.into()),
         ..Default::default()
     };
     let mut c = Client::connect_with(&node.endpoints()[0].to_string(), cfg).expect("connect");
