@@ -37,6 +37,45 @@ fn on(c: &Client) -> String {
     c.url().map(ToString::to_string).unwrap_or_default()
 }
 
+/// A selector's client and the number of its next request.
+struct Asking {
+    c: Client,
+    n: u32,
+}
+
+impl Asking {
+    /// `k` requests, each answered.
+    fn times(&mut self, k: u32) {
+        for _ in 0..k {
+            ask(&mut self.c, self.n);
+            self.n += 1;
+        }
+    }
+
+    /// Requests 5 ms apart for `d`.
+    fn during(&mut self, d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            self.times(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Requests 5 ms apart until the client is on `url` (within 5 s): how long it took.
+    fn until_on(&mut self, url: &str) -> Duration {
+        let t = Instant::now();
+        while on(&self.c) != url {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "never moved back to {url}"
+            );
+            self.times(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.elapsed()
+    }
+}
+
 #[test]
 fn the_selector_leaves_a_closed_shm_listener_for_tcp_and_returns_when_it_opens() {
     let shm = format!("shm://listeners-{}", std::process::id());
@@ -53,59 +92,36 @@ fn the_selector_leaves_a_closed_shm_listener_for_tcp_and_returns_when_it_opens()
     let mut cfg = ClientConfig::default();
     let heartbeat = Duration::from_millis(100);
     cfg.protocol.heartbeat = heartbeat;
-    let mut c =
+    let c =
         Client::connect_any(&[tcp.as_str(), shm.as_str()], cfg, Duration::from_secs(5)).unwrap();
     assert_eq!(on(&c), shm, "TCP listed first, shared memory taken");
     // Another client straight over TCP: closing shm must not touch it.
     let mut bystander = Client::connect(&tcp).unwrap();
-    let mut n = 0;
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
+    let mut a = Asking { c, n: 0 };
+    a.times(100);
 
     node.close_listener(&shm).unwrap();
     assert!(!node.is_listening(&shm.parse().unwrap()));
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
-    assert_eq!(on(&c), tcp, "the client did not move to TCP");
+    a.times(100);
+    assert_eq!(on(&a.c), tcp, "the client did not move to TCP");
     bystander.ping(b"still here").unwrap();
     assert_eq!(bystander.reconnects(), 0);
 
     // Closed for ten heartbeat intervals of calls: the probes find nothing, the client stays.
-    let t = Instant::now();
-    while t.elapsed() < heartbeat * 10 {
-        ask(&mut c, n);
-        n += 1;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(on(&c), tcp);
+    a.during(heartbeat * 10);
+    assert_eq!(on(&a.c), tcp);
 
     node.open_listener(&shm).unwrap();
-    let t = Instant::now();
-    while on(&c) != shm {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "never moved back to shm"
-        );
-        ask(&mut c, n);
-        n += 1;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let back = t.elapsed();
+    let back = a.until_on(&shm);
     assert!(
         back <= heartbeat * 2 + Duration::from_millis(150),
         "back on shm after {back:?}, more than two heartbeat intervals"
     );
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
+    a.times(100);
     eprintln!(
-        "{n} requests, every one answered ({} sent again); back on shm {back:?} after it opened",
-        c.retried()
+        "{} requests, every one answered ({} sent again); back on shm {back:?} after it opened",
+        a.n,
+        a.c.retried()
     );
 }
 
@@ -151,9 +167,7 @@ fn a_new_listener_opens_on_a_running_node_and_closes_alone() {
 #[test]
 fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp() {
     let pki = DevPki::generate(&["node-a"], &[]).unwrap();
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .unwrap();
+    let tls = pki.server_config_without_client_auth(0).unwrap();
     // The same certificate on both: TLS under the frames on TCP, QUIC's own on QUIC.
     let mut node = Node::builder()
         .listen("tcp://127.0.0.1:0")
@@ -177,7 +191,7 @@ fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp()
         ..ClientConfig::default()
     };
     cfg.protocol.heartbeat = heartbeat;
-    let mut c = Client::connect_any(
+    let c = Client::connect_any(
         &[tcp.as_str(), quic.as_str()],
         cfg.clone(),
         Duration::from_secs(5),
@@ -185,20 +199,14 @@ fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp()
     .unwrap();
     assert_eq!(on(&c), quic, "TCP listed first, QUIC taken");
     let mut bystander = Client::connect_with(&tcp, cfg.clone()).unwrap();
-    let mut n = 0;
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
+    let mut a = Asking { c, n: 0 };
+    a.times(100);
 
     // Closed: the QUIC connections are sent away, new QUIC clients refused at once.
     node.close_listener(&quic).unwrap();
     assert!(!node.is_listening(&quic.parse().unwrap()));
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
-    assert_eq!(on(&c), tcp, "the client did not move to TCP");
+    a.times(100);
+    assert_eq!(on(&a.c), tcp, "the client did not move to TCP");
     let t = Instant::now();
     assert!(Client::connect_with(&quic, cfg.clone()).is_err());
     assert!(
@@ -207,44 +215,25 @@ fn the_selector_ranks_quic_above_tcp_and_leaves_a_closed_quic_listener_for_tcp()
         t.elapsed()
     );
     bystander.ping(b"still here").unwrap();
-    let t = Instant::now();
-    while t.elapsed() < heartbeat * 6 {
-        ask(&mut c, n);
-        n += 1;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(on(&c), tcp, "moved back to a closed listener");
+    a.during(heartbeat * 6);
+    assert_eq!(on(&a.c), tcp, "moved back to a closed listener");
 
     node.open_listener(&quic).unwrap();
     assert!(node.is_listening(&quic.parse().unwrap()));
-    let t = Instant::now();
-    while on(&c) != quic {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "never moved back to QUIC"
-        );
-        ask(&mut c, n);
-        n += 1;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for _ in 0..100 {
-        ask(&mut c, n);
-        n += 1;
-    }
+    let back = a.until_on(&quic);
+    a.times(100);
     assert_eq!(bystander.reconnects(), 0);
     eprintln!(
-        "{n} requests, every one answered ({} sent again); back on QUIC {:?} after it opened",
-        c.retried(),
-        t.elapsed()
+        "{} requests, every one answered ({} sent again); back on QUIC {back:?} after it opened",
+        a.n,
+        a.c.retried()
     );
 }
 
 #[test]
 fn a_quic_listener_opened_on_a_running_node_serves_and_forwards() {
     let pki = DevPki::generate(&["node-a"], &[]).unwrap();
-    let tls =
-        mtls::server_config_without_client_auth(&pki.server_chain_pem(0), &pki.server_key_pem(0))
-            .unwrap();
+    let tls = pki.server_config_without_client_auth(0).unwrap();
     // Started with TCP alone; its QUIC TLS waits for a QUIC endpoint.
     let mut node = Node::builder()
         .listen("tcp://127.0.0.1:0")
